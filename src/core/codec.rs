@@ -1,0 +1,246 @@
+//! Frame encoding: a 4-byte big-endian length, then a bincode body.
+//!
+//! Why: the only place that knows the byte format. The length is checked
+//! against a limit before anything is allocated, so a hostile peer cannot
+//! make us reserve memory by announcing a huge frame; a body that does not
+//! decode is an error, never a panic.
+
+use std::io::{self, Read, Write};
+
+use thiserror::Error;
+
+use super::protocol::Frame;
+
+/// Size of the length prefix.
+pub const HEADER_LEN: usize = 4;
+
+/// Why a frame could not be read or written.
+#[derive(Debug, Error)]
+pub enum CodecError {
+    /// The socket failed or closed inside a frame.
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    /// The peer announced a frame larger than we accept.
+    #[error("frame of {len} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Announced length.
+        len: u64,
+        /// Limit in force.
+        limit: usize,
+    },
+    /// The body is not a valid frame.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// The connection closed cleanly between two frames.
+    #[error("connection closed by peer")]
+    Closed,
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard()
+        .with_little_endian()
+        .with_variable_int_encoding()
+}
+
+/// Encode a frame into its bytes on the wire (prefix included).
+pub fn encode(frame: &Frame) -> Result<Vec<u8>, CodecError> {
+    let mut out = vec![0u8; HEADER_LEN];
+    bincode::serde::encode_into_std_write(frame, &mut out, config())
+        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    let body = out.len() - HEADER_LEN;
+    let len = u32::try_from(body).map_err(|_| CodecError::TooLarge {
+        len: body as u64,
+        limit: u32::MAX as usize,
+    })?;
+    out[..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    Ok(out)
+}
+
+/// Decode a frame body (without its prefix). Trailing bytes are an error.
+pub fn decode_body(body: &[u8]) -> Result<Frame, CodecError> {
+    let (frame, used): (Frame, usize) = bincode::serde::decode_from_slice(body, config())
+        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if used != body.len() {
+        return Err(CodecError::Malformed(format!(
+            "{} trailing bytes after frame",
+            body.len() - used
+        )));
+    }
+    Ok(frame)
+}
+
+/// Read one frame, refusing bodies longer than `limit` before allocating.
+/// A clean end of stream before the first byte is [`CodecError::Closed`].
+pub fn read_frame<R: Read>(r: &mut R, limit: usize) -> Result<Frame, CodecError> {
+    read_frame_sized(r, limit).map(|(f, _)| f)
+}
+
+/// [`read_frame`], also returning the bytes it consumed.
+pub fn read_frame_sized<R: Read>(r: &mut R, limit: usize) -> Result<(Frame, usize), CodecError> {
+    let mut header = [0u8; HEADER_LEN];
+    let mut got = 0;
+    while got < HEADER_LEN {
+        match r.read(&mut header[got..]) {
+            Ok(0) if got == 0 => return Err(CodecError::Closed),
+            Ok(0) => {
+                return Err(CodecError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed inside a frame header",
+                )))
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let len = u32::from_be_bytes(header) as usize;
+    if len > limit {
+        return Err(CodecError::TooLarge {
+            len: len as u64,
+            limit,
+        });
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    decode_body(&body).map(|f| (f, len + HEADER_LEN))
+}
+
+/// Write pre-encoded frame bytes.
+pub fn write_encoded<W: Write>(w: &mut W, bytes: &[u8]) -> Result<(), CodecError> {
+    w.write_all(bytes)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::protocol::*;
+    use proptest::prelude::*;
+
+    fn sample_batch() -> Frame {
+        Frame::Batch(Batch {
+            seq: 42,
+            resync: false,
+            entries: vec![
+                Entry {
+                    db: 3,
+                    stamp: Stamp {
+                        hlc: 1 << 40,
+                        index: 0,
+                    },
+                    op: Op::Set {
+                        key: b"k".to_vec(),
+                        value: Value::String(b"v".to_vec()),
+                        expire_at_ms: Some(1_700_000_000_000),
+                    },
+                },
+                Entry {
+                    db: 0,
+                    stamp: Stamp {
+                        hlc: 1 << 40,
+                        index: 1,
+                    },
+                    op: Op::FlushDb,
+                },
+                Entry {
+                    db: 0,
+                    stamp: Stamp {
+                        hlc: 1 << 40,
+                        index: 2,
+                    },
+                    op: Op::Delete { key: vec![0, 255] },
+                },
+            ],
+        })
+    }
+
+    #[test]
+    fn round_trip() {
+        let f = sample_batch();
+        let bytes = encode(&f).unwrap();
+        let back = read_frame(&mut &bytes[..], 1 << 20).unwrap();
+        assert_eq!(back, f);
+    }
+
+    #[test]
+    fn refuses_oversized_length_before_allocating() {
+        let bytes = [0xff, 0xff, 0xff, 0xff, 1, 2, 3];
+        match read_frame(&mut &bytes[..], 1024) {
+            Err(CodecError::TooLarge { len, limit }) => {
+                assert_eq!(len, u32::MAX as u64);
+                assert_eq!(limit, 1024);
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn truncated_frame_is_an_error() {
+        let bytes = encode(&sample_batch()).unwrap();
+        for cut in 1..bytes.len() {
+            assert!(
+                read_frame(&mut &bytes[..cut], 1 << 20).is_err(),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn clean_eof_is_closed() {
+        assert!(matches!(
+            read_frame(&mut &[][..], 10),
+            Err(CodecError::Closed)
+        ));
+    }
+
+    #[test]
+    fn garbage_body_is_malformed() {
+        let mut bytes = vec![0, 0, 0, 4];
+        bytes.extend_from_slice(&[200, 1, 2, 3]);
+        assert!(matches!(
+            read_frame(&mut &bytes[..], 100),
+            Err(CodecError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn trailing_bytes_are_malformed() {
+        let mut bytes = encode(&Frame::Ping).unwrap();
+        bytes.push(0);
+        let len = (bytes.len() - HEADER_LEN) as u32;
+        bytes[..4].copy_from_slice(&len.to_be_bytes());
+        assert!(matches!(
+            read_frame(&mut &bytes[..], 100),
+            Err(CodecError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn huge_inner_length_does_not_allocate() {
+        // A Vec length claiming 2^62 elements inside a small frame must fail cleanly.
+        let mut body = vec![2u8]; // Frame::Batch variant index
+        body.push(1); // seq
+        body.push(0xfd); // varint u64 marker
+        body.extend_from_slice(&(1u64 << 62).to_le_bytes());
+        assert!(decode_body(&body).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_random_bytes_never_panics(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_body(&body);
+        }
+
+        #[test]
+        fn batches_round_trip(seq in any::<u64>(), keys in proptest::collection::vec((0u32..16, any::<u64>(), proptest::collection::vec(any::<u8>(), 0..32), proptest::option::of(any::<i64>())), 0..20)) {
+            let entries = keys.into_iter().enumerate().map(|(i, (db, hlc, key, exp))| Entry {
+                db,
+                stamp: Stamp { hlc, index: i as u32 },
+                op: Op::Set { key: key.clone(), value: Value::Dump(key), expire_at_ms: exp },
+            }).collect();
+            let f = Frame::Batch(Batch { seq, resync: false, entries });
+            let bytes = encode(&f).unwrap();
+            prop_assert_eq!(read_frame(&mut &bytes[..], 1 << 24).unwrap(), f);
+        }
+    }
+}

@@ -1,0 +1,412 @@
+//! Module arguments: `name value` pairs from `loadmodule`.
+//!
+//! Why pure: a bad argument must refuse the load with one clear line naming
+//! the argument and what is expected; that logic is tested here without Redis.
+
+use std::net::SocketAddr;
+
+use thiserror::Error;
+
+/// A refused argument list; the text is the log line.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// An argument name nobody knows.
+    #[error("unknown argument '{0}' (expected one of: {known})", known = KNOWN.join(", "))]
+    Unknown(String),
+    /// A name with no value after it.
+    #[error("argument '{0}' needs a value")]
+    MissingValue(String),
+    /// A required argument is absent.
+    #[error("argument '{0}' is required ({1})")]
+    Required(&'static str, &'static str),
+    /// A value of the wrong shape.
+    #[error("argument '{name}': {why}, got '{value}'")]
+    Invalid {
+        /// Argument name.
+        name: &'static str,
+        /// What was given.
+        value: String,
+        /// What is expected.
+        why: String,
+    },
+    /// The same argument twice.
+    #[error("argument '{0}' given twice")]
+    Duplicate(String),
+}
+
+/// Every argument name, also the module config `bisync.<name>`.
+pub const KNOWN: &[&str] = &[
+    "node-id",
+    "listen",
+    "peer",
+    "secret",
+    "secret-file",
+    "backlog-size",
+    "max-pending-keys",
+    "max-clock-skew",
+    "max-frame-size",
+    "apply-budget",
+    "ship-evictions",
+];
+
+/// The parsed, validated settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// This node's unique, stable id.
+    pub node_id: String,
+    /// Address the link listens on.
+    pub listen: SocketAddr,
+    /// Address of the peer's link.
+    pub peer: SocketAddr,
+    /// Shared secret (from `secret` or read from `secret-file`), if any.
+    pub secret: Option<Vec<u8>>,
+    /// Path of the secret file, if given (shown instead of the secret).
+    pub secret_file: Option<String>,
+    /// Bound on the backlog of un-acknowledged batches, bytes.
+    pub backlog_size: u64,
+    /// Bound on the un-acknowledged writes table, keys.
+    pub max_pending_keys: u64,
+    /// Largest accepted distance of a peer stamp ahead of the wall clock, ms.
+    pub max_clock_skew_ms: u64,
+    /// Largest frame accepted from an authenticated peer, bytes.
+    pub max_frame_size: u64,
+    /// Remote entries applied per event-loop iteration at most.
+    pub apply_budget: u64,
+    /// Ship evictions to the peer (off: each side manages its own memory).
+    pub ship_evictions: bool,
+}
+
+/// Defaults, documented in `redis.conf.example`.
+pub mod defaults {
+    /// 64 MiB of backlog.
+    pub const BACKLOG_SIZE: u64 = 64 << 20;
+    /// One million pending keys.
+    pub const MAX_PENDING_KEYS: u64 = 1_000_000;
+    /// One minute of clock skew.
+    pub const MAX_CLOCK_SKEW_MS: u64 = 60_000;
+    /// 512 MiB per frame (Redis's own proto-max-bulk-len).
+    pub const MAX_FRAME_SIZE: u64 = 512 << 20;
+    /// Entries applied per event-loop iteration.
+    pub const APPLY_BUDGET: u64 = 10_000;
+}
+
+/// Parse `"64mb"`, `"1gb"`, `"4096"`, `"10k"` into bytes.
+pub fn parse_bytes(s: &str) -> Option<u64> {
+    let lower = s.trim().to_ascii_lowercase();
+    let (num, mult) = [
+        ("gb", 1u64 << 30),
+        ("mb", 1 << 20),
+        ("kb", 1 << 10),
+        ("g", 1_000_000_000),
+        ("m", 1_000_000),
+        ("k", 1_000),
+        ("b", 1),
+    ]
+    .iter()
+    .find_map(|(suf, m)| lower.strip_suffix(suf).map(|n| (n.to_string(), *m)))
+    .unwrap_or((lower.clone(), 1));
+    num.trim().parse::<u64>().ok()?.checked_mul(mult)
+}
+
+fn parse_addr(name: &'static str, v: &str) -> Result<SocketAddr, ConfigError> {
+    v.parse().map_err(|_| ConfigError::Invalid {
+        name,
+        value: v.to_string(),
+        why: "expected host:port with a numeric IP, e.g. 127.0.0.1:7101".into(),
+    })
+}
+
+fn parse_u64(
+    name: &'static str,
+    v: &str,
+    min: u64,
+    max: u64,
+    bytes: bool,
+) -> Result<u64, ConfigError> {
+    let parsed = if bytes {
+        parse_bytes(v)
+    } else {
+        v.parse().ok()
+    };
+    match parsed {
+        Some(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(ConfigError::Invalid {
+            name,
+            value: v.to_string(),
+            why: format!(
+                "expected {} between {min} and {max}",
+                if bytes {
+                    "a size (e.g. 64mb)"
+                } else {
+                    "an integer"
+                }
+            ),
+        }),
+    }
+}
+
+fn parse_bool(name: &'static str, v: &str) -> Result<bool, ConfigError> {
+    match v.to_ascii_lowercase().as_str() {
+        "yes" | "true" | "1" => Ok(true),
+        "no" | "false" | "0" => Ok(false),
+        _ => Err(ConfigError::Invalid {
+            name,
+            value: v.to_string(),
+            why: "expected yes or no".into(),
+        }),
+    }
+}
+
+/// Is `id` an acceptable node id: 1–64 characters of `[A-Za-z0-9_.-]`.
+pub fn valid_node_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+impl Config {
+    /// Parse the argument list. `read_file` reads `secret-file` (injected so
+    /// tests need no files).
+    pub fn parse<F>(args: &[String], read_file: F) -> Result<Config, ConfigError>
+    where
+        F: Fn(&str) -> std::io::Result<Vec<u8>>,
+    {
+        let mut seen: Vec<&str> = Vec::new();
+        let mut node_id = None;
+        let mut listen = None;
+        let mut peer = None;
+        let mut secret = None;
+        let mut secret_file = None;
+        let mut cfg_backlog = defaults::BACKLOG_SIZE;
+        let mut cfg_pending = defaults::MAX_PENDING_KEYS;
+        let mut cfg_skew = defaults::MAX_CLOCK_SKEW_MS;
+        let mut cfg_frame = defaults::MAX_FRAME_SIZE;
+        let mut cfg_budget = defaults::APPLY_BUDGET;
+        let mut cfg_evict = false;
+
+        let mut it = args.iter();
+        while let Some(raw_name) = it.next() {
+            let lname = raw_name.to_ascii_lowercase();
+            let name = KNOWN
+                .iter()
+                .find(|k| **k == lname)
+                .copied()
+                .ok_or_else(|| ConfigError::Unknown(raw_name.clone()))?;
+            let value = it
+                .next()
+                .ok_or_else(|| ConfigError::MissingValue(name.to_string()))?;
+            if seen.contains(&name) {
+                return Err(ConfigError::Duplicate(name.to_string()));
+            }
+            seen.push(name);
+            match name {
+                "node-id" => {
+                    if !valid_node_id(value) {
+                        return Err(ConfigError::Invalid {
+                            name: "node-id",
+                            value: value.clone(),
+                            why: "expected 1-64 characters of letters, digits, '-', '_' or '.'"
+                                .into(),
+                        });
+                    }
+                    node_id = Some(value.clone());
+                }
+                "listen" => listen = Some(parse_addr("listen", value)?),
+                "peer" => peer = Some(parse_addr("peer", value)?),
+                "secret" => {
+                    if value.len() < 16 {
+                        return Err(ConfigError::Invalid {
+                            name: "secret",
+                            value: "<redacted>".into(),
+                            why: "expected at least 16 characters".into(),
+                        });
+                    }
+                    secret = Some(value.as_bytes().to_vec());
+                }
+                "secret-file" => {
+                    let bytes = read_file(value).map_err(|e| ConfigError::Invalid {
+                        name: "secret-file",
+                        value: value.clone(),
+                        why: format!("cannot read it ({e})"),
+                    })?;
+                    let trimmed: Vec<u8> = bytes.trim_ascii().to_vec();
+                    if trimmed.len() < 16 {
+                        return Err(ConfigError::Invalid {
+                            name: "secret-file",
+                            value: value.clone(),
+                            why: "expected a secret of at least 16 bytes in the file".into(),
+                        });
+                    }
+                    secret = Some(trimmed);
+                    secret_file = Some(value.clone());
+                }
+                "backlog-size" => cfg_backlog = parse_u64(name, value, 1 << 10, 1 << 40, true)?,
+                "max-pending-keys" => cfg_pending = parse_u64(name, value, 1, 1 << 40, false)?,
+                "max-clock-skew" => cfg_skew = parse_u64(name, value, 1, 1 << 40, false)?,
+                "max-frame-size" => cfg_frame = parse_u64(name, value, 1 << 16, 1 << 32, true)?,
+                "apply-budget" => cfg_budget = parse_u64(name, value, 1, 1 << 30, false)?,
+                "ship-evictions" => cfg_evict = parse_bool(name, value)?,
+                _ => return Err(ConfigError::Unknown(raw_name.clone())),
+            }
+        }
+        if seen.contains(&"secret") && seen.contains(&"secret-file") {
+            return Err(ConfigError::Invalid {
+                name: "secret",
+                value: "<redacted>".into(),
+                why: "give either secret or secret-file, not both".into(),
+            });
+        }
+        let node_id = node_id.ok_or(ConfigError::Required(
+            "node-id",
+            "a unique name for this node, e.g. node-id a",
+        ))?;
+        let listen = listen.ok_or(ConfigError::Required(
+            "listen",
+            "host:port the link listens on, e.g. listen 127.0.0.1:7101",
+        ))?;
+        let peer = peer.ok_or(ConfigError::Required(
+            "peer",
+            "host:port of the peer's link, e.g. peer 127.0.0.1:7102",
+        ))?;
+        if listen == peer {
+            return Err(ConfigError::Invalid {
+                name: "peer",
+                value: peer.to_string(),
+                why: "must differ from listen".into(),
+            });
+        }
+        Ok(Config {
+            node_id,
+            listen,
+            peer,
+            secret,
+            secret_file,
+            backlog_size: cfg_backlog,
+            max_pending_keys: cfg_pending,
+            max_clock_skew_ms: cfg_skew,
+            max_frame_size: cfg_frame,
+            apply_budget: cfg_budget,
+            ship_evictions: cfg_evict,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    fn no_file(_: &str) -> std::io::Result<Vec<u8>> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no such file",
+        ))
+    }
+
+    #[test]
+    fn minimal_arguments() {
+        let c = Config::parse(
+            &args("node-id a listen 127.0.0.1:7101 peer 127.0.0.1:7102"),
+            no_file,
+        )
+        .unwrap();
+        assert_eq!(c.node_id, "a");
+        assert_eq!(c.listen.port(), 7101);
+        assert_eq!(c.backlog_size, defaults::BACKLOG_SIZE);
+        assert!(c.secret.is_none());
+    }
+
+    #[test]
+    fn all_arguments() {
+        let c = Config::parse(
+            &args("NODE-ID a listen 127.0.0.1:1 peer 127.0.0.1:2 backlog-size 1mb max-pending-keys 10 max-clock-skew 5 max-frame-size 1mb apply-budget 7 ship-evictions yes secret-file /s"),
+            |_| Ok(b"  0123456789abcdef\n".to_vec()),
+        )
+        .unwrap();
+        assert_eq!(c.backlog_size, 1 << 20);
+        assert_eq!(c.max_pending_keys, 10);
+        assert_eq!(c.max_clock_skew_ms, 5);
+        assert_eq!(c.apply_budget, 7);
+        assert!(c.ship_evictions);
+        assert_eq!(c.secret.as_deref(), Some(&b"0123456789abcdef"[..]));
+    }
+
+    #[test]
+    fn errors_name_the_argument() {
+        let cases = [
+            (
+                "listen 127.0.0.1:1 peer 127.0.0.1:2",
+                "'node-id' is required",
+            ),
+            ("node-id a peer 127.0.0.1:2", "'listen' is required"),
+            ("node-id a listen 127.0.0.1:1", "'peer' is required"),
+            (
+                "node-id a listen nowhere peer 127.0.0.1:2",
+                "argument 'listen'",
+            ),
+            (
+                "node-id a listen 127.0.0.1:1 peer 127.0.0.1:2 bogus 1",
+                "unknown argument 'bogus'",
+            ),
+            ("node-id a listen 127.0.0.1:1 peer", "'peer' needs a value"),
+            (
+                "node-id a node-id b listen 127.0.0.1:1 peer 127.0.0.1:2",
+                "'node-id' given twice",
+            ),
+            (
+                "node-id a listen 127.0.0.1:1 peer 127.0.0.1:2 backlog-size lots",
+                "argument 'backlog-size'",
+            ),
+            (
+                "node-id a/b listen 127.0.0.1:1 peer 127.0.0.1:2",
+                "argument 'node-id'",
+            ),
+            (
+                "node-id a listen 127.0.0.1:1 peer 127.0.0.1:1",
+                "must differ",
+            ),
+            (
+                "node-id a listen 127.0.0.1:1 peer 127.0.0.1:2 secret-file /x",
+                "cannot read it",
+            ),
+            (
+                "node-id a listen 127.0.0.1:1 peer 127.0.0.1:2 secret short",
+                "at least 16",
+            ),
+            (
+                "node-id a listen 127.0.0.1:1 peer 127.0.0.1:2 ship-evictions maybe",
+                "yes or no",
+            ),
+        ];
+        for (a, want) in cases {
+            let err = Config::parse(&args(a), no_file).unwrap_err().to_string();
+            assert!(err.contains(want), "{a}: got '{err}', want '{want}'");
+        }
+    }
+
+    #[test]
+    fn secret_never_appears_in_errors() {
+        let err = Config::parse(
+            &args("node-id a listen 127.0.0.1:1 peer 127.0.0.1:2 secret hunter2"),
+            no_file,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!err.contains("hunter2"));
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_bytes("64mb"), Some(64 << 20));
+        assert_eq!(parse_bytes("1GB"), Some(1 << 30));
+        assert_eq!(parse_bytes("10k"), Some(10_000));
+        assert_eq!(parse_bytes("123"), Some(123));
+        assert_eq!(parse_bytes("x"), None);
+        assert_eq!(parse_bytes("99999999999999999999gb"), None);
+    }
+}

@@ -1,0 +1,138 @@
+//! What changed since the last flush, in order.
+//!
+//! Why: the keyspace handler must stay cheap and re-entrant, so it only
+//! appends `(db, key)`; flushes of whole dbs arrive through server events
+//! and are appended in the same sequence. At flush time the log is reduced
+//! to the list of things to image: a key is imaged at its *last* position
+//! (its current value is the value after its last change), and a key whose
+//! last change came before a flush of its db is dropped (the flush covers it).
+
+use std::collections::HashSet;
+
+/// One recorded change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dirty {
+    /// A key changed in a db.
+    Key(u32, Vec<u8>),
+    /// A db was emptied.
+    Flush(u32),
+}
+
+/// The change log between two flushes.
+#[derive(Debug, Default)]
+pub struct DirtyLog {
+    items: Vec<Dirty>,
+    /// Start of the latest group of flush markers (see [`DirtyLog::cancel_last_flush`]).
+    last_flush_group: Option<usize>,
+}
+
+impl DirtyLog {
+    /// An empty log (const: it lives in a static).
+    pub const fn new() -> Self {
+        Self {
+            items: Vec::new(),
+            last_flush_group: None,
+        }
+    }
+
+    /// True if nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Number of recorded changes.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Record a key change.
+    pub fn key(&mut self, db: u32, key: &[u8]) {
+        self.items.push(Dirty::Key(db, key.to_vec()));
+    }
+
+    /// Record a flush of each of `dbs` (one FLUSHDB, or every db for FLUSHALL).
+    pub fn flush(&mut self, dbs: impl IntoIterator<Item = u32>) {
+        self.last_flush_group = Some(self.items.len());
+        self.items.extend(dbs.into_iter().map(Dirty::Flush));
+    }
+
+    /// The latest flush was not a user's (DEBUG RELOAD, DEBUG LOADAOF empty the
+    /// dataset and load it back): forget its markers.
+    pub fn cancel_last_flush(&mut self) {
+        if let Some(start) = self.last_flush_group.take() {
+            let tail: Vec<Dirty> = self
+                .items
+                .drain(start..)
+                .filter(|d| !matches!(d, Dirty::Flush(_)))
+                .collect();
+            self.items.extend(tail);
+        }
+    }
+
+    /// Take the log, leaving it empty.
+    pub fn take(&mut self) -> Vec<Dirty> {
+        self.last_flush_group = None;
+        std::mem::take(&mut self.items)
+    }
+}
+
+/// Reduce a log to what a batch must carry, in order.
+pub fn reduce(log: Vec<Dirty>) -> Vec<Dirty> {
+    let mut seen_keys: HashSet<(u32, &[u8])> = HashSet::new();
+    let mut flushed_after: HashSet<u32> = HashSet::new();
+    let mut keep = vec![false; log.len()];
+    for (i, d) in log.iter().enumerate().rev() {
+        match d {
+            Dirty::Flush(db) => {
+                keep[i] = true;
+                flushed_after.insert(*db);
+            }
+            Dirty::Key(db, k) => {
+                if !flushed_after.contains(db) && seen_keys.insert((*db, k.as_slice())) {
+                    keep[i] = true;
+                }
+            }
+        }
+    }
+    log.into_iter()
+        .zip(keep)
+        .filter_map(|(d, k)| k.then_some(d))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(db: u32, s: &str) -> Dirty {
+        Dirty::Key(db, s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn keeps_last_position_of_each_key() {
+        let log = vec![k(0, "a"), k(0, "b"), k(0, "a")];
+        assert_eq!(reduce(log), vec![k(0, "b"), k(0, "a")]);
+    }
+
+    #[test]
+    fn key_rewritten_after_flush_survives_after_it() {
+        // SET b; FLUSHDB; SET b -> the image of b must come after the flush.
+        let log = vec![k(0, "b"), Dirty::Flush(0), k(0, "b")];
+        assert_eq!(reduce(log), vec![Dirty::Flush(0), k(0, "b")]);
+    }
+
+    #[test]
+    fn flush_covers_only_its_db() {
+        let log = vec![k(0, "a"), k(1, "a"), Dirty::Flush(0)];
+        assert_eq!(reduce(log), vec![k(1, "a"), Dirty::Flush(0)]);
+    }
+
+    #[test]
+    fn cancelled_flush_disappears() {
+        let mut l = DirtyLog::new();
+        l.key(0, b"a");
+        l.flush(0..16);
+        l.cancel_last_flush();
+        assert_eq!(l.take(), vec![k(0, "a")]);
+    }
+}

@@ -1,0 +1,10 @@
+//! The pure core: no Redis, no sockets. Everything here is unit-tested.
+
+pub mod codec;
+pub mod config;
+pub mod dirty;
+pub mod hlc;
+pub mod outbox;
+pub mod pending;
+pub mod protocol;
+pub mod stats;

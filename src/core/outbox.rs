@@ -1,0 +1,292 @@
+//! The node's outgoing stream: encoded batches kept until the peer
+//! acknowledges them (the backlog), interleaved with acknowledgements of the
+//! peer's stream, in one FIFO.
+//!
+//! Why one FIFO: an acknowledgement must never overtake a batch made before
+//! it (DESIGN §3 rule 1), so both travel through the same queue, in the
+//! order they were enqueued. Why bounded in bytes: a peer that is away must
+//! not make the server run out of memory; dropping an un-acknowledged batch
+//! is recorded, and a reconnect then needs more than a partial resync.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// One item of the outgoing FIFO.
+#[derive(Debug, Clone)]
+pub enum Item {
+    /// An encoded [`crate::core::protocol::Frame::Batch`] with its seq.
+    Batch {
+        /// Stream sequence number.
+        seq: u64,
+        /// The frame bytes, ready for the socket.
+        bytes: Arc<Vec<u8>>,
+    },
+    /// Acknowledge the peer's stream up to this seq.
+    Ack(u64),
+}
+
+/// How a reconnecting peer can be brought up to date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumePlan {
+    /// Every batch after the peer's position is still here.
+    Partial,
+    /// Some batch after the peer's position was dropped (or the peer's
+    /// position is from another stream): fresh images are needed.
+    NeedResync,
+}
+
+/// The outgoing FIFO and backlog.
+#[derive(Debug)]
+pub struct Outbox {
+    items: VecDeque<Item>,
+    /// Log index of `items[0]`: a writer's cursor survives pruning.
+    first_index: u64,
+    batch_bytes: usize,
+    max_bytes: usize,
+    /// Highest own seq issued.
+    last_seq: u64,
+    /// Highest own seq the peer acknowledged.
+    acked_seq: u64,
+    /// Highest own seq dropped from the backlog without acknowledgement.
+    dropped_upto: u64,
+    /// Highest peer seq applied here (what the next ack says).
+    applied_seq: u64,
+    /// The latest resync batch: its seq and log index.
+    resync_mark: Option<(u64, u64)>,
+}
+
+impl Outbox {
+    /// An empty stream whose backlog holds at most `max_bytes` of batches.
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            items: VecDeque::new(),
+            first_index: 0,
+            batch_bytes: 0,
+            max_bytes,
+            last_seq: 0,
+            acked_seq: 0,
+            dropped_upto: 0,
+            applied_seq: 0,
+            resync_mark: None,
+        }
+    }
+
+    /// The batch just pushed is a resync batch: a writer serving a peer
+    /// that needed a resync starts from it.
+    pub fn mark_last_as_resync(&mut self) {
+        self.resync_mark = Some((self.last_seq, self.end_index().saturating_sub(1)));
+        self.dropped_upto = self.dropped_upto.max(self.last_seq.saturating_sub(1));
+    }
+
+    /// The latest resync batch (seq, log index), if any is newer than `after_seq`.
+    pub fn resync_after(&self, after_seq: u64) -> Option<(u64, u64)> {
+        self.resync_mark.filter(|(seq, _)| *seq > after_seq)
+    }
+
+    /// The seq the next batch gets.
+    pub fn next_seq(&self) -> u64 {
+        self.last_seq + 1
+    }
+
+    /// Highest seq issued.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Highest seq the peer acknowledged.
+    pub fn acked_seq(&self) -> u64 {
+        self.acked_seq
+    }
+
+    /// Highest peer seq applied here.
+    pub fn applied_seq(&self) -> u64 {
+        self.applied_seq
+    }
+
+    /// Bytes of batches held.
+    pub fn backlog_bytes(&self) -> usize {
+        self.batch_bytes
+    }
+
+    /// Change the byte bound (CONFIG SET); takes effect at the next push.
+    pub fn set_max_bytes(&mut self, max: usize) {
+        self.max_bytes = max;
+    }
+
+    /// Log index one past the last item: where a new writer starts.
+    pub fn end_index(&self) -> u64 {
+        self.first_index + self.items.len() as u64
+    }
+
+    /// Append a batch. Returns `true` if the bound forced dropping a batch
+    /// the peer had not acknowledged (the caller must then force a resync).
+    pub fn push_batch(&mut self, seq: u64, bytes: Arc<Vec<u8>>) -> bool {
+        debug_assert_eq!(seq, self.last_seq + 1);
+        self.last_seq = seq;
+        self.batch_bytes += bytes.len();
+        self.items.push_back(Item::Batch { seq, bytes });
+        let mut dropped = false;
+        while self.batch_bytes > self.max_bytes {
+            match self.items.pop_front() {
+                Some(Item::Batch { seq, bytes }) => {
+                    self.batch_bytes -= bytes.len();
+                    if seq > self.acked_seq {
+                        self.dropped_upto = self.dropped_upto.max(seq);
+                        dropped = true;
+                    }
+                }
+                Some(Item::Ack(_)) => {}
+                None => break,
+            }
+            self.first_index += 1;
+        }
+        dropped
+    }
+
+    /// Record that the peer's stream is applied up to `seq` and queue the
+    /// acknowledgement behind every batch already queued.
+    pub fn push_ack(&mut self, seq: u64) {
+        self.applied_seq = seq;
+        if let Some(Item::Ack(last)) = self.items.back_mut() {
+            *last = seq;
+            return;
+        }
+        self.items.push_back(Item::Ack(seq));
+    }
+
+    /// Set the applied position without queuing an ack (restart, resync).
+    pub fn set_applied(&mut self, seq: u64) {
+        self.applied_seq = seq;
+    }
+
+    /// The peer acknowledged our stream up to `seq`: drop those batches and
+    /// acks that lie before any kept batch.
+    pub fn acknowledge(&mut self, seq: u64) {
+        if seq <= self.acked_seq {
+            return;
+        }
+        self.acked_seq = seq.min(self.last_seq);
+        while let Some(front) = self.items.front() {
+            let drop = match front {
+                Item::Batch { seq: s, .. } => *s <= self.acked_seq,
+                Item::Ack(_) => true,
+            };
+            if !drop {
+                break;
+            }
+            if let Some(Item::Batch { bytes, .. }) = self.items.pop_front() {
+                self.batch_bytes -= bytes.len();
+            }
+            self.first_index += 1;
+        }
+    }
+
+    /// Items from log index `from` to the end, and the new cursor. A cursor
+    /// behind the front (items pruned meanwhile) resumes at the front.
+    pub fn items_from(&self, from: u64) -> (Vec<Item>, u64) {
+        let start = from.max(self.first_index) - self.first_index;
+        let items = self.items.iter().skip(start as usize).cloned().collect();
+        (items, self.end_index())
+    }
+
+    /// Can a peer that applied our stream up to `peer_pos` be served from the backlog?
+    pub fn plan_resume(&self, peer_pos: u64) -> ResumePlan {
+        if peer_pos > self.last_seq || peer_pos < self.dropped_upto {
+            return ResumePlan::NeedResync;
+        }
+        let first_kept = self.items.iter().find_map(|i| match i {
+            Item::Batch { seq, .. } => Some(*seq),
+            Item::Ack(_) => None,
+        });
+        match first_kept {
+            Some(first) if first > peer_pos + 1 => ResumePlan::NeedResync,
+            _ => ResumePlan::Partial,
+        }
+    }
+
+    /// Batches with seq above `peer_pos`, in order, for a partial resync.
+    pub fn batches_after(&self, peer_pos: u64) -> Vec<Arc<Vec<u8>>> {
+        self.items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Batch { seq, bytes } if *seq > peer_pos => Some(bytes.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(n: usize) -> Arc<Vec<u8>> {
+        Arc::new(vec![0; n])
+    }
+
+    #[test]
+    fn acks_stay_behind_earlier_batches() {
+        let mut o = Outbox::new(1000);
+        o.push_batch(1, b(10));
+        o.push_ack(7);
+        o.push_batch(2, b(10));
+        let (items, end) = o.items_from(0);
+        assert_eq!(end, 3);
+        assert!(matches!(items[0], Item::Batch { seq: 1, .. }));
+        assert!(matches!(items[1], Item::Ack(7)));
+        assert!(matches!(items[2], Item::Batch { seq: 2, .. }));
+    }
+
+    #[test]
+    fn consecutive_acks_coalesce() {
+        let mut o = Outbox::new(1000);
+        o.push_ack(1);
+        o.push_ack(2);
+        assert_eq!(o.items_from(0).0.len(), 1);
+        assert_eq!(o.applied_seq(), 2);
+    }
+
+    #[test]
+    fn acknowledge_prunes_and_cursor_survives() {
+        let mut o = Outbox::new(1000);
+        o.push_batch(1, b(10));
+        o.push_batch(2, b(10));
+        let (_, cursor) = o.items_from(0);
+        o.acknowledge(1);
+        assert_eq!(o.backlog_bytes(), 10);
+        o.push_batch(3, b(10));
+        let (items, _) = o.items_from(cursor);
+        assert_eq!(items.len(), 1);
+        assert!(matches!(items[0], Item::Batch { seq: 3, .. }));
+    }
+
+    #[test]
+    fn overflow_drops_oldest_and_forbids_partial() {
+        let mut o = Outbox::new(25);
+        assert!(!o.push_batch(1, b(10)));
+        assert!(!o.push_batch(2, b(10)));
+        assert!(
+            o.push_batch(3, b(10)),
+            "dropping un-acked batch 1 must be reported"
+        );
+        assert!(o.backlog_bytes() <= 25);
+        assert_eq!(o.plan_resume(0), ResumePlan::NeedResync);
+        assert_eq!(o.plan_resume(1), ResumePlan::Partial);
+        assert_eq!(o.batches_after(1).len(), 2);
+    }
+
+    #[test]
+    fn dropping_acknowledged_batches_is_not_an_overflow() {
+        let mut o = Outbox::new(15);
+        o.push_batch(1, b(10));
+        o.acknowledge(1);
+        assert!(!o.push_batch(2, b(10)));
+    }
+
+    #[test]
+    fn peer_ahead_of_us_needs_resync() {
+        let o = Outbox::new(100);
+        assert_eq!(o.plan_resume(5), ResumePlan::NeedResync);
+        assert_eq!(o.plan_resume(0), ResumePlan::Partial);
+    }
+}

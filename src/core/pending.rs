@@ -1,0 +1,267 @@
+//! The table of local writes the peer has not acknowledged yet.
+//!
+//! Why: it is the only per-key metadata the module keeps. A remote image
+//! loses only against a newer local write the peer has not seen; once the
+//! peer acknowledges the batch that carried the write (in its own ordered
+//! stream, see DESIGN §3), the entry leaves the table and, in steady state,
+//! the table is empty. A pending local FLUSHDB acts as a tombstone over its
+//! whole db.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::protocol::Stamp;
+
+/// A key in one logical db.
+pub type DbKey = (u32, Vec<u8>);
+
+/// Where a pending write sits in the order and which batch carried it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingEntry {
+    /// Its order stamp.
+    pub stamp: Stamp,
+    /// The sequence number of the batch that carried it.
+    pub seq: u64,
+}
+
+/// What to do with one remote entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Apply it: no newer un-acknowledged local write exists.
+    Apply,
+    /// Drop it: a newer local write wins; both sides decide the same.
+    LocalWins,
+}
+
+/// Does a remote write `(remote, remote_node)` beat a local one `(local, local_node)`?
+/// Ties on the stamp are broken by node id, so both sides agree.
+pub fn remote_wins(remote: Stamp, remote_node: &str, local: Stamp, local_node: &str) -> bool {
+    (remote.hlc, remote_node, remote.index) > (local.hlc, local_node, local.index)
+}
+
+/// Un-acknowledged local writes, keyed by `(db, key)`, plus pending flushes per db.
+#[derive(Debug, Default)]
+pub struct PendingWrites {
+    keys: HashMap<DbKey, PendingEntry>,
+    flushes: HashMap<u32, PendingEntry>,
+    by_seq: BTreeMap<u64, Vec<Option<DbKey>>>,
+}
+
+impl PendingWrites {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of keys with an un-acknowledged write (what `pending_keys` shows).
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// True when nothing is pending (no keys, no flushes).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty() && self.flushes.is_empty()
+    }
+
+    /// Record a local write of `key` in batch `seq`.
+    pub fn record_key(&mut self, key: DbKey, stamp: Stamp, seq: u64) {
+        self.by_seq.entry(seq).or_default().push(Some(key.clone()));
+        self.keys.insert(key, PendingEntry { stamp, seq });
+    }
+
+    /// Record a local flush of `db` in batch `seq`.
+    pub fn record_flush(&mut self, db: u32, stamp: Stamp, seq: u64) {
+        self.by_seq.entry(seq).or_default().push(None);
+        self.flushes.insert(db, PendingEntry { stamp, seq });
+    }
+
+    /// The newest pending local write covering this key: its own entry or a
+    /// pending flush of its db.
+    pub fn local_stamp(&self, db: u32, key: &[u8]) -> Option<Stamp> {
+        let own = self.keys.get(&(db, key.to_vec())).map(|e| e.stamp);
+        let flush = self.flushes.get(&db).map(|e| e.stamp);
+        own.max(flush)
+    }
+
+    /// The rule of DESIGN §3 for a remote key image.
+    pub fn decide_key(
+        &self,
+        db: u32,
+        key: &[u8],
+        remote: Stamp,
+        remote_node: &str,
+        local_node: &str,
+    ) -> Decision {
+        match self.local_stamp(db, key) {
+            Some(local) if !remote_wins(remote, remote_node, local, local_node) => {
+                Decision::LocalWins
+            }
+            _ => Decision::Apply,
+        }
+    }
+
+    /// Keys of `db` whose pending local write is newer than a remote flush
+    /// stamped `remote`: they survive the flush on both sides.
+    pub fn survivors_of_flush(
+        &self,
+        db: u32,
+        remote: Stamp,
+        remote_node: &str,
+        local_node: &str,
+    ) -> Vec<Vec<u8>> {
+        self.keys
+            .iter()
+            .filter(|((d, _), e)| {
+                *d == db && !remote_wins(remote, remote_node, e.stamp, local_node)
+            })
+            .map(|((_, k), _)| k.clone())
+            .collect()
+    }
+
+    /// Does a pending local flush of `db` already cover a remote flush stamped
+    /// `remote`? (Then the remote one changes nothing.)
+    pub fn flush_covers(
+        &self,
+        db: u32,
+        remote: Stamp,
+        remote_node: &str,
+        local_node: &str,
+    ) -> bool {
+        self.flushes
+            .get(&db)
+            .is_some_and(|e| !remote_wins(remote, remote_node, e.stamp, local_node))
+    }
+
+    /// The peer acknowledged every batch up to `seq`: forget what they carried,
+    /// unless a later batch wrote the same key again.
+    pub fn acknowledge(&mut self, seq: u64) {
+        let later = self.by_seq.split_off(&(seq.saturating_add(1)));
+        let done = std::mem::replace(&mut self.by_seq, later);
+        for (s, keys) in done {
+            for k in keys {
+                match k {
+                    Some(k) => {
+                        if self.keys.get(&k).is_some_and(|e| e.seq == s) {
+                            self.keys.remove(&k);
+                        }
+                    }
+                    None => self.flushes.retain(|_, e| e.seq != s),
+                }
+            }
+        }
+    }
+
+    /// Every pending entry, oldest first: what a dirty-key resync re-sends,
+    /// each with its recorded stamp. `None` as key means a flush of the db.
+    pub fn entries_by_stamp(&self) -> Vec<(u32, Option<Vec<u8>>, PendingEntry)> {
+        let mut out: Vec<_> = self
+            .keys
+            .iter()
+            .map(|((db, k), e)| (*db, Some(k.clone()), *e))
+            .chain(self.flushes.iter().map(|(db, e)| (*db, None, *e)))
+            .collect();
+        out.sort_by_key(|(_, _, e)| e.stamp);
+        out
+    }
+
+    /// Age reference: the smallest stamp still pending, if any.
+    pub fn oldest_stamp(&self) -> Option<Stamp> {
+        self.keys
+            .values()
+            .chain(self.flushes.values())
+            .map(|e| e.stamp)
+            .min()
+    }
+
+    /// Forget everything (after a full resync made the table meaningless).
+    pub fn clear(&mut self) {
+        self.keys.clear();
+        self.flushes.clear();
+        self.by_seq.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(hlc: u64, index: u32) -> Stamp {
+        Stamp { hlc, index }
+    }
+
+    #[test]
+    fn newer_local_write_wins() {
+        let mut t = PendingWrites::new();
+        t.record_key((0, b"k".to_vec()), st(10, 0), 1);
+        assert_eq!(
+            t.decide_key(0, b"k", st(9, 0), "b", "a"),
+            Decision::LocalWins
+        );
+        assert_eq!(t.decide_key(0, b"k", st(11, 0), "b", "a"), Decision::Apply);
+        assert_eq!(
+            t.decide_key(1, b"k", st(1, 0), "b", "a"),
+            Decision::Apply,
+            "other db"
+        );
+    }
+
+    #[test]
+    fn ties_broken_by_node_id_the_same_way_on_both_sides() {
+        let s = st(10, 0);
+        assert!(remote_wins(s, "b", s, "a"));
+        assert!(!remote_wins(s, "a", s, "b"));
+    }
+
+    #[test]
+    fn index_orders_entries_of_one_batch() {
+        assert!(remote_wins(st(10, 2), "a", st(10, 1), "a"));
+    }
+
+    #[test]
+    fn ack_prunes_only_batches_up_to_seq_and_keeps_rewrites() {
+        let mut t = PendingWrites::new();
+        t.record_key((0, b"a".to_vec()), st(1, 0), 1);
+        t.record_key((0, b"b".to_vec()), st(1, 1), 1);
+        t.record_key((0, b"a".to_vec()), st(2, 0), 2);
+        t.acknowledge(1);
+        assert_eq!(t.len(), 1);
+        assert!(t.local_stamp(0, b"a").is_some());
+        t.acknowledge(2);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn pending_flush_is_a_tombstone_over_the_db() {
+        let mut t = PendingWrites::new();
+        t.record_flush(2, st(50, 0), 1);
+        assert_eq!(
+            t.decide_key(2, b"x", st(40, 0), "b", "a"),
+            Decision::LocalWins
+        );
+        assert_eq!(t.decide_key(2, b"x", st(60, 0), "b", "a"), Decision::Apply);
+        assert!(t.flush_covers(2, st(40, 0), "b", "a"));
+        t.acknowledge(1);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn survivors_of_remote_flush_are_newer_local_writes() {
+        let mut t = PendingWrites::new();
+        t.record_key((0, b"old".to_vec()), st(5, 0), 1);
+        t.record_key((0, b"new".to_vec()), st(15, 0), 2);
+        t.record_key((1, b"other".to_vec()), st(15, 0), 2);
+        assert_eq!(
+            t.survivors_of_flush(0, st(10, 0), "b", "a"),
+            vec![b"new".to_vec()]
+        );
+    }
+
+    #[test]
+    fn entries_by_stamp_are_oldest_first() {
+        let mut t = PendingWrites::new();
+        t.record_key((0, b"b".to_vec()), st(20, 0), 2);
+        t.record_flush(0, st(10, 0), 1);
+        let e = t.entries_by_stamp();
+        assert_eq!(e[0].1, None);
+        assert_eq!(e[1].1, Some(b"b".to_vec()));
+    }
+}

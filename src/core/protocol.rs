@@ -1,0 +1,118 @@
+//! The messages two nodes exchange.
+//!
+//! Why a separate module: the message shapes are the contract between two
+//! builds of the module. They change only together with
+//! [`PROTOCOL_VERSION`], and the encoding of these shapes lives in
+//! [`crate::core::codec`] alone, so the codec can be swapped behind a version bump.
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped whenever a message shape or its meaning changes.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Orders one entry among every write of both nodes: the batch's clock
+/// stamp, then the origin node id, then the index inside the batch (a
+/// MULTI with `SET a; FLUSHDB; SET b` needs the index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Stamp {
+    /// Hybrid logical clock value (see [`crate::core::hlc`]).
+    pub hlc: u64,
+    /// Position of the entry inside its batch.
+    pub index: u32,
+}
+
+/// The stored form of one key's value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Value {
+    /// A plain string, carried raw (read without serialization cost).
+    String(Vec<u8>),
+    /// Any other type, as a Redis `DUMP` payload (restored with `RESTORE`).
+    Dump(Vec<u8>),
+}
+
+/// What happened to a key or a db, as the state after the change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// The key now holds this value, with this absolute expiry (Unix ms).
+    Set {
+        /// The key.
+        key: Vec<u8>,
+        /// Its value.
+        value: Value,
+        /// Absolute expiry in Unix milliseconds, if any.
+        expire_at_ms: Option<i64>,
+    },
+    /// The key no longer exists (DEL, UNLINK, source of RENAME or MOVE, ...).
+    Delete {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// Every key of the db older than this entry is gone (FLUSHDB/FLUSHALL).
+    FlushDb,
+}
+
+/// One change inside a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Logical database number.
+    pub db: u32,
+    /// Its place in the last-writer-wins order.
+    pub stamp: Stamp,
+    /// The change.
+    pub op: Op,
+}
+
+/// Everything one node captured in one flush: applied by the peer in one
+/// lock hold, so a transaction never straddles two batches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    /// Position in the sender's stream (1, 2, 3, ...).
+    pub seq: u64,
+    /// A resync batch: it covers every earlier batch the receiver lacks, so
+    /// the receiver accepts it after a gap.
+    pub resync: bool,
+    /// The entries, in the order they must be applied.
+    pub entries: Vec<Entry>,
+}
+
+/// Where a receiver stopped in a sender's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    /// The sender's stream id the position refers to.
+    pub stream_id: u64,
+    /// Highest sequence number applied from that stream.
+    pub seq: u64,
+}
+
+/// First frame on a connection, sent by both sides.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub protocol: u32,
+    /// The sender's `node-id`.
+    pub node_id: String,
+    /// The sender's `databases` setting; both sides must agree.
+    pub databases: u32,
+    /// RDB version of the sender's `DUMP` payloads.
+    pub rdb_version: u32,
+    /// The sender's outgoing stream id.
+    pub stream_id: u64,
+    /// How far the sender got in the receiver's stream, if it ever saw it.
+    pub resume: Option<Resume>,
+}
+
+/// A frame on an established link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// Handshake.
+    Hello(Hello),
+    /// The handshake was refused; the text says why, for the peer's log.
+    Refuse(String),
+    /// Changes to apply.
+    Batch(Batch),
+    /// The sender has applied the receiver's stream up to this seq. Travels
+    /// in the sender's own ordered stream, after every batch it made before.
+    Ack(u64),
+    /// Keeps an idle link observably alive.
+    Ping,
+}

@@ -1,0 +1,259 @@
+//! Apply: remote batches, in order, under the rule of DESIGN §3.
+//!
+//! Why on the main thread at before-sleep: there we already hold the lock,
+//! the same hold first flushes local changes (so a remote image never lands
+//! on a dirty, unstamped key), and the writes made through `call_ext` with
+//! replication reach this server's AOF and replicas wrapped as one
+//! transaction when the callback returns.
+
+use std::sync::atomic::Ordering;
+
+use redis_module::{CallOptions, CallOptionsBuilder, CallReply, CallResult, Context};
+
+use super::capture::APPLYING;
+use super::ffi;
+use super::flush::read_image;
+use super::node::with_node;
+use crate::core::hlc::wall_ms;
+use crate::core::pending::Decision;
+use crate::core::protocol::{Batch, Entry, Op, Value};
+use crate::core::stats::Stats;
+use crate::log;
+use crate::state::{Inbound, Shared};
+
+/// Sets [`APPLYING`] for its lifetime, also on early return or panic.
+struct ApplyingFlag;
+
+impl ApplyingFlag {
+    fn set() -> Self {
+        APPLYING.store(true, Ordering::Relaxed);
+        ApplyingFlag
+    }
+}
+
+impl Drop for ApplyingFlag {
+    fn drop(&mut self) {
+        APPLYING.store(false, Ordering::Relaxed);
+    }
+}
+
+fn opts() -> CallOptions {
+    CallOptionsBuilder::new()
+        .replicate()
+        .errors_as_replies()
+        .build()
+}
+
+fn run(ctx: &Context, cmd: &str, args: &[&[u8]]) -> Result<(), String> {
+    let reply: CallResult = ctx.call_ext(cmd, &opts(), args);
+    match reply {
+        Ok(CallReply::Unknown) => Err(format!("{cmd}: unknown reply")),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("{cmd}: {}", e.to_utf8_string().unwrap_or_default())),
+    }
+}
+
+/// Write one image into the selected db.
+fn write_image(
+    ctx: &Context,
+    key: &[u8],
+    value: &Value,
+    expire_at_ms: Option<i64>,
+) -> Result<(), String> {
+    match value {
+        Value::String(v) => match expire_at_ms {
+            Some(at) => {
+                let at = at.to_string();
+                run(ctx, "SET", &[key, v, b"PXAT", at.as_bytes()])
+            }
+            None => run(ctx, "SET", &[key, v]),
+        },
+        Value::Dump(payload) => match expire_at_ms {
+            Some(at) => {
+                let at = at.to_string();
+                run(
+                    ctx,
+                    "RESTORE",
+                    &[key, at.as_bytes(), payload, b"REPLACE", b"ABSTTL"],
+                )
+            }
+            None => run(ctx, "RESTORE", &[key, b"0", payload, b"REPLACE"]),
+        },
+    }
+}
+
+/// Apply a remote FLUSHDB stamped like `entry`: keys whose pending local
+/// write is newer survive, on both sides.
+fn apply_flush(ctx: &Context, origin: &str, local: &str, entry: &Entry) -> Result<bool, String> {
+    let (covered, survivors) = with_node(|n| {
+        (
+            n.pending.flush_covers(entry.db, entry.stamp, origin, local),
+            n.pending
+                .survivors_of_flush(entry.db, entry.stamp, origin, local),
+        )
+    });
+    if covered {
+        return Ok(false);
+    }
+    let mut keep = Vec::with_capacity(survivors.len());
+    for key in survivors {
+        if let Some(img) = read_image(ctx, entry.db, &key)? {
+            keep.push((key, img));
+        }
+    }
+    ffi::select_db(ctx.ctx, entry.db as i32);
+    run(ctx, "FLUSHDB", &[])?;
+    for (key, (value, exp)) in keep {
+        write_image(ctx, &key, &value, exp)?;
+    }
+    Ok(true)
+}
+
+/// Apply one batch. Returns the number of entries applied, or an error that
+/// must end the session.
+fn apply_batch(
+    ctx: &Context,
+    shared: &Shared,
+    origin: &str,
+    batch: &Batch,
+) -> Result<usize, String> {
+    let local = shared.config.node_id.as_str();
+    let now = wall_ms();
+    // Clock first: refuse a batch stamped too far in the future, entirely.
+    let max_hlc = batch.entries.iter().map(|e| e.stamp.hlc).max().unwrap_or(0);
+    with_node(|n| n.hlc.observe(max_hlc, now, shared.config.max_clock_skew_ms))
+        .map_err(|e| e.to_string())?;
+    let _flag = ApplyingFlag::set();
+    let mut applied = 0usize;
+    let mut lost = 0u64;
+    for entry in &batch.entries {
+        if entry.db >= shared.databases {
+            return Err(format!(
+                "batch {} names db {} but this server has {}",
+                batch.seq, entry.db, shared.databases
+            ));
+        }
+        if !ffi::select_db(ctx.ctx, entry.db as i32) {
+            return Err(format!("cannot select db {}", entry.db));
+        }
+        let did = match &entry.op {
+            Op::FlushDb => apply_flush(ctx, origin, local, entry)?,
+            Op::Set {
+                key,
+                value,
+                expire_at_ms,
+            } => {
+                match with_node(|n| {
+                    n.pending
+                        .decide_key(entry.db, key, entry.stamp, origin, local)
+                }) {
+                    Decision::Apply => {
+                        write_image(ctx, key, value, *expire_at_ms)?;
+                        true
+                    }
+                    Decision::LocalWins => false,
+                }
+            }
+            Op::Delete { key } => match with_node(|n| {
+                n.pending
+                    .decide_key(entry.db, key, entry.stamp, origin, local)
+            }) {
+                Decision::Apply => {
+                    run(ctx, "DEL", &[key])?;
+                    true
+                }
+                Decision::LocalWins => false,
+            },
+        };
+        if did {
+            applied += 1;
+        } else {
+            lost += 1;
+        }
+    }
+    Stats::add(&shared.stats.ops_applied, applied as u64);
+    Stats::add(&shared.stats.conflicts_lost, lost);
+    Ok(applied)
+}
+
+/// Drain the inbound queue within the per-iteration budget: batches are
+/// applied whole, acks prune the backlog and the table. Returns true if
+/// work is left for the next iteration.
+pub fn apply_inbound(ctx: &Context) -> bool {
+    let Some(shared) = Shared::get() else {
+        return false;
+    };
+    let budget = shared.config.apply_budget as usize;
+    let saved_db = ffi::selected_db(ctx.ctx);
+    let mut done = 0usize;
+    let mut peer_node = String::new();
+    let mut any_batch = false;
+    while done < budget {
+        let msg = match shared.inbound_rx.try_recv() {
+            Ok(m) => m,
+            Err(_) => break,
+        };
+        match msg {
+            Inbound::SessionStart { stream_id, node_id } => {
+                let prev = shared.peer_stream_id.swap(stream_id, Ordering::Relaxed);
+                if prev != stream_id {
+                    if prev != 0 {
+                        log::notice(&format!("peer {node_id} has a new stream (restarted without its pairing state): applying it from the start"));
+                    }
+                    shared.outbox().set_applied(0);
+                }
+                peer_node = node_id;
+            }
+            Inbound::Ack(seq) => {
+                shared.outbox().acknowledge(seq);
+                with_node(|n| n.pending.acknowledge(seq));
+            }
+            Inbound::Batch(batch) => {
+                if shared.passive.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let applied_seq = shared.outbox().applied_seq();
+                if batch.seq <= applied_seq {
+                    continue; // already applied (resent after a reconnect)
+                }
+                if batch.seq != applied_seq + 1 && !batch.resync {
+                    let msg = format!(
+                        "stream gap: expected batch {} but got {}; reconnecting for a resync",
+                        applied_seq + 1,
+                        batch.seq
+                    );
+                    log::warning(&msg);
+                    shared.set_error(msg);
+                    shared.request_drop_session();
+                    // Drop everything else queued from this session.
+                    while shared.inbound_rx.try_recv().is_ok() {}
+                    break;
+                }
+                if peer_node.is_empty() {
+                    peer_node = shared.peer_node_id();
+                }
+                match apply_batch(ctx, shared, &peer_node, &batch) {
+                    Ok(_) => {
+                        done += batch.entries.len().max(1);
+                        any_batch = true;
+                        // Ack in the same hold, after the flush that preceded it.
+                        shared.outbox().push_ack(batch.seq);
+                    }
+                    Err(e) => {
+                        let msg = format!("refused batch {} from the peer: {e}", batch.seq);
+                        log::warning(&msg);
+                        shared.set_error(msg);
+                        shared.request_drop_session();
+                        while shared.inbound_rx.try_recv().is_ok() {}
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    ffi::select_db(ctx.ctx, saved_db);
+    if any_batch {
+        shared.outbox_cv.notify_all();
+    }
+    !shared.inbound_rx.is_empty()
+}

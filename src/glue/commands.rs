@@ -1,0 +1,154 @@
+//! `SYNC.STATUS` and the `INFO bisync` section.
+//!
+//! Why one list of fields for both: operators read either, and the two
+//! must never disagree.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::sync::atomic::Ordering;
+
+use redis_module::redisvalue::RedisValueKey;
+use redis_module::{raw, Context, InfoContext, RedisError, RedisResult, RedisString, RedisValue};
+
+use super::node::with_node;
+use crate::core::hlc::{stamp_ms, wall_ms};
+use crate::core::outbox::ResumePlan;
+use crate::core::stats::Stats;
+use crate::state::Shared;
+
+/// Full version string: crate version and git sha (MODULE LIST only shows an integer).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("BISYNC_GIT_SHA"), ")");
+
+/// One status value.
+pub enum Field {
+    /// Text.
+    Text(String),
+    /// A count.
+    Num(u64),
+}
+
+/// Every status field, in display order.
+pub fn status_fields(shared: &Shared) -> Vec<(&'static str, Field)> {
+    use Field::{Num, Text};
+    let s = &shared.stats;
+    let (sent_seq, acked, applied, backlog, plan) = {
+        let o = shared.outbox();
+        (
+            o.last_seq(),
+            o.acked_seq(),
+            o.applied_seq(),
+            o.backlog_bytes(),
+            o.plan_resume(o.acked_seq()),
+        )
+    };
+    let (pending, oldest) = with_node(|n| (n.pending.len(), n.pending.oldest_stamp()));
+    let lag = oldest
+        .map(|st| wall_ms().saturating_sub(stamp_ms(st.hlc)))
+        .unwrap_or(0);
+    let next = if shared.table_overflowed.load(Ordering::Relaxed) {
+        "full"
+    } else if plan == ResumePlan::Partial && !shared.resync_requested.load(Ordering::Relaxed) {
+        "partial"
+    } else {
+        "dirty-key"
+    };
+    vec![
+        ("node_id", Text(shared.config.node_id.clone())),
+        ("version", Text(VERSION.to_string())),
+        ("peer", Text(shared.config.peer.to_string())),
+        ("peer_node_id", Text(shared.peer_node_id())),
+        ("listen", Text(shared.config.listen.to_string())),
+        ("link", Text(s.link().as_str().to_string())),
+        (
+            "role",
+            Text(
+                if shared.passive.load(Ordering::Relaxed) {
+                    "passive"
+                } else {
+                    "active"
+                }
+                .to_string(),
+            ),
+        ),
+        ("stream_id", Text(format!("{:016x}", shared.stream_id))),
+        ("sent_seq", Num(Stats::get(&s.sent_seq))),
+        ("issued_seq", Num(sent_seq)),
+        ("acked_seq", Num(acked)),
+        ("applied_seq", Num(applied)),
+        ("backlog_bytes", Num(backlog as u64)),
+        ("pending_keys", Num(pending as u64)),
+        ("ops_captured", Num(Stats::get(&s.ops_captured))),
+        ("ops_sent", Num(Stats::get(&s.ops_sent))),
+        ("ops_applied", Num(Stats::get(&s.ops_applied))),
+        ("conflicts_lost", Num(Stats::get(&s.conflicts_lost))),
+        ("lag_ms", Num(lag)),
+        ("bytes_sent", Num(Stats::get(&s.bytes_sent))),
+        ("bytes_received", Num(Stats::get(&s.bytes_received))),
+        ("partial_syncs", Num(Stats::get(&s.partial_syncs))),
+        ("dirty_key_syncs", Num(Stats::get(&s.dirty_key_syncs))),
+        ("full_syncs", Num(Stats::get(&s.full_syncs))),
+        ("link_errors", Num(Stats::get(&s.link_errors))),
+        ("next_resync", Text(next.to_string())),
+        ("last_error", Text(shared.last_error())),
+    ]
+}
+
+/// `SYNC.STATUS`: a map (RESP2: a flat field/value array).
+pub fn sync_status(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    if args.len() != 1 {
+        return Err(RedisError::WrongArity);
+    }
+    let shared = Shared::get().ok_or(RedisError::Str("ERR bisync is not initialised"))?;
+    let mut map = BTreeMap::new();
+    for (k, v) in status_fields(shared) {
+        let v = match v {
+            Field::Text(t) => RedisValue::BulkString(t),
+            Field::Num(n) => RedisValue::Integer(n.min(i64::MAX as u64) as i64),
+        };
+        map.insert(RedisValueKey::String(k.to_string()), v);
+    }
+    Ok(RedisValue::OrderedMap(map))
+}
+
+/// `INFO bisync`: the same fields.
+pub fn info(ctx: &InfoContext, _for_crash_report: bool) {
+    let Some(shared) = Shared::get() else { return };
+    let ictx = ctx.ctx;
+    // SAFETY: called by Redis inside an INFO callback with a live info
+    // context; every CString outlives the call that reads it.
+    unsafe {
+        let (Some(section), Some(add_str), Some(add_num)) = (
+            raw::RedisModule_InfoAddSection,
+            raw::RedisModule_InfoAddFieldCString,
+            raw::RedisModule_InfoAddFieldULongLong,
+        ) else {
+            return;
+        };
+        if section(ictx, std::ptr::null()) != raw::REDISMODULE_OK as i32 {
+            return;
+        }
+        for (k, v) in status_fields(shared) {
+            let Ok(name) = CString::new(k) else { continue };
+            match v {
+                Field::Text(t) => {
+                    let clean: String = t
+                        .chars()
+                        .map(|c| {
+                            if c == '\r' || c == '\n' || c == '\0' {
+                                ' '
+                            } else {
+                                c
+                            }
+                        })
+                        .collect();
+                    if let Ok(val) = CString::new(clean) {
+                        add_str(ictx, name.as_ptr(), val.as_ptr());
+                    }
+                }
+                Field::Num(n) => {
+                    add_num(ictx, name.as_ptr(), n);
+                }
+            }
+        }
+    }
+}

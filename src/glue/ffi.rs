@@ -1,0 +1,248 @@
+//! The thin layer of raw Redis module API calls the crate does not wrap.
+//!
+//! Why: the image read is the hot path of capture (DESIGN §9: reading
+//! strings through the key API instead of command calls), and several
+//! server events and the one-shot wake-up have no safe wrapper. Each call
+//! here states why it is sound; nothing above this file uses `raw` for these.
+
+use std::os::raw::{c_char, c_int, c_void};
+
+use redis_module::raw;
+
+/// The kind of value a key holds, as far as imaging cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// The key does not exist.
+    Missing,
+    /// A string: read it raw.
+    String,
+    /// Anything else: serialize with DUMP.
+    Other,
+}
+
+/// What the key API tells about one key.
+pub struct KeyRead {
+    /// Its kind.
+    pub kind: KeyKind,
+    /// The bytes, for strings.
+    pub string: Option<Vec<u8>>,
+    /// Absolute expiry in Unix ms, if any.
+    pub expire_at_ms: Option<i64>,
+}
+
+/// Read a key's kind, string value and absolute expiry in the context's
+/// selected db, through the key API (no command call).
+pub fn read_key(ctx: *mut raw::RedisModuleCtx, key: &[u8]) -> Option<KeyRead> {
+    // SAFETY: called on the main thread with a live context; the string and
+    // the key handle are created and released here; the DMA pointer is only
+    // read while the key is open and copied before CloseKey.
+    unsafe {
+        let create = raw::RedisModule_CreateString?;
+        let open = raw::RedisModule_OpenKey?;
+        let close = raw::RedisModule_CloseKey?;
+        let free = raw::RedisModule_FreeString?;
+        let ktype = raw::RedisModule_KeyType?;
+        let name = create(ctx, key.as_ptr().cast::<c_char>(), key.len());
+        if name.is_null() {
+            return None;
+        }
+        let mode = (raw::REDISMODULE_READ | raw::REDISMODULE_OPEN_KEY_NOTOUCH) as c_int;
+        let k = open(ctx, name, mode);
+        let out = if k.is_null() {
+            KeyRead {
+                kind: KeyKind::Missing,
+                string: None,
+                expire_at_ms: None,
+            }
+        } else {
+            let t = ktype(k) as isize;
+            let kind = match t {
+                raw::REDISMODULE_KEYTYPE_EMPTY => KeyKind::Missing,
+                raw::REDISMODULE_KEYTYPE_STRING => KeyKind::String,
+                _ => KeyKind::Other,
+            };
+            let mut string = None;
+            if kind == KeyKind::String {
+                if let Some(dma) = raw::RedisModule_StringDMA {
+                    let mut len = 0usize;
+                    let p = dma(k, &mut len, raw::REDISMODULE_READ as c_int);
+                    if !p.is_null() {
+                        string = Some(std::slice::from_raw_parts(p.cast::<u8>(), len).to_vec());
+                    } else {
+                        string = Some(Vec::new());
+                    }
+                }
+            }
+            let mut expire_at_ms = None;
+            if kind != KeyKind::Missing {
+                if let Some(abs) = raw::RedisModule_GetAbsExpire {
+                    let e = abs(k);
+                    if e >= 0 {
+                        expire_at_ms = Some(e);
+                    }
+                }
+            }
+            close(k);
+            KeyRead {
+                kind,
+                string,
+                expire_at_ms,
+            }
+        };
+        free(ctx, name);
+        Some(out)
+    }
+}
+
+/// The db selected on a context (the db a keyspace event happened in).
+pub fn selected_db(ctx: *mut raw::RedisModuleCtx) -> i32 {
+    // SAFETY: GetSelectedDb only reads the context's client.
+    unsafe { raw::RedisModule_GetSelectedDb.map(|f| f(ctx)).unwrap_or(0) }
+}
+
+/// Select a db on a context; false if it does not exist.
+pub fn select_db(ctx: *mut raw::RedisModuleCtx, db: i32) -> bool {
+    // SAFETY: SelectDb validates the id and only changes the context's client.
+    unsafe {
+        raw::RedisModule_SelectDb
+            .map(|f| f(ctx, db) == raw::REDISMODULE_OK as c_int)
+            .unwrap_or(false)
+    }
+}
+
+/// The context flags (LOADING, SLAVE, CLUSTER, ...).
+pub fn context_flags(ctx: *mut raw::RedisModuleCtx) -> u32 {
+    // SAFETY: reads server state only.
+    unsafe {
+        raw::RedisModule_GetContextFlags
+            .map(|f| f(ctx) as u32)
+            .unwrap_or(0)
+    }
+}
+
+/// Server version as 0x00MMmmpp.
+pub fn server_version() -> i32 {
+    // SAFETY: reads a constant.
+    unsafe { raw::RedisModule_GetServerVersion.map(|f| f()).unwrap_or(0) }
+}
+
+/// RDB version of this server's DUMP payloads (a server refuses newer ones).
+pub fn rdb_version() -> u32 {
+    let v = server_version();
+    match (v >> 16, (v >> 8) & 0xff) {
+        (m, _) if m >= 8 => 12,
+        (7, n) if n >= 4 => 12,
+        (7, n) if n >= 2 => 11,
+        (7, _) => 10,
+        _ => 9,
+    }
+}
+
+extern "C" fn noop_oneshot(_: *mut c_void) {}
+
+/// Make the Redis event loop run an iteration soon (so before-sleep runs
+/// and applies what the link received). Safe to call from any thread.
+pub fn wake_event_loop() {
+    // SAFETY: EventLoopAddOneShot is documented as thread-safe; the callback
+    // does nothing and takes no data.
+    unsafe {
+        if let Some(f) = raw::RedisModule_EventLoopAddOneShot {
+            f(Some(noop_oneshot), std::ptr::null_mut());
+        }
+    }
+}
+
+/// The signature of a raw server-event callback.
+pub type ServerEventCallback =
+    unsafe extern "C" fn(*mut raw::RedisModuleCtx, raw::RedisModuleEvent, u64, *mut c_void);
+
+/// Subscribe to a server event by id; false if the server lacks it.
+pub fn subscribe_server_event(
+    ctx: *mut raw::RedisModuleCtx,
+    id: u64,
+    cb: ServerEventCallback,
+) -> bool {
+    let event = raw::RedisModuleEvent { id, dataver: 1 };
+    // SAFETY: the callback is a plain function living as long as the module
+    // (which refuses to unload).
+    unsafe {
+        raw::RedisModule_SubscribeToServerEvent
+            .map(|f| f(ctx, event, Some(cb)) == raw::REDISMODULE_OK as c_int)
+            .unwrap_or(false)
+    }
+}
+
+/// The signature of a raw keyspace-notification callback.
+pub type KeyspaceCallback = unsafe extern "C" fn(
+    *mut raw::RedisModuleCtx,
+    c_int,
+    *const c_char,
+    *mut raw::RedisModuleString,
+) -> c_int;
+
+/// Subscribe to keyspace notifications of the given classes.
+pub fn subscribe_keyspace(
+    ctx: *mut raw::RedisModuleCtx,
+    types: c_int,
+    cb: KeyspaceCallback,
+) -> bool {
+    // SAFETY: as for server events.
+    unsafe {
+        raw::RedisModule_SubscribeToKeyspaceEvents
+            .map(|f| f(ctx, types, Some(cb)) == raw::REDISMODULE_OK as c_int)
+            .unwrap_or(false)
+    }
+}
+
+/// Bytes of a RedisModuleString (borrowed for the callback's duration).
+///
+/// # Safety
+/// `s` must be a live RedisModuleString.
+pub unsafe fn string_bytes<'a>(s: *const raw::RedisModuleString) -> &'a [u8] {
+    let mut len = 0usize;
+    match raw::RedisModule_StringPtrLen {
+        Some(f) if !s.is_null() => {
+            let p = f(s, &mut len);
+            if p.is_null() {
+                &[]
+            } else {
+                std::slice::from_raw_parts(p.cast::<u8>(), len)
+            }
+        }
+        _ => &[],
+    }
+}
+
+/// The signature of a raw command-filter callback.
+pub type FilterCallback = unsafe extern "C" fn(*mut raw::RedisModuleCommandFilterCtx);
+
+/// Register a command filter (sees client and script calls, not our own).
+pub fn register_filter(ctx: *mut raw::RedisModuleCtx, cb: FilterCallback) -> bool {
+    // SAFETY: as for server events; NOSELF keeps our own RM_Calls out.
+    unsafe {
+        raw::RedisModule_RegisterCommandFilter
+            .map(|f| !f(ctx, Some(cb), raw::REDISMODULE_CMDFILTER_NOSELF as c_int).is_null())
+            .unwrap_or(false)
+    }
+}
+
+/// Number of arguments seen by a command filter.
+///
+/// # Safety
+/// `fctx` must be the live filter context of the current callback.
+pub unsafe fn filter_argc(fctx: *mut raw::RedisModuleCommandFilterCtx) -> usize {
+    raw::RedisModule_CommandFilterArgsCount
+        .map(|f| f(fctx).max(0) as usize)
+        .unwrap_or(0)
+}
+
+/// Argument `i` of a command filter.
+///
+/// # Safety
+/// `fctx` must be the live filter context of the current callback.
+pub unsafe fn filter_arg<'a>(fctx: *mut raw::RedisModuleCommandFilterCtx, i: usize) -> &'a [u8] {
+    match raw::RedisModule_CommandFilterArgGet {
+        Some(f) => string_bytes(f(fctx, i as c_int)),
+        None => &[],
+    }
+}

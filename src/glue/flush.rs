@@ -1,0 +1,230 @@
+//! Flush: turn the dirty log into one stamped batch of key images.
+//!
+//! Why at before-sleep and before each apply: one batch per event-loop
+//! iteration keeps MULTI and scripts atomic on the peer and coalesces hot
+//! keys; flushing before an apply means a remote image never lands on a
+//! locally changed key that is not yet stamped (DESIGN §2).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use redis_module::{CallOptionsBuilder, CallReply, CallResult, Context};
+
+use super::capture;
+use super::ffi::{self, KeyKind};
+use super::node::with_node;
+use crate::core::codec;
+use crate::core::dirty::{reduce, Dirty};
+use crate::core::hlc::wall_ms;
+use crate::core::protocol::{Batch, Entry, Frame, Op, Stamp, Value};
+use crate::core::stats::Stats;
+use crate::log;
+use crate::state::Shared;
+
+/// Read the current image of `key` in `db`: `None` means it does not exist.
+pub fn read_image(
+    ctx: &Context,
+    db: u32,
+    key: &[u8],
+) -> Result<Option<(Value, Option<i64>)>, String> {
+    let raw_ctx = ctx.ctx;
+    if !ffi::select_db(raw_ctx, db as i32) {
+        return Err(format!("db {db} does not exist"));
+    }
+    let read = ffi::read_key(raw_ctx, key).ok_or("the key API is unavailable")?;
+    match read.kind {
+        KeyKind::Missing => Ok(None),
+        KeyKind::String => Ok(Some((
+            Value::String(read.string.unwrap_or_default()),
+            read.expire_at_ms,
+        ))),
+        KeyKind::Other => {
+            let opts = CallOptionsBuilder::new().errors_as_replies().build();
+            let reply: CallResult = ctx.call_ext("DUMP", &opts, &[key] as &[&[u8]]);
+            match reply {
+                Ok(CallReply::String(s)) => Ok(Some((
+                    Value::Dump(s.as_bytes().to_vec()),
+                    read.expire_at_ms,
+                ))),
+                Ok(CallReply::Null(_)) => Ok(None),
+                Ok(_) => Err("DUMP returned an unexpected reply".into()),
+                Err(e) => Err(format!(
+                    "DUMP failed: {}",
+                    e.to_utf8_string().unwrap_or_default()
+                )),
+            }
+        }
+    }
+}
+
+fn stream_keys_in_dbs(ctx: &Context, keys: Vec<Vec<u8>>, databases: u32) -> Vec<Dirty> {
+    let mut out = Vec::new();
+    for key in keys {
+        for db in 0..databases {
+            if !ffi::select_db(ctx.ctx, db as i32) {
+                continue;
+            }
+            if let Some(r) = ffi::read_key(ctx.ctx, &key) {
+                if r.kind == KeyKind::Other {
+                    out.push(Dirty::Key(db, key.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Build, stamp and enqueue one batch from everything noted since the last
+/// flush. Returns the number of entries shipped.
+pub fn flush(ctx: &Context) -> usize {
+    let Some(shared) = Shared::get() else {
+        return 0;
+    };
+    if shared.passive.load(Ordering::Relaxed) {
+        capture::dirty().take();
+        capture::take_stream_touched();
+        return 0;
+    }
+    let mut log_items = capture::dirty().take();
+    let streams = capture::take_stream_touched();
+    if !streams.is_empty() {
+        log_items.extend(stream_keys_in_dbs(ctx, streams, shared.databases));
+    }
+    if log_items.is_empty() {
+        return 0;
+    }
+    let saved_db = ffi::selected_db(ctx.ctx);
+    let targets = reduce(log_items);
+    // Read every image first (reading may fire events back into capture,
+    // which only appends to the now-empty dirty log).
+    let mut ops: Vec<(u32, Op)> = Vec::with_capacity(targets.len());
+    for t in targets {
+        match t {
+            Dirty::Flush(db) => ops.push((db, Op::FlushDb)),
+            Dirty::Key(db, key) => match read_image(ctx, db, &key) {
+                Ok(Some((value, expire_at_ms))) => ops.push((
+                    db,
+                    Op::Set {
+                        key,
+                        value,
+                        expire_at_ms,
+                    },
+                )),
+                Ok(None) => ops.push((db, Op::Delete { key })),
+                Err(e) => {
+                    log::warning(&format!("cannot read key image in db {db}: {e}"));
+                    shared.set_error(format!("cannot read key image: {e}"));
+                }
+            },
+        }
+    }
+    ffi::select_db(ctx.ctx, saved_db);
+    if ops.is_empty() {
+        return 0;
+    }
+    enqueue_batch(shared, ops, None)
+}
+
+/// Stamp `ops` (fresh stamps, or the recorded ones for a resync), record
+/// them in the table and put the batch in the outgoing FIFO.
+pub fn enqueue_batch(
+    shared: &Arc<Shared>,
+    ops: Vec<(u32, Op)>,
+    recorded: Option<Vec<Stamp>>,
+) -> usize {
+    let n = ops.len();
+    let mut outbox = shared.outbox();
+    let seq = outbox.next_seq();
+    let overflow = with_node(|node| {
+        let hlc = node.hlc.now(wall_ms());
+        let mut entries = Vec::with_capacity(n);
+        for (i, (db, op)) in ops.into_iter().enumerate() {
+            let stamp = match &recorded {
+                Some(st) => st.get(i).copied().unwrap_or(Stamp {
+                    hlc,
+                    index: i as u32,
+                }),
+                None => Stamp {
+                    hlc,
+                    index: i as u32,
+                },
+            };
+            match &op {
+                Op::FlushDb => node.pending.record_flush(db, stamp, seq),
+                Op::Set { key, .. } | Op::Delete { key } => {
+                    node.pending.record_key((db, key.clone()), stamp, seq)
+                }
+            }
+            entries.push(Entry { db, stamp, op });
+        }
+        let over = node.pending.len() as u64 > shared.config.max_pending_keys;
+        (entries, over)
+    });
+    let (entries, table_over) = overflow;
+    let frame = Frame::Batch(Batch {
+        seq,
+        resync: recorded.is_some(),
+        entries,
+    });
+    let bytes = match codec::encode(&frame) {
+        Ok(b) => b,
+        Err(e) => {
+            log::warning(&format!("cannot encode batch {seq}: {e}"));
+            shared.set_error(format!("cannot encode batch: {e}"));
+            return 0;
+        }
+    };
+    let dropped = outbox.push_batch(seq, Arc::new(bytes));
+    if recorded.is_some() {
+        outbox.mark_last_as_resync();
+    }
+    drop(outbox);
+    if dropped && !shared.resync_requested.swap(true, Ordering::Relaxed) {
+        log::warning(
+            "backlog-size exceeded while the peer had not acknowledged: the peer will be resynced",
+        );
+        shared.set_error("backlog overflow: resync needed");
+    }
+    if table_over && !shared.table_overflowed.swap(true, Ordering::Relaxed) {
+        log::warning("max-pending-keys exceeded: the pair needs a full resync");
+        shared.set_error("pending-keys table overflow: full resync needed");
+    }
+    Stats::add(&shared.stats.ops_captured, n as u64);
+    shared.outbox_cv.notify_all();
+    n
+}
+
+/// Re-image every key of the un-acknowledged table with its recorded stamp
+/// (dirty-key resync, DESIGN §3 rule 2). Returns the seq of the batch.
+pub fn build_dirty_key_resync(ctx: &Context) -> Option<u64> {
+    let shared = Shared::get()?;
+    let entries = with_node(|n| n.pending.entries_by_stamp());
+    let saved_db = ffi::selected_db(ctx.ctx);
+    let mut ops = Vec::with_capacity(entries.len());
+    let mut stamps = Vec::with_capacity(entries.len());
+    for (db, key, e) in entries {
+        match key {
+            None => ops.push((db, Op::FlushDb)),
+            Some(key) => match read_image(ctx, db, &key) {
+                Ok(Some((value, expire_at_ms))) => ops.push((
+                    db,
+                    Op::Set {
+                        key,
+                        value,
+                        expire_at_ms,
+                    },
+                )),
+                Ok(None) => ops.push((db, Op::Delete { key })),
+                Err(err) => {
+                    log::warning(&format!("dirty-key resync cannot read a key: {err}"));
+                    continue;
+                }
+            },
+        }
+        stamps.push(e.stamp);
+    }
+    ffi::select_db(ctx.ctx, saved_db);
+    let seq = shared.outbox().next_seq();
+    enqueue_batch(shared, ops, Some(stamps));
+    Some(seq)
+}

@@ -1,0 +1,13 @@
+//! The only code that talks to Redis: capture, flush, apply, commands,
+//! server events, and module load.
+
+pub mod apply;
+pub mod capture;
+pub mod commands;
+pub mod events;
+pub mod ffi;
+pub mod flush;
+pub mod guard;
+pub mod load;
+pub mod node;
+pub mod waiters;

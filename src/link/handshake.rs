@@ -1,0 +1,122 @@
+//! The handshake decision, as a pure function.
+//!
+//! Why pure: what makes two nodes refuse each other (protocol, ids,
+//! databases, payload versions) is policy, tested without sockets.
+
+use crate::core::protocol::{Hello, PROTOCOL_VERSION};
+
+/// Largest frame accepted before the handshake completes (a Hello is tiny).
+pub const PRE_AUTH_FRAME_LIMIT: usize = 16 * 1024;
+
+/// Check the peer's hello against ours; `Err` is the reason given to both logs.
+pub fn check_hello(ours: &Hello, theirs: &Hello) -> Result<(), String> {
+    if theirs.protocol != PROTOCOL_VERSION {
+        return Err(format!(
+            "protocol version mismatch: peer speaks {}, this node speaks {PROTOCOL_VERSION}",
+            theirs.protocol
+        ));
+    }
+    if !crate::core::config::valid_node_id(&theirs.node_id) {
+        return Err("peer sent an invalid node id".into());
+    }
+    if theirs.node_id == ours.node_id {
+        return Err(format!(
+            "peer has the same node-id '{}': every node needs its own",
+            ours.node_id
+        ));
+    }
+    if theirs.databases != ours.databases {
+        return Err(format!(
+            "databases mismatch: peer has {}, this node has {} (set the same 'databases' on both)",
+            theirs.databases, ours.databases
+        ));
+    }
+    if theirs.rdb_version > ours.rdb_version {
+        return Err(format!(
+            "peer's payload (RDB) version {} is newer than this server's {}: run the same Redis version on both",
+            theirs.rdb_version, ours.rdb_version
+        ));
+    }
+    Ok(())
+}
+
+/// Where the peer stopped in our stream: its resume position if it refers
+/// to our current stream id, else 0 (it never saw this stream).
+pub fn peer_position(our_stream: u64, theirs: &Hello) -> u64 {
+    match theirs.resume {
+        Some(r) if r.stream_id == our_stream => r.seq,
+        _ => 0,
+    }
+}
+
+/// When two connections to the same peer exist, keep the one dialed by the
+/// node with the smaller id (both sides decide the same).
+pub fn keep_new_connection(existing_dialer: &str, new_dialer: &str) -> bool {
+    new_dialer <= existing_dialer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::protocol::Resume;
+
+    fn hello(id: &str) -> Hello {
+        Hello {
+            protocol: PROTOCOL_VERSION,
+            node_id: id.into(),
+            databases: 16,
+            rdb_version: 10,
+            stream_id: 7,
+            resume: None,
+        }
+    }
+
+    #[test]
+    fn accepts_compatible_peer() {
+        assert!(check_hello(&hello("a"), &hello("b")).is_ok());
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        let a = hello("a");
+        let mut b = hello("a");
+        assert!(check_hello(&a, &b).unwrap_err().contains("same node-id"));
+        b = hello("b");
+        b.databases = 4;
+        assert!(check_hello(&a, &b)
+            .unwrap_err()
+            .contains("databases mismatch"));
+        b = hello("b");
+        b.protocol = 99;
+        assert!(check_hello(&a, &b)
+            .unwrap_err()
+            .contains("protocol version"));
+        b = hello("b");
+        b.rdb_version = 11;
+        assert!(check_hello(&a, &b).unwrap_err().contains("RDB"));
+        b = hello("b\nx");
+        assert!(check_hello(&a, &b).is_err());
+    }
+
+    #[test]
+    fn position_only_for_our_stream() {
+        let mut b = hello("b");
+        assert_eq!(peer_position(7, &b), 0);
+        b.resume = Some(Resume {
+            stream_id: 7,
+            seq: 42,
+        });
+        assert_eq!(peer_position(7, &b), 42);
+        assert_eq!(peer_position(8, &b), 0);
+    }
+
+    #[test]
+    fn both_sides_keep_the_same_connection() {
+        // a dialed conn X, b dialed conn Y. On a: existing X (dialer a), new Y (dialer b).
+        // On b: existing Y (dialer b), new X (dialer a). Both must end with X.
+        assert!(!keep_new_connection("a", "b"));
+        assert!(keep_new_connection("b", "a"));
+        // A restarted peer re-dialing replaces its own stale connection.
+        assert!(keep_new_connection("b", "b"));
+    }
+}

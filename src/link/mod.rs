@@ -1,0 +1,123 @@
+//! The link to the peer: sockets and threads, no Redis.
+//!
+//! Why its own threads: the Redis main thread never waits on the network.
+//! A listener accepts, a dialer connects; each connection runs the
+//! handshake and, if it is the one to keep, becomes the session: a writer
+//! (this connection's thread) draining the outbox FIFO, and a reader
+//! pushing inbound frames to the main thread.
+
+pub mod fds;
+pub mod handshake;
+mod session;
+
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use crate::core::stats::{LinkState, Stats};
+use crate::log;
+use crate::state::Shared;
+
+pub use session::Direction;
+
+/// At most this many connections in handshake at once; more are closed at
+/// once (a flood of connections must not exhaust threads or fds).
+const MAX_HANDSHAKES: usize = 16;
+
+static HANDSHAKES: AtomicUsize = AtomicUsize::new(0);
+
+/// Bind the listener (at load, so a bad `listen` refuses the load) and start
+/// the threads.
+pub fn start(shared: Arc<Shared>) -> Result<(), String> {
+    fds::install_fork_hook();
+    let listener = TcpListener::bind(shared.config.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", shared.config.listen))?;
+    let s1 = shared.clone();
+    thread::Builder::new()
+        .name("bisync-listen".into())
+        .spawn(move || guard_thread("listener", || accept_loop(s1, listener)))
+        .map_err(|e| format!("cannot start the listener thread: {e}"))?;
+    thread::Builder::new()
+        .name("bisync-dial".into())
+        .spawn(move || guard_thread("dialer", || dial_loop(shared)))
+        .map_err(|e| format!("cannot start the dialer thread: {e}"))?;
+    Ok(())
+}
+
+/// Run a thread body; a panic is logged, never propagated.
+fn guard_thread(what: &str, f: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+        log::warning(&format!(
+            "the {what} thread stopped after an internal error"
+        ));
+    }
+}
+
+fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    let _fd = fds::register(listener.as_raw_fd());
+    for conn in listener.incoming() {
+        if shared.stopping() {
+            break;
+        }
+        let stream = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                log::verbose(&format!("accept failed: {e}"));
+                thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        if HANDSHAKES.fetch_add(1, Ordering::AcqRel) >= MAX_HANDSHAKES {
+            HANDSHAKES.fetch_sub(1, Ordering::AcqRel);
+            Stats::add(&shared.stats.link_errors, 1);
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            continue;
+        }
+        let s = shared.clone();
+        let spawned = thread::Builder::new()
+            .name("bisync-conn".into())
+            .spawn(move || {
+                guard_thread("connection", || {
+                    session::run(&s, stream, Direction::Accepted, &HANDSHAKES);
+                });
+            });
+        if spawned.is_err() {
+            HANDSHAKES.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+fn dial_loop(shared: Arc<Shared>) {
+    let mut backoff = Duration::from_millis(100);
+    const MAX_BACKOFF: Duration = Duration::from_secs(2);
+    while !shared.stopping() {
+        if shared.passive.load(Ordering::Relaxed) || session::active() {
+            thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        if shared.stats.link() == LinkState::Down {
+            shared.stats.set_link(LinkState::Connecting);
+        }
+        match TcpStream::connect_timeout(&shared.config.peer, Duration::from_secs(2)) {
+            Ok(stream) => {
+                HANDSHAKES.fetch_add(1, Ordering::AcqRel);
+                let ok = session::run(&shared, stream, Direction::Dialed, &HANDSHAKES);
+                if ok {
+                    backoff = Duration::from_millis(100);
+                    continue;
+                }
+            }
+            Err(e) => {
+                log::verbose(&format!("cannot reach peer {}: {e}", shared.config.peer));
+                if !session::active() {
+                    shared.stats.set_link(LinkState::Connecting);
+                }
+            }
+        }
+        thread::sleep(backoff);
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}

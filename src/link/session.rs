@@ -1,0 +1,483 @@
+//! One connection: handshake, then (if kept) the replication session.
+
+use std::io::{BufReader, BufWriter, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::fds;
+use super::handshake::{check_hello, keep_new_connection, peer_position, PRE_AUTH_FRAME_LIMIT};
+use crate::core::codec::{self, CodecError};
+use crate::core::outbox::{Item, ResumePlan};
+use crate::core::protocol::{Frame, Hello, Resume, PROTOCOL_VERSION};
+use crate::core::stats::{LinkState, Stats};
+use crate::log;
+use crate::state::{Inbound, Shared};
+
+/// Who opened the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// We dialed the peer.
+    Dialed,
+    /// The peer dialed us.
+    Accepted,
+}
+
+/// A peer must complete its hello within this time.
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
+/// Idle links send a ping this often.
+const PING_EVERY: Duration = Duration::from_secs(1);
+/// A link silent for this long is dead.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A peer that does not drain our writes for this long is dead.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Active {
+    gen: u64,
+    dialer: String,
+    stream: TcpStream,
+}
+
+static ACTIVE: Mutex<Option<Active>> = Mutex::new(None);
+static GEN: AtomicU64 = AtomicU64::new(1);
+
+fn active_slot() -> std::sync::MutexGuard<'static, Option<Active>> {
+    ACTIVE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Is a session running?
+pub fn active() -> bool {
+    active_slot().is_some()
+}
+
+fn is_current(gen: u64) -> bool {
+    active_slot().as_ref().is_some_and(|a| a.gen == gen)
+}
+
+fn our_hello(shared: &Shared) -> Hello {
+    let peer_stream = shared.peer_stream_id.load(Ordering::Relaxed);
+    let applied = shared.outbox().applied_seq();
+    Hello {
+        protocol: PROTOCOL_VERSION,
+        node_id: shared.config.node_id.clone(),
+        databases: shared.databases,
+        rdb_version: shared.rdb_version,
+        stream_id: shared.stream_id,
+        resume: (peer_stream != 0).then_some(Resume {
+            stream_id: peer_stream,
+            seq: applied,
+        }),
+    }
+}
+
+fn fail(shared: &Shared, msg: String) {
+    log::warning(&msg);
+    shared.set_error(msg);
+    Stats::add(&shared.stats.link_errors, 1);
+}
+
+fn send(w: &mut impl Write, shared: &Shared, frame: &Frame) -> Result<(), CodecError> {
+    let bytes = codec::encode(frame)?;
+    w.write_all(&bytes)?;
+    Stats::add(&shared.stats.bytes_sent, bytes.len() as u64);
+    Ok(())
+}
+
+/// Handshake on `stream` and, if this connection is kept, run the session
+/// until it ends. Returns true if a session ran.
+pub fn run(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    dir: Direction,
+    handshakes: &AtomicUsize,
+) -> bool {
+    let fd = fds::register(stream.as_raw_fd());
+    let hs = handshake(shared, &stream, dir);
+    handshakes.fetch_sub(1, Ordering::AcqRel);
+    let (theirs, gen) = match hs {
+        Some(x) => x,
+        None => {
+            let _ = stream.shutdown(Shutdown::Both);
+            return false;
+        }
+    };
+    if !fd.is_registered() {
+        let _ = stream.shutdown(Shutdown::Both);
+        return false;
+    }
+    session(shared, stream, theirs, gen);
+    true
+}
+
+fn handshake(shared: &Arc<Shared>, stream: &TcpStream, dir: Direction) -> Option<(Hello, u64)> {
+    if shared.passive.load(Ordering::Relaxed) {
+        return None;
+    }
+    let peer_addr = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(HANDSHAKE_DEADLINE));
+    let _ = stream.set_write_timeout(Some(HANDSHAKE_DEADLINE));
+    if !active() {
+        shared.stats.set_link(LinkState::Handshake);
+    }
+    let ours = our_hello(shared);
+    let mut w = stream;
+    if let Err(e) = send(&mut w, shared, &Frame::Hello(ours.clone())) {
+        log::verbose(&format!(
+            "handshake with {peer_addr}: cannot send hello: {e}"
+        ));
+        return None;
+    }
+    // The deadline covers the whole hello, not each read: a peer that
+    // trickles bytes is cut off.
+    let started = Instant::now();
+    let mut reader = DeadlineReader {
+        inner: stream,
+        deadline: started + HANDSHAKE_DEADLINE,
+    };
+    let theirs = match codec::read_frame_sized(&mut reader, PRE_AUTH_FRAME_LIMIT) {
+        Ok((Frame::Hello(h), n)) => {
+            Stats::add(&shared.stats.bytes_received, n as u64);
+            h
+        }
+        Ok((Frame::Refuse(why), _)) => {
+            fail(
+                shared,
+                format!("peer {peer_addr} refused the link: {}", sanitize(&why)),
+            );
+            return None;
+        }
+        Ok((other, _)) => {
+            fail(
+                shared,
+                format!(
+                    "handshake with {peer_addr}: expected a hello, got {}",
+                    frame_name(&other)
+                ),
+            );
+            return None;
+        }
+        Err(CodecError::Closed) => {
+            log::verbose(&format!("handshake with {peer_addr}: connection closed"));
+            return None;
+        }
+        Err(e) => {
+            fail(shared, format!("handshake with {peer_addr} failed: {e}"));
+            return None;
+        }
+    };
+    if let Err(why) = check_hello(&ours, &theirs) {
+        let _ = send(&mut w, shared, &Frame::Refuse(why.clone()));
+        fail(shared, format!("refused peer {peer_addr}: {why}"));
+        return None;
+    }
+    let dialer = match dir {
+        Direction::Dialed => ours.node_id.clone(),
+        Direction::Accepted => theirs.node_id.clone(),
+    };
+    // Keep one connection per pair.
+    let gen = GEN.fetch_add(1, Ordering::Relaxed);
+    let clone = stream.try_clone().ok()?;
+    {
+        let mut slot = active_slot();
+        if let Some(existing) = slot.as_ref() {
+            if !keep_new_connection(&existing.dialer, &dialer) {
+                drop(slot);
+                let _ = send(
+                    &mut w,
+                    shared,
+                    &Frame::Refuse("a link between these nodes already exists".into()),
+                );
+                log::verbose(&format!(
+                    "dropping duplicate connection with {}",
+                    theirs.node_id
+                ));
+                return None;
+            }
+            let _ = existing.stream.shutdown(Shutdown::Both);
+        }
+        *slot = Some(Active {
+            gen,
+            dialer,
+            stream: clone,
+        });
+    }
+    Some((theirs, gen))
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .take(300)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+fn frame_name(f: &Frame) -> &'static str {
+    match f {
+        Frame::Hello(_) => "hello",
+        Frame::Refuse(_) => "refuse",
+        Frame::Batch(_) => "batch",
+        Frame::Ack(_) => "ack",
+        Frame::Ping => "ping",
+    }
+}
+
+/// A reader that fails once an absolute deadline has passed.
+struct DeadlineReader<'a> {
+    inner: &'a TcpStream,
+    deadline: Instant,
+}
+
+impl std::io::Read for DeadlineReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "handshake deadline passed",
+            ));
+        }
+        self.inner.set_read_timeout(Some(left))?;
+        let mut r = self.inner;
+        r.read(buf)
+    }
+}
+
+fn session(shared: &Arc<Shared>, stream: TcpStream, theirs: Hello, gen: u64) {
+    let peer = theirs.node_id.clone();
+    shared.set_peer_node_id(&peer);
+    shared.drop_session.store(false, Ordering::Relaxed);
+    // The main thread learns of the session before any of its frames.
+    let _ = shared.inbound_tx.send(Inbound::SessionStart {
+        stream_id: theirs.stream_id,
+        node_id: peer.clone(),
+    });
+    shared.wake_main();
+    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let alive = Arc::new(AtomicBool::new(true));
+    let reader_stream = match stream.try_clone() {
+        Ok(s) => s,
+        Err(e) => {
+            fail(shared, format!("cannot clone the link socket: {e}"));
+            end(shared, &stream, gen);
+            return;
+        }
+    };
+    let (s2, a2) = (shared.clone(), alive.clone());
+    let reader = thread::Builder::new()
+        .name("bisync-read".into())
+        .spawn(move || {
+            super::guard_thread("reader", || read_loop(&s2, reader_stream, &a2, gen));
+        });
+    if reader.is_err() {
+        fail(shared, "cannot start the link reader thread".into());
+        end(shared, &stream, gen);
+        return;
+    }
+    shared.stats.set_link(LinkState::Up);
+    log::notice(&format!("link up with peer {peer}"));
+    if let Err(e) = write_loop(shared, &stream, &theirs, &alive, gen) {
+        if alive.load(Ordering::Relaxed) && is_current(gen) {
+            fail(shared, format!("link to {peer} lost while writing: {e}"));
+        }
+    }
+    alive.store(false, Ordering::Relaxed);
+    end(shared, &stream, gen);
+    if let Ok(h) = reader {
+        let _ = h.join();
+    }
+    log::notice(&format!("link down with peer {peer}"));
+}
+
+fn end(shared: &Shared, stream: &TcpStream, gen: u64) {
+    let _ = stream.shutdown(Shutdown::Both);
+    let mut slot = active_slot();
+    if slot.as_ref().is_some_and(|a| a.gen == gen) {
+        *slot = None;
+        shared.stats.set_link(LinkState::Down);
+    }
+}
+
+fn write_loop(
+    shared: &Arc<Shared>,
+    stream: &TcpStream,
+    theirs: &Hello,
+    alive: &AtomicBool,
+    gen: u64,
+) -> Result<(), CodecError> {
+    let mut w = BufWriter::with_capacity(64 * 1024, stream);
+    let peer_pos = peer_position(shared.stream_id, theirs);
+    // Decide how the peer catches up.
+    let plan = shared.outbox().plan_resume(peer_pos);
+    let mut cursor;
+    let needs_resync =
+        plan == ResumePlan::NeedResync || shared.resync_requested.load(Ordering::Relaxed);
+    if !needs_resync {
+        let (batches, ack, end) = {
+            let o = shared.outbox();
+            (o.batches_after(peer_pos), o.applied_seq(), o.end_index())
+        };
+        if peer_pos > 0 || !batches.is_empty() {
+            Stats::add(&shared.stats.partial_syncs, 1);
+            log::notice(&format!(
+                "partial resync: resending {} batches after seq {peer_pos}",
+                batches.len()
+            ));
+        }
+        for b in &batches {
+            w.write_all(b)?;
+            Stats::add(&shared.stats.bytes_sent, b.len() as u64);
+        }
+        if let Some(last) = batches.len().checked_sub(1) {
+            let _ = last;
+            Stats::add_max(&shared.stats.sent_seq, shared.outbox().last_seq());
+        }
+        send(&mut w, shared, &Frame::Ack(ack))?;
+        w.flush()?;
+        cursor = end;
+    } else {
+        if shared.table_overflowed.load(Ordering::Relaxed) {
+            let msg = "the un-acknowledged writes table overflowed: a full resync is needed, which this version does not implement; re-seed one side".to_string();
+            fail(shared, msg);
+        }
+        Stats::add(&shared.stats.dirty_key_syncs, 1);
+        shared.resync_requested.store(true, Ordering::Relaxed);
+        shared.wake_main();
+        // Wait for the main thread to re-image the pending keys.
+        let mut o = shared.outbox();
+        loop {
+            if let Some((_, index)) = o.resync_after(peer_pos) {
+                cursor = index;
+                break;
+            }
+            if !alive.load(Ordering::Relaxed) || !is_current(gen) || shared.stopping() {
+                return Ok(());
+            }
+            o = shared
+                .outbox_cv
+                .wait_timeout(o, Duration::from_millis(200))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        let ack = o.applied_seq();
+        drop(o);
+        log::notice(&format!(
+            "dirty-key resync: peer at seq {peer_pos} cannot be served from the backlog"
+        ));
+        send(&mut w, shared, &Frame::Ack(ack))?;
+        w.flush()?;
+    }
+    let mut last_write = Instant::now();
+    loop {
+        if !alive.load(Ordering::Relaxed) || !is_current(gen) || shared.stopping() {
+            return Ok(());
+        }
+        if shared.drop_session.swap(false, Ordering::Relaxed)
+            || shared.passive.load(Ordering::Relaxed)
+        {
+            return Ok(());
+        }
+        let items = {
+            let mut o = shared.outbox();
+            if o.end_index() <= cursor {
+                o = shared
+                    .outbox_cv
+                    .wait_timeout(o, Duration::from_millis(250))
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+            let (items, end) = o.items_from(cursor);
+            cursor = end;
+            items
+        };
+        if items.is_empty() {
+            if last_write.elapsed() >= PING_EVERY {
+                send(&mut w, shared, &Frame::Ping)?;
+                w.flush()?;
+                last_write = Instant::now();
+            }
+            continue;
+        }
+        for item in items {
+            match item {
+                Item::Batch { seq, bytes } => {
+                    w.write_all(&bytes)?;
+                    Stats::add(&shared.stats.bytes_sent, bytes.len() as u64);
+                    Stats::add_max(&shared.stats.sent_seq, seq);
+                }
+                Item::Ack(seq) => send(&mut w, shared, &Frame::Ack(seq))?,
+            }
+        }
+        w.flush()?;
+        last_write = Instant::now();
+    }
+}
+
+fn read_loop(shared: &Arc<Shared>, stream: TcpStream, alive: &AtomicBool, gen: u64) {
+    let limit = shared.config.max_frame_size as usize;
+    let mut r = BufReader::with_capacity(64 * 1024, &stream);
+    let reason = loop {
+        if !alive.load(Ordering::Relaxed) || shared.stopping() {
+            break None;
+        }
+        let (frame, n) = match codec::read_frame_sized(&mut r, limit) {
+            Ok(x) => x,
+            Err(CodecError::Closed) => break Some("closed by the peer".to_string()),
+            Err(CodecError::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                break Some(format!("no data for {} s", READ_TIMEOUT.as_secs()))
+            }
+            Err(e) => break Some(e.to_string()),
+        };
+        Stats::add(&shared.stats.bytes_received, n as u64);
+        let msg = match frame {
+            Frame::Batch(b) => Inbound::Batch(b),
+            Frame::Ack(s) => Inbound::Ack(s),
+            Frame::Ping => continue,
+            Frame::Refuse(why) => break Some(format!("peer ended the link: {}", sanitize(&why))),
+            Frame::Hello(_) => break Some("protocol error: unexpected hello".to_string()),
+        };
+        // Back-pressure: wait for room, but notice the session ending.
+        let mut pending = msg;
+        loop {
+            match shared
+                .inbound_tx
+                .send_timeout(pending, Duration::from_millis(200))
+            {
+                Ok(()) => break,
+                Err(crossbeam_channel::SendTimeoutError::Timeout(m)) => {
+                    shared.wake_main();
+                    if !alive.load(Ordering::Relaxed) || shared.stopping() {
+                        return;
+                    }
+                    pending = m;
+                }
+                Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return,
+            }
+        }
+        shared.wake_main();
+    };
+    let was_alive = alive.swap(false, Ordering::Relaxed);
+    if let Some(why) = reason {
+        if was_alive && is_current(gen) {
+            let msg = format!("link lost: {why}");
+            log::notice(&msg);
+            if why.starts_with("closed") {
+                shared.set_error(msg);
+            } else {
+                fail(shared, msg);
+            }
+        }
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+    shared.outbox_cv.notify_all();
+}

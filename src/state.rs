@@ -1,0 +1,181 @@
+//! State shared by the Redis main thread and the link threads.
+//!
+//! Why one place: the link threads must not touch Redis, and the glue must
+//! not touch sockets; they meet here, through a mutex-guarded outbox (one
+//! FIFO for batches and acks), a channel of inbound messages, atomics for
+//! the counters, and a wake-up function the glue provides.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::core::config::Config;
+use crate::core::outbox::Outbox;
+use crate::core::protocol::Batch;
+use crate::core::stats::Stats;
+
+/// Messages from the link threads to the main thread, in the peer's stream order.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A session with the peer started; its stream id (a changed id resets
+    /// the applied position) and node id.
+    SessionStart {
+        /// The peer's outgoing stream id.
+        stream_id: u64,
+        /// The peer's node id.
+        node_id: String,
+    },
+    /// A batch to apply.
+    Batch(Batch),
+    /// The peer applied our stream up to this seq.
+    Ack(u64),
+}
+
+/// How many inbound messages may wait for the main thread before the link
+/// reader stops reading (back-pressure through TCP).
+pub const INBOUND_CAPACITY: usize = 4096;
+
+/// Everything both sides need.
+pub struct Shared {
+    /// Load-time configuration.
+    pub config: Config,
+    /// Counters.
+    pub stats: Stats,
+    /// Our outgoing stream id (random per pairing state).
+    pub stream_id: u64,
+    /// `databases` of this server.
+    pub databases: u32,
+    /// RDB version of this server's DUMP payloads.
+    pub rdb_version: u32,
+    /// The outgoing FIFO and backlog.
+    outbox: Mutex<Outbox>,
+    /// Signalled when the outbox grows or a session must end.
+    pub outbox_cv: Condvar,
+    /// Link threads → main thread.
+    pub inbound_tx: Sender<Inbound>,
+    /// Main thread side of `inbound_tx`.
+    pub inbound_rx: Receiver<Inbound>,
+    /// The peer's stream id our applied position refers to (0: none yet).
+    pub peer_stream_id: AtomicU64,
+    /// Text of the last error, for `SYNC.STATUS`.
+    last_error: Mutex<String>,
+    /// Set while the module is passive (this server is a replica).
+    pub passive: AtomicBool,
+    /// Set when the module stops: threads exit.
+    pub shutdown: AtomicBool,
+    /// A reconnect must re-image the pending keys (backlog cannot serve it).
+    pub resync_requested: AtomicBool,
+    /// The un-acknowledged writes table overflowed: only a full resync helps.
+    pub table_overflowed: AtomicBool,
+    /// Wakes the Redis main loop (set by the glue).
+    pub wake: fn(),
+    /// The peer's node id, once a handshake told it.
+    peer_node_id: Mutex<String>,
+    /// The main thread asks the link to end the current session.
+    pub drop_session: AtomicBool,
+    /// Set by the main loop when it has been woken and not yet run.
+    pub wake_pending: AtomicBool,
+}
+
+static SHARED: OnceLock<Arc<Shared>> = OnceLock::new();
+
+impl Shared {
+    /// Build the shared state.
+    pub fn new(
+        config: Config,
+        stream_id: u64,
+        databases: u32,
+        rdb_version: u32,
+        wake: fn(),
+    ) -> Self {
+        let (tx, rx) = crossbeam_channel::bounded(INBOUND_CAPACITY);
+        let backlog = config.backlog_size as usize;
+        Shared {
+            config,
+            stats: Stats::default(),
+            stream_id,
+            databases,
+            rdb_version,
+            outbox: Mutex::new(Outbox::new(backlog)),
+            outbox_cv: Condvar::new(),
+            inbound_tx: tx,
+            inbound_rx: rx,
+            peer_stream_id: AtomicU64::new(0),
+            last_error: Mutex::new(String::new()),
+            passive: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+            resync_requested: AtomicBool::new(false),
+            table_overflowed: AtomicBool::new(false),
+            wake,
+            peer_node_id: Mutex::new(String::new()),
+            drop_session: AtomicBool::new(false),
+            wake_pending: AtomicBool::new(false),
+        }
+    }
+
+    /// Install the process-wide instance (once).
+    pub fn install(shared: Shared) -> Result<Arc<Shared>, String> {
+        let arc = Arc::new(shared);
+        SHARED
+            .set(arc.clone())
+            .map_err(|_| "the module state already exists (module loaded twice?)".to_string())?;
+        Ok(arc)
+    }
+
+    /// The process-wide instance, once loaded.
+    pub fn get() -> Option<&'static Arc<Shared>> {
+        SHARED.get()
+    }
+
+    /// Lock the outbox; a poisoned lock (a panic elsewhere) is still usable
+    /// because every outbox operation leaves it consistent.
+    pub fn outbox(&self) -> MutexGuard<'_, Outbox> {
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Record an error for `SYNC.STATUS`.
+    pub fn set_error(&self, msg: impl Into<String>) {
+        let mut e = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+        *e = msg.into();
+    }
+
+    /// The last error text.
+    pub fn last_error(&self) -> String {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The peer's node id ("" before the first handshake).
+    pub fn peer_node_id(&self) -> String {
+        self.peer_node_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Remember the peer's node id.
+    pub fn set_peer_node_id(&self, id: &str) {
+        *self.peer_node_id.lock().unwrap_or_else(|p| p.into_inner()) = id.to_string();
+    }
+
+    /// Ask the link to end the current session (it reconnects and resyncs).
+    pub fn request_drop_session(&self) {
+        self.drop_session.store(true, Ordering::Relaxed);
+        self.outbox_cv.notify_all();
+    }
+
+    /// Wake the main loop once, however many times it is asked before it runs.
+    pub fn wake_main(&self) {
+        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+            (self.wake)();
+        }
+    }
+
+    /// Is the module stopping?
+    pub fn stopping(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
+    }
+}
