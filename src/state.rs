@@ -72,6 +72,12 @@ pub struct Shared {
     pub wake: fn(),
     /// The peer's node id, once a handshake told it.
     peer_node_id: Mutex<String>,
+    /// The settings as changed at run time (CONFIG SET).
+    settings: Mutex<Config>,
+    max_pending_keys: AtomicU64,
+    max_clock_skew_ms: AtomicU64,
+    apply_budget: AtomicU64,
+    ship_evictions: AtomicBool,
     /// The main thread asks the link to end the current session.
     pub drop_session: AtomicBool,
     /// Set by the main loop when it has been woken and not yet run.
@@ -92,6 +98,11 @@ impl Shared {
         let (tx, rx) = crossbeam_channel::bounded(INBOUND_CAPACITY);
         let backlog = config.backlog_size as usize;
         Shared {
+            settings: Mutex::new(config.clone()),
+            max_pending_keys: AtomicU64::new(config.max_pending_keys),
+            max_clock_skew_ms: AtomicU64::new(config.max_clock_skew_ms),
+            apply_budget: AtomicU64::new(config.apply_budget),
+            ship_evictions: AtomicBool::new(config.ship_evictions),
             config,
             stats: Stats::default(),
             stream_id,
@@ -172,6 +183,45 @@ impl Shared {
         if !self.wake_pending.swap(true, Ordering::AcqRel) {
             (self.wake)();
         }
+    }
+
+    /// Current settings, for display.
+    pub fn settings(&self) -> Config {
+        self.settings.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Change a run-time setting (CONFIG SET); on error nothing changes.
+    pub fn set_runtime(&self, name: &str, value: &str) -> Result<(), String> {
+        let mut cfg = self.settings.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = cfg.clone();
+        next.set_runtime(name, value).map_err(|e| e.to_string())?;
+        self.max_pending_keys.store(next.max_pending_keys, Ordering::Relaxed);
+        self.max_clock_skew_ms.store(next.max_clock_skew_ms, Ordering::Relaxed);
+        self.apply_budget.store(next.apply_budget, Ordering::Relaxed);
+        self.ship_evictions.store(next.ship_evictions, Ordering::Relaxed);
+        self.outbox().set_max_bytes(next.backlog_size as usize);
+        *cfg = next;
+        Ok(())
+    }
+
+    /// Bound on the un-acknowledged writes table.
+    pub fn max_pending_keys(&self) -> u64 {
+        self.max_pending_keys.load(Ordering::Relaxed)
+    }
+
+    /// Largest accepted peer clock lead, ms.
+    pub fn max_clock_skew_ms(&self) -> u64 {
+        self.max_clock_skew_ms.load(Ordering::Relaxed)
+    }
+
+    /// Remote entries applied per event-loop iteration.
+    pub fn apply_budget(&self) -> u64 {
+        self.apply_budget.load(Ordering::Relaxed)
+    }
+
+    /// Ship evictions to the peer?
+    pub fn ship_evictions(&self) -> bool {
+        self.ship_evictions.load(Ordering::Relaxed)
     }
 
     /// Is the module stopping?

@@ -166,7 +166,42 @@ pub fn valid_node_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
+/// Arguments that `CONFIG SET bisync.<name>` may change at run time.
+pub const RUNTIME: &[&str] = &["backlog-size", "max-pending-keys", "max-clock-skew", "apply-budget", "ship-evictions"];
+
 impl Config {
+    /// The value `CONFIG GET bisync.<name>` shows. The secret is never shown.
+    pub fn display(&self, name: &str) -> Option<String> {
+        Some(match name {
+            "node-id" => self.node_id.clone(),
+            "listen" => self.listen.to_string(),
+            "peer" => self.peer.to_string(),
+            "secret" => if self.secret.is_some() && self.secret_file.is_none() { "<redacted>".into() } else { String::new() },
+            "secret-file" => self.secret_file.clone().unwrap_or_default(),
+            "backlog-size" => self.backlog_size.to_string(),
+            "max-pending-keys" => self.max_pending_keys.to_string(),
+            "max-clock-skew" => self.max_clock_skew_ms.to_string(),
+            "max-frame-size" => self.max_frame_size.to_string(),
+            "apply-budget" => self.apply_budget.to_string(),
+            "ship-evictions" => if self.ship_evictions { "yes" } else { "no" }.into(),
+            _ => return None,
+        })
+    }
+
+    /// Change a run-time setting, validated exactly as at load; on error
+    /// nothing changes.
+    pub fn set_runtime(&mut self, name: &str, value: &str) -> Result<(), ConfigError> {
+        match name {
+            "backlog-size" => self.backlog_size = parse_u64("backlog-size", value, 1 << 10, 1 << 40, true)?,
+            "max-pending-keys" => self.max_pending_keys = parse_u64("max-pending-keys", value, 1, 1 << 40, false)?,
+            "max-clock-skew" => self.max_clock_skew_ms = parse_u64("max-clock-skew", value, 1, 1 << 40, false)?,
+            "apply-budget" => self.apply_budget = parse_u64("apply-budget", value, 1, 1 << 30, false)?,
+            "ship-evictions" => self.ship_evictions = parse_bool("ship-evictions", value)?,
+            _ => return Err(ConfigError::Unknown(name.to_string())),
+        }
+        Ok(())
+    }
+
     /// Parse the argument list. `read_file` reads `secret-file` (injected so
     /// tests need no files).
     pub fn parse<F>(args: &[String], read_file: F) -> Result<Config, ConfigError>
@@ -398,6 +433,21 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(!err.contains("hunter2"));
+    }
+
+    #[test]
+    fn runtime_set_validates_and_display_hides_secret() {
+        let mut c = Config::parse(&args("node-id a listen 127.0.0.1:1 peer 127.0.0.1:2 secret 0123456789abcdefXYZ"), no_file).unwrap();
+        assert_eq!(c.display("secret").unwrap(), "<redacted>");
+        c.set_runtime("backlog-size", "2mb").unwrap();
+        assert_eq!(c.display("backlog-size").unwrap(), (2u64 << 20).to_string());
+        let before = c.clone();
+        assert!(c.set_runtime("backlog-size", "-1").is_err());
+        assert!(c.set_runtime("node-id", "z").is_err());
+        assert_eq!(c, before, "a refused set changes nothing");
+        for name in KNOWN {
+            assert!(c.display(name).is_some(), "{name} has a display");
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod codec;
 pub mod config;
+pub mod decide;
 pub mod dirty;
 pub mod hlc;
 pub mod outbox;

@@ -20,6 +20,8 @@ pub enum Item {
         seq: u64,
         /// The frame bytes, ready for the socket.
         bytes: Arc<Vec<u8>>,
+        /// Number of entries in the batch (for `ops_sent`).
+        ops: u32,
     },
     /// Acknowledge the peer's stream up to this seq.
     Ack(u64),
@@ -120,15 +122,15 @@ impl Outbox {
 
     /// Append a batch. Returns `true` if the bound forced dropping a batch
     /// the peer had not acknowledged (the caller must then force a resync).
-    pub fn push_batch(&mut self, seq: u64, bytes: Arc<Vec<u8>>) -> bool {
+    pub fn push_batch(&mut self, seq: u64, bytes: Arc<Vec<u8>>, ops: u32) -> bool {
         debug_assert_eq!(seq, self.last_seq + 1);
         self.last_seq = seq;
         self.batch_bytes += bytes.len();
-        self.items.push_back(Item::Batch { seq, bytes });
+        self.items.push_back(Item::Batch { seq, bytes, ops });
         let mut dropped = false;
         while self.batch_bytes > self.max_bytes {
             match self.items.pop_front() {
-                Some(Item::Batch { seq, bytes }) => {
+                Some(Item::Batch { seq, bytes, .. }) => {
                     self.batch_bytes -= bytes.len();
                     if seq > self.acked_seq {
                         self.dropped_upto = self.dropped_upto.max(seq);
@@ -205,11 +207,11 @@ impl Outbox {
     }
 
     /// Batches with seq above `peer_pos`, in order, for a partial resync.
-    pub fn batches_after(&self, peer_pos: u64) -> Vec<Arc<Vec<u8>>> {
+    pub fn batches_after(&self, peer_pos: u64) -> Vec<Item> {
         self.items
             .iter()
             .filter_map(|i| match i {
-                Item::Batch { seq, bytes } if *seq > peer_pos => Some(bytes.clone()),
+                Item::Batch { seq, .. } if *seq > peer_pos => Some(i.clone()),
                 _ => None,
             })
             .collect()
@@ -227,9 +229,9 @@ mod tests {
     #[test]
     fn acks_stay_behind_earlier_batches() {
         let mut o = Outbox::new(1000);
-        o.push_batch(1, b(10));
+        o.push_batch(1, b(10), 1);
         o.push_ack(7);
-        o.push_batch(2, b(10));
+        o.push_batch(2, b(10), 1);
         let (items, end) = o.items_from(0);
         assert_eq!(end, 3);
         assert!(matches!(items[0], Item::Batch { seq: 1, .. }));
@@ -249,12 +251,12 @@ mod tests {
     #[test]
     fn acknowledge_prunes_and_cursor_survives() {
         let mut o = Outbox::new(1000);
-        o.push_batch(1, b(10));
-        o.push_batch(2, b(10));
+        o.push_batch(1, b(10), 1);
+        o.push_batch(2, b(10), 1);
         let (_, cursor) = o.items_from(0);
         o.acknowledge(1);
         assert_eq!(o.backlog_bytes(), 10);
-        o.push_batch(3, b(10));
+        o.push_batch(3, b(10), 1);
         let (items, _) = o.items_from(cursor);
         assert_eq!(items.len(), 1);
         assert!(matches!(items[0], Item::Batch { seq: 3, .. }));
@@ -263,10 +265,10 @@ mod tests {
     #[test]
     fn overflow_drops_oldest_and_forbids_partial() {
         let mut o = Outbox::new(25);
-        assert!(!o.push_batch(1, b(10)));
-        assert!(!o.push_batch(2, b(10)));
+        assert!(!o.push_batch(1, b(10), 1));
+        assert!(!o.push_batch(2, b(10), 1));
         assert!(
-            o.push_batch(3, b(10)),
+            o.push_batch(3, b(10), 1),
             "dropping un-acked batch 1 must be reported"
         );
         assert!(o.backlog_bytes() <= 25);
@@ -278,9 +280,9 @@ mod tests {
     #[test]
     fn dropping_acknowledged_batches_is_not_an_overflow() {
         let mut o = Outbox::new(15);
-        o.push_batch(1, b(10));
+        o.push_batch(1, b(10), 1);
         o.acknowledge(1);
-        assert!(!o.push_batch(2, b(10)));
+        assert!(!o.push_batch(2, b(10), 1));
     }
 
     #[test]

@@ -15,8 +15,8 @@ use super::ffi;
 use super::flush::read_image;
 use super::node::with_node;
 use crate::core::hlc::wall_ms;
-use crate::core::pending::Decision;
-use crate::core::protocol::{Batch, Entry, Op, Value};
+use crate::core::decide::{check_seq, plan_batch, Action, SeqCheck};
+use crate::core::protocol::{Batch, Op, Value};
 use crate::core::stats::Stats;
 use crate::log;
 use crate::state::{Inbound, Shared};
@@ -82,93 +82,55 @@ fn write_image(
     }
 }
 
-/// Apply a remote FLUSHDB stamped like `entry`: keys whose pending local
-/// write is newer survive, on both sides.
-fn apply_flush(ctx: &Context, origin: &str, local: &str, entry: &Entry) -> Result<bool, String> {
-    let (covered, survivors) = with_node(|n| {
-        (
-            n.pending.flush_covers(entry.db, entry.stamp, origin, local),
-            n.pending
-                .survivors_of_flush(entry.db, entry.stamp, origin, local),
-        )
-    });
-    if covered {
-        return Ok(false);
-    }
+/// Empty the selected db but keep `survivors` (their pending local write
+/// is newer than the remote flush, so they survive on both sides).
+fn flush_keeping(ctx: &Context, db: u32, survivors: &[Vec<u8>]) -> Result<(), String> {
     let mut keep = Vec::with_capacity(survivors.len());
     for key in survivors {
-        if let Some(img) = read_image(ctx, entry.db, &key)? {
+        if let Some(img) = read_image(ctx, db, key)? {
             keep.push((key, img));
         }
     }
-    ffi::select_db(ctx.ctx, entry.db as i32);
+    ffi::select_db(ctx, db as i32);
     run(ctx, "FLUSHDB", &[])?;
     for (key, (value, exp)) in keep {
-        write_image(ctx, &key, &value, exp)?;
+        write_image(ctx, key, &value, exp)?;
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Apply one batch. Returns the number of entries applied, or an error that
 /// must end the session.
-fn apply_batch(
-    ctx: &Context,
-    shared: &Shared,
-    origin: &str,
-    batch: &Batch,
-) -> Result<usize, String> {
+fn apply_batch(ctx: &Context, shared: &Shared, origin: &str, batch: &Batch) -> Result<usize, String> {
     let local = shared.config.node_id.as_str();
-    let now = wall_ms();
     // Clock first: refuse a batch stamped too far in the future, entirely.
     let max_hlc = batch.entries.iter().map(|e| e.stamp.hlc).max().unwrap_or(0);
-    with_node(|n| n.hlc.observe(max_hlc, now, shared.config.max_clock_skew_ms))
-        .map_err(|e| e.to_string())?;
+    with_node(|n| n.hlc.observe(max_hlc, wall_ms(), shared.max_clock_skew_ms())).map_err(|e| e.to_string())?;
+    if let Some(e) = batch.entries.iter().find(|e| e.db >= shared.databases) {
+        return Err(format!("batch {} names db {} but this server has {}", batch.seq, e.db, shared.databases));
+    }
+    let plan = with_node(|n| plan_batch(&n.pending, batch, origin, local));
     let _flag = ApplyingFlag::set();
     let mut applied = 0usize;
     let mut lost = 0u64;
-    for entry in &batch.entries {
-        if entry.db >= shared.databases {
-            return Err(format!(
-                "batch {} names db {} but this server has {}",
-                batch.seq, entry.db, shared.databases
-            ));
-        }
-        if !ffi::select_db(ctx.ctx, entry.db as i32) {
-            return Err(format!("cannot select db {}", entry.db));
-        }
-        let did = match &entry.op {
-            Op::FlushDb => apply_flush(ctx, origin, local, entry)?,
-            Op::Set {
-                key,
-                value,
-                expire_at_ms,
-            } => {
-                match with_node(|n| {
-                    n.pending
-                        .decide_key(entry.db, key, entry.stamp, origin, local)
-                }) {
-                    Decision::Apply => {
-                        write_image(ctx, key, value, *expire_at_ms)?;
-                        true
-                    }
-                    Decision::LocalWins => false,
-                }
+    for action in plan {
+        match action {
+            Action::Lost => lost += 1,
+            Action::Flush { db, survivors } => {
+                flush_keeping(ctx, db, &survivors)?;
+                applied += 1;
             }
-            Op::Delete { key } => match with_node(|n| {
-                n.pending
-                    .decide_key(entry.db, key, entry.stamp, origin, local)
-            }) {
-                Decision::Apply => {
-                    run(ctx, "DEL", &[key])?;
-                    true
+            Action::Write(entry) => {
+                if !ffi::select_db(ctx, entry.db as i32) {
+                    return Err(format!("cannot select db {}", entry.db));
                 }
-                Decision::LocalWins => false,
-            },
-        };
-        if did {
-            applied += 1;
-        } else {
-            lost += 1;
+                match &entry.op {
+                    Op::Set { key, value, expire_at_ms } => write_image(ctx, key, value, *expire_at_ms)?,
+                    Op::Delete { key } => run(ctx, "DEL", &[key])?,
+                    Op::FlushDb => {}
+                }
+                applied += 1;
+            }
         }
     }
     Stats::add(&shared.stats.ops_applied, applied as u64);
@@ -183,8 +145,8 @@ pub fn apply_inbound(ctx: &Context) -> bool {
     let Some(shared) = Shared::get() else {
         return false;
     };
-    let budget = shared.config.apply_budget as usize;
-    let saved_db = ffi::selected_db(ctx.ctx);
+    let budget = shared.apply_budget() as usize;
+    let saved_db = ffi::selected_db(ctx);
     let mut done = 0usize;
     let mut peer_node = String::new();
     let mut any_batch = false;
@@ -213,21 +175,18 @@ pub fn apply_inbound(ctx: &Context) -> bool {
                     continue;
                 }
                 let applied_seq = shared.outbox().applied_seq();
-                if batch.seq <= applied_seq {
-                    continue; // already applied (resent after a reconnect)
-                }
-                if batch.seq != applied_seq + 1 && !batch.resync {
-                    let msg = format!(
-                        "stream gap: expected batch {} but got {}; reconnecting for a resync",
-                        applied_seq + 1,
-                        batch.seq
-                    );
-                    log::warning(&msg);
-                    shared.set_error(msg);
-                    shared.request_drop_session();
-                    // Drop everything else queued from this session.
-                    while shared.inbound_rx.try_recv().is_ok() {}
-                    break;
+                match check_seq(applied_seq, &batch) {
+                    SeqCheck::Apply => {}
+                    SeqCheck::Duplicate => continue, // resent after a reconnect
+                    SeqCheck::Gap { expected } => {
+                        let msg = format!("stream gap: expected batch {expected} but got {}; reconnecting for a resync", batch.seq);
+                        log::warning(&msg);
+                        shared.set_error(msg);
+                        shared.request_drop_session();
+                        // Drop everything else queued from this session.
+                        while shared.inbound_rx.try_recv().is_ok() {}
+                        break;
+                    }
                 }
                 if peer_node.is_empty() {
                     peer_node = shared.peer_node_id();
@@ -251,7 +210,7 @@ pub fn apply_inbound(ctx: &Context) -> bool {
             }
         }
     }
-    ffi::select_db(ctx.ctx, saved_db);
+    ffi::select_db(ctx, saved_db);
     if any_batch {
         shared.outbox_cv.notify_all();
     }

@@ -9,7 +9,7 @@ use std::os::raw::{c_char, c_int, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use redis_module::raw;
+use redis_module::{raw, Context};
 
 use super::ffi;
 use super::guard::guarded;
@@ -41,7 +41,7 @@ pub fn take_stream_touched() -> Vec<Vec<u8>> {
     std::mem::take(&mut *STREAM_TOUCHED.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
-fn capturing(ctx: *mut raw::RedisModuleCtx) -> bool {
+fn capturing(ctx: &Context) -> bool {
     if APPLYING.load(Ordering::Relaxed) {
         return false;
     }
@@ -80,16 +80,17 @@ pub unsafe extern "C" fn on_keyspace_event(
             return 0;
         }
         if class & raw::REDISMODULE_NOTIFY_EVICTED != 0 {
-            let ship = Shared::get().is_some_and(|s| s.config.ship_evictions);
+            let ship = Shared::get().is_some_and(|s| s.ship_evictions());
             if !ship {
                 return 0;
             }
         }
         let _ = event;
-        if !capturing(ctx) {
+        let ctx = Context::new(ctx);
+        if !capturing(&ctx) {
             return 0;
         }
-        let db = ffi::selected_db(ctx).max(0) as u32;
+        let db = ffi::selected_db(&ctx).max(0) as u32;
         note_key(db, ffi::string_bytes(key));
         0
     })
@@ -106,7 +107,7 @@ pub unsafe extern "C" fn on_flush(
     data: *mut c_void,
 ) {
     guarded("flush event", (), || {
-        if sub != raw::REDISMODULE_SUBEVENT_FLUSHDB_START || data.is_null() || !capturing(ctx) {
+        if sub != raw::REDISMODULE_SUBEVENT_FLUSHDB_START || data.is_null() || !capturing(&Context::new(ctx)) {
             return;
         }
         let info = &*(data as *const raw::RedisModuleFlushInfo);
@@ -161,7 +162,7 @@ pub unsafe extern "C" fn on_command_filter(fctx: *mut raw::RedisModuleCommandFil
             return;
         }
         let name = ffi::filter_arg(fctx, 0);
-        if name.is_empty() || !(name[0] | 0x20 == b'x') {
+        if name.is_empty() || name[0] | 0x20 != b'x' {
             return;
         }
         let mut keys: Vec<Vec<u8>> = Vec::new();

@@ -7,7 +7,7 @@
 
 use std::os::raw::{c_char, c_int, c_void};
 
-use redis_module::raw;
+use redis_module::{raw, Context};
 
 /// The kind of value a key holds, as far as imaging cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +32,7 @@ pub struct KeyRead {
 
 /// Read a key's kind, string value and absolute expiry in the context's
 /// selected db, through the key API (no command call).
-pub fn read_key(ctx: *mut raw::RedisModuleCtx, key: &[u8]) -> Option<KeyRead> {
+pub fn read_key(ctx: &Context, key: &[u8]) -> Option<KeyRead> {
     // SAFETY: called on the main thread with a live context; the string and
     // the key handle are created and released here; the DMA pointer is only
     // read while the key is open and copied before CloseKey.
@@ -42,12 +42,12 @@ pub fn read_key(ctx: *mut raw::RedisModuleCtx, key: &[u8]) -> Option<KeyRead> {
         let close = raw::RedisModule_CloseKey?;
         let free = raw::RedisModule_FreeString?;
         let ktype = raw::RedisModule_KeyType?;
-        let name = create(ctx, key.as_ptr().cast::<c_char>(), key.len());
+        let name = create(ctx.ctx, key.as_ptr().cast::<c_char>(), key.len());
         if name.is_null() {
             return None;
         }
         let mode = (raw::REDISMODULE_READ | raw::REDISMODULE_OPEN_KEY_NOTOUCH) as c_int;
-        let k = open(ctx, name, mode);
+        let k = open(ctx.ctx, name, mode);
         let out = if k.is_null() {
             KeyRead {
                 kind: KeyKind::Missing,
@@ -89,33 +89,33 @@ pub fn read_key(ctx: *mut raw::RedisModuleCtx, key: &[u8]) -> Option<KeyRead> {
                 expire_at_ms,
             }
         };
-        free(ctx, name);
+        free(ctx.ctx, name);
         Some(out)
     }
 }
 
 /// The db selected on a context (the db a keyspace event happened in).
-pub fn selected_db(ctx: *mut raw::RedisModuleCtx) -> i32 {
+pub fn selected_db(ctx: &Context) -> i32 {
     // SAFETY: GetSelectedDb only reads the context's client.
-    unsafe { raw::RedisModule_GetSelectedDb.map(|f| f(ctx)).unwrap_or(0) }
+    unsafe { raw::RedisModule_GetSelectedDb.map(|f| f(ctx.ctx)).unwrap_or(0) }
 }
 
 /// Select a db on a context; false if it does not exist.
-pub fn select_db(ctx: *mut raw::RedisModuleCtx, db: i32) -> bool {
+pub fn select_db(ctx: &Context, db: i32) -> bool {
     // SAFETY: SelectDb validates the id and only changes the context's client.
     unsafe {
         raw::RedisModule_SelectDb
-            .map(|f| f(ctx, db) == raw::REDISMODULE_OK as c_int)
+            .map(|f| f(ctx.ctx, db) == raw::REDISMODULE_OK as c_int)
             .unwrap_or(false)
     }
 }
 
 /// The context flags (LOADING, SLAVE, CLUSTER, ...).
-pub fn context_flags(ctx: *mut raw::RedisModuleCtx) -> u32 {
+pub fn context_flags(ctx: &Context) -> u32 {
     // SAFETY: reads server state only.
     unsafe {
         raw::RedisModule_GetContextFlags
-            .map(|f| f(ctx) as u32)
+            .map(|f| f(ctx.ctx) as u32)
             .unwrap_or(0)
     }
 }
@@ -158,7 +158,7 @@ pub type ServerEventCallback =
 
 /// Subscribe to a server event by id; false if the server lacks it.
 pub fn subscribe_server_event(
-    ctx: *mut raw::RedisModuleCtx,
+    ctx: &Context,
     id: u64,
     cb: ServerEventCallback,
 ) -> bool {
@@ -167,7 +167,7 @@ pub fn subscribe_server_event(
     // (which refuses to unload).
     unsafe {
         raw::RedisModule_SubscribeToServerEvent
-            .map(|f| f(ctx, event, Some(cb)) == raw::REDISMODULE_OK as c_int)
+            .map(|f| f(ctx.ctx, event, Some(cb)) == raw::REDISMODULE_OK as c_int)
             .unwrap_or(false)
     }
 }
@@ -182,14 +182,14 @@ pub type KeyspaceCallback = unsafe extern "C" fn(
 
 /// Subscribe to keyspace notifications of the given classes.
 pub fn subscribe_keyspace(
-    ctx: *mut raw::RedisModuleCtx,
+    ctx: &Context,
     types: c_int,
     cb: KeyspaceCallback,
 ) -> bool {
     // SAFETY: as for server events.
     unsafe {
         raw::RedisModule_SubscribeToKeyspaceEvents
-            .map(|f| f(ctx, types, Some(cb)) == raw::REDISMODULE_OK as c_int)
+            .map(|f| f(ctx.ctx, types, Some(cb)) == raw::REDISMODULE_OK as c_int)
             .unwrap_or(false)
     }
 }
@@ -217,11 +217,11 @@ pub unsafe fn string_bytes<'a>(s: *const raw::RedisModuleString) -> &'a [u8] {
 pub type FilterCallback = unsafe extern "C" fn(*mut raw::RedisModuleCommandFilterCtx);
 
 /// Register a command filter (sees client and script calls, not our own).
-pub fn register_filter(ctx: *mut raw::RedisModuleCtx, cb: FilterCallback) -> bool {
+pub fn register_filter(ctx: &Context, cb: FilterCallback) -> bool {
     // SAFETY: as for server events; NOSELF keeps our own RM_Calls out.
     unsafe {
         raw::RedisModule_RegisterCommandFilter
-            .map(|f| !f(ctx, Some(cb), raw::REDISMODULE_CMDFILTER_NOSELF as c_int).is_null())
+            .map(|f| !f(ctx.ctx, Some(cb), raw::REDISMODULE_CMDFILTER_NOSELF as c_int).is_null())
             .unwrap_or(false)
     }
 }

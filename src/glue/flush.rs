@@ -27,11 +27,10 @@ pub fn read_image(
     db: u32,
     key: &[u8],
 ) -> Result<Option<(Value, Option<i64>)>, String> {
-    let raw_ctx = ctx.ctx;
-    if !ffi::select_db(raw_ctx, db as i32) {
+    if !ffi::select_db(ctx, db as i32) {
         return Err(format!("db {db} does not exist"));
     }
-    let read = ffi::read_key(raw_ctx, key).ok_or("the key API is unavailable")?;
+    let read = ffi::read_key(ctx, key).ok_or("the key API is unavailable")?;
     match read.kind {
         KeyKind::Missing => Ok(None),
         KeyKind::String => Ok(Some((
@@ -61,10 +60,10 @@ fn stream_keys_in_dbs(ctx: &Context, keys: Vec<Vec<u8>>, databases: u32) -> Vec<
     let mut out = Vec::new();
     for key in keys {
         for db in 0..databases {
-            if !ffi::select_db(ctx.ctx, db as i32) {
+            if !ffi::select_db(ctx, db as i32) {
                 continue;
             }
-            if let Some(r) = ffi::read_key(ctx.ctx, &key) {
+            if let Some(r) = ffi::read_key(ctx, &key) {
                 if r.kind == KeyKind::Other {
                     out.push(Dirty::Key(db, key.clone()));
                 }
@@ -93,7 +92,7 @@ pub fn flush(ctx: &Context) -> usize {
     if log_items.is_empty() {
         return 0;
     }
-    let saved_db = ffi::selected_db(ctx.ctx);
+    let saved_db = ffi::selected_db(ctx);
     let targets = reduce(log_items);
     // Read every image first (reading may fire events back into capture,
     // which only appends to the now-empty dirty log).
@@ -118,7 +117,7 @@ pub fn flush(ctx: &Context) -> usize {
             },
         }
     }
-    ffi::select_db(ctx.ctx, saved_db);
+    ffi::select_db(ctx, saved_db);
     if ops.is_empty() {
         return 0;
     }
@@ -157,7 +156,7 @@ pub fn enqueue_batch(
             }
             entries.push(Entry { db, stamp, op });
         }
-        let over = node.pending.len() as u64 > shared.config.max_pending_keys;
+        let over = node.pending.len() as u64 > shared.max_pending_keys();
         (entries, over)
     });
     let (entries, table_over) = overflow;
@@ -174,7 +173,7 @@ pub fn enqueue_batch(
             return 0;
         }
     };
-    let dropped = outbox.push_batch(seq, Arc::new(bytes));
+    let dropped = outbox.push_batch(seq, Arc::new(bytes), n as u32);
     if recorded.is_some() {
         outbox.mark_last_as_resync();
     }
@@ -199,7 +198,7 @@ pub fn enqueue_batch(
 pub fn build_dirty_key_resync(ctx: &Context) -> Option<u64> {
     let shared = Shared::get()?;
     let entries = with_node(|n| n.pending.entries_by_stamp());
-    let saved_db = ffi::selected_db(ctx.ctx);
+    let saved_db = ffi::selected_db(ctx);
     let mut ops = Vec::with_capacity(entries.len());
     let mut stamps = Vec::with_capacity(entries.len());
     for (db, key, e) in entries {
@@ -223,7 +222,7 @@ pub fn build_dirty_key_resync(ctx: &Context) -> Option<u64> {
         }
         stamps.push(e.stamp);
     }
-    ffi::select_db(ctx.ctx, saved_db);
+    ffi::select_db(ctx, saved_db);
     let seq = shared.outbox().next_seq();
     enqueue_batch(shared, ops, Some(stamps));
     Some(seq)

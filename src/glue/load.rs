@@ -66,7 +66,7 @@ fn init_inner(ctx: &Context, args: &[RedisString]) -> Status {
             return Status::Err;
         }
     };
-    let flags = ffi::context_flags(ctx.ctx);
+    let flags = ffi::context_flags(ctx);
     if flags & raw::REDISMODULE_CTX_FLAGS_CLUSTER != 0 {
         log::warning(
             "refusing to load: cluster mode is not supported yet (pair two standalone servers)",
@@ -95,6 +95,10 @@ fn init_inner(ctx: &Context, args: &[RedisString]) -> Status {
             return Status::Err;
         }
     };
+    if let Err(e) = super::configs::register(ctx, &shared) {
+        log::warning(&format!("refusing to load: {e}"));
+        return Status::Err;
+    }
     let types = (raw::REDISMODULE_NOTIFY_GENERIC
         | raw::REDISMODULE_NOTIFY_STRING
         | raw::REDISMODULE_NOTIFY_LIST
@@ -104,24 +108,24 @@ fn init_inner(ctx: &Context, args: &[RedisString]) -> Status {
         | raw::REDISMODULE_NOTIFY_STREAM
         | raw::REDISMODULE_NOTIFY_MODULE
         | raw::REDISMODULE_NOTIFY_EVICTED) as c_int;
-    let ok = ffi::subscribe_keyspace(ctx.ctx, types, capture::on_keyspace_event)
-        && ffi::subscribe_server_event(ctx.ctx, raw::REDISMODULE_EVENT_FLUSHDB, capture::on_flush)
+    let ok = ffi::subscribe_keyspace(ctx, types, capture::on_keyspace_event)
+        && ffi::subscribe_server_event(ctx, raw::REDISMODULE_EVENT_FLUSHDB, capture::on_flush)
         && ffi::subscribe_server_event(
-            ctx.ctx,
+            ctx,
             raw::REDISMODULE_EVENT_LOADING,
             capture::on_loading,
         )
         && ffi::subscribe_server_event(
-            ctx.ctx,
+            ctx,
             raw::REDISMODULE_EVENT_EVENTLOOP,
             events::on_event_loop,
         )
         && ffi::subscribe_server_event(
-            ctx.ctx,
+            ctx,
             raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED,
             events::on_role_change,
         )
-        && ffi::register_filter(ctx.ctx, capture::on_command_filter);
+        && ffi::register_filter(ctx, capture::on_command_filter);
     if !ok {
         log::warning("refusing to load: this Redis lacks a module API the module needs (Redis 7.0 or newer is required)");
         return Status::Err;

@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod capture;
 pub mod commands;
+pub mod configs;
 pub mod events;
 pub mod ffi;
 pub mod flush;

@@ -83,7 +83,7 @@ pub fn sync_wait(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     flush(ctx);
     let target = shared.outbox().last_seq();
     let count = count_at(shared, target);
-    let flags = ffi::context_flags(ctx.ctx);
+    let flags = ffi::context_flags(ctx);
     let cannot_block = flags
         & (raw::REDISMODULE_CTX_FLAGS_MULTI
             | raw::REDISMODULE_CTX_FLAGS_LUA

@@ -331,13 +331,8 @@ fn write_loop(
                 batches.len()
             ));
         }
-        for b in &batches {
-            w.write_all(b)?;
-            Stats::add(&shared.stats.bytes_sent, b.len() as u64);
-        }
-        if let Some(last) = batches.len().checked_sub(1) {
-            let _ = last;
-            Stats::add_max(&shared.stats.sent_seq, shared.outbox().last_seq());
+        for item in batches {
+            write_item(&mut w, shared, item)?;
         }
         send(&mut w, shared, &Frame::Ack(ack))?;
         w.flush()?;
@@ -406,17 +401,23 @@ fn write_loop(
             continue;
         }
         for item in items {
-            match item {
-                Item::Batch { seq, bytes } => {
-                    w.write_all(&bytes)?;
-                    Stats::add(&shared.stats.bytes_sent, bytes.len() as u64);
-                    Stats::add_max(&shared.stats.sent_seq, seq);
-                }
-                Item::Ack(seq) => send(&mut w, shared, &Frame::Ack(seq))?,
-            }
+            write_item(&mut w, shared, item)?;
         }
         w.flush()?;
         last_write = Instant::now();
+    }
+}
+
+fn write_item(w: &mut impl Write, shared: &Shared, item: Item) -> Result<(), CodecError> {
+    match item {
+        Item::Batch { seq, bytes, ops } => {
+            w.write_all(&bytes)?;
+            Stats::add(&shared.stats.bytes_sent, bytes.len() as u64);
+            Stats::add(&shared.stats.ops_sent, u64::from(ops));
+            Stats::add_max(&shared.stats.sent_seq, seq);
+            Ok(())
+        }
+        Item::Ack(seq) => send(w, shared, &Frame::Ack(seq)),
     }
 }
 

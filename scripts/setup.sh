@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what building and testing redis-bisync needs on Debian 12 (as root):
+# redis-server 7.0, clang and libclang-dev (for the redis-module bindings),
+# and checks for a Rust toolchain. Safe to run again: it installs only what
+# is missing.
+set -euo pipefail
+
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+command -v clang >/dev/null 2>&1 || need+=(clang)
+dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
+command -v cargo >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/cargo" ] || need+=(cargo rustc)
+
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup: missing ${need[*]}; run as root (or install them) and retry" >&2
+    exit 1
+  fi
+  echo "setup: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q "${need[@]}"
+  # Debian's redis-server package starts a server on 6379; we do not need it.
+  systemctl disable --now redis-server >/dev/null 2>&1 || true
+fi
+
+if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+command -v cargo >/dev/null || { echo "setup: no cargo found" >&2; exit 1; }
+redis-server --version | grep -q "v=7\." || {
+  echo "setup: redis-server 7.x is required, found: $(redis-server --version)" >&2
+  exit 1
+}

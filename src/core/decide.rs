@@ -1,0 +1,114 @@
+//! What to do with an incoming batch, decided without Redis.
+//!
+//! Why pure: this is the conflict rule and the stream-order rule, the two
+//! things convergence depends on. The glue executes the plan; the seeded
+//! simulation (`tests/simulation.rs`) runs the very same functions.
+
+use super::pending::{Decision, PendingWrites};
+use super::protocol::{Batch, Entry, Op};
+
+/// How a batch fits the receiver's position in the sender's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeqCheck {
+    /// The next one (or a resync batch past our position): apply it.
+    Apply,
+    /// Already applied (resent after a reconnect): skip it.
+    Duplicate,
+    /// Batches are missing before it: the stream is broken, resync.
+    Gap {
+        /// The seq we expected.
+        expected: u64,
+    },
+}
+
+/// Check `batch` against the highest seq applied from its stream.
+pub fn check_seq(applied: u64, batch: &Batch) -> SeqCheck {
+    if batch.seq <= applied {
+        SeqCheck::Duplicate
+    } else if batch.seq == applied + 1 || batch.resync {
+        SeqCheck::Apply
+    } else {
+        SeqCheck::Gap { expected: applied + 1 }
+    }
+}
+
+/// One step of applying a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action<'a> {
+    /// Write this entry's image (or delete its key).
+    Write(&'a Entry),
+    /// Empty `db`, keeping the current values of `survivors` (keys whose
+    /// pending local write is newer than the remote flush).
+    Flush {
+        /// The db.
+        db: u32,
+        /// Keys to keep.
+        survivors: Vec<Vec<u8>>,
+    },
+    /// A newer local write wins: count it in `conflicts_lost`.
+    Lost,
+}
+
+/// Plan every entry of a remote batch from `origin` against the local table.
+pub fn plan_batch<'a>(table: &PendingWrites, batch: &'a Batch, origin: &str, local: &str) -> Vec<Action<'a>> {
+    batch
+        .entries
+        .iter()
+        .map(|e| match &e.op {
+            Op::FlushDb => {
+                if table.flush_covers(e.db, e.stamp, origin, local) {
+                    Action::Lost
+                } else {
+                    Action::Flush {
+                        db: e.db,
+                        survivors: table.survivors_of_flush(e.db, e.stamp, origin, local),
+                    }
+                }
+            }
+            Op::Set { key, .. } | Op::Delete { key } => match table.decide_key(e.db, key, e.stamp, origin, local) {
+                Decision::Apply => Action::Write(e),
+                Decision::LocalWins => Action::Lost,
+            },
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::protocol::{Stamp, Value};
+
+    fn batch(seq: u64, resync: bool) -> Batch {
+        Batch { seq, resync, entries: vec![] }
+    }
+
+    #[test]
+    fn seq_rules() {
+        assert_eq!(check_seq(4, &batch(5, false)), SeqCheck::Apply);
+        assert_eq!(check_seq(4, &batch(4, false)), SeqCheck::Duplicate);
+        assert_eq!(check_seq(4, &batch(7, false)), SeqCheck::Gap { expected: 5 });
+        assert_eq!(check_seq(4, &batch(7, true)), SeqCheck::Apply);
+        assert_eq!(check_seq(8, &batch(7, true)), SeqCheck::Duplicate);
+    }
+
+    #[test]
+    fn plan_respects_table() {
+        let mut t = PendingWrites::new();
+        t.record_key((0, b"k".to_vec()), Stamp { hlc: 10, index: 0 }, 1);
+        let set = |key: &str, hlc| Entry {
+            db: 0,
+            stamp: Stamp { hlc, index: 0 },
+            op: Op::Set { key: key.as_bytes().to_vec(), value: Value::String(vec![]), expire_at_ms: None },
+        };
+        let b = Batch {
+            seq: 1,
+            resync: false,
+            entries: vec![set("k", 5), set("k", 20), set("other", 1), Entry { db: 0, stamp: Stamp { hlc: 8, index: 3 }, op: Op::FlushDb }],
+        };
+        let plan = plan_batch(&t, &b, "b", "a");
+        assert_eq!(plan[0], Action::Lost);
+        assert!(matches!(plan[1], Action::Write(_)));
+        assert!(matches!(plan[2], Action::Write(_)));
+        assert_eq!(plan[3], Action::Flush { db: 0, survivors: vec![b"k".to_vec()] });
+    }
+}

@@ -1,0 +1,417 @@
+//! The replicating pair (issue: foundation): every type, every db, both
+//! directions, transactions atomic on the peer, no loops, status, bad args.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use redis::Commands;
+
+const T: Duration = Duration::from_secs(20);
+
+fn cmd(c: &mut redis::Connection, args: &[&str]) -> redis::Value {
+    let mut q = redis::cmd(args[0]);
+    for a in &args[1..] {
+        q.arg(*a);
+    }
+    q.query(c).unwrap_or_else(|e| panic!("{args:?} failed: {e}"))
+}
+
+/// Writes of every type on one side; the caller writes them on A or B.
+fn write_every_type(c: &mut redis::Connection, p: &str) {
+    let k = |s: &str| format!("{p}:{s}");
+    cmd(c, &["SET", &k("str"), "hello"]);
+    cmd(c, &["APPEND", &k("str"), " world"]);
+    cmd(c, &["SETRANGE", &k("str"), "0", "J"]);
+    cmd(c, &["INCR", &k("counter")]);
+    cmd(c, &["INCRBY", &k("counter"), "41"]);
+    cmd(c, &["INCRBYFLOAT", &k("float"), "1.5"]);
+    cmd(c, &["SET", &k("ttl_px"), "v", "PX", "600000"]);
+    cmd(c, &["SET", &k("ttl_expire"), "v"]);
+    cmd(c, &["EXPIRE", &k("ttl_expire"), "500"]);
+    cmd(c, &["SET", &k("ttl_at"), "v"]);
+    cmd(c, &["PEXPIREAT", &k("ttl_at"), &(now_ms() + 900_000).to_string()]);
+    cmd(c, &["SET", &k("persisted"), "v", "EX", "100"]);
+    cmd(c, &["PERSIST", &k("persisted")]);
+    cmd(c, &["HSET", &k("hash"), "f1", "v1", "f2", "v2"]);
+    cmd(c, &["HINCRBY", &k("hash"), "n", "3"]);
+    cmd(c, &["HDEL", &k("hash"), "f2"]);
+    cmd(c, &["RPUSH", &k("list"), "a", "b", "c", "d"]);
+    cmd(c, &["LPOP", &k("list")]);
+    cmd(c, &["LINSERT", &k("list"), "BEFORE", "c", "x"]);
+    cmd(c, &["SADD", &k("set"), "m1", "m2", "m3"]);
+    cmd(c, &["SREM", &k("set"), "m2"]);
+    cmd(c, &["ZADD", &k("zset"), "1", "a", "2", "b", "3", "c"]);
+    cmd(c, &["ZINCRBY", &k("zset"), "10", "a"]);
+    cmd(c, &["ZREM", &k("zset"), "b"]);
+    // A big hash and a big zset (non-compact encodings).
+    for i in 0..300 {
+        cmd(c, &["HSET", &k("bighash"), &format!("f{i}"), &format!("v{i}")]);
+        cmd(c, &["ZADD", &k("bigzset"), &i.to_string(), &format!("m{i}")]);
+    }
+    // Streams with consumer groups: XREADGROUP, XACK and XCLAIM change the
+    // groups without keyspace events.
+    for i in 0..5 {
+        cmd(c, &["XADD", &k("stream"), &format!("{}-1", i + 1), "field", &i.to_string()]);
+    }
+    cmd(c, &["XGROUP", "CREATE", &k("stream"), "g1", "0"]);
+    cmd(c, &["XREADGROUP", "GROUP", "g1", "alice", "COUNT", "3", "STREAMS", &k("stream"), ">"]);
+    cmd(c, &["XACK", &k("stream"), "g1", "1-1"]);
+    cmd(c, &["XCLAIM", &k("stream"), "g1", "bob", "0", "2-1"]);
+    // Deletes, renames, copies.
+    cmd(c, &["SET", &k("gone"), "x"]);
+    cmd(c, &["DEL", &k("gone")]);
+    cmd(c, &["SET", &k("unlinked"), "x"]);
+    cmd(c, &["UNLINK", &k("unlinked")]);
+    cmd(c, &["SET", &k("old_name"), "renamed"]);
+    cmd(c, &["RENAME", &k("old_name"), &k("new_name")]);
+    cmd(c, &["COPY", &k("hash"), &k("hash_copy")]);
+    // MULTI/EXEC and Lua.
+    let _: () = redis::pipe()
+        .atomic()
+        .cmd("SET")
+        .arg(k("tx1"))
+        .arg("1")
+        .ignore()
+        .cmd("SADD")
+        .arg(k("txset"))
+        .arg("z")
+        .ignore()
+        .query(c)
+        .expect("MULTI/EXEC");
+    cmd(c, &["EVAL", "redis.call('SET', KEYS[1], ARGV[1]); redis.call('RPUSH', KEYS[2], ARGV[1]); return 1", "2", &k("lua1"), &k("lualist"), "from-lua"]);
+}
+
+#[test]
+fn every_type_replicates_in_both_directions() {
+    let pair = Pair::start();
+    pair.wait_link_up(T);
+    let (mut a, mut b) = pair.conns();
+    write_every_type(&mut a, "fromA");
+    write_every_type(&mut b, "fromB");
+    // Functions (FUNCTION LOAD is not a key write; FCALL is).
+    let lib = "#!lua name=bisynclib\nredis.register_function('setit', function(keys, args) return redis.call('SET', keys[1], args[1]) end)";
+    cmd(&mut a, &["FUNCTION", "LOAD", lib]);
+    cmd(&mut b, &["FUNCTION", "LOAD", lib]);
+    cmd(&mut a, &["FCALL", "setit", "1", "fromA:fcall", "fn-value"]);
+    pair.assert_converged(&[0], T);
+    let v: String = b.get("fromA:str").expect("GET");
+    assert_eq!(v, "Jello world");
+    let v: String = a.get("fromB:fcall").unwrap_or_default();
+    assert_eq!(v, "", "not written on B");
+    let v: String = b.get("fromA:fcall").expect("GET");
+    assert_eq!(v, "fn-value");
+    let pel: redis::Value = cmd(&mut b, &["XPENDING", "fromA:stream", "g1"]);
+    assert!(render_value(&pel).contains("bob"), "XCLAIM reached B: {pel:?}");
+    // Consumer-group changes with no keyspace event, each alone in its own
+    // event-loop iteration (only the command filter sees them).
+    cmd(&mut b, &["XACK", "fromA:stream", "g1", "2-1"]);
+    pair.assert_converged(&[0], T);
+    cmd(&mut a, &["XREADGROUP", "GROUP", "g1", "alice", "COUNT", "1", "STREAMS", "fromB:stream", ">"]);
+    pair.assert_converged(&[0], T);
+    cmd(&mut b, &["XCLAIM", "fromB:stream", "g1", "alice", "0", "3-1"]);
+    pair.assert_converged(&[0], T);
+    let ttl: i64 = b.pttl("fromA:ttl_px").expect("PTTL");
+    assert!(ttl > 500_000, "TTL replicated: {ttl}");
+    let ttl: i64 = b.pttl("fromA:persisted").expect("PTTL");
+    assert_eq!(ttl, -1, "PERSIST replicated");
+    let exists: bool = b.exists("fromA:old_name").expect("EXISTS");
+    assert!(!exists, "RENAME source deleted on the peer");
+}
+
+#[test]
+fn blocking_commands_replicate() {
+    let pair = Pair::start();
+    pair.wait_link_up(T);
+    let (mut a, mut b) = pair.conns();
+    let addr = pair.a.url();
+    let blocker = thread::spawn(move || {
+        let mut c = redis::Client::open(addr).expect("client").get_connection().expect("conn");
+        let moved: Option<String> = redis::cmd("BLMOVE").arg("src").arg("dst").arg("LEFT").arg("RIGHT").arg(10).query(&mut c).expect("BLMOVE");
+        let popped: Option<(String, String)> = redis::cmd("BLPOP").arg("q").arg(10).query(&mut c).expect("BLPOP");
+        (moved, popped)
+    });
+    wait_for("client blocked", T, || {
+        let info: String = redis::cmd("INFO").arg("clients").query(&mut a).expect("INFO");
+        info.contains("blocked_clients:1")
+    });
+    // The push arrives on A from B through replication and wakes the client.
+    let _: i64 = b.rpush("src", "item").expect("RPUSH");
+    wait_for("BLPOP blocked", T, || {
+        let l: i64 = a.llen("dst").unwrap_or(0);
+        l == 1
+    });
+    let _: i64 = b.rpush("q", "job").expect("RPUSH");
+    let (moved, popped) = blocker.join().expect("blocker thread");
+    assert_eq!(moved.as_deref(), Some("item"));
+    assert_eq!(popped, Some(("q".into(), "job".into())));
+    pair.assert_converged(&[0], T);
+    let dst: Vec<String> = b.lrange("dst", 0, -1).expect("LRANGE");
+    assert_eq!(dst, vec!["item"]);
+    let qlen: i64 = b.llen("q").expect("LLEN");
+    assert_eq!(qlen, 0, "the pop on A reached B");
+}
+
+#[test]
+fn other_dbs_move_and_copy_land_in_the_right_db() {
+    let pair = Pair::start();
+    pair.wait_link_up(T);
+    let (mut a, mut b) = pair.conns();
+    cmd(&mut a, &["SELECT", "3"]);
+    cmd(&mut a, &["SET", "in3", "three"]);
+    cmd(&mut a, &["SET", "mover", "m"]);
+    cmd(&mut a, &["MOVE", "mover", "7"]);
+    cmd(&mut a, &["HSET", "h", "f", "v"]);
+    cmd(&mut a, &["COPY", "h", "hcopy", "DB", "9"]);
+    cmd(&mut b, &["SELECT", "15"]);
+    cmd(&mut b, &["SADD", "s15", "x"]);
+    pair.assert_converged(&[0, 3, 7, 9, 15], T);
+    let mut b2 = pair.b.conn();
+    cmd(&mut b2, &["SELECT", "7"]);
+    let v: String = b2.get("mover").expect("GET");
+    assert_eq!(v, "m");
+    cmd(&mut b2, &["SELECT", "3"]);
+    let exists: bool = b2.exists("mover").expect("EXISTS");
+    assert!(!exists, "MOVE removed the key from db 3 on the peer");
+    cmd(&mut b2, &["SELECT", "9"]);
+    let v: String = b2.hget("hcopy", "f").expect("HGET");
+    assert_eq!(v, "v");
+}
+
+/// A reader on B must never see half of a MULTI block or script run on A.
+fn atomic_reader(pair: &Pair, write: impl Fn(&mut redis::Connection, usize) + Send + 'static) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut w = pair.a.conn();
+    let mut r = pair.b.conn();
+    let keys: Vec<String> = (0..5).map(|i| format!("atom{i}")).collect();
+    let stop2 = stop.clone();
+    let writer = thread::spawn(move || {
+        for i in 1..=3000 {
+            write(&mut w, i);
+        }
+        stop2.store(true, Ordering::Relaxed);
+    });
+    let mut reads = 0u64;
+    let mut nonempty = 0u64;
+    loop {
+        let done = stop.load(Ordering::Relaxed);
+        let vals: Vec<Option<String>> = r.mget(&keys).expect("MGET");
+        reads += 1;
+        if vals.iter().any(|v| v.is_some()) {
+            nonempty += 1;
+            let first = &vals[0];
+            assert!(vals.iter().all(|v| v == first), "mixed state seen on the peer: {vals:?}");
+        }
+        if done {
+            break;
+        }
+    }
+    writer.join().expect("writer");
+    wait_for("last transaction replicated", T, || {
+        let v: Option<String> = r.get("atom4").unwrap_or(None);
+        v.as_deref() == Some("3000")
+    });
+    assert!(reads > 50 && nonempty > 10, "the reader really observed the peer ({reads} reads, {nonempty} non-empty)");
+}
+
+#[test]
+fn transactions_are_atomic_on_the_peer() {
+    let pair = Pair::start();
+    pair.wait_link_up(T);
+    atomic_reader(&pair, |c, i| {
+        let mut p = redis::pipe();
+        p.atomic();
+        for k in 0..5 {
+            p.cmd("SET").arg(format!("atom{k}")).arg(i).ignore();
+        }
+        let _: () = p.query(c).expect("MULTI");
+    });
+}
+
+#[test]
+fn scripts_are_atomic_on_the_peer() {
+    let pair = Pair::start();
+    pair.wait_link_up(T);
+    atomic_reader(&pair, |c, i| {
+        let _: () = redis::cmd("EVAL")
+            .arg("for _, k in ipairs(KEYS) do redis.call('SET', k, ARGV[1]) end")
+            .arg(5)
+            .arg("atom0")
+            .arg("atom1")
+            .arg("atom2")
+            .arg("atom3")
+            .arg("atom4")
+            .arg(i)
+            .query(c)
+            .expect("EVAL");
+    });
+}
+
+fn counters(c: &mut redis::Connection) -> Vec<u64> {
+    ["ops_captured", "ops_applied", "sent_seq", "applied_seq", "bytes_sent"]
+        .iter()
+        .map(|f| status_u64(c, f))
+        .collect()
+}
+
+#[test]
+fn quiet_pair_stays_quiet_after_a_mixed_workload() {
+    let pair = Pair::start();
+    pair.wait_link_up(T);
+    let (mut a, mut b) = pair.conns();
+    for i in 0..50 {
+        cmd(&mut a, &["SET", &format!("k{i}"), "v", "PX", "200"]);
+        cmd(&mut b, &["SET", &format!("e{i}"), "v"]);
+        cmd(&mut b, &["EXPIRE", &format!("e{i}"), "1000"]);
+        cmd(&mut a, &["RPUSH", "queue", &i.to_string()]);
+    }
+    cmd(&mut a, &["RENAME", "e1", "renamed"]);
+    let _: Option<(String, String)> = redis::cmd("BLPOP").arg("queue").arg(1).query(&mut b).expect("BLPOP");
+    cmd(&mut a, &["DEBUG", "RELOAD"]);
+    // Keys with 200 ms TTL expire on both sides by themselves.
+    wait_for("short TTL keys expired", T, || {
+        let n: i64 = redis::cmd("DBSIZE").query(&mut a).unwrap_or(0);
+        n < 60
+    });
+    pair.assert_converged(&[0], T);
+    // Stable once no one writes: sample for 1.5 s; nothing may move.
+    let before = (counters(&mut a), counters(&mut b));
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        thread::sleep(Duration::from_millis(100));
+        let now = (counters(&mut a), counters(&mut b));
+        // bytes_sent includes pings; compare everything but it.
+        assert_eq!(before.0[..4], now.0[..4], "A's counters moved while quiet (a loop?)");
+        assert_eq!(before.1[..4], now.1[..4], "B's counters moved while quiet (a loop?)");
+    }
+    // DEBUG RELOAD's internal flush was not shipped: B still has A's data.
+    let n: i64 = b.llen("queue").expect("LLEN");
+    assert_eq!(n, 49);
+}
+
+#[test]
+fn flushdb_and_flushall_replicate() {
+    let pair = Pair::start();
+    pair.wait_link_up(T);
+    let (mut a, mut b) = pair.conns();
+    for i in 0..20 {
+        cmd(&mut a, &["SET", &format!("k{i}"), "v"]);
+    }
+    cmd(&mut a, &["SELECT", "2"]);
+    cmd(&mut a, &["SET", "db2key", "v"]);
+    pair.assert_converged(&[0, 2], T);
+    cmd(&mut b, &["FLUSHDB"]);
+    wait_for("FLUSHDB reached A", T, || {
+        let n: i64 = redis::cmd("DBSIZE").query(&mut pair.a.conn()).unwrap_or(-1);
+        n == 0
+    });
+    let v: Option<String> = a.get("db2key").expect("GET");
+    assert_eq!(v.as_deref(), Some("v"), "FLUSHDB on db 0 left db 2 alone");
+    cmd(&mut b, &["FLUSHALL", "ASYNC"]);
+    wait_for("FLUSHALL reached A", T, || {
+        let v: Option<String> = a.get("db2key").unwrap_or(Some("x".into()));
+        v.is_none()
+    });
+    pair.assert_converged(&[0, 2], T);
+}
+
+#[test]
+fn status_fields_are_present_and_sane() {
+    let pair = Pair::start();
+    pair.wait_link_up(T);
+    let (mut a, mut b) = pair.conns();
+    let _: () = a.set("x", "1").expect("SET");
+    wait_for("x on B", T, || b.exists::<_, bool>("x").unwrap_or(false));
+    let s = status(&mut a);
+    for f in [
+        "node_id", "version", "peer", "link", "stream_id", "sent_seq", "acked_seq", "applied_seq", "backlog_bytes", "pending_keys",
+        "ops_captured", "ops_sent", "ops_applied", "conflicts_lost", "lag_ms", "bytes_sent", "bytes_received", "partial_syncs",
+        "dirty_key_syncs", "full_syncs", "next_resync", "last_error",
+    ] {
+        assert!(s.contains_key(f), "SYNC.STATUS lacks {f}: {s:?}");
+    }
+    assert_eq!(s["node_id"], "a");
+    assert_eq!(s["link"], "up");
+    assert_eq!(s["next_resync"], "partial");
+    assert!(s["version"].starts_with(env!("CARGO_PKG_VERSION")));
+    wait_for("ack of x", T, || status_u64(&mut a, "acked_seq") >= 1 && status_u64(&mut a, "pending_keys") == 0);
+    assert!(status_u64(&mut a, "ops_captured") >= 1);
+    assert!(status_u64(&mut a, "ops_sent") >= 1);
+    assert_eq!(status_u64(&mut a, "lag_ms"), 0);
+    assert!(status_u64(&mut b, "ops_applied") >= 1);
+    assert!(status_u64(&mut b, "applied_seq") >= 1);
+    let info: String = redis::cmd("INFO").arg("bisync").query(&mut a).expect("INFO");
+    assert!(info.contains("bisync_link:up"), "INFO bisync: {info}");
+    assert!(info.contains("bisync_ops_captured:"), "INFO bisync: {info}");
+    let cfg: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("bisync.node-id").query(&mut a).expect("CONFIG GET");
+    assert_eq!(cfg, vec!["bisync.node-id", "a"]);
+    // Run-time settings validate; immutable ones refuse.
+    assert!(redis::cmd("CONFIG").arg("SET").arg("bisync.backlog-size").arg("lots").query::<()>(&mut a).is_err());
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("bisync.backlog-size").arg("8mb").query(&mut a).expect("CONFIG SET");
+    let cfg: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("bisync.backlog-size").query(&mut a).expect("CONFIG GET");
+    assert_eq!(cfg[1], (8u64 << 20).to_string());
+    assert!(redis::cmd("CONFIG").arg("SET").arg("bisync.node-id").arg("z").query::<()>(&mut a).is_err());
+    // MODULE LIST shows the integer version; unload is refused and the server lives.
+    let list = render_value(&cmd(&mut a, &["MODULE", "LIST"]));
+    assert!(list.contains("bisync"), "{list}");
+    let unload: redis::RedisResult<()> = redis::cmd("MODULE").arg("UNLOAD").arg("bisync").query(&mut a);
+    assert!(unload.is_err(), "unload must be refused");
+    let pong: String = redis::cmd("PING").query(&mut a).expect("PING");
+    assert_eq!(pong, "PONG");
+}
+
+#[test]
+fn bad_arguments_refuse_to_load_with_a_clear_line() {
+    let port = free_port();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["listen".into(), format!("127.0.0.1:{}", free_port()), "peer".into(), "127.0.0.1:1".into()], "'node-id' is required"),
+        (vec!["node-id".into(), "a".into(), "listen".into(), "nowhere".into(), "peer".into(), "127.0.0.1:1".into()], "argument 'listen'"),
+        (vec!["node-id".into(), "a".into(), "listen".into(), format!("127.0.0.1:{}", free_port()), "peer".into(), "127.0.0.1:1".into(), "colour".into(), "blue".into()], "unknown argument 'colour'"),
+        (vec!["node-id".into(), "a".into(), "listen".into(), format!("127.0.0.1:{}", free_port()), "peer".into(), "127.0.0.1:1".into(), "backlog-size".into(), "huge".into()], "argument 'backlog-size'"),
+        (vec!["node-id".into(), "a".into(), "listen".into(), format!("127.0.0.1:{port}"), "peer".into(), "127.0.0.1:1".into(), "secret-file".into(), "/nonexistent/secret".into()], "argument 'secret-file'"),
+    ];
+    for (args, want) in cases {
+        let err = match ServerBuilder::new().module_args(args.clone()).try_start() {
+            Ok(_) => panic!("server started with bad args {args:?}"),
+            Err(e) => e,
+        };
+        assert!(err.contains(want), "args {args:?}: log lacks '{want}':\n{err}");
+    }
+}
+
+#[test]
+fn cluster_mode_is_refused_at_load() {
+    let lp = free_port();
+    let err = match ServerBuilder::new()
+        .extra(["--cluster-enabled", "yes"])
+        .module_args(["node-id", "a", "listen", &format!("127.0.0.1:{lp}"), "peer", "127.0.0.1:1"])
+        .try_start()
+    {
+        Ok(_) => panic!("a cluster node loaded the module"),
+        Err(e) => e,
+    };
+    assert!(err.contains("cluster mode is not supported"), "{err}");
+}
+
+#[test]
+fn equal_node_ids_are_refused() {
+    let la = free_port();
+    let lb = free_port();
+    let a = ServerBuilder::new().module_args(["node-id", "same", "listen", &format!("127.0.0.1:{la}"), "peer", &format!("127.0.0.1:{lb}")]).start();
+    let b = ServerBuilder::new().module_args(["node-id", "same", "listen", &format!("127.0.0.1:{lb}"), "peer", &format!("127.0.0.1:{la}")]).start();
+    let mut ca = a.conn();
+    wait_for("refusal reported", T, || status(&mut ca).get("last_error").is_some_and(|e| e.contains("same node-id")));
+    let _: () = ca.set("k", "v").expect("SET");
+    let mut cb = b.conn();
+    let until = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < until {
+        let e: bool = cb.exists("k").expect("EXISTS");
+        assert!(!e, "data crossed a refused link");
+        assert_ne!(status(&mut cb)["link"], "up");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
