@@ -187,7 +187,10 @@ impl Shared {
 
     /// Current settings, for display.
     pub fn settings(&self) -> Config {
-        self.settings.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.settings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Change a run-time setting (CONFIG SET); on error nothing changes.
@@ -195,10 +198,14 @@ impl Shared {
         let mut cfg = self.settings.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = cfg.clone();
         next.set_runtime(name, value).map_err(|e| e.to_string())?;
-        self.max_pending_keys.store(next.max_pending_keys, Ordering::Relaxed);
-        self.max_clock_skew_ms.store(next.max_clock_skew_ms, Ordering::Relaxed);
-        self.apply_budget.store(next.apply_budget, Ordering::Relaxed);
-        self.ship_evictions.store(next.ship_evictions, Ordering::Relaxed);
+        self.max_pending_keys
+            .store(next.max_pending_keys, Ordering::Relaxed);
+        self.max_clock_skew_ms
+            .store(next.max_clock_skew_ms, Ordering::Relaxed);
+        self.apply_budget
+            .store(next.apply_budget, Ordering::Relaxed);
+        self.ship_evictions
+            .store(next.ship_evictions, Ordering::Relaxed);
         self.outbox().set_max_bytes(next.backlog_size as usize);
         *cfg = next;
         Ok(())

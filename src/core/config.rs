@@ -167,7 +167,13 @@ pub fn valid_node_id(id: &str) -> bool {
 }
 
 /// Arguments that `CONFIG SET bisync.<name>` may change at run time.
-pub const RUNTIME: &[&str] = &["backlog-size", "max-pending-keys", "max-clock-skew", "apply-budget", "ship-evictions"];
+pub const RUNTIME: &[&str] = &[
+    "backlog-size",
+    "max-pending-keys",
+    "max-clock-skew",
+    "apply-budget",
+    "ship-evictions",
+];
 
 impl Config {
     /// The value `CONFIG GET bisync.<name>` shows. The secret is never shown.
@@ -176,7 +182,13 @@ impl Config {
             "node-id" => self.node_id.clone(),
             "listen" => self.listen.to_string(),
             "peer" => self.peer.to_string(),
-            "secret" => if self.secret.is_some() && self.secret_file.is_none() { "<redacted>".into() } else { String::new() },
+            "secret" => {
+                if self.secret.is_some() && self.secret_file.is_none() {
+                    "<redacted>".into()
+                } else {
+                    String::new()
+                }
+            }
             "secret-file" => self.secret_file.clone().unwrap_or_default(),
             "backlog-size" => self.backlog_size.to_string(),
             "max-pending-keys" => self.max_pending_keys.to_string(),
@@ -192,10 +204,18 @@ impl Config {
     /// nothing changes.
     pub fn set_runtime(&mut self, name: &str, value: &str) -> Result<(), ConfigError> {
         match name {
-            "backlog-size" => self.backlog_size = parse_u64("backlog-size", value, 1 << 10, 1 << 40, true)?,
-            "max-pending-keys" => self.max_pending_keys = parse_u64("max-pending-keys", value, 1, 1 << 40, false)?,
-            "max-clock-skew" => self.max_clock_skew_ms = parse_u64("max-clock-skew", value, 1, 1 << 40, false)?,
-            "apply-budget" => self.apply_budget = parse_u64("apply-budget", value, 1, 1 << 30, false)?,
+            "backlog-size" => {
+                self.backlog_size = parse_u64("backlog-size", value, 1 << 10, 1 << 40, true)?
+            }
+            "max-pending-keys" => {
+                self.max_pending_keys = parse_u64("max-pending-keys", value, 1, 1 << 40, false)?
+            }
+            "max-clock-skew" => {
+                self.max_clock_skew_ms = parse_u64("max-clock-skew", value, 1, 1 << 40, false)?
+            }
+            "apply-budget" => {
+                self.apply_budget = parse_u64("apply-budget", value, 1, 1 << 30, false)?
+            }
             "ship-evictions" => self.ship_evictions = parse_bool("ship-evictions", value)?,
             _ => return Err(ConfigError::Unknown(name.to_string())),
         }
@@ -437,7 +457,11 @@ mod tests {
 
     #[test]
     fn runtime_set_validates_and_display_hides_secret() {
-        let mut c = Config::parse(&args("node-id a listen 127.0.0.1:1 peer 127.0.0.1:2 secret 0123456789abcdefXYZ"), no_file).unwrap();
+        let mut c = Config::parse(
+            &args("node-id a listen 127.0.0.1:1 peer 127.0.0.1:2 secret 0123456789abcdefXYZ"),
+            no_file,
+        )
+        .unwrap();
         assert_eq!(c.display("secret").unwrap(), "<redacted>");
         c.set_runtime("backlog-size", "2mb").unwrap();
         assert_eq!(c.display("backlog-size").unwrap(), (2u64 << 20).to_string());

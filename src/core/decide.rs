@@ -28,7 +28,9 @@ pub fn check_seq(applied: u64, batch: &Batch) -> SeqCheck {
     } else if batch.seq == applied + 1 || batch.resync {
         SeqCheck::Apply
     } else {
-        SeqCheck::Gap { expected: applied + 1 }
+        SeqCheck::Gap {
+            expected: applied + 1,
+        }
     }
 }
 
@@ -50,7 +52,12 @@ pub enum Action<'a> {
 }
 
 /// Plan every entry of a remote batch from `origin` against the local table.
-pub fn plan_batch<'a>(table: &PendingWrites, batch: &'a Batch, origin: &str, local: &str) -> Vec<Action<'a>> {
+pub fn plan_batch<'a>(
+    table: &PendingWrites,
+    batch: &'a Batch,
+    origin: &str,
+    local: &str,
+) -> Vec<Action<'a>> {
     batch
         .entries
         .iter()
@@ -65,10 +72,12 @@ pub fn plan_batch<'a>(table: &PendingWrites, batch: &'a Batch, origin: &str, loc
                     }
                 }
             }
-            Op::Set { key, .. } | Op::Delete { key } => match table.decide_key(e.db, key, e.stamp, origin, local) {
-                Decision::Apply => Action::Write(e),
-                Decision::LocalWins => Action::Lost,
-            },
+            Op::Set { key, .. } | Op::Delete { key } => {
+                match table.decide_key(e.db, key, e.stamp, origin, local) {
+                    Decision::Apply => Action::Write(e),
+                    Decision::LocalWins => Action::Lost,
+                }
+            }
         })
         .collect()
 }
@@ -79,14 +88,21 @@ mod tests {
     use crate::core::protocol::{Stamp, Value};
 
     fn batch(seq: u64, resync: bool) -> Batch {
-        Batch { seq, resync, entries: vec![] }
+        Batch {
+            seq,
+            resync,
+            entries: vec![],
+        }
     }
 
     #[test]
     fn seq_rules() {
         assert_eq!(check_seq(4, &batch(5, false)), SeqCheck::Apply);
         assert_eq!(check_seq(4, &batch(4, false)), SeqCheck::Duplicate);
-        assert_eq!(check_seq(4, &batch(7, false)), SeqCheck::Gap { expected: 5 });
+        assert_eq!(
+            check_seq(4, &batch(7, false)),
+            SeqCheck::Gap { expected: 5 }
+        );
         assert_eq!(check_seq(4, &batch(7, true)), SeqCheck::Apply);
         assert_eq!(check_seq(8, &batch(7, true)), SeqCheck::Duplicate);
     }
@@ -98,17 +114,36 @@ mod tests {
         let set = |key: &str, hlc| Entry {
             db: 0,
             stamp: Stamp { hlc, index: 0 },
-            op: Op::Set { key: key.as_bytes().to_vec(), value: Value::String(vec![]), expire_at_ms: None },
+            op: Op::Set {
+                key: key.as_bytes().to_vec(),
+                value: Value::String(vec![]),
+                expire_at_ms: None,
+            },
         };
         let b = Batch {
             seq: 1,
             resync: false,
-            entries: vec![set("k", 5), set("k", 20), set("other", 1), Entry { db: 0, stamp: Stamp { hlc: 8, index: 3 }, op: Op::FlushDb }],
+            entries: vec![
+                set("k", 5),
+                set("k", 20),
+                set("other", 1),
+                Entry {
+                    db: 0,
+                    stamp: Stamp { hlc: 8, index: 3 },
+                    op: Op::FlushDb,
+                },
+            ],
         };
         let plan = plan_batch(&t, &b, "b", "a");
         assert_eq!(plan[0], Action::Lost);
         assert!(matches!(plan[1], Action::Write(_)));
         assert!(matches!(plan[2], Action::Write(_)));
-        assert_eq!(plan[3], Action::Flush { db: 0, survivors: vec![b"k".to_vec()] });
+        assert_eq!(
+            plan[3],
+            Action::Flush {
+                db: 0,
+                survivors: vec![b"k".to_vec()]
+            }
+        );
     }
 }

@@ -99,6 +99,10 @@ pub struct Hello {
     pub stream_id: u64,
     /// How far the sender got in the receiver's stream, if it ever saw it.
     pub resume: Option<Resume>,
+    /// Fresh random bytes for this connection (challenge for the peer's proof).
+    pub nonce: Vec<u8>,
+    /// The sender requires the shared-secret proof and authenticated frames.
+    pub auth: bool,
 }
 
 /// A frame on an established link.
@@ -108,6 +112,8 @@ pub enum Frame {
     Hello(Hello),
     /// The handshake was refused; the text says why, for the peer's log.
     Refuse(String),
+    /// Proof of knowing the shared secret (HMAC over both nonces).
+    Proof(Vec<u8>),
     /// Changes to apply.
     Batch(Batch),
     /// The sender has applied the receiver's stream up to this seq. Travels

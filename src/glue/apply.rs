@@ -14,8 +14,8 @@ use super::capture::APPLYING;
 use super::ffi;
 use super::flush::read_image;
 use super::node::with_node;
-use crate::core::hlc::wall_ms;
 use crate::core::decide::{check_seq, plan_batch, Action, SeqCheck};
+use crate::core::hlc::wall_ms;
 use crate::core::protocol::{Batch, Op, Value};
 use crate::core::stats::Stats;
 use crate::log;
@@ -34,6 +34,43 @@ impl ApplyingFlag {
 impl Drop for ApplyingFlag {
     fn drop(&mut self) {
         APPLYING.store(false, Ordering::Relaxed);
+    }
+}
+
+/// While it lives, `sanitize-dump-payload` is `yes`, so every RESTORE of a
+/// payload from the peer is deeply validated (DESIGN §5): a crafted payload
+/// is refused instead of corrupting memory. Only switched when the user's
+/// setting is `no` (with `clients`, module calls are already sanitized).
+struct DeepSanitize<'a> {
+    ctx: &'a Context,
+    switched: bool,
+}
+
+impl<'a> DeepSanitize<'a> {
+    fn enable(ctx: &'a Context) -> Self {
+        let current = ctx.call("CONFIG", &["GET", "sanitize-dump-payload"]);
+        let is_no = match current {
+            Ok(redis_module::RedisValue::Array(v)) => v.get(1).is_some_and(|x| {
+                matches!(x, redis_module::RedisValue::SimpleString(s) | redis_module::RedisValue::BulkString(s) if s == "no")
+                    || matches!(x, redis_module::RedisValue::StringBuffer(b) if b == b"no")
+            }),
+            _ => false,
+        };
+        let switched = is_no
+            && ctx
+                .call("CONFIG", &["SET", "sanitize-dump-payload", "yes"])
+                .is_ok();
+        DeepSanitize { ctx, switched }
+    }
+}
+
+impl Drop for DeepSanitize<'_> {
+    fn drop(&mut self) {
+        if self.switched {
+            let _ = self
+                .ctx
+                .call("CONFIG", &["SET", "sanitize-dump-payload", "no"]);
+        }
     }
 }
 
@@ -101,13 +138,25 @@ fn flush_keeping(ctx: &Context, db: u32, survivors: &[Vec<u8>]) -> Result<(), St
 
 /// Apply one batch. Returns the number of entries applied, or an error that
 /// must end the session.
-fn apply_batch(ctx: &Context, shared: &Shared, origin: &str, batch: &Batch) -> Result<usize, String> {
+fn apply_batch(
+    ctx: &Context,
+    shared: &Shared,
+    origin: &str,
+    batch: &Batch,
+) -> Result<usize, String> {
     let local = shared.config.node_id.as_str();
     // Clock first: refuse a batch stamped too far in the future, entirely.
     let max_hlc = batch.entries.iter().map(|e| e.stamp.hlc).max().unwrap_or(0);
-    with_node(|n| n.hlc.observe(max_hlc, wall_ms(), shared.max_clock_skew_ms())).map_err(|e| e.to_string())?;
+    with_node(|n| {
+        n.hlc
+            .observe(max_hlc, wall_ms(), shared.max_clock_skew_ms())
+    })
+    .map_err(|e| e.to_string())?;
     if let Some(e) = batch.entries.iter().find(|e| e.db >= shared.databases) {
-        return Err(format!("batch {} names db {} but this server has {}", batch.seq, e.db, shared.databases));
+        return Err(format!(
+            "batch {} names db {} but this server has {}",
+            batch.seq, e.db, shared.databases
+        ));
     }
     let plan = with_node(|n| plan_batch(&n.pending, batch, origin, local));
     let _flag = ApplyingFlag::set();
@@ -125,7 +174,11 @@ fn apply_batch(ctx: &Context, shared: &Shared, origin: &str, batch: &Batch) -> R
                     return Err(format!("cannot select db {}", entry.db));
                 }
                 match &entry.op {
-                    Op::Set { key, value, expire_at_ms } => write_image(ctx, key, value, *expire_at_ms)?,
+                    Op::Set {
+                        key,
+                        value,
+                        expire_at_ms,
+                    } => write_image(ctx, key, value, *expire_at_ms)?,
                     Op::Delete { key } => run(ctx, "DEL", &[key])?,
                     Op::FlushDb => {}
                 }
@@ -150,6 +203,7 @@ pub fn apply_inbound(ctx: &Context) -> bool {
     let mut done = 0usize;
     let mut peer_node = String::new();
     let mut any_batch = false;
+    let mut sanitize: Option<DeepSanitize> = None;
     while done < budget {
         let msg = match shared.inbound_rx.try_recv() {
             Ok(m) => m,
@@ -191,6 +245,18 @@ pub fn apply_inbound(ctx: &Context) -> bool {
                 if peer_node.is_empty() {
                     peer_node = shared.peer_node_id();
                 }
+                let has_dump = batch.entries.iter().any(|e| {
+                    matches!(
+                        e.op,
+                        Op::Set {
+                            value: Value::Dump(_),
+                            ..
+                        }
+                    )
+                });
+                if has_dump && sanitize.is_none() {
+                    sanitize = Some(DeepSanitize::enable(ctx));
+                }
                 match apply_batch(ctx, shared, &peer_node, &batch) {
                     Ok(_) => {
                         done += batch.entries.len().max(1);
@@ -210,6 +276,7 @@ pub fn apply_inbound(ctx: &Context) -> bool {
             }
         }
     }
+    drop(sanitize);
     ffi::select_db(ctx, saved_db);
     if any_batch {
         shared.outbox_cv.notify_all();

@@ -107,7 +107,10 @@ pub unsafe extern "C" fn on_flush(
     data: *mut c_void,
 ) {
     guarded("flush event", (), || {
-        if sub != raw::REDISMODULE_SUBEVENT_FLUSHDB_START || data.is_null() || !capturing(&Context::new(ctx)) {
+        if sub != raw::REDISMODULE_SUBEVENT_FLUSHDB_START
+            || data.is_null()
+            || !capturing(&Context::new(ctx))
+        {
             return;
         }
         let info = &*(data as *const raw::RedisModuleFlushInfo);

@@ -37,7 +37,10 @@ fn name_of(privdata: *mut c_void) -> Option<&'static str> {
     KNOWN.get(privdata as usize).copied()
 }
 
-unsafe extern "C" fn get_cb(_name: *const c_char, privdata: *mut c_void) -> *mut raw::RedisModuleString {
+unsafe extern "C" fn get_cb(
+    _name: *const c_char,
+    privdata: *mut c_void,
+) -> *mut raw::RedisModuleString {
     let (Some(shared), Some(name)) = (Shared::get(), name_of(privdata)) else {
         return std::ptr::null_mut();
     };
@@ -82,7 +85,9 @@ unsafe extern "C" fn set_cb(
         // Redis applies each default once at load: that is the loaded value.
         raw::REDISMODULE_OK as c_int
     } else {
-        fail(&format!("bisync.{name} can only be set in the loadmodule arguments"))
+        fail(&format!(
+            "bisync.{name} can only be set in the loadmodule arguments"
+        ))
     }
 }
 
@@ -124,7 +129,11 @@ pub fn register(ctx: &Context, shared: &Shared) -> Result<(), String> {
         }
     }
     // SAFETY: as above.
-    let loaded = unsafe { raw::RedisModule_LoadConfigs.map(|f| f(ctx.ctx)).unwrap_or(raw::REDISMODULE_OK as c_int) };
+    let loaded = unsafe {
+        raw::RedisModule_LoadConfigs
+            .map(|f| f(ctx.ctx))
+            .unwrap_or(raw::REDISMODULE_OK as c_int)
+    };
     if loaded != raw::REDISMODULE_OK as c_int {
         return Err("a bisync.* line in the configuration file was refused".into());
     }

@@ -97,7 +97,11 @@ pub fn read_key(ctx: &Context, key: &[u8]) -> Option<KeyRead> {
 /// The db selected on a context (the db a keyspace event happened in).
 pub fn selected_db(ctx: &Context) -> i32 {
     // SAFETY: GetSelectedDb only reads the context's client.
-    unsafe { raw::RedisModule_GetSelectedDb.map(|f| f(ctx.ctx)).unwrap_or(0) }
+    unsafe {
+        raw::RedisModule_GetSelectedDb
+            .map(|f| f(ctx.ctx))
+            .unwrap_or(0)
+    }
 }
 
 /// Select a db on a context; false if it does not exist.
@@ -157,11 +161,7 @@ pub type ServerEventCallback =
     unsafe extern "C" fn(*mut raw::RedisModuleCtx, raw::RedisModuleEvent, u64, *mut c_void);
 
 /// Subscribe to a server event by id; false if the server lacks it.
-pub fn subscribe_server_event(
-    ctx: &Context,
-    id: u64,
-    cb: ServerEventCallback,
-) -> bool {
+pub fn subscribe_server_event(ctx: &Context, id: u64, cb: ServerEventCallback) -> bool {
     let event = raw::RedisModuleEvent { id, dataver: 1 };
     // SAFETY: the callback is a plain function living as long as the module
     // (which refuses to unload).
@@ -181,11 +181,7 @@ pub type KeyspaceCallback = unsafe extern "C" fn(
 ) -> c_int;
 
 /// Subscribe to keyspace notifications of the given classes.
-pub fn subscribe_keyspace(
-    ctx: &Context,
-    types: c_int,
-    cb: KeyspaceCallback,
-) -> bool {
+pub fn subscribe_keyspace(ctx: &Context, types: c_int, cb: KeyspaceCallback) -> bool {
     // SAFETY: as for server events.
     unsafe {
         raw::RedisModule_SubscribeToKeyspaceEvents
@@ -221,7 +217,14 @@ pub fn register_filter(ctx: &Context, cb: FilterCallback) -> bool {
     // SAFETY: as for server events; NOSELF keeps our own RM_Calls out.
     unsafe {
         raw::RedisModule_RegisterCommandFilter
-            .map(|f| !f(ctx.ctx, Some(cb), raw::REDISMODULE_CMDFILTER_NOSELF as c_int).is_null())
+            .map(|f| {
+                !f(
+                    ctx.ctx,
+                    Some(cb),
+                    raw::REDISMODULE_CMDFILTER_NOSELF as c_int,
+                )
+                .is_null()
+            })
             .unwrap_or(false)
     }
 }

@@ -110,11 +110,7 @@ fn init_inner(ctx: &Context, args: &[RedisString]) -> Status {
         | raw::REDISMODULE_NOTIFY_EVICTED) as c_int;
     let ok = ffi::subscribe_keyspace(ctx, types, capture::on_keyspace_event)
         && ffi::subscribe_server_event(ctx, raw::REDISMODULE_EVENT_FLUSHDB, capture::on_flush)
-        && ffi::subscribe_server_event(
-            ctx,
-            raw::REDISMODULE_EVENT_LOADING,
-            capture::on_loading,
-        )
+        && ffi::subscribe_server_event(ctx, raw::REDISMODULE_EVENT_LOADING, capture::on_loading)
         && ffi::subscribe_server_event(
             ctx,
             raw::REDISMODULE_EVENT_EVENTLOOP,

@@ -25,6 +25,18 @@ pub fn check_hello(ours: &Hello, theirs: &Hello) -> Result<(), String> {
             ours.node_id
         ));
     }
+    if theirs.auth != ours.auth {
+        return Err(if ours.auth {
+            "peer has no secret but this node requires one: give both nodes the same secret-file"
+                .to_string()
+        } else {
+            "peer requires a secret but this node has none: give both nodes the same secret-file"
+                .to_string()
+        });
+    }
+    if ours.auth && theirs.nonce.len() != crate::core::auth::NONCE_LEN {
+        return Err("peer sent a malformed nonce".into());
+    }
     if theirs.databases != ours.databases {
         return Err(format!(
             "databases mismatch: peer has {}, this node has {} (set the same 'databases' on both)",
@@ -68,6 +80,8 @@ mod tests {
             rdb_version: 10,
             stream_id: 7,
             resume: None,
+            nonce: vec![1; 32],
+            auth: false,
         }
     }
 
@@ -94,6 +108,9 @@ mod tests {
         b = hello("b");
         b.rdb_version = 11;
         assert!(check_hello(&a, &b).unwrap_err().contains("RDB"));
+        b = hello("b");
+        b.auth = true;
+        assert!(check_hello(&a, &b).unwrap_err().contains("secret"));
         b = hello("b\nx");
         assert!(check_hello(&a, &b).is_err());
     }

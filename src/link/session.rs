@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::fds;
 use super::handshake::{check_hello, keep_new_connection, peer_position, PRE_AUTH_FRAME_LIMIT};
+use crate::core::auth::{self, SessionKeys};
 use crate::core::codec::{self, CodecError};
 use crate::core::outbox::{Item, ResumePlan};
 use crate::core::protocol::{Frame, Hello, Resume, PROTOCOL_VERSION};
@@ -57,7 +58,7 @@ fn is_current(gen: u64) -> bool {
     active_slot().as_ref().is_some_and(|a| a.gen == gen)
 }
 
-fn our_hello(shared: &Shared) -> Hello {
+fn our_hello(shared: &Shared, nonce: &[u8]) -> Hello {
     let peer_stream = shared.peer_stream_id.load(Ordering::Relaxed);
     let applied = shared.outbox().applied_seq();
     Hello {
@@ -70,6 +71,8 @@ fn our_hello(shared: &Shared) -> Hello {
             stream_id: peer_stream,
             seq: applied,
         }),
+        nonce: nonce.to_vec(),
+        auth: shared.config.secret.is_some(),
     }
 }
 
@@ -79,11 +82,24 @@ fn fail(shared: &Shared, msg: String) {
     Stats::add(&shared.stats.link_errors, 1);
 }
 
-fn send(w: &mut impl Write, shared: &Shared, frame: &Frame) -> Result<(), CodecError> {
+fn send(
+    w: &mut impl Write,
+    shared: &Shared,
+    frame: &Frame,
+    keys: Option<&mut SessionKeys>,
+) -> Result<(), CodecError> {
     let bytes = codec::encode(frame)?;
-    w.write_all(&bytes)?;
-    Stats::add(&shared.stats.bytes_sent, bytes.len() as u64);
+    let n = codec::write_frame(w, &bytes, keys)?;
+    Stats::add(&shared.stats.bytes_sent, n as u64);
     Ok(())
+}
+
+/// What a completed handshake hands to the session.
+struct Handshaken {
+    theirs: Hello,
+    gen: u64,
+    /// (writer keys, reader keys) when the link is authenticated.
+    keys: Option<(SessionKeys, SessionKeys)>,
 }
 
 /// Handshake on `stream` and, if this connection is kept, run the session
@@ -97,7 +113,7 @@ pub fn run(
     let fd = fds::register(stream.as_raw_fd());
     let hs = handshake(shared, &stream, dir);
     handshakes.fetch_sub(1, Ordering::AcqRel);
-    let (theirs, gen) = match hs {
+    let done = match hs {
         Some(x) => x,
         None => {
             let _ = stream.shutdown(Shutdown::Both);
@@ -108,11 +124,11 @@ pub fn run(
         let _ = stream.shutdown(Shutdown::Both);
         return false;
     }
-    session(shared, stream, theirs, gen);
+    session(shared, stream, done);
     true
 }
 
-fn handshake(shared: &Arc<Shared>, stream: &TcpStream, dir: Direction) -> Option<(Hello, u64)> {
+fn handshake(shared: &Arc<Shared>, stream: &TcpStream, dir: Direction) -> Option<Handshaken> {
     if shared.passive.load(Ordering::Relaxed) {
         return None;
     }
@@ -126,9 +142,10 @@ fn handshake(shared: &Arc<Shared>, stream: &TcpStream, dir: Direction) -> Option
     if !active() {
         shared.stats.set_link(LinkState::Handshake);
     }
-    let ours = our_hello(shared);
+    let my_nonce = auth::nonce();
+    let ours = our_hello(shared, &my_nonce);
     let mut w = stream;
-    if let Err(e) = send(&mut w, shared, &Frame::Hello(ours.clone())) {
+    if let Err(e) = send(&mut w, shared, &Frame::Hello(ours.clone()), None) {
         log::verbose(&format!(
             "handshake with {peer_addr}: cannot send hello: {e}"
         ));
@@ -173,9 +190,68 @@ fn handshake(shared: &Arc<Shared>, stream: &TcpStream, dir: Direction) -> Option
         }
     };
     if let Err(why) = check_hello(&ours, &theirs) {
-        let _ = send(&mut w, shared, &Frame::Refuse(why.clone()));
+        let _ = send(&mut w, shared, &Frame::Refuse(why.clone()), None);
         fail(shared, format!("refused peer {peer_addr}: {why}"));
         return None;
+    }
+    let mut keys = None;
+    if let Some(secret) = shared.config.secret.as_deref() {
+        let mine = auth::proof(secret, &ours.node_id, &theirs.nonce, &my_nonce);
+        if let Err(e) = send(&mut w, shared, &Frame::Proof(mine), None) {
+            log::verbose(&format!(
+                "handshake with {peer_addr}: cannot send proof: {e}"
+            ));
+            return None;
+        }
+        match codec::read_frame_sized(&mut reader, PRE_AUTH_FRAME_LIMIT) {
+            Ok((Frame::Proof(tag), n)) => {
+                Stats::add(&shared.stats.bytes_received, n as u64);
+                if !auth::verify_proof(secret, &theirs.node_id, &my_nonce, &theirs.nonce, &tag) {
+                    let _ = send(
+                        &mut w,
+                        shared,
+                        &Frame::Refuse("authentication failed".into()),
+                        None,
+                    );
+                    fail(shared, format!("peer {peer_addr} failed authentication: it does not know the shared secret"));
+                    return None;
+                }
+            }
+            Ok((Frame::Refuse(why), _)) => {
+                fail(
+                    shared,
+                    format!("peer {peer_addr} refused the link: {}", sanitize(&why)),
+                );
+                return None;
+            }
+            Ok((other, _)) => {
+                fail(
+                    shared,
+                    format!(
+                        "handshake with {peer_addr}: expected a proof, got {}",
+                        frame_name(&other)
+                    ),
+                );
+                return None;
+            }
+            Err(e) => {
+                fail(
+                    shared,
+                    format!("handshake with {peer_addr} failed during authentication: {e}"),
+                );
+                return None;
+            }
+        }
+        let derive = || {
+            SessionKeys::derive(
+                secret,
+                &ours.node_id,
+                &my_nonce,
+                &theirs.node_id,
+                &theirs.nonce,
+            )
+        };
+        keys = Some((derive(), derive()));
     }
     let dialer = match dir {
         Direction::Dialed => ours.node_id.clone(),
@@ -193,6 +269,8 @@ fn handshake(shared: &Arc<Shared>, stream: &TcpStream, dir: Direction) -> Option
                     &mut w,
                     shared,
                     &Frame::Refuse("a link between these nodes already exists".into()),
+                    keys.as_mut()
+                        .map(|k: &mut (SessionKeys, SessionKeys)| &mut k.0),
                 );
                 log::verbose(&format!(
                     "dropping duplicate connection with {}",
@@ -208,7 +286,7 @@ fn handshake(shared: &Arc<Shared>, stream: &TcpStream, dir: Direction) -> Option
             stream: clone,
         });
     }
-    Some((theirs, gen))
+    Some(Handshaken { theirs, gen, keys })
 }
 
 fn sanitize(s: &str) -> String {
@@ -222,6 +300,7 @@ fn frame_name(f: &Frame) -> &'static str {
     match f {
         Frame::Hello(_) => "hello",
         Frame::Refuse(_) => "refuse",
+        Frame::Proof(_) => "proof",
         Frame::Batch(_) => "batch",
         Frame::Ack(_) => "ack",
         Frame::Ping => "ping",
@@ -249,7 +328,12 @@ impl std::io::Read for DeadlineReader<'_> {
     }
 }
 
-fn session(shared: &Arc<Shared>, stream: TcpStream, theirs: Hello, gen: u64) {
+fn session(shared: &Arc<Shared>, stream: TcpStream, done: Handshaken) {
+    let Handshaken { theirs, gen, keys } = done;
+    let (mut wkeys, rkeys) = match keys {
+        Some((w, r)) => (Some(w), Some(r)),
+        None => (None, None),
+    };
     let peer = theirs.node_id.clone();
     shared.set_peer_node_id(&peer);
     shared.drop_session.store(false, Ordering::Relaxed);
@@ -274,7 +358,7 @@ fn session(shared: &Arc<Shared>, stream: TcpStream, theirs: Hello, gen: u64) {
     let reader = thread::Builder::new()
         .name("bisync-read".into())
         .spawn(move || {
-            super::guard_thread("reader", || read_loop(&s2, reader_stream, &a2, gen));
+            super::guard_thread("reader", || read_loop(&s2, reader_stream, &a2, gen, rkeys));
         });
     if reader.is_err() {
         fail(shared, "cannot start the link reader thread".into());
@@ -283,7 +367,7 @@ fn session(shared: &Arc<Shared>, stream: TcpStream, theirs: Hello, gen: u64) {
     }
     shared.stats.set_link(LinkState::Up);
     log::notice(&format!("link up with peer {peer}"));
-    if let Err(e) = write_loop(shared, &stream, &theirs, &alive, gen) {
+    if let Err(e) = write_loop(shared, &stream, &theirs, &alive, gen, wkeys.as_mut()) {
         if alive.load(Ordering::Relaxed) && is_current(gen) {
             fail(shared, format!("link to {peer} lost while writing: {e}"));
         }
@@ -311,6 +395,7 @@ fn write_loop(
     theirs: &Hello,
     alive: &AtomicBool,
     gen: u64,
+    mut keys: Option<&mut SessionKeys>,
 ) -> Result<(), CodecError> {
     let mut w = BufWriter::with_capacity(64 * 1024, stream);
     let peer_pos = peer_position(shared.stream_id, theirs);
@@ -332,9 +417,9 @@ fn write_loop(
             ));
         }
         for item in batches {
-            write_item(&mut w, shared, item)?;
+            write_item(&mut w, shared, item, keys.as_deref_mut())?;
         }
-        send(&mut w, shared, &Frame::Ack(ack))?;
+        send(&mut w, shared, &Frame::Ack(ack), keys.as_deref_mut())?;
         w.flush()?;
         cursor = end;
     } else {
@@ -366,7 +451,7 @@ fn write_loop(
         log::notice(&format!(
             "dirty-key resync: peer at seq {peer_pos} cannot be served from the backlog"
         ));
-        send(&mut w, shared, &Frame::Ack(ack))?;
+        send(&mut w, shared, &Frame::Ack(ack), keys.as_deref_mut())?;
         w.flush()?;
     }
     let mut last_write = Instant::now();
@@ -394,41 +479,56 @@ fn write_loop(
         };
         if items.is_empty() {
             if last_write.elapsed() >= PING_EVERY {
-                send(&mut w, shared, &Frame::Ping)?;
+                send(&mut w, shared, &Frame::Ping, keys.as_deref_mut())?;
                 w.flush()?;
                 last_write = Instant::now();
             }
             continue;
         }
         for item in items {
-            write_item(&mut w, shared, item)?;
+            write_item(&mut w, shared, item, keys.as_deref_mut())?;
         }
         w.flush()?;
         last_write = Instant::now();
     }
 }
 
-fn write_item(w: &mut impl Write, shared: &Shared, item: Item) -> Result<(), CodecError> {
+fn write_item(
+    w: &mut impl Write,
+    shared: &Shared,
+    item: Item,
+    keys: Option<&mut SessionKeys>,
+) -> Result<(), CodecError> {
     match item {
         Item::Batch { seq, bytes, ops } => {
-            w.write_all(&bytes)?;
-            Stats::add(&shared.stats.bytes_sent, bytes.len() as u64);
+            let n = codec::write_frame(w, &bytes, keys)?;
+            Stats::add(&shared.stats.bytes_sent, n as u64);
             Stats::add(&shared.stats.ops_sent, u64::from(ops));
             Stats::add_max(&shared.stats.sent_seq, seq);
             Ok(())
         }
-        Item::Ack(seq) => send(w, shared, &Frame::Ack(seq)),
+        Item::Ack(seq) => send(w, shared, &Frame::Ack(seq), keys),
     }
 }
 
-fn read_loop(shared: &Arc<Shared>, stream: TcpStream, alive: &AtomicBool, gen: u64) {
+fn read_loop(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    alive: &AtomicBool,
+    gen: u64,
+    mut keys: Option<SessionKeys>,
+) {
     let limit = shared.config.max_frame_size as usize;
     let mut r = BufReader::with_capacity(64 * 1024, &stream);
     let reason = loop {
         if !alive.load(Ordering::Relaxed) || shared.stopping() {
             break None;
         }
-        let (frame, n) = match codec::read_frame_sized(&mut r, limit) {
+        let read = match keys.as_mut() {
+            Some(k) => codec::read_frame_authenticated(&mut r, limit, k),
+            None => codec::read_frame_sized(&mut r, limit),
+        };
+        let (frame, n) = match read {
             Ok(x) => x,
             Err(CodecError::Closed) => break Some("closed by the peer".to_string()),
             Err(CodecError::Io(e))
@@ -445,7 +545,9 @@ fn read_loop(shared: &Arc<Shared>, stream: TcpStream, alive: &AtomicBool, gen: u
             Frame::Ack(s) => Inbound::Ack(s),
             Frame::Ping => continue,
             Frame::Refuse(why) => break Some(format!("peer ended the link: {}", sanitize(&why))),
-            Frame::Hello(_) => break Some("protocol error: unexpected hello".to_string()),
+            Frame::Hello(_) | Frame::Proof(_) => {
+                break Some("protocol error: unexpected handshake frame".to_string())
+            }
         };
         // Back-pressure: wait for room, but notice the session ending.
         let mut pending = msg;
