@@ -18,7 +18,8 @@ fn cmd(c: &mut redis::Connection, args: &[&str]) -> redis::Value {
     for a in &args[1..] {
         q.arg(*a);
     }
-    q.query(c).unwrap_or_else(|e| panic!("{args:?} failed: {e}"))
+    q.query(c)
+        .unwrap_or_else(|e| panic!("{args:?} failed: {e}"))
 }
 
 /// Writes of every type on one side; the caller writes them on A or B.
@@ -34,7 +35,10 @@ fn write_every_type(c: &mut redis::Connection, p: &str) {
     cmd(c, &["SET", &k("ttl_expire"), "v"]);
     cmd(c, &["EXPIRE", &k("ttl_expire"), "500"]);
     cmd(c, &["SET", &k("ttl_at"), "v"]);
-    cmd(c, &["PEXPIREAT", &k("ttl_at"), &(now_ms() + 900_000).to_string()]);
+    cmd(
+        c,
+        &["PEXPIREAT", &k("ttl_at"), &(now_ms() + 900_000).to_string()],
+    );
     cmd(c, &["SET", &k("persisted"), "v", "EX", "100"]);
     cmd(c, &["PERSIST", &k("persisted")]);
     cmd(c, &["HSET", &k("hash"), "f1", "v1", "f2", "v2"]);
@@ -50,16 +54,44 @@ fn write_every_type(c: &mut redis::Connection, p: &str) {
     cmd(c, &["ZREM", &k("zset"), "b"]);
     // A big hash and a big zset (non-compact encodings).
     for i in 0..300 {
-        cmd(c, &["HSET", &k("bighash"), &format!("f{i}"), &format!("v{i}")]);
-        cmd(c, &["ZADD", &k("bigzset"), &i.to_string(), &format!("m{i}")]);
+        cmd(
+            c,
+            &["HSET", &k("bighash"), &format!("f{i}"), &format!("v{i}")],
+        );
+        cmd(
+            c,
+            &["ZADD", &k("bigzset"), &i.to_string(), &format!("m{i}")],
+        );
     }
     // Streams with consumer groups: XREADGROUP, XACK and XCLAIM change the
     // groups without keyspace events.
     for i in 0..5 {
-        cmd(c, &["XADD", &k("stream"), &format!("{}-1", i + 1), "field", &i.to_string()]);
+        cmd(
+            c,
+            &[
+                "XADD",
+                &k("stream"),
+                &format!("{}-1", i + 1),
+                "field",
+                &i.to_string(),
+            ],
+        );
     }
     cmd(c, &["XGROUP", "CREATE", &k("stream"), "g1", "0"]);
-    cmd(c, &["XREADGROUP", "GROUP", "g1", "alice", "COUNT", "3", "STREAMS", &k("stream"), ">"]);
+    cmd(
+        c,
+        &[
+            "XREADGROUP",
+            "GROUP",
+            "g1",
+            "alice",
+            "COUNT",
+            "3",
+            "STREAMS",
+            &k("stream"),
+            ">",
+        ],
+    );
     cmd(c, &["XACK", &k("stream"), "g1", "1-1"]);
     cmd(c, &["XCLAIM", &k("stream"), "g1", "bob", "0", "2-1"]);
     // Deletes, renames, copies.
@@ -83,7 +115,17 @@ fn write_every_type(c: &mut redis::Connection, p: &str) {
         .ignore()
         .query(c)
         .expect("MULTI/EXEC");
-    cmd(c, &["EVAL", "redis.call('SET', KEYS[1], ARGV[1]); redis.call('RPUSH', KEYS[2], ARGV[1]); return 1", "2", &k("lua1"), &k("lualist"), "from-lua"]);
+    cmd(
+        c,
+        &[
+            "EVAL",
+            "redis.call('SET', KEYS[1], ARGV[1]); redis.call('RPUSH', KEYS[2], ARGV[1]); return 1",
+            "2",
+            &k("lua1"),
+            &k("lualist"),
+            "from-lua",
+        ],
+    );
 }
 
 #[test]
@@ -106,14 +148,33 @@ fn every_type_replicates_in_both_directions() {
     let v: String = b.get("fromA:fcall").expect("GET");
     assert_eq!(v, "fn-value");
     let pel: redis::Value = cmd(&mut b, &["XPENDING", "fromA:stream", "g1"]);
-    assert!(render_value(&pel).contains("bob"), "XCLAIM reached B: {pel:?}");
+    assert!(
+        render_value(&pel).contains("bob"),
+        "XCLAIM reached B: {pel:?}"
+    );
     // Consumer-group changes with no keyspace event, each alone in its own
     // event-loop iteration (only the command filter sees them).
     cmd(&mut b, &["XACK", "fromA:stream", "g1", "2-1"]);
     pair.assert_converged(&[0], T);
-    cmd(&mut a, &["XREADGROUP", "GROUP", "g1", "alice", "COUNT", "1", "STREAMS", "fromB:stream", ">"]);
+    cmd(
+        &mut a,
+        &[
+            "XREADGROUP",
+            "GROUP",
+            "g1",
+            "alice",
+            "COUNT",
+            "1",
+            "STREAMS",
+            "fromB:stream",
+            ">",
+        ],
+    );
     pair.assert_converged(&[0], T);
-    cmd(&mut b, &["XCLAIM", "fromB:stream", "g1", "alice", "0", "3-1"]);
+    cmd(
+        &mut b,
+        &["XCLAIM", "fromB:stream", "g1", "alice", "0", "3-1"],
+    );
     pair.assert_converged(&[0], T);
     let ttl: i64 = b.pttl("fromA:ttl_px").expect("PTTL");
     assert!(ttl > 500_000, "TTL replicated: {ttl}");
@@ -130,13 +191,30 @@ fn blocking_commands_replicate() {
     let (mut a, mut b) = pair.conns();
     let addr = pair.a.url();
     let blocker = thread::spawn(move || {
-        let mut c = redis::Client::open(addr).expect("client").get_connection().expect("conn");
-        let moved: Option<String> = redis::cmd("BLMOVE").arg("src").arg("dst").arg("LEFT").arg("RIGHT").arg(10).query(&mut c).expect("BLMOVE");
-        let popped: Option<(String, String)> = redis::cmd("BLPOP").arg("q").arg(10).query(&mut c).expect("BLPOP");
+        let mut c = redis::Client::open(addr)
+            .expect("client")
+            .get_connection()
+            .expect("conn");
+        let moved: Option<String> = redis::cmd("BLMOVE")
+            .arg("src")
+            .arg("dst")
+            .arg("LEFT")
+            .arg("RIGHT")
+            .arg(10)
+            .query(&mut c)
+            .expect("BLMOVE");
+        let popped: Option<(String, String)> = redis::cmd("BLPOP")
+            .arg("q")
+            .arg(10)
+            .query(&mut c)
+            .expect("BLPOP");
         (moved, popped)
     });
     wait_for("client blocked", T, || {
-        let info: String = redis::cmd("INFO").arg("clients").query(&mut a).expect("INFO");
+        let info: String = redis::cmd("INFO")
+            .arg("clients")
+            .query(&mut a)
+            .expect("INFO");
         info.contains("blocked_clients:1")
     });
     // The push arrives on A from B through replication and wakes the client.
@@ -204,7 +282,10 @@ fn atomic_reader(pair: &Pair, write: impl Fn(&mut redis::Connection, usize) + Se
         if vals.iter().any(|v| v.is_some()) {
             nonempty += 1;
             let first = &vals[0];
-            assert!(vals.iter().all(|v| v == first), "mixed state seen on the peer: {vals:?}");
+            assert!(
+                vals.iter().all(|v| v == first),
+                "mixed state seen on the peer: {vals:?}"
+            );
         }
         if done {
             break;
@@ -215,7 +296,10 @@ fn atomic_reader(pair: &Pair, write: impl Fn(&mut redis::Connection, usize) + Se
         let v: Option<String> = r.get("atom4").unwrap_or(None);
         v.as_deref() == Some("3000")
     });
-    assert!(reads > 50 && nonempty > 10, "the reader really observed the peer ({reads} reads, {nonempty} non-empty)");
+    assert!(
+        reads > 50 && nonempty > 10,
+        "the reader really observed the peer ({reads} reads, {nonempty} non-empty)"
+    );
 }
 
 #[test]
@@ -252,10 +336,16 @@ fn scripts_are_atomic_on_the_peer() {
 }
 
 fn counters(c: &mut redis::Connection) -> Vec<u64> {
-    ["ops_captured", "ops_applied", "sent_seq", "applied_seq", "bytes_sent"]
-        .iter()
-        .map(|f| status_u64(c, f))
-        .collect()
+    [
+        "ops_captured",
+        "ops_applied",
+        "sent_seq",
+        "applied_seq",
+        "bytes_sent",
+    ]
+    .iter()
+    .map(|f| status_u64(c, f))
+    .collect()
 }
 
 #[test]
@@ -270,7 +360,11 @@ fn quiet_pair_stays_quiet_after_a_mixed_workload() {
         cmd(&mut a, &["RPUSH", "queue", &i.to_string()]);
     }
     cmd(&mut a, &["RENAME", "e1", "renamed"]);
-    let _: Option<(String, String)> = redis::cmd("BLPOP").arg("queue").arg(1).query(&mut b).expect("BLPOP");
+    let _: Option<(String, String)> = redis::cmd("BLPOP")
+        .arg("queue")
+        .arg(1)
+        .query(&mut b)
+        .expect("BLPOP");
     cmd(&mut a, &["DEBUG", "RELOAD"]);
     // Keys with 200 ms TTL expire on both sides by themselves.
     wait_for("short TTL keys expired", T, || {
@@ -285,8 +379,16 @@ fn quiet_pair_stays_quiet_after_a_mixed_workload() {
         thread::sleep(Duration::from_millis(100));
         let now = (counters(&mut a), counters(&mut b));
         // bytes_sent includes pings; compare everything but it.
-        assert_eq!(before.0[..4], now.0[..4], "A's counters moved while quiet (a loop?)");
-        assert_eq!(before.1[..4], now.1[..4], "B's counters moved while quiet (a loop?)");
+        assert_eq!(
+            before.0[..4],
+            now.0[..4],
+            "A's counters moved while quiet (a loop?)"
+        );
+        assert_eq!(
+            before.1[..4],
+            now.1[..4],
+            "B's counters moved while quiet (a loop?)"
+        );
     }
     // DEBUG RELOAD's internal flush was not shipped: B still has A's data.
     let n: i64 = b.llen("queue").expect("LLEN");
@@ -328,9 +430,28 @@ fn status_fields_are_present_and_sane() {
     wait_for("x on B", T, || b.exists::<_, bool>("x").unwrap_or(false));
     let s = status(&mut a);
     for f in [
-        "node_id", "version", "peer", "link", "stream_id", "sent_seq", "acked_seq", "applied_seq", "backlog_bytes", "pending_keys",
-        "ops_captured", "ops_sent", "ops_applied", "conflicts_lost", "lag_ms", "bytes_sent", "bytes_received", "partial_syncs",
-        "dirty_key_syncs", "full_syncs", "next_resync", "last_error",
+        "node_id",
+        "version",
+        "peer",
+        "link",
+        "stream_id",
+        "sent_seq",
+        "acked_seq",
+        "applied_seq",
+        "backlog_bytes",
+        "pending_keys",
+        "ops_captured",
+        "ops_sent",
+        "ops_applied",
+        "conflicts_lost",
+        "lag_ms",
+        "bytes_sent",
+        "bytes_received",
+        "partial_syncs",
+        "dirty_key_syncs",
+        "full_syncs",
+        "next_resync",
+        "last_error",
     ] {
         assert!(s.contains_key(f), "SYNC.STATUS lacks {f}: {s:?}");
     }
@@ -338,27 +459,58 @@ fn status_fields_are_present_and_sane() {
     assert_eq!(s["link"], "up");
     assert_eq!(s["next_resync"], "partial");
     assert!(s["version"].starts_with(env!("CARGO_PKG_VERSION")));
-    wait_for("ack of x", T, || status_u64(&mut a, "acked_seq") >= 1 && status_u64(&mut a, "pending_keys") == 0);
+    wait_for("ack of x", T, || {
+        status_u64(&mut a, "acked_seq") >= 1 && status_u64(&mut a, "pending_keys") == 0
+    });
     assert!(status_u64(&mut a, "ops_captured") >= 1);
     assert!(status_u64(&mut a, "ops_sent") >= 1);
     assert_eq!(status_u64(&mut a, "lag_ms"), 0);
     assert!(status_u64(&mut b, "ops_applied") >= 1);
     assert!(status_u64(&mut b, "applied_seq") >= 1);
-    let info: String = redis::cmd("INFO").arg("bisync").query(&mut a).expect("INFO");
+    let info: String = redis::cmd("INFO")
+        .arg("bisync")
+        .query(&mut a)
+        .expect("INFO");
     assert!(info.contains("bisync_link:up"), "INFO bisync: {info}");
     assert!(info.contains("bisync_ops_captured:"), "INFO bisync: {info}");
-    let cfg: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("bisync.node-id").query(&mut a).expect("CONFIG GET");
+    let cfg: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("bisync.node-id")
+        .query(&mut a)
+        .expect("CONFIG GET");
     assert_eq!(cfg, vec!["bisync.node-id", "a"]);
     // Run-time settings validate; immutable ones refuse.
-    assert!(redis::cmd("CONFIG").arg("SET").arg("bisync.backlog-size").arg("lots").query::<()>(&mut a).is_err());
-    let _: () = redis::cmd("CONFIG").arg("SET").arg("bisync.backlog-size").arg("8mb").query(&mut a).expect("CONFIG SET");
-    let cfg: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("bisync.backlog-size").query(&mut a).expect("CONFIG GET");
+    assert!(redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("bisync.backlog-size")
+        .arg("lots")
+        .query::<()>(&mut a)
+        .is_err());
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("bisync.backlog-size")
+        .arg("8mb")
+        .query(&mut a)
+        .expect("CONFIG SET");
+    let cfg: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("bisync.backlog-size")
+        .query(&mut a)
+        .expect("CONFIG GET");
     assert_eq!(cfg[1], (8u64 << 20).to_string());
-    assert!(redis::cmd("CONFIG").arg("SET").arg("bisync.node-id").arg("z").query::<()>(&mut a).is_err());
+    assert!(redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("bisync.node-id")
+        .arg("z")
+        .query::<()>(&mut a)
+        .is_err());
     // MODULE LIST shows the integer version; unload is refused and the server lives.
     let list = render_value(&cmd(&mut a, &["MODULE", "LIST"]));
     assert!(list.contains("bisync"), "{list}");
-    let unload: redis::RedisResult<()> = redis::cmd("MODULE").arg("UNLOAD").arg("bisync").query(&mut a);
+    let unload: redis::RedisResult<()> = redis::cmd("MODULE")
+        .arg("UNLOAD")
+        .arg("bisync")
+        .query(&mut a);
     assert!(unload.is_err(), "unload must be refused");
     let pong: String = redis::cmd("PING").query(&mut a).expect("PING");
     assert_eq!(pong, "PONG");
@@ -368,18 +520,75 @@ fn status_fields_are_present_and_sane() {
 fn bad_arguments_refuse_to_load_with_a_clear_line() {
     let port = free_port();
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["listen".into(), format!("127.0.0.1:{}", free_port()), "peer".into(), "127.0.0.1:1".into()], "'node-id' is required"),
-        (vec!["node-id".into(), "a".into(), "listen".into(), "nowhere".into(), "peer".into(), "127.0.0.1:1".into()], "argument 'listen'"),
-        (vec!["node-id".into(), "a".into(), "listen".into(), format!("127.0.0.1:{}", free_port()), "peer".into(), "127.0.0.1:1".into(), "colour".into(), "blue".into()], "unknown argument 'colour'"),
-        (vec!["node-id".into(), "a".into(), "listen".into(), format!("127.0.0.1:{}", free_port()), "peer".into(), "127.0.0.1:1".into(), "backlog-size".into(), "huge".into()], "argument 'backlog-size'"),
-        (vec!["node-id".into(), "a".into(), "listen".into(), format!("127.0.0.1:{port}"), "peer".into(), "127.0.0.1:1".into(), "secret-file".into(), "/nonexistent/secret".into()], "argument 'secret-file'"),
+        (
+            vec![
+                "listen".into(),
+                format!("127.0.0.1:{}", free_port()),
+                "peer".into(),
+                "127.0.0.1:1".into(),
+            ],
+            "'node-id' is required",
+        ),
+        (
+            vec![
+                "node-id".into(),
+                "a".into(),
+                "listen".into(),
+                "nowhere".into(),
+                "peer".into(),
+                "127.0.0.1:1".into(),
+            ],
+            "argument 'listen'",
+        ),
+        (
+            vec![
+                "node-id".into(),
+                "a".into(),
+                "listen".into(),
+                format!("127.0.0.1:{}", free_port()),
+                "peer".into(),
+                "127.0.0.1:1".into(),
+                "colour".into(),
+                "blue".into(),
+            ],
+            "unknown argument 'colour'",
+        ),
+        (
+            vec![
+                "node-id".into(),
+                "a".into(),
+                "listen".into(),
+                format!("127.0.0.1:{}", free_port()),
+                "peer".into(),
+                "127.0.0.1:1".into(),
+                "backlog-size".into(),
+                "huge".into(),
+            ],
+            "argument 'backlog-size'",
+        ),
+        (
+            vec![
+                "node-id".into(),
+                "a".into(),
+                "listen".into(),
+                format!("127.0.0.1:{port}"),
+                "peer".into(),
+                "127.0.0.1:1".into(),
+                "secret-file".into(),
+                "/nonexistent/secret".into(),
+            ],
+            "argument 'secret-file'",
+        ),
     ];
     for (args, want) in cases {
         let err = match ServerBuilder::new().module_args(args.clone()).try_start() {
             Ok(_) => panic!("server started with bad args {args:?}"),
             Err(e) => e,
         };
-        assert!(err.contains(want), "args {args:?}: log lacks '{want}':\n{err}");
+        assert!(
+            err.contains(want),
+            "args {args:?}: log lacks '{want}':\n{err}"
+        );
     }
 }
 
@@ -388,7 +597,14 @@ fn cluster_mode_is_refused_at_load() {
     let lp = free_port();
     let err = match ServerBuilder::new()
         .extra(["--cluster-enabled", "yes"])
-        .module_args(["node-id", "a", "listen", &format!("127.0.0.1:{lp}"), "peer", "127.0.0.1:1"])
+        .module_args([
+            "node-id",
+            "a",
+            "listen",
+            &format!("127.0.0.1:{lp}"),
+            "peer",
+            "127.0.0.1:1",
+        ])
         .try_start()
     {
         Ok(_) => panic!("a cluster node loaded the module"),
@@ -401,10 +617,32 @@ fn cluster_mode_is_refused_at_load() {
 fn equal_node_ids_are_refused() {
     let la = free_port();
     let lb = free_port();
-    let a = ServerBuilder::new().module_args(["node-id", "same", "listen", &format!("127.0.0.1:{la}"), "peer", &format!("127.0.0.1:{lb}")]).start();
-    let b = ServerBuilder::new().module_args(["node-id", "same", "listen", &format!("127.0.0.1:{lb}"), "peer", &format!("127.0.0.1:{la}")]).start();
+    let a = ServerBuilder::new()
+        .module_args([
+            "node-id",
+            "same",
+            "listen",
+            &format!("127.0.0.1:{la}"),
+            "peer",
+            &format!("127.0.0.1:{lb}"),
+        ])
+        .start();
+    let b = ServerBuilder::new()
+        .module_args([
+            "node-id",
+            "same",
+            "listen",
+            &format!("127.0.0.1:{lb}"),
+            "peer",
+            &format!("127.0.0.1:{la}"),
+        ])
+        .start();
     let mut ca = a.conn();
-    wait_for("refusal reported", T, || status(&mut ca).get("last_error").is_some_and(|e| e.contains("same node-id")));
+    wait_for("refusal reported", T, || {
+        status(&mut ca)
+            .get("last_error")
+            .is_some_and(|e| e.contains("same node-id"))
+    });
     let _: () = ca.set("k", "v").expect("SET");
     let mut cb = b.conn();
     let until = Instant::now() + Duration::from_millis(500);
@@ -414,4 +652,65 @@ fn equal_node_ids_are_refused() {
         assert_ne!(status(&mut cb)["link"], "up");
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn stream_edge_cases_and_large_collections_replicate() {
+    let pair = Pair::start();
+    pair.wait_link_up(T);
+    let (mut a, mut b) = pair.conns();
+    // An empty stream made by XGROUP CREATE MKSTREAM, one trimmed to nothing,
+    // one with deleted entries and an idle consumer.
+    cmd(&mut a, &["XGROUP", "CREATE", "empty", "g", "$", "MKSTREAM"]);
+    cmd(&mut a, &["XADD", "trimmed", "1-1", "f", "v"]);
+    cmd(&mut a, &["XTRIM", "trimmed", "MAXLEN", "0"]);
+    for i in 1..=10 {
+        cmd(
+            &mut a,
+            &["XADD", "holes", &format!("{i}-0"), "n", &i.to_string()],
+        );
+    }
+    cmd(&mut a, &["XDEL", "holes", "3-0", "10-0"]);
+    cmd(&mut a, &["XGROUP", "CREATE", "holes", "readers", "0"]);
+    cmd(
+        &mut a,
+        &["XGROUP", "CREATECONSUMER", "holes", "readers", "idle"],
+    );
+    cmd(
+        &mut a,
+        &[
+            "XREADGROUP",
+            "GROUP",
+            "readers",
+            "busy",
+            "COUNT",
+            "4",
+            "STREAMS",
+            "holes",
+            ">",
+        ],
+    );
+    // Collections past the compact encodings, and one past the rebuild chunk size.
+    let mut p = redis::pipe();
+    for i in 0..20_000 {
+        p.cmd("HSET")
+            .arg("bighash")
+            .arg(format!("f{i}"))
+            .arg(i)
+            .ignore();
+        p.cmd("RPUSH").arg("biglist").arg(i).ignore();
+        p.cmd("SADD").arg("bigset").arg(i).ignore();
+        p.cmd("ZADD")
+            .arg("bigzset")
+            .arg(f64::from(i) / 7.0)
+            .arg(format!("m{i}"))
+            .ignore();
+    }
+    let _: () = p.query(&mut a).expect("pipeline");
+    cmd(&mut a, &["ZADD", "bigzset", "inf", "top", "-inf", "bottom"]);
+    pair.assert_converged(&[0], T);
+    let n: i64 = b.hlen("bighash").expect("HLEN");
+    assert_eq!(n, 20_000);
+    let s: f64 = b.zscore("bigzset", "m3").expect("ZSCORE");
+    assert_eq!(s, 3.0 / 7.0, "scores replicate exactly");
 }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod decide;
 pub mod dirty;
 pub mod hlc;
+pub mod image;
 pub mod outbox;
 pub mod pending;
 pub mod protocol;

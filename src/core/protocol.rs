@@ -22,12 +22,65 @@ pub struct Stamp {
 }
 
 /// The stored form of one key's value.
+///
+/// Why typed rather than `DUMP` payloads: a payload from the peer would be
+/// trusted bytes handed to Redis's RDB loader, which, outside a client's
+/// RESTORE, terminates the server on a corrupt payload. Elements are
+/// rebuilt with ordinary commands instead, so whatever a peer sends can at
+/// worst be refused; it also lets two different Redis versions pair.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Value {
-    /// A plain string, carried raw (read without serialization cost).
+    /// A string, raw.
     String(Vec<u8>),
-    /// Any other type, as a Redis `DUMP` payload (restored with `RESTORE`).
+    /// A hash: field, value.
+    Hash(Vec<(Vec<u8>, Vec<u8>)>),
+    /// A list, head first.
+    List(Vec<Vec<u8>>),
+    /// A set.
+    Set(Vec<Vec<u8>>),
+    /// A sorted set: member, score as Redis prints it (exact round trip).
+    ZSet(Vec<(Vec<u8>, Vec<u8>)>),
+    /// A stream with its consumer groups.
+    Stream(StreamImage),
+    /// A module data type, as a `DUMP` payload (the peer is trusted for these).
     Dump(Vec<u8>),
+}
+
+/// A stream's entries, metadata and consumer groups.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StreamImage {
+    /// Entries: id (`ms-seq`) and flat field/value list.
+    pub entries: Vec<(Vec<u8>, Vec<Vec<u8>>)>,
+    /// Last generated id.
+    pub last_id: Vec<u8>,
+    /// Largest id ever deleted.
+    pub max_deleted_id: Vec<u8>,
+    /// Count of entries ever added.
+    pub entries_added: i64,
+    /// Consumer groups.
+    pub groups: Vec<StreamGroup>,
+}
+
+/// One consumer group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamGroup {
+    /// Group name.
+    pub name: Vec<u8>,
+    /// Last delivered id.
+    pub last_delivered_id: Vec<u8>,
+    /// Logical read counter, when Redis knows it.
+    pub entries_read: Option<i64>,
+    /// Consumers with their pending entries.
+    pub consumers: Vec<StreamConsumer>,
+}
+
+/// One consumer and its pending entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamConsumer {
+    /// Consumer name.
+    pub name: Vec<u8>,
+    /// Pending entries: id, delivery time (Unix ms), delivery count.
+    pub pending: Vec<(Vec<u8>, i64, i64)>,
 }
 
 /// What happened to a key or a db, as the state after the change.

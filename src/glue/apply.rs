@@ -16,6 +16,7 @@ use super::flush::read_image;
 use super::node::with_node;
 use crate::core::decide::{check_seq, plan_batch, Action, SeqCheck};
 use crate::core::hlc::wall_ms;
+use crate::core::image;
 use crate::core::protocol::{Batch, Op, Value};
 use crate::core::stats::Stats;
 use crate::log;
@@ -37,43 +38,6 @@ impl Drop for ApplyingFlag {
     }
 }
 
-/// While it lives, `sanitize-dump-payload` is `yes`, so every RESTORE of a
-/// payload from the peer is deeply validated (DESIGN §5): a crafted payload
-/// is refused instead of corrupting memory. Only switched when the user's
-/// setting is `no` (with `clients`, module calls are already sanitized).
-struct DeepSanitize<'a> {
-    ctx: &'a Context,
-    switched: bool,
-}
-
-impl<'a> DeepSanitize<'a> {
-    fn enable(ctx: &'a Context) -> Self {
-        let current = ctx.call("CONFIG", &["GET", "sanitize-dump-payload"]);
-        let is_no = match current {
-            Ok(redis_module::RedisValue::Array(v)) => v.get(1).is_some_and(|x| {
-                matches!(x, redis_module::RedisValue::SimpleString(s) | redis_module::RedisValue::BulkString(s) if s == "no")
-                    || matches!(x, redis_module::RedisValue::StringBuffer(b) if b == b"no")
-            }),
-            _ => false,
-        };
-        let switched = is_no
-            && ctx
-                .call("CONFIG", &["SET", "sanitize-dump-payload", "yes"])
-                .is_ok();
-        DeepSanitize { ctx, switched }
-    }
-}
-
-impl Drop for DeepSanitize<'_> {
-    fn drop(&mut self) {
-        if self.switched {
-            let _ = self
-                .ctx
-                .call("CONFIG", &["SET", "sanitize-dump-payload", "no"]);
-        }
-    }
-}
-
 fn opts() -> CallOptions {
     CallOptionsBuilder::new()
         .replicate()
@@ -90,33 +54,32 @@ fn run(ctx: &Context, cmd: &str, args: &[&[u8]]) -> Result<(), String> {
     }
 }
 
-/// Write one image into the selected db.
+/// RDB type byte of a module data type's DUMP payload.
+const RDB_TYPE_MODULE_2: u8 = 7;
+
+/// Write one image into the selected db, with ordinary commands.
 fn write_image(
     ctx: &Context,
     key: &[u8],
     value: &Value,
     expire_at_ms: Option<i64>,
 ) -> Result<(), String> {
-    match value {
-        Value::String(v) => match expire_at_ms {
-            Some(at) => {
-                let at = at.to_string();
-                run(ctx, "SET", &[key, v, b"PXAT", at.as_bytes()])
-            }
-            None => run(ctx, "SET", &[key, v]),
-        },
-        Value::Dump(payload) => match expire_at_ms {
-            Some(at) => {
-                let at = at.to_string();
-                run(
-                    ctx,
-                    "RESTORE",
-                    &[key, at.as_bytes(), payload, b"REPLACE", b"ABSTTL"],
-                )
-            }
-            None => run(ctx, "RESTORE", &[key, b"0", payload, b"REPLACE"]),
-        },
+    if let Value::Dump(p) = value {
+        // Outside a client's RESTORE, Redis terminates on a corrupt payload:
+        // never hand it a built-in type's bytes (those travel typed).
+        if p.first() != Some(&RDB_TYPE_MODULE_2) {
+            return Err("refused a DUMP payload that is not a module data type".into());
+        }
     }
+    for command in image::rebuild(key, value, expire_at_ms) {
+        let Some((name, args)) = command.split_first() else {
+            continue;
+        };
+        let name = std::str::from_utf8(name).map_err(|_| "bad command name".to_string())?;
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
+        run(ctx, name, &args)?;
+    }
+    Ok(())
 }
 
 /// Empty the selected db but keep `survivors` (their pending local write
@@ -203,7 +166,6 @@ pub fn apply_inbound(ctx: &Context) -> bool {
     let mut done = 0usize;
     let mut peer_node = String::new();
     let mut any_batch = false;
-    let mut sanitize: Option<DeepSanitize> = None;
     while done < budget {
         let msg = match shared.inbound_rx.try_recv() {
             Ok(m) => m,
@@ -245,18 +207,6 @@ pub fn apply_inbound(ctx: &Context) -> bool {
                 if peer_node.is_empty() {
                     peer_node = shared.peer_node_id();
                 }
-                let has_dump = batch.entries.iter().any(|e| {
-                    matches!(
-                        e.op,
-                        Op::Set {
-                            value: Value::Dump(_),
-                            ..
-                        }
-                    )
-                });
-                if has_dump && sanitize.is_none() {
-                    sanitize = Some(DeepSanitize::enable(ctx));
-                }
                 match apply_batch(ctx, shared, &peer_node, &batch) {
                     Ok(_) => {
                         done += batch.entries.len().max(1);
@@ -276,7 +226,6 @@ pub fn apply_inbound(ctx: &Context) -> bool {
             }
         }
     }
-    drop(sanitize);
     ffi::select_db(ctx, saved_db);
     if any_batch {
         shared.outbox_cv.notify_all();

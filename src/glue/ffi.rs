@@ -16,8 +16,18 @@ pub enum KeyKind {
     Missing,
     /// A string: read it raw.
     String,
-    /// Anything else: serialize with DUMP.
-    Other,
+    /// A hash.
+    Hash,
+    /// A list.
+    List,
+    /// A set.
+    Set,
+    /// A sorted set.
+    ZSet,
+    /// A stream.
+    Stream,
+    /// A module data type.
+    Module,
 }
 
 /// What the key API tells about one key.
@@ -59,7 +69,12 @@ pub fn read_key(ctx: &Context, key: &[u8]) -> Option<KeyRead> {
             let kind = match t {
                 raw::REDISMODULE_KEYTYPE_EMPTY => KeyKind::Missing,
                 raw::REDISMODULE_KEYTYPE_STRING => KeyKind::String,
-                _ => KeyKind::Other,
+                raw::REDISMODULE_KEYTYPE_HASH => KeyKind::Hash,
+                raw::REDISMODULE_KEYTYPE_LIST => KeyKind::List,
+                raw::REDISMODULE_KEYTYPE_SET => KeyKind::Set,
+                raw::REDISMODULE_KEYTYPE_ZSET => KeyKind::ZSet,
+                raw::REDISMODULE_KEYTYPE_STREAM => KeyKind::Stream,
+                _ => KeyKind::Module,
             };
             let mut string = None;
             if kind == KeyKind::String {

@@ -16,10 +16,32 @@ use super::node::with_node;
 use crate::core::codec;
 use crate::core::dirty::{reduce, Dirty};
 use crate::core::hlc::wall_ms;
+use crate::core::image::{self, Reply};
 use crate::core::protocol::{Batch, Entry, Frame, Op, Stamp, Value};
 use crate::core::stats::Stats;
 use crate::log;
 use crate::state::Shared;
+
+/// Detach a command reply from Redis's memory.
+pub fn to_reply(r: &CallResult) -> Reply {
+    match r {
+        Ok(CallReply::String(s)) => Reply::Bytes(s.as_bytes().to_vec()),
+        Ok(CallReply::I64(i)) => Reply::Int(i.to_i64()),
+        Ok(CallReply::Null(_)) => Reply::Nil,
+        Ok(CallReply::Array(a)) => Reply::Array(a.iter().map(|x| to_reply(&x)).collect()),
+        Ok(_) => Reply::Error("unexpected reply type".into()),
+        Err(e) => Reply::Error(e.to_utf8_string().unwrap_or_default()),
+    }
+}
+
+fn query(ctx: &Context, cmd: &str, args: &[&[u8]]) -> Result<Reply, String> {
+    let opts = CallOptionsBuilder::new().errors_as_replies().build();
+    let reply: CallResult = ctx.call_ext(cmd, &opts, args);
+    match to_reply(&reply) {
+        Reply::Error(e) => Err(format!("{cmd}: {e}")),
+        r => Ok(r),
+    }
+}
 
 /// Read the current image of `key` in `db`: `None` means it does not exist.
 pub fn read_image(
@@ -31,29 +53,29 @@ pub fn read_image(
         return Err(format!("db {db} does not exist"));
     }
     let read = ffi::read_key(ctx, key).ok_or("the key API is unavailable")?;
-    match read.kind {
-        KeyKind::Missing => Ok(None),
-        KeyKind::String => Ok(Some((
-            Value::String(read.string.unwrap_or_default()),
-            read.expire_at_ms,
-        ))),
-        KeyKind::Other => {
-            let opts = CallOptionsBuilder::new().errors_as_replies().build();
-            let reply: CallResult = ctx.call_ext("DUMP", &opts, &[key] as &[&[u8]]);
-            match reply {
-                Ok(CallReply::String(s)) => Ok(Some((
-                    Value::Dump(s.as_bytes().to_vec()),
-                    read.expire_at_ms,
-                ))),
-                Ok(CallReply::Null(_)) => Ok(None),
-                Ok(_) => Err("DUMP returned an unexpected reply".into()),
-                Err(e) => Err(format!(
-                    "DUMP failed: {}",
-                    e.to_utf8_string().unwrap_or_default()
-                )),
-            }
-        }
-    }
+    let value = match read.kind {
+        KeyKind::Missing => return Ok(None),
+        KeyKind::String => Value::String(read.string.unwrap_or_default()),
+        KeyKind::Hash => Value::Hash(image::pairs(&query(ctx, "HGETALL", &[key])?)?),
+        KeyKind::List => Value::List(image::strings(&query(ctx, "LRANGE", &[key, b"0", b"-1"])?)?),
+        KeyKind::Set => Value::Set(image::strings(&query(ctx, "SMEMBERS", &[key])?)?),
+        KeyKind::ZSet => Value::ZSet(image::pairs(&query(
+            ctx,
+            "ZRANGE",
+            &[key, b"0", b"-1", b"WITHSCORES"],
+        )?)?),
+        KeyKind::Stream => Value::Stream(image::parse_stream(&query(
+            ctx,
+            "XINFO",
+            &[b"STREAM", key, b"FULL", b"COUNT", b"0"],
+        )?)?),
+        KeyKind::Module => match query(ctx, "DUMP", &[key])? {
+            Reply::Bytes(b) => Value::Dump(b),
+            Reply::Nil => return Ok(None),
+            _ => return Err("DUMP returned an unexpected reply".into()),
+        },
+    };
+    Ok(Some((value, read.expire_at_ms)))
 }
 
 fn stream_keys_in_dbs(ctx: &Context, keys: Vec<Vec<u8>>, databases: u32) -> Vec<Dirty> {
@@ -64,7 +86,7 @@ fn stream_keys_in_dbs(ctx: &Context, keys: Vec<Vec<u8>>, databases: u32) -> Vec<
                 continue;
             }
             if let Some(r) = ffi::read_key(ctx, &key) {
-                if r.kind == KeyKind::Other {
+                if r.kind == KeyKind::Stream {
                     out.push(Dirty::Key(db, key.clone()));
                 }
             }

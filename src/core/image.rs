@@ -1,0 +1,430 @@
+//! Key images: parse what Redis replies into a [`Value`], and turn a
+//! [`Value`] back into the commands that rebuild it.
+//!
+//! Why pure: both directions are data transformations that must be exact
+//! (same digest, same TTL, same consumer groups on both sides) and must
+//! never panic on whatever a peer sends; here they are tested without Redis.
+
+use super::protocol::{StreamConsumer, StreamGroup, StreamImage, Value};
+
+/// An owned Redis reply (RESP2 shapes), detached from the server's memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Bulk or simple string.
+    Bytes(Vec<u8>),
+    /// Integer.
+    Int(i64),
+    /// Array.
+    Array(Vec<Reply>),
+    /// Nil.
+    Nil,
+    /// Error text.
+    Error(String),
+}
+
+impl Reply {
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        match self {
+            Reply::Bytes(b) => Ok(b.clone()),
+            Reply::Int(i) => Ok(i.to_string().into_bytes()),
+            other => Err(format!("expected a string, got {other:?}")),
+        }
+    }
+
+    fn int(&self) -> Result<i64, String> {
+        match self {
+            Reply::Int(i) => Ok(*i),
+            Reply::Bytes(b) => std::str::from_utf8(b)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| "expected an integer".to_string()),
+            other => Err(format!("expected an integer, got {other:?}")),
+        }
+    }
+
+    fn array(&self) -> Result<&[Reply], String> {
+        match self {
+            Reply::Array(a) => Ok(a),
+            other => Err(format!("expected an array, got {other:?}")),
+        }
+    }
+
+    /// A flat field/value array's value for `field`.
+    fn field(&self, field: &str) -> Result<&Reply, String> {
+        let a = self.array()?;
+        a.chunks(2)
+            .find(|kv| matches!(&kv[0], Reply::Bytes(b) if b == field.as_bytes()))
+            .and_then(|kv| kv.get(1))
+            .ok_or_else(|| format!("reply lacks '{field}'"))
+    }
+}
+
+/// A flat array of strings (LRANGE, SMEMBERS).
+pub fn strings(r: &Reply) -> Result<Vec<Vec<u8>>, String> {
+    r.array()?.iter().map(Reply::bytes).collect()
+}
+
+/// A flat array of pairs (HGETALL, ZRANGE WITHSCORES).
+pub fn pairs(r: &Reply) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+    let flat = strings(r)?;
+    if flat.len() % 2 != 0 {
+        return Err("odd number of elements in a pair list".into());
+    }
+    let mut out = Vec::with_capacity(flat.len() / 2);
+    let mut it = flat.into_iter();
+    while let (Some(a), Some(b)) = (it.next(), it.next()) {
+        out.push((a, b));
+    }
+    Ok(out)
+}
+
+/// Parse `XINFO STREAM <key> FULL COUNT 0`.
+pub fn parse_stream(full: &Reply) -> Result<StreamImage, String> {
+    let mut img = StreamImage {
+        last_id: full.field("last-generated-id")?.bytes()?,
+        max_deleted_id: full.field("max-deleted-entry-id")?.bytes()?,
+        entries_added: full.field("entries-added")?.int()?,
+        ..Default::default()
+    };
+    for e in full.field("entries")?.array()? {
+        let e = e.array()?;
+        let (id, fields) = match e {
+            [id, fields] => (id.bytes()?, strings(fields)?),
+            _ => return Err("malformed stream entry".into()),
+        };
+        img.entries.push((id, fields));
+    }
+    for g in full.field("groups")?.array()? {
+        let entries_read = match g.field("entries-read")? {
+            Reply::Nil => None,
+            r => Some(r.int()?),
+        };
+        let mut group = StreamGroup {
+            name: g.field("name")?.bytes()?,
+            last_delivered_id: g.field("last-delivered-id")?.bytes()?,
+            entries_read,
+            consumers: Vec::new(),
+        };
+        for c in g.field("consumers")?.array()? {
+            let mut consumer = StreamConsumer {
+                name: c.field("name")?.bytes()?,
+                pending: Vec::new(),
+            };
+            for p in c.field("pending")?.array()? {
+                match p.array()? {
+                    [id, time, count] => {
+                        consumer
+                            .pending
+                            .push((id.bytes()?, time.int()?, count.int()?))
+                    }
+                    _ => return Err("malformed pending entry".into()),
+                }
+            }
+            group.consumers.push(consumer);
+        }
+        img.groups.push(group);
+    }
+    Ok(img)
+}
+
+/// A command as its arguments.
+pub type Command = Vec<Vec<u8>>;
+
+/// Elements per rebuilding command, so no single command (or its
+/// propagation to AOF and replicas) grows without bound.
+pub const CHUNK: usize = 512;
+
+/// Name of the scratch group used to create an empty stream.
+const TMP_GROUP: &[u8] = b"\x00bisync-tmp";
+
+fn cmd(parts: &[&[u8]]) -> Command {
+    parts.iter().map(|p| p.to_vec()).collect()
+}
+
+fn with_pairs(head: &[&[u8]], items: &[(Vec<u8>, Vec<u8>)], swap: bool) -> Command {
+    let mut c = cmd(head);
+    for (a, b) in items {
+        if swap {
+            c.push(b.clone());
+            c.push(a.clone());
+        } else {
+            c.push(a.clone());
+            c.push(b.clone());
+        }
+    }
+    c
+}
+
+/// The commands that make `key` hold exactly `value` with `expire_at_ms`.
+/// `Dump` values yield a RESTORE (module types only).
+pub fn rebuild(key: &[u8], value: &Value, expire_at_ms: Option<i64>) -> Vec<Command> {
+    let mut out: Vec<Command> = Vec::new();
+    let at = expire_at_ms.map(|t| t.to_string().into_bytes());
+    match value {
+        Value::String(v) => {
+            let mut c = cmd(&[b"SET", key, v]);
+            if let Some(at) = &at {
+                c.push(b"PXAT".to_vec());
+                c.push(at.clone());
+            }
+            return vec![c];
+        }
+        Value::Dump(p) => {
+            let mut c = cmd(&[
+                b"RESTORE",
+                key,
+                at.as_deref().unwrap_or(b"0"),
+                p,
+                b"REPLACE",
+            ]);
+            if at.is_some() {
+                c.push(b"ABSTTL".to_vec());
+            }
+            return vec![c];
+        }
+        _ => out.push(cmd(&[b"DEL", key])),
+    }
+    match value {
+        Value::Hash(items) => {
+            for ch in items.chunks(CHUNK) {
+                out.push(with_pairs(&[b"HSET", key], ch, false));
+            }
+        }
+        Value::List(items) => {
+            for ch in items.chunks(CHUNK) {
+                let mut c = cmd(&[b"RPUSH", key]);
+                c.extend(ch.iter().cloned());
+                out.push(c);
+            }
+        }
+        Value::Set(items) => {
+            for ch in items.chunks(CHUNK) {
+                let mut c = cmd(&[b"SADD", key]);
+                c.extend(ch.iter().cloned());
+                out.push(c);
+            }
+        }
+        Value::ZSet(items) => {
+            for ch in items.chunks(CHUNK) {
+                out.push(with_pairs(&[b"ZADD", key], ch, true));
+            }
+        }
+        Value::Stream(s) => rebuild_stream(&mut out, key, s),
+        Value::String(_) | Value::Dump(_) => {}
+    }
+    if let Some(at) = at {
+        out.push(cmd(&[b"PEXPIREAT", key, &at]));
+    }
+    out
+}
+
+fn rebuild_stream(out: &mut Vec<Command>, key: &[u8], s: &StreamImage) {
+    out.push(cmd(&[
+        b"XGROUP",
+        b"CREATE",
+        key,
+        TMP_GROUP,
+        b"0",
+        b"MKSTREAM",
+    ]));
+    for (id, fields) in &s.entries {
+        let mut c = cmd(&[b"XADD", key, id]);
+        c.extend(fields.iter().cloned());
+        out.push(c);
+    }
+    let added = s.entries_added.to_string().into_bytes();
+    out.push(cmd(&[
+        b"XSETID",
+        key,
+        &s.last_id,
+        b"ENTRIESADDED",
+        &added,
+        b"MAXDELETEDID",
+        &s.max_deleted_id,
+    ]));
+    out.push(cmd(&[b"XGROUP", b"DESTROY", key, TMP_GROUP]));
+    for g in &s.groups {
+        let mut c = cmd(&[b"XGROUP", b"CREATE", key, &g.name, &g.last_delivered_id]);
+        if let Some(n) = g.entries_read {
+            c.push(b"ENTRIESREAD".to_vec());
+            c.push(n.to_string().into_bytes());
+        }
+        out.push(c);
+        for consumer in &g.consumers {
+            out.push(cmd(&[
+                b"XGROUP",
+                b"CREATECONSUMER",
+                key,
+                &g.name,
+                &consumer.name,
+            ]));
+            for (id, time, count) in &consumer.pending {
+                let t = time.to_string().into_bytes();
+                let n = count.to_string().into_bytes();
+                out.push(cmd(&[
+                    b"XCLAIM",
+                    key,
+                    &g.name,
+                    &consumer.name,
+                    b"0",
+                    id,
+                    b"TIME",
+                    &t,
+                    b"RETRYCOUNT",
+                    &n,
+                    b"FORCE",
+                    b"JUSTID",
+                ]));
+            }
+        }
+    }
+}
+
+/// Approximate bytes of an image (for batch sizing).
+pub fn size_of(value: &Value) -> usize {
+    match value {
+        Value::String(v) | Value::Dump(v) => v.len(),
+        Value::Hash(p) | Value::ZSet(p) => p.iter().map(|(a, b)| a.len() + b.len() + 4).sum(),
+        Value::List(v) | Value::Set(v) => v.iter().map(|x| x.len() + 2).sum(),
+        Value::Stream(s) => {
+            s.entries
+                .iter()
+                .map(|(id, f)| id.len() + f.iter().map(|x| x.len() + 2).sum::<usize>())
+                .sum::<usize>()
+                + 64
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Reply {
+        Reply::Bytes(s.as_bytes().to_vec())
+    }
+
+    fn sample_full() -> Reply {
+        Reply::Array(vec![
+            b("length"),
+            Reply::Int(1),
+            b("last-generated-id"),
+            b("5-0"),
+            b("max-deleted-entry-id"),
+            b("2-0"),
+            b("entries-added"),
+            Reply::Int(3),
+            b("recorded-first-entry-id"),
+            b("5-0"),
+            b("entries"),
+            Reply::Array(vec![Reply::Array(vec![
+                b("5-0"),
+                Reply::Array(vec![b("f"), b("v")]),
+            ])]),
+            b("groups"),
+            Reply::Array(vec![Reply::Array(vec![
+                b("name"),
+                b("g"),
+                b("last-delivered-id"),
+                b("5-0"),
+                b("entries-read"),
+                Reply::Nil,
+                b("consumers"),
+                Reply::Array(vec![Reply::Array(vec![
+                    b("name"),
+                    b("alice"),
+                    b("seen-time"),
+                    Reply::Int(1),
+                    b("pending"),
+                    Reply::Array(vec![Reply::Array(vec![
+                        b("5-0"),
+                        Reply::Int(1700),
+                        Reply::Int(2),
+                    ])]),
+                ])]),
+            ])]),
+        ])
+    }
+
+    #[test]
+    fn parses_xinfo_full() {
+        let s = parse_stream(&sample_full()).unwrap();
+        assert_eq!(s.last_id, b"5-0");
+        assert_eq!(s.entries_added, 3);
+        assert_eq!(
+            s.entries,
+            vec![(b"5-0".to_vec(), vec![b"f".to_vec(), b"v".to_vec()])]
+        );
+        assert_eq!(s.groups[0].entries_read, None);
+        assert_eq!(
+            s.groups[0].consumers[0].pending,
+            vec![(b"5-0".to_vec(), 1700, 2)]
+        );
+    }
+
+    #[test]
+    fn malformed_replies_are_errors_not_panics() {
+        assert!(parse_stream(&Reply::Nil).is_err());
+        assert!(parse_stream(&Reply::Array(vec![b("last-generated-id")])).is_err());
+        assert!(pairs(&Reply::Array(vec![b("a")])).is_err());
+    }
+
+    #[test]
+    fn rebuild_sets_type_then_ttl() {
+        let v = Value::Hash(vec![(b"f".to_vec(), b"v".to_vec())]);
+        let c = rebuild(b"k", &v, Some(123));
+        assert_eq!(c[0], vec![b"DEL".to_vec(), b"k".to_vec()]);
+        assert_eq!(c[1][0], b"HSET");
+        assert_eq!(
+            c.last().unwrap(),
+            &vec![b"PEXPIREAT".to_vec(), b"k".to_vec(), b"123".to_vec()]
+        );
+        let s = rebuild(b"k", &Value::String(b"x".to_vec()), None);
+        assert_eq!(s, vec![vec![b"SET".to_vec(), b"k".to_vec(), b"x".to_vec()]]);
+    }
+
+    #[test]
+    fn large_collections_are_chunked() {
+        let v = Value::Set(
+            (0..(CHUNK * 2 + 1))
+                .map(|i| i.to_string().into_bytes())
+                .collect(),
+        );
+        let c = rebuild(b"k", &v, None);
+        assert_eq!(c.len(), 1 + 3);
+        assert!(c.iter().all(|x| x.len() <= CHUNK + 2));
+    }
+
+    #[test]
+    fn zset_scores_go_before_members() {
+        let c = rebuild(
+            b"z",
+            &Value::ZSet(vec![(b"m".to_vec(), b"1.5".to_vec())]),
+            None,
+        );
+        assert_eq!(
+            c[1],
+            vec![
+                b"ZADD".to_vec(),
+                b"z".to_vec(),
+                b"1.5".to_vec(),
+                b"m".to_vec()
+            ]
+        );
+    }
+
+    #[test]
+    fn stream_rebuild_restores_groups_and_pel() {
+        let s = parse_stream(&sample_full()).unwrap();
+        let c = rebuild(b"s", &Value::Stream(s), None);
+        let names: Vec<String> = c
+            .iter()
+            .map(|x| String::from_utf8_lossy(&x[0]).into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            ["DEL", "XGROUP", "XADD", "XSETID", "XGROUP", "XGROUP", "XGROUP", "XCLAIM"]
+        );
+        assert!(c[7].contains(&b"1700".to_vec()) && c[7].contains(&b"2".to_vec()));
+    }
+}
