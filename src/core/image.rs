@@ -64,8 +64,11 @@ pub fn strings(r: &Reply) -> Result<Vec<Vec<u8>>, String> {
     r.array()?.iter().map(Reply::bytes).collect()
 }
 
+/// Field/value or member/score pairs.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A flat array of pairs (HGETALL, ZRANGE WITHSCORES).
-pub fn pairs(r: &Reply) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+pub fn pairs(r: &Reply) -> Result<Pairs, String> {
     let flat = strings(r)?;
     if flat.len() % 2 != 0 {
         return Err("odd number of elements in a pair list".into());
