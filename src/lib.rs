@@ -50,6 +50,7 @@ mod entry {
         commands: [
             ["sync.status", glue_status, "readonly fast", 0, 0, 0, ""],
             ["sync.wait", glue_wait, "", 0, 0, 0, ""],
+            ["sync.pair", glue_pair, "admin", 0, 0, 0, ""],
         ],
     }
 
@@ -76,6 +77,17 @@ mod entry {
             "SYNC.STATUS",
             Err(redis_module::RedisError::Str("ERR internal error")),
             || glue::commands::sync_status(ctx, args),
+        )
+    }
+
+    fn glue_pair(
+        ctx: &redis_module::Context,
+        args: Vec<redis_module::RedisString>,
+    ) -> redis_module::RedisResult {
+        glue::guard::guarded(
+            "SYNC.PAIR",
+            Err(redis_module::RedisError::Str("ERR internal error")),
+            || glue::commands::sync_pair(ctx, args),
         )
     }
 

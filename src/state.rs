@@ -78,6 +78,19 @@ pub struct Shared {
     max_clock_skew_ms: AtomicU64,
     apply_budget: AtomicU64,
     ship_evictions: AtomicBool,
+    /// Not synced with the peer since this process started (see `core::pairing`).
+    pub fresh: AtomicBool,
+    /// The main loop has run once (the dataset is loaded and counted).
+    pub ready: AtomicBool,
+    /// The dataset holds no keys (refreshed by the main thread).
+    pub dataset_empty: AtomicBool,
+    /// The operator chose this node's data to win a first contact.
+    pub force_source: AtomicBool,
+    /// The link asks the main thread to drop this node's queued writes: it
+    /// is about to take the peer's dataset.
+    pub target_reset_requested: AtomicBool,
+    /// The link asks the main thread to start a full resync as the source.
+    pub full_sync_requested: AtomicBool,
     /// The main thread asks the link to end the current session.
     pub drop_session: AtomicBool,
     /// Set by the main loop when it has been woken and not yet run.
@@ -121,6 +134,12 @@ impl Shared {
             wake,
             peer_node_id: Mutex::new(String::new()),
             drop_session: AtomicBool::new(false),
+            fresh: AtomicBool::new(true),
+            ready: AtomicBool::new(false),
+            dataset_empty: AtomicBool::new(false),
+            force_source: AtomicBool::new(false),
+            full_sync_requested: AtomicBool::new(false),
+            target_reset_requested: AtomicBool::new(false),
             wake_pending: AtomicBool::new(false),
         }
     }

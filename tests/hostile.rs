@@ -60,6 +60,10 @@ impl FakePeer {
             resume: None,
             nonce: nonce.to_vec(),
             auth: secret.is_some(),
+            // A fresh, empty node: the real node becomes its full-resync source.
+            fresh: true,
+            empty: true,
+            source: false,
         };
         let mut w = &s;
         w.write_all(&codec::encode(&Frame::Hello(hello)).expect("encode"))

@@ -48,7 +48,11 @@ pub enum Action<'a> {
         survivors: Vec<Vec<u8>>,
     },
     /// A newer local write wins: count it in `conflicts_lost`.
-    Lost,
+    Lost(&'a Entry),
+    /// A full resync from the peer starts.
+    FullSyncBegin,
+    /// The peer's full resync has sent every key.
+    FullSyncEnd,
 }
 
 /// Plan every entry of a remote batch from `origin` against the local table.
@@ -62,9 +66,11 @@ pub fn plan_batch<'a>(
         .entries
         .iter()
         .map(|e| match &e.op {
+            Op::FullSyncBegin => Action::FullSyncBegin,
+            Op::FullSyncEnd => Action::FullSyncEnd,
             Op::FlushDb => {
                 if table.flush_covers(e.db, e.stamp, origin, local) {
-                    Action::Lost
+                    Action::Lost(e)
                 } else {
                     Action::Flush {
                         db: e.db,
@@ -75,7 +81,7 @@ pub fn plan_batch<'a>(
             Op::Set { key, .. } | Op::Delete { key } => {
                 match table.decide_key(e.db, key, e.stamp, origin, local) {
                     Decision::Apply => Action::Write(e),
-                    Decision::LocalWins => Action::Lost,
+                    Decision::LocalWins => Action::Lost(e),
                 }
             }
         })
@@ -135,7 +141,7 @@ mod tests {
             ],
         };
         let plan = plan_batch(&t, &b, "b", "a");
-        assert_eq!(plan[0], Action::Lost);
+        assert_eq!(plan[0], Action::Lost(&b.entries[0]));
         assert!(matches!(plan[1], Action::Write(_)));
         assert!(matches!(plan[2], Action::Write(_)));
         assert_eq!(

@@ -8,6 +8,7 @@ pub mod dirty;
 pub mod hlc;
 pub mod image;
 pub mod outbox;
+pub mod pairing;
 pub mod pending;
 pub mod protocol;
 pub mod stats;

@@ -80,6 +80,15 @@ impl Outbox {
         self.dropped_upto = self.dropped_upto.max(self.last_seq.saturating_sub(1));
     }
 
+    /// Forget every queued batch and ack (a node that becomes the target of
+    /// a full resync: its earlier writes are superseded by the source's data).
+    pub fn discard_all(&mut self) {
+        self.first_index = self.end_index();
+        self.items.clear();
+        self.batch_bytes = 0;
+        self.dropped_upto = self.last_seq;
+    }
+
     /// The latest resync batch (seq, log index), if any is newer than `after_seq`.
     pub fn resync_after(&self, after_seq: u64) -> Option<(u64, u64)> {
         self.resync_mark.filter(|(seq, _)| *seq > after_seq)
@@ -283,6 +292,18 @@ mod tests {
         o.push_batch(1, b(10), 1);
         o.acknowledge(1);
         assert!(!o.push_batch(2, b(10), 1));
+    }
+
+    #[test]
+    fn discard_all_empties_and_forbids_partial() {
+        let mut o = Outbox::new(1000);
+        o.push_batch(1, b(10), 1);
+        o.push_batch(2, b(10), 1);
+        o.discard_all();
+        assert_eq!(o.backlog_bytes(), 0);
+        assert_eq!(o.plan_resume(0), ResumePlan::NeedResync);
+        let (items, _) = o.items_from(0);
+        assert!(items.is_empty());
     }
 
     #[test]

@@ -74,6 +74,11 @@ impl PendingWrites {
         self.flushes.insert(db, PendingEntry { stamp, seq });
     }
 
+    /// The key's own pending entry stamp (not its db's flush).
+    pub fn key_stamp(&self, db: u32, key: &[u8]) -> Option<Stamp> {
+        self.keys.get(&(db, key.to_vec())).map(|e| e.stamp)
+    }
+
     /// The newest pending local write covering this key: its own entry or a
     /// pending flush of its db.
     pub fn local_stamp(&self, db: u32, key: &[u8]) -> Option<Stamp> {

@@ -102,6 +102,11 @@ pub enum Op {
     },
     /// Every key of the db older than this entry is gone (FLUSHDB/FLUSHALL).
     FlushDb,
+    /// A full resync starts: the receiver takes the sender's dataset.
+    FullSyncBegin,
+    /// The full resync sent every key: the receiver deletes the keys the
+    /// sender did not send, except its own un-acknowledged writes.
+    FullSyncEnd,
 }
 
 /// One change inside a batch.
@@ -156,6 +161,12 @@ pub struct Hello {
     pub nonce: Vec<u8>,
     /// The sender requires the shared-secret proof and authenticated frames.
     pub auth: bool,
+    /// The sender has not synced with its peer since it started.
+    pub fresh: bool,
+    /// The sender holds no keys.
+    pub empty: bool,
+    /// The operator chose the sender's data to win a first contact.
+    pub source: bool,
 }
 
 /// A frame on an established link.

@@ -13,6 +13,7 @@ use redis_module::{CallOptions, CallOptionsBuilder, CallReply, CallResult, Conte
 use super::capture::APPLYING;
 use super::ffi;
 use super::flush::read_image;
+use super::fullsync;
 use super::node::with_node;
 use crate::core::decide::{check_seq, plan_batch, Action, SeqCheck};
 use crate::core::hlc::wall_ms;
@@ -99,6 +100,15 @@ fn flush_keeping(ctx: &Context, db: u32, survivors: &[Vec<u8>]) -> Result<(), St
     Ok(())
 }
 
+/// During a full resync, remember the keys the source has.
+fn note_received(entry: &crate::core::protocol::Entry) {
+    if let Op::Set { key, .. } = &entry.op {
+        if fullsync::target_receiving() {
+            fullsync::target_received(entry.db, key);
+        }
+    }
+}
+
 /// Apply one batch. Returns the number of entries applied, or an error that
 /// must end the session.
 fn apply_batch(
@@ -127,7 +137,12 @@ fn apply_batch(
     let mut lost = 0u64;
     for action in plan {
         match action {
-            Action::Lost => lost += 1,
+            Action::Lost(entry) => {
+                lost += 1;
+                note_received(entry);
+            }
+            Action::FullSyncBegin => fullsync::target_begin(),
+            Action::FullSyncEnd => fullsync::target_end(),
             Action::Flush { db, survivors } => {
                 flush_keeping(ctx, db, &survivors)?;
                 applied += 1;
@@ -143,8 +158,9 @@ fn apply_batch(
                         expire_at_ms,
                     } => write_image(ctx, key, value, *expire_at_ms)?,
                     Op::Delete { key } => run(ctx, "DEL", &[key])?,
-                    Op::FlushDb => {}
+                    _ => {}
                 }
+                note_received(entry);
                 applied += 1;
             }
         }

@@ -110,6 +110,28 @@ pub fn sync_status(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     Ok(RedisValue::OrderedMap(map))
 }
 
+/// `SYNC.PAIR SOURCE`: at the next first contact, this node's data wins
+/// (the peer's dataset is replaced by a full resync from this node).
+pub fn sync_pair(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    if args.len() != 2 {
+        return Err(RedisError::WrongArity);
+    }
+    let shared = Shared::get().ok_or(RedisError::Str("ERR bisync is not initialised"))?;
+    if !args[1].to_string_lossy().eq_ignore_ascii_case("source") {
+        return Err(RedisError::Str("ERR syntax: SYNC.PAIR SOURCE"));
+    }
+    if !shared.fresh.load(Ordering::Relaxed) {
+        return Err(RedisError::Str(
+            "ERR this node is already paired; a restarted peer resyncs from it by itself",
+        ));
+    }
+    shared.force_source.store(true, Ordering::Relaxed);
+    crate::log::notice(
+        "SYNC.PAIR SOURCE: this node's data will replace the peer's at first contact",
+    );
+    Ok(RedisValue::SimpleStringStatic("OK"))
+}
+
 /// `INFO bisync`: the same fields.
 pub fn info(ctx: &InfoContext, _for_crash_report: bool) {
     let Some(shared) = Shared::get() else { return };

@@ -15,7 +15,9 @@ use super::apply::apply_inbound;
 use super::capture::AFTER_FLUSH_POINT;
 use super::flush::{build_dirty_key_resync, flush};
 use super::guard::guarded;
+use super::node::with_node;
 use super::waiters;
+use super::{ffi, fullsync};
 use crate::log;
 use crate::state::Shared;
 
@@ -41,18 +43,51 @@ pub unsafe extern "C" fn on_event_loop(
         let ctx = Context::new(ctx);
         shared.wake_pending.store(false, Ordering::Release);
         flush(&ctx);
-        if shared.resync_requested.swap(false, Ordering::AcqRel) {
+        if shared.target_reset_requested.swap(false, Ordering::AcqRel) {
+            // Writes made before the full resync began lose to the source's data.
+            shared.resync_requested.store(false, Ordering::Release);
+            with_node(|n| n.pending.clear());
+            shared.outbox().discard_all();
+            build_dirty_key_resync(&ctx);
+        }
+        if shared.full_sync_requested.swap(false, Ordering::AcqRel) {
+            shared.resync_requested.store(false, Ordering::Release);
+            fullsync::start_source(shared);
+        } else if shared.resync_requested.swap(false, Ordering::AcqRel) {
             if let Some(seq) = build_dirty_key_resync(&ctx) {
                 log::notice(&format!("dirty-key resync prepared as batch {seq}"));
             }
         }
-        let more = apply_inbound(&ctx);
+        let mut more = fullsync::source_step(&ctx, shared);
+        more |= apply_inbound(&ctx);
+        more |= fullsync::target_step(&ctx, shared);
+        refresh_empty(&ctx, shared);
+        shared.ready.store(true, Ordering::Release);
         waiters::release_ready(&ctx, shared);
         AFTER_FLUSH_POINT.store(true, Ordering::Relaxed);
         if more {
             shared.wake_main();
         }
     })
+}
+
+/// Keep `dataset_empty` current for the next handshake (a cheap count).
+fn refresh_empty(ctx: &Context, shared: &Shared) {
+    if shared.stats.link() == crate::core::stats::LinkState::Up
+        && !shared.fresh.load(Ordering::Relaxed)
+    {
+        return;
+    }
+    let saved = ffi::selected_db(ctx);
+    let mut empty = true;
+    for db in 0..shared.databases {
+        if ffi::select_db(ctx, db as i32) && ffi::db_size(ctx) > 0 {
+            empty = false;
+            break;
+        }
+    }
+    ffi::select_db(ctx, saved);
+    shared.dataset_empty.store(empty, Ordering::Relaxed);
 }
 
 /// Role change: a replica keeps the module passive; a promoted replica takes over.

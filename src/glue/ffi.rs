@@ -129,6 +129,12 @@ pub fn select_db(ctx: &Context, db: i32) -> bool {
     }
 }
 
+/// Number of keys in the context's selected db.
+pub fn db_size(ctx: &Context) -> u64 {
+    // SAFETY: reads the selected db's size only.
+    unsafe { raw::RedisModule_DbSize.map(|f| f(ctx.ctx)).unwrap_or(0) }
+}
+
 /// The context flags (LOADING, SLAVE, CLUSTER, ...).
 pub fn context_flags(ctx: &Context) -> u32 {
     // SAFETY: reads server state only.

@@ -143,48 +143,78 @@ pub fn flush(ctx: &Context) -> usize {
     if ops.is_empty() {
         return 0;
     }
-    enqueue_batch(shared, ops, None)
+    if super::fullsync::target_receiving() {
+        // Our own writes during a full resync are not the sweep's to delete.
+        for (db, op) in &ops {
+            if let Op::Set { key, .. } = op {
+                super::fullsync::target_received(*db, key);
+            }
+        }
+    }
+    enqueue_batch(shared, ops, Stamping::Fresh)
 }
 
-/// Stamp `ops` (fresh stamps, or the recorded ones for a resync), record
-/// them in the table and put the batch in the outgoing FIFO.
-pub fn enqueue_batch(
-    shared: &Arc<Shared>,
-    ops: Vec<(u32, Op)>,
-    recorded: Option<Vec<Stamp>>,
-) -> usize {
+/// How the entries of a batch get their order stamps.
+pub enum Stamping {
+    /// New local changes: one fresh clock stamp, recorded in the table.
+    Fresh,
+    /// A dirty-key resync: the stamps recorded in the table (DESIGN §3
+    /// rule 2), re-recorded under the new batch.
+    Recorded(Vec<Stamp>),
+    /// A full-resync chunk: the recorded stamp for keys still pending, the
+    /// oldest possible stamp for the rest (any un-acknowledged write of the
+    /// receiver wins over them); only pending keys are re-recorded.
+    FullSync {
+        /// Mark the batch as the start of a resync (the receiver accepts the gap).
+        first: bool,
+    },
+}
+
+/// Stamp `ops`, record them in the table as the mode says, and put the
+/// batch in the outgoing FIFO. Returns the number of entries.
+pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stamping) -> usize {
     let n = ops.len();
     let mut outbox = shared.outbox();
     let seq = outbox.next_seq();
-    let overflow = with_node(|node| {
+    let resync = matches!(
+        stamping,
+        Stamping::Recorded(_) | Stamping::FullSync { first: true }
+    );
+    let (entries, table_over) = with_node(|node| {
         let hlc = node.hlc.now(wall_ms());
         let mut entries = Vec::with_capacity(n);
         for (i, (db, op)) in ops.into_iter().enumerate() {
-            let stamp = match &recorded {
-                Some(st) => st.get(i).copied().unwrap_or(Stamp {
-                    hlc,
-                    index: i as u32,
-                }),
-                None => Stamp {
-                    hlc,
-                    index: i as u32,
-                },
+            let index = i as u32;
+            let key = match &op {
+                Op::Set { key, .. } | Op::Delete { key } => Some(key),
+                _ => None,
             };
-            match &op {
-                Op::FlushDb => node.pending.record_flush(db, stamp, seq),
-                Op::Set { key, .. } | Op::Delete { key } => {
-                    node.pending.record_key((db, key.clone()), stamp, seq)
+            let stamp = match &stamping {
+                Stamping::Fresh => Stamp { hlc, index },
+                Stamping::Recorded(st) => st.get(i).copied().unwrap_or(Stamp { hlc, index }),
+                Stamping::FullSync { .. } => key
+                    .and_then(|k| node.pending.key_stamp(db, k))
+                    .unwrap_or(Stamp { hlc: 0, index }),
+            };
+            match (&stamping, &op, key) {
+                (Stamping::FullSync { .. }, _, Some(k)) => {
+                    if node.pending.key_stamp(db, k).is_some() {
+                        node.pending.record_key((db, k.clone()), stamp, seq);
+                    }
                 }
+                (Stamping::FullSync { .. }, _, None) => {}
+                (_, Op::FlushDb, _) => node.pending.record_flush(db, stamp, seq),
+                (_, _, Some(k)) => node.pending.record_key((db, k.clone()), stamp, seq),
+                (_, _, None) => {}
             }
             entries.push(Entry { db, stamp, op });
         }
         let over = node.pending.len() as u64 > shared.max_pending_keys();
         (entries, over)
     });
-    let (entries, table_over) = overflow;
     let frame = Frame::Batch(Batch {
         seq,
-        resync: recorded.is_some(),
+        resync,
         entries,
     });
     let bytes = match codec::encode(&frame) {
@@ -196,19 +226,19 @@ pub fn enqueue_batch(
         }
     };
     let dropped = outbox.push_batch(seq, Arc::new(bytes), n as u32);
-    if recorded.is_some() {
+    if resync {
         outbox.mark_last_as_resync();
     }
     drop(outbox);
     if dropped && !shared.resync_requested.swap(true, Ordering::Relaxed) {
-        log::warning(
-            "backlog-size exceeded while the peer had not acknowledged: the peer will be resynced",
-        );
+        log::warning("backlog-size exceeded before the peer acknowledged: resyncing the peer");
         shared.set_error("backlog overflow: resync needed");
+        shared.request_drop_session();
     }
     if table_over && !shared.table_overflowed.swap(true, Ordering::Relaxed) {
-        log::warning("max-pending-keys exceeded: the pair needs a full resync");
+        log::warning("max-pending-keys exceeded: the peer will get a full resync");
         shared.set_error("pending-keys table overflow: full resync needed");
+        shared.request_drop_session();
     }
     Stats::add(&shared.stats.ops_captured, n as u64);
     shared.outbox_cv.notify_all();
@@ -246,6 +276,6 @@ pub fn build_dirty_key_resync(ctx: &Context) -> Option<u64> {
     }
     ffi::select_db(ctx, saved_db);
     let seq = shared.outbox().next_seq();
-    enqueue_batch(shared, ops, Some(stamps));
+    enqueue_batch(shared, ops, Stamping::Recorded(stamps));
     Some(seq)
 }

@@ -8,6 +8,7 @@ pub mod configs;
 pub mod events;
 pub mod ffi;
 pub mod flush;
+pub mod fullsync;
 pub mod guard;
 pub mod load;
 pub mod node;

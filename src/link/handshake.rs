@@ -82,6 +82,9 @@ mod tests {
             resume: None,
             nonce: vec![1; 32],
             auth: false,
+            fresh: false,
+            empty: false,
+            source: false,
         }
     }
 

@@ -13,6 +13,7 @@ use super::handshake::{check_hello, keep_new_connection, peer_position, PRE_AUTH
 use crate::core::auth::{self, SessionKeys};
 use crate::core::codec::{self, CodecError};
 use crate::core::outbox::{Item, ResumePlan};
+use crate::core::pairing::{decide, PairInfo, Role};
 use crate::core::protocol::{Frame, Hello, Resume, PROTOCOL_VERSION};
 use crate::core::stats::{LinkState, Stats};
 use crate::log;
@@ -73,11 +74,29 @@ fn our_hello(shared: &Shared, nonce: &[u8]) -> Hello {
         }),
         nonce: nonce.to_vec(),
         auth: shared.config.secret.is_some(),
+        fresh: shared.fresh.load(Ordering::Relaxed),
+        empty: shared.dataset_empty.load(Ordering::Relaxed),
+        source: shared.force_source.load(Ordering::Relaxed),
+    }
+}
+
+fn pair_info(shared: &Shared, h: &Hello, peer: &Hello, peer_stream_recorded: u64) -> PairInfo {
+    let _ = shared;
+    PairInfo {
+        fresh: h.fresh,
+        empty: h.empty,
+        source: h.source,
+        knows_peer: peer_stream_recorded != 0 && peer_stream_recorded == peer.stream_id,
     }
 }
 
 fn fail(shared: &Shared, msg: String) {
-    log::warning(&msg);
+    // A condition that repeats on every retry is logged once at warning level.
+    if shared.last_error() == msg {
+        log::verbose(&msg);
+    } else {
+        log::warning(&msg);
+    }
     shared.set_error(msg);
     Stats::add(&shared.stats.link_errors, 1);
 }
@@ -97,6 +116,7 @@ fn send(
 /// What a completed handshake hands to the session.
 struct Handshaken {
     theirs: Hello,
+    role: Role,
     gen: u64,
     /// (writer keys, reader keys) when the link is authenticated.
     keys: Option<(SessionKeys, SessionKeys)>,
@@ -129,7 +149,7 @@ pub fn run(
 }
 
 fn handshake(shared: &Arc<Shared>, stream: &TcpStream, dir: Direction) -> Option<Handshaken> {
-    if shared.passive.load(Ordering::Relaxed) {
+    if shared.passive.load(Ordering::Relaxed) || !shared.ready.load(Ordering::Acquire) {
         return None;
     }
     let peer_addr = stream
@@ -253,6 +273,34 @@ fn handshake(shared: &Arc<Shared>, stream: &TcpStream, dir: Direction) -> Option
         };
         keys = Some((derive(), derive()));
     }
+    // Who syncs whom (both sides reach complementary answers).
+    let mine = pair_info(
+        shared,
+        &ours,
+        &theirs,
+        shared.peer_stream_id.load(Ordering::Relaxed),
+    );
+    let their_info = pair_info(
+        shared,
+        &theirs,
+        &ours,
+        theirs.resume.map(|r| r.stream_id).unwrap_or(0),
+    );
+    let role = decide(mine, their_info, ours.node_id < theirs.node_id);
+    if let Role::Refuse(why) = &role {
+        let _ = send(
+            &mut w,
+            shared,
+            &Frame::Refuse(why.clone()),
+            keys.as_mut()
+                .map(|k: &mut (SessionKeys, SessionKeys)| &mut k.0),
+        );
+        fail(
+            shared,
+            format!("not pairing with {}: {why}", theirs.node_id),
+        );
+        return None;
+    }
     let dialer = match dir {
         Direction::Dialed => ours.node_id.clone(),
         Direction::Accepted => theirs.node_id.clone(),
@@ -286,7 +334,12 @@ fn handshake(shared: &Arc<Shared>, stream: &TcpStream, dir: Direction) -> Option
             stream: clone,
         });
     }
-    Some(Handshaken { theirs, gen, keys })
+    Some(Handshaken {
+        theirs,
+        role,
+        gen,
+        keys,
+    })
 }
 
 fn sanitize(s: &str) -> String {
@@ -329,7 +382,12 @@ impl std::io::Read for DeadlineReader<'_> {
 }
 
 fn session(shared: &Arc<Shared>, stream: TcpStream, done: Handshaken) {
-    let Handshaken { theirs, gen, keys } = done;
+    let Handshaken {
+        theirs,
+        role,
+        gen,
+        keys,
+    } = done;
     let (mut wkeys, rkeys) = match keys {
         Some((w, r)) => (Some(w), Some(r)),
         None => (None, None),
@@ -367,7 +425,7 @@ fn session(shared: &Arc<Shared>, stream: TcpStream, done: Handshaken) {
     }
     shared.stats.set_link(LinkState::Up);
     log::notice(&format!("link up with peer {peer}"));
-    if let Err(e) = write_loop(shared, &stream, &theirs, &alive, gen, wkeys.as_mut()) {
+    if let Err(e) = write_loop(shared, &stream, &theirs, &role, &alive, gen, wkeys.as_mut()) {
         if alive.load(Ordering::Relaxed) && is_current(gen) {
             fail(shared, format!("link to {peer} lost while writing: {e}"));
         }
@@ -393,6 +451,7 @@ fn write_loop(
     shared: &Arc<Shared>,
     stream: &TcpStream,
     theirs: &Hello,
+    role: &Role,
     alive: &AtomicBool,
     gen: u64,
     mut keys: Option<&mut SessionKeys>,
@@ -404,7 +463,13 @@ fn write_loop(
     let mut cursor;
     let needs_resync =
         plan == ResumePlan::NeedResync || shared.resync_requested.load(Ordering::Relaxed);
-    if !needs_resync {
+    let full =
+        *role == Role::Source || (needs_resync && shared.table_overflowed.load(Ordering::Relaxed));
+    if *role != Role::Target {
+        // From now on this node's data is authoritative toward the peer.
+        shared.fresh.store(false, Ordering::Relaxed);
+    }
+    if !needs_resync && !full && *role != Role::Target {
         let (batches, ack, end) = {
             let o = shared.outbox();
             (o.batches_after(peer_pos), o.applied_seq(), o.end_index())
@@ -423,17 +488,28 @@ fn write_loop(
         w.flush()?;
         cursor = end;
     } else {
-        if shared.table_overflowed.load(Ordering::Relaxed) {
-            let msg = "the un-acknowledged writes table overflowed: a full resync is needed, which this version does not implement; re-seed one side".to_string();
-            fail(shared, msg);
+        let after = shared.outbox().last_seq();
+        if *role == Role::Target {
+            log::notice(&format!(
+                "taking the dataset of peer {} (full resync)",
+                theirs.node_id
+            ));
+            shared.target_reset_requested.store(true, Ordering::Relaxed);
+        } else if full {
+            log::notice(&format!("full resync of peer {} requested", theirs.node_id));
+            shared.full_sync_requested.store(true, Ordering::Relaxed);
+        } else {
+            log::notice(&format!(
+                "dirty-key resync: peer at seq {peer_pos} cannot be served from the backlog"
+            ));
+            Stats::add(&shared.stats.dirty_key_syncs, 1);
+            shared.resync_requested.store(true, Ordering::Relaxed);
         }
-        Stats::add(&shared.stats.dirty_key_syncs, 1);
-        shared.resync_requested.store(true, Ordering::Relaxed);
         shared.wake_main();
-        // Wait for the main thread to re-image the pending keys.
+        // Wait for the main thread to put the resync's first batch in the FIFO.
         let mut o = shared.outbox();
         loop {
-            if let Some((_, index)) = o.resync_after(peer_pos) {
+            if let Some((_, index)) = o.resync_after(after.max(peer_pos)) {
                 cursor = index;
                 break;
             }
@@ -448,9 +524,6 @@ fn write_loop(
         }
         let ack = o.applied_seq();
         drop(o);
-        log::notice(&format!(
-            "dirty-key resync: peer at seq {peer_pos} cannot be served from the backlog"
-        ));
         send(&mut w, shared, &Frame::Ack(ack), keys.as_deref_mut())?;
         w.flush()?;
     }

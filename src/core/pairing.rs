@@ -1,0 +1,149 @@
+//! Who syncs whom when two nodes connect.
+//!
+//! Why pure and symmetric: both nodes evaluate this on the same two hellos
+//! and must reach complementary answers (one source, one target; or both
+//! streaming; or both refusing), or data would flow both ways at once.
+//! A node is *fresh* until it has synced with its peer since it started:
+//! a restarted node is fresh (its dataset may be stale), so the survivor
+//! becomes the source of an authoritative full resync and the restarted
+//! node never pushes old values or deleted keys back.
+
+/// What one side knows about itself when it says hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PairInfo {
+    /// Has not synced with the peer since this process started.
+    pub fresh: bool,
+    /// Holds no keys.
+    pub empty: bool,
+    /// The operator chose this node's data to win a first contact.
+    pub source: bool,
+    /// Its recorded position refers to the other side's current stream.
+    pub knows_peer: bool,
+}
+
+/// This node's part in the sync that starts now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Both histories are intact: resume the streams (partial or dirty-key).
+    Stream,
+    /// Send the whole dataset; the peer takes it.
+    Source,
+    /// Receive the whole dataset from the peer.
+    Target,
+    /// Do not pair; the text says what the operator must do.
+    Refuse(String),
+}
+
+/// Decide this node's role from its own and the peer's hello.
+/// `me_first` says whether this node's id sorts before the peer's (the
+/// tie-break when nothing else decides).
+pub fn decide(me: PairInfo, them: PairInfo, me_first: bool) -> Role {
+    match (me.fresh, them.fresh) {
+        (false, false) => match (me.knows_peer, them.knows_peer) {
+            (true, true) => Role::Stream,
+            // One side's record of the other was replaced (another node
+            // spoke to it in between): the side whose record is intact
+            // is the source.
+            (false, true) => Role::Target,
+            (true, false) => Role::Source,
+            (false, false) => {
+                if me_first {
+                    Role::Source
+                } else {
+                    Role::Target
+                }
+            }
+        },
+        (false, true) => Role::Source,
+        (true, false) => Role::Target,
+        (true, true) => match (me.source, them.source) {
+            (true, true) => Role::Refuse("both nodes were chosen as the source: choose one".into()),
+            (true, false) => Role::Source,
+            (false, true) => Role::Target,
+            (false, false) => match (me.empty, them.empty) {
+                (true, true) => Role::Stream,
+                (false, true) => Role::Source,
+                (true, false) => Role::Target,
+                (false, false) => Role::Refuse(
+                    "both nodes hold data and have never synced: run SYNC.PAIR SOURCE on the node whose data should win (the other node's data is replaced)".into(),
+                ),
+            },
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Vec<PairInfo> {
+        let mut v = Vec::new();
+        for bits in 0..16u8 {
+            v.push(PairInfo {
+                fresh: bits & 1 != 0,
+                empty: bits & 2 != 0,
+                source: bits & 4 != 0,
+                knows_peer: bits & 8 != 0,
+            });
+        }
+        v
+    }
+
+    #[test]
+    fn both_sides_always_agree() {
+        for a in all() {
+            for b in all() {
+                let (ra, rb) = (decide(a, b, true), decide(b, a, false));
+                let ok = matches!(
+                    (&ra, &rb),
+                    (Role::Stream, Role::Stream)
+                        | (Role::Source, Role::Target)
+                        | (Role::Target, Role::Source)
+                        | (Role::Refuse(_), Role::Refuse(_))
+                );
+                assert!(ok, "{a:?} / {b:?} -> {ra:?} / {rb:?}");
+            }
+        }
+    }
+
+    fn info(fresh: bool, empty: bool) -> PairInfo {
+        PairInfo {
+            fresh,
+            empty,
+            source: false,
+            knows_peer: !fresh,
+        }
+    }
+
+    #[test]
+    fn survivor_is_the_source_of_a_restarted_node() {
+        assert_eq!(
+            decide(info(false, false), info(true, false), true),
+            Role::Source
+        );
+        assert_eq!(
+            decide(info(true, false), info(false, false), true),
+            Role::Target
+        );
+    }
+
+    #[test]
+    fn first_contact_rules() {
+        assert_eq!(
+            decide(info(true, true), info(true, true), true),
+            Role::Stream
+        );
+        assert_eq!(
+            decide(info(true, false), info(true, true), false),
+            Role::Source
+        );
+        assert!(
+            matches!(decide(info(true, false), info(true, false), true), Role::Refuse(m) if m.contains("SYNC.PAIR SOURCE"))
+        );
+        let chosen = PairInfo {
+            source: true,
+            ..info(true, false)
+        };
+        assert_eq!(decide(chosen, info(true, false), false), Role::Source);
+    }
+}

@@ -1,0 +1,284 @@
+//! Authoritative full resync, both ends.
+//!
+//! Why in chunks from before-sleep: the source streams its dataset by SCAN
+//! a bounded number of keys per event-loop iteration, while clients keep
+//! writing (their changes travel as normal batches in the same FIFO, so the
+//! target sees them after the chunk that held the older image); it pauses
+//! while the backlog is more than half full. The target remembers which
+//! keys the source sent and, once the source says it is done, deletes the
+//! keys the source does not have — except its own un-acknowledged writes.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+
+use redis_module::Context;
+
+use super::capture::APPLYING;
+use super::ffi;
+use super::flush::{enqueue_batch, read_image, to_reply, Stamping};
+use super::node::with_node;
+use crate::core::image::{self, Reply};
+use crate::core::protocol::Op;
+use crate::core::stats::Stats;
+use crate::log;
+use crate::state::Shared;
+
+/// Keys per SCAN step.
+const SCAN_COUNT: &str = "256";
+
+#[derive(Default)]
+struct Source {
+    active: bool,
+    first: bool,
+    db: u32,
+    cursor: Vec<u8>,
+    keys_sent: u64,
+}
+
+/// Keys the full-resync source is known to have.
+type KeySet = HashSet<(u32, Vec<u8>)>;
+
+#[derive(Default)]
+struct Target {
+    /// Receiving a full resync: keys the source sent so far.
+    receiving: Option<KeySet>,
+    /// Sweeping after the source finished: (received keys, db, cursor).
+    sweeping: Option<(KeySet, u32, Vec<u8>)>,
+    deleted: u64,
+}
+
+static SOURCE: Mutex<Option<Source>> = Mutex::new(None);
+static TARGET: Mutex<Option<Target>> = Mutex::new(None);
+
+fn source<T>(f: impl FnOnce(&mut Source) -> T) -> T {
+    let mut g = SOURCE.lock().unwrap_or_else(|p| p.into_inner());
+    f(g.get_or_insert_with(Source::default))
+}
+
+fn target<T>(f: impl FnOnce(&mut Target) -> T) -> T {
+    let mut g = TARGET.lock().unwrap_or_else(|p| p.into_inner());
+    f(g.get_or_insert_with(Target::default))
+}
+
+fn scan(ctx: &Context, db: u32, cursor: &[u8]) -> Result<(Vec<u8>, Vec<Vec<u8>>), String> {
+    if !ffi::select_db(ctx, db as i32) {
+        return Err(format!("db {db} does not exist"));
+    }
+    let reply = ctx.call_ext::<_, redis_module::CallResult>(
+        "SCAN",
+        &redis_module::CallOptionsBuilder::new()
+            .errors_as_replies()
+            .build(),
+        &[cursor, b"COUNT", SCAN_COUNT.as_bytes()] as &[&[u8]],
+    );
+    match to_reply(&reply) {
+        Reply::Array(parts) if parts.len() == 2 => {
+            let next = match &parts[0] {
+                Reply::Bytes(b) => b.clone(),
+                _ => return Err("SCAN: bad cursor".into()),
+            };
+            Ok((next, image::strings(&parts[1])?))
+        }
+        other => Err(format!("SCAN: unexpected reply {other:?}")),
+    }
+}
+
+/// Begin sending the whole dataset (called on the main thread when the link asks).
+pub fn start_source(shared: &Shared) {
+    if shared.table_overflowed.swap(false, Ordering::Relaxed) {
+        // The table is incomplete: drop it; the full resync carries everything.
+        with_node(|n| n.pending.clear());
+    }
+    source(|s| {
+        *s = Source {
+            active: true,
+            first: true,
+            db: 0,
+            cursor: b"0".to_vec(),
+            keys_sent: 0,
+        }
+    });
+    log::notice("full resync: sending the whole dataset to the peer");
+}
+
+/// One bounded step of the source's scan. Returns true while active.
+pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
+    let (active, first) = source(|s| (s.active, s.first));
+    if !active {
+        return false;
+    }
+    // Flow control: leave room in the backlog for the chunks in flight.
+    {
+        let o = shared.outbox();
+        if !first && o.backlog_bytes() as u64 > shared.settings().backlog_size / 2 {
+            return true;
+        }
+    }
+    let saved = ffi::selected_db(ctx);
+    let mut ops: Vec<(u32, Op)> = Vec::new();
+    if first {
+        ops.push((0, Op::FullSyncBegin));
+    }
+    let (db, cursor) = source(|s| (s.db, s.cursor.clone()));
+    let mut done = false;
+    match scan(ctx, db, &cursor) {
+        Ok((next, keys)) => {
+            for key in keys {
+                match read_image(ctx, db, &key) {
+                    Ok(Some((value, expire_at_ms))) => ops.push((
+                        db,
+                        Op::Set {
+                            key,
+                            value,
+                            expire_at_ms,
+                        },
+                    )),
+                    Ok(None) => {}
+                    Err(e) => log::warning(&format!("full resync: cannot read a key: {e}")),
+                }
+            }
+            source(|s| {
+                if next == b"0" {
+                    s.db += 1;
+                    s.cursor = b"0".to_vec();
+                    if s.db >= shared.databases {
+                        done = true;
+                    }
+                } else {
+                    s.cursor = next;
+                }
+            });
+        }
+        Err(e) => {
+            log::warning(&format!("full resync scan failed: {e}"));
+            done = true;
+        }
+    }
+    ffi::select_db(ctx, saved);
+    if done {
+        ops.push((0, Op::FullSyncEnd));
+    }
+    let n = ops.len() as u64;
+    enqueue_batch(shared, ops, Stamping::FullSync { first });
+    source(|s| {
+        s.first = false;
+        s.keys_sent += n;
+        if done {
+            s.active = false;
+            log::notice(&format!("full resync: sent {} keys", s.keys_sent));
+        }
+    });
+    Stats::add(&shared.stats.ops_captured, 0);
+    !done
+}
+
+/// The peer starts a full resync to us.
+pub fn target_begin() {
+    target(|t| {
+        t.receiving = Some(HashSet::new());
+        t.sweeping = None;
+        t.deleted = 0;
+    });
+    log::notice("full resync: receiving the peer's dataset");
+}
+
+/// Remember a key the source has (sent in the resync, or written by it
+/// since: the sweep must not delete those either).
+pub fn target_received(db: u32, key: &[u8]) {
+    target(|t| {
+        let set = match (t.receiving.as_mut(), t.sweeping.as_mut()) {
+            (Some(r), _) => Some(r),
+            (None, Some((r, _, _))) => Some(r),
+            (None, None) => None,
+        };
+        if let Some(r) = set {
+            r.insert((db, key.to_vec()));
+        }
+    });
+}
+
+/// Is a full resync being received or swept (so applied keys must be noted)?
+pub fn target_receiving() -> bool {
+    target(|t| t.receiving.is_some() || t.sweeping.is_some())
+}
+
+/// The source sent everything: start deleting what it does not have.
+pub fn target_end() {
+    target(|t| {
+        if let Some(r) = t.receiving.take() {
+            t.sweeping = Some((r, 0, b"0".to_vec()));
+        }
+    });
+}
+
+/// One bounded step of the target's sweep. Returns true while active.
+pub fn target_step(ctx: &Context, shared: &Shared) -> bool {
+    let Some((db, cursor)) = target(|t| t.sweeping.as_ref().map(|(_, db, c)| (*db, c.clone())))
+    else {
+        return false;
+    };
+    let saved = ffi::selected_db(ctx);
+    let step = scan(ctx, db, &cursor);
+    let mut finished = false;
+    match step {
+        Ok((next, keys)) => {
+            let doomed: Vec<Vec<u8>> = target(|t| {
+                let received = t.sweeping.as_ref().map(|(r, _, _)| r);
+                keys.into_iter()
+                    .filter(|k| !received.is_some_and(|r| r.contains(&(db, k.clone()))))
+                    .collect()
+            });
+            let doomed: Vec<Vec<u8>> = doomed
+                .into_iter()
+                .filter(|k| with_node(|n| n.pending.local_stamp(db, k).is_none()))
+                .collect();
+            if !doomed.is_empty() {
+                APPLYING.store(true, Ordering::Relaxed);
+                ffi::select_db(ctx, db as i32);
+                for k in &doomed {
+                    let _ = ctx.call_ext::<_, redis_module::CallResult>(
+                        "DEL",
+                        &redis_module::CallOptionsBuilder::new()
+                            .replicate()
+                            .errors_as_replies()
+                            .build(),
+                        &[k.as_slice()] as &[&[u8]],
+                    );
+                }
+                APPLYING.store(false, Ordering::Relaxed);
+            }
+            target(|t| {
+                t.deleted += doomed.len() as u64;
+                if let Some((_, d, c)) = t.sweeping.as_mut() {
+                    if next == b"0" {
+                        *d += 1;
+                        *c = b"0".to_vec();
+                        if *d >= shared.databases {
+                            finished = true;
+                        }
+                    } else {
+                        *c = next;
+                    }
+                }
+            });
+        }
+        Err(e) => {
+            log::warning(&format!("full resync sweep failed: {e}"));
+            finished = true;
+        }
+    }
+    ffi::select_db(ctx, saved);
+    if finished {
+        let deleted = target(|t| {
+            t.sweeping = None;
+            t.deleted
+        });
+        shared.fresh.store(false, Ordering::Relaxed);
+        Stats::add(&shared.stats.full_syncs, 1);
+        log::notice(&format!(
+            "full resync received: {deleted} keys the source did not have were deleted"
+        ));
+    }
+    !finished
+}

@@ -1,0 +1,162 @@
+//! Authoritative full resync: first contact, operator-chosen source, and a
+//! node restarted from a stale snapshot that must not bring old data back.
+
+mod common;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use common::*;
+use redis::Commands;
+
+const T: Duration = Duration::from_secs(30);
+
+fn load(c: &mut redis::Connection, prefix: &str, n: usize) {
+    let mut p = redis::pipe();
+    for i in 0..n {
+        p.cmd("SET").arg(format!("{prefix}:{i}")).arg(i).ignore();
+    }
+    let _: () = p.query(c).expect("load");
+}
+
+fn dbsize(c: &mut redis::Connection) -> i64 {
+    redis::cmd("DBSIZE").query(c).expect("DBSIZE")
+}
+
+/// Start two servers without linking them (each `peer` points nowhere yet).
+fn unpaired() -> (ServerBuilder, ServerBuilder, u16, u16) {
+    let (la, lb) = (free_port(), free_port());
+    let a = ServerBuilder::new().name("a").module_args([
+        "node-id",
+        "a",
+        "listen",
+        &format!("127.0.0.1:{la}"),
+        "peer",
+        &format!("127.0.0.1:{lb}"),
+    ]);
+    let b = ServerBuilder::new().name("b").module_args([
+        "node-id",
+        "b",
+        "listen",
+        &format!("127.0.0.1:{lb}"),
+        "peer",
+        &format!("127.0.0.1:{la}"),
+    ]);
+    (a, b, la, lb)
+}
+
+#[test]
+fn an_empty_node_joins_a_node_with_data_while_writes_continue() {
+    let (ba, bb, _, _) = unpaired();
+    let a = ba.start();
+    let mut ca = a.conn();
+    load(&mut ca, "k", 20_000);
+    let _: () = ca.hset("h", "f", "v").expect("HSET");
+    let _: () = ca.set_ex("ttl", "v", 1000).expect("SETEX");
+    // B starts empty: it receives A's dataset while A keeps taking writes.
+    let b = bb.start();
+    let mut cb = b.conn();
+    for i in 0..1_000 {
+        let _: () = ca.set(format!("during:{i}"), i).expect("SET during sync");
+    }
+    // Once paired, B's own writes during the sync are kept and reach A.
+    wait_for("B linked", T, || status(&mut cb)["link"] == "up");
+    for i in 1_000..2_000 {
+        let _: () = ca.set(format!("during:{i}"), i).expect("SET during sync");
+        if i % 500 == 0 {
+            let _: () = cb
+                .set(format!("b-during:{i}"), i)
+                .expect("SET on B during sync");
+        }
+    }
+    wait_for("B finished the full resync", T, || {
+        status_u64(&mut cb, "full_syncs") == 1
+    });
+    assert_converged(&a, &b, &[0], T);
+    assert_eq!(dbsize(&mut cb), 20_000 + 2 + 2_000 + 2);
+    let v: String = ca
+        .get("b-during:1500")
+        .expect("B's write during the sync reached A");
+    assert_eq!(v, "1500");
+    assert_eq!(status_u64(&mut ca, "full_syncs"), 0, "A was the source");
+}
+
+#[test]
+fn two_nodes_with_data_refuse_until_the_operator_chooses() {
+    // Both links go through proxies that start cut, so the two servers
+    // take writes as strangers before they ever meet.
+    let proxies: Rc<RefCell<Vec<Proxy>>> = Rc::new(RefCell::new(Vec::new()));
+    let p2 = proxies.clone();
+    let pair = Pair::start_via(move |target| {
+        let p = Proxy::to_port(target);
+        p.cut();
+        let port = p.port();
+        p2.borrow_mut().push(p);
+        port
+    });
+    let (mut ca, mut cb) = pair.conns();
+    load(&mut ca, "onlyA", 100);
+    load(&mut cb, "onlyB", 50);
+    for p in proxies.borrow().iter() {
+        p.pass();
+    }
+    wait_for_state("refusal explains what to do", T, || {
+        let e = status(&mut ca)
+            .get("last_error")
+            .cloned()
+            .unwrap_or_default();
+        if e.contains("SYNC.PAIR SOURCE") {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    });
+    assert_eq!(dbsize(&mut cb), 50, "nothing merged silently");
+    assert_eq!(dbsize(&mut ca), 100, "nothing merged silently");
+    let _: () = redis::cmd("SYNC.PAIR")
+        .arg("SOURCE")
+        .query(&mut ca)
+        .expect("SYNC.PAIR");
+    wait_for("B took A's data", T, || {
+        status_u64(&mut cb, "full_syncs") == 1
+    });
+    pair.assert_converged(&[0], T);
+    assert_eq!(dbsize(&mut cb), 100, "B's own keys were replaced");
+    let again: redis::RedisResult<()> = redis::cmd("SYNC.PAIR").arg("SOURCE").query(&mut ca);
+    assert!(again.is_err(), "a paired node refuses SYNC.PAIR");
+}
+
+#[test]
+fn a_node_restarted_from_a_stale_snapshot_does_not_resurrect_data() {
+    let pair = Pair::builder()
+        .server_args(["--dbfilename", "dump.rdb"])
+        .start();
+    pair.wait_link_up(T);
+    let (mut a, mut b) = pair.conns();
+    load(&mut a, "k", 1000);
+    pair.assert_converged(&[0], T);
+    // B's snapshot, then changes on the survivor A.
+    let _: () = redis::cmd("SAVE").query(&mut b).expect("SAVE");
+    for i in 0..100 {
+        let _: () = a.del(format!("k:{i}")).expect("DEL");
+        let _: () = a.set(format!("k:{}", 500 + i), "new").expect("SET");
+    }
+    pair.assert_converged(&[0], T);
+    let mut pair = pair;
+    pair.b.kill9();
+    pair.b.restart();
+    let mut b = pair.b.conn();
+    // B came back with the stale snapshot; A is the source.
+    wait_for("B resynced from A", T, || {
+        status_u64(&mut b, "full_syncs") >= 1
+    });
+    pair.assert_converged(&[0], T);
+    let mut a = pair.a.conn();
+    for i in 0..100 {
+        let gone: bool = a.exists(format!("k:{i}")).expect("EXISTS");
+        assert!(!gone, "deleted key k:{i} came back onto the survivor");
+        let v: String = a.get(format!("k:{}", 500 + i)).expect("GET");
+        assert_eq!(v, "new", "the survivor's value won");
+    }
+}
