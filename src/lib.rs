@@ -51,6 +51,7 @@ mod entry {
             ["sync.status", glue_status, "readonly fast", 0, 0, 0, ""],
             ["sync.wait", glue_wait, "", 0, 0, 0, ""],
             ["sync.pair", glue_pair, "admin", 0, 0, 0, ""],
+            ["sync.debug", glue_debug, "admin", 0, 0, 0, ""],
         ],
     }
 
@@ -88,6 +89,19 @@ mod entry {
             "SYNC.PAIR",
             Err(redis_module::RedisError::Str("ERR internal error")),
             || glue::commands::sync_pair(ctx, args),
+        )
+    }
+
+    fn glue_debug(
+        ctx: &redis_module::Context,
+        args: Vec<redis_module::RedisString>,
+    ) -> redis_module::RedisResult {
+        glue::guard::guarded(
+            "SYNC.DEBUG",
+            Err(redis_module::RedisError::Str(
+                "ERR internal error (caught; see the server log)",
+            )),
+            || glue::commands::sync_debug(ctx, args),
         )
     }
 

@@ -469,3 +469,46 @@ fn hundreds_of_connections_at_once() {
     drop(socks);
     assert_healthy(&pair, "after-flood");
 }
+
+#[test]
+fn a_panic_inside_a_callback_is_caught_and_logged() {
+    let lp = free_port();
+    let s = ServerBuilder::new()
+        .env("BISYNC_TEST_HOOKS", "1")
+        .module_args([
+            "node-id",
+            "a",
+            "listen",
+            &format!("127.0.0.1:{lp}"),
+            "peer",
+            "127.0.0.1:1",
+        ])
+        .start();
+    let mut c = s.conn();
+    let _: () = c.set("kept", "yes").expect("SET");
+    let r: redis::RedisResult<()> = redis::cmd("SYNC.DEBUG").arg("PANIC").query(&mut c);
+    let err = r.expect_err("the panic becomes an error reply");
+    assert!(err.to_string().contains("internal error"), "{err}");
+    let pong: String = redis::cmd("PING")
+        .query(&mut c)
+        .expect("the server survived");
+    assert_eq!(pong, "PONG");
+    let v: String = c.get("kept").expect("GET");
+    assert_eq!(v, "yes");
+    s.wait_log_contains("panic at", Duration::from_secs(5));
+    // Without the hook the command is refused.
+    let plain = ServerBuilder::new()
+        .module_args([
+            "node-id",
+            "b",
+            "listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "peer",
+            "127.0.0.1:1",
+        ])
+        .start();
+    let r: redis::RedisResult<()> = redis::cmd("SYNC.DEBUG")
+        .arg("PANIC")
+        .query(&mut plain.conn());
+    assert!(r.expect_err("refused").to_string().contains("disabled"));
+}

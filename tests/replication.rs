@@ -714,3 +714,22 @@ fn stream_edge_cases_and_large_collections_replicate() {
     let s: f64 = b.zscore("bigzset", "m3").expect("ZSCORE");
     assert_eq!(s, 3.0 / 7.0, "scores replicate exactly");
 }
+
+#[test]
+fn swapdb_ships_both_dbs_from_the_swapping_side() {
+    let pair = Pair::start();
+    pair.wait_link_up(T);
+    let (mut a, mut b) = pair.conns();
+    cmd(&mut a, &["SELECT", "1"]);
+    cmd(&mut a, &["SET", "one", "1"]);
+    cmd(&mut a, &["SELECT", "2"]);
+    cmd(&mut a, &["HSET", "two", "f", "2"]);
+    pair.assert_converged(&[1, 2], T);
+    cmd(&mut a, &["SWAPDB", "1", "2"]);
+    pair.assert_converged(&[1, 2], T);
+    cmd(&mut b, &["SELECT", "1"]);
+    let v: String = b.hget("two", "f").expect("HGET");
+    assert_eq!(v, "2", "db 1 on the peer now holds what db 2 held");
+    let gone: bool = b.exists("one").expect("EXISTS");
+    assert!(!gone);
+}

@@ -128,6 +128,46 @@ pub unsafe extern "C" fn on_flush(
     })
 }
 
+/// Dbs swapped since the last flush: every key of them is re-imaged.
+static SWAPPED: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Take the dbs swapped since the last flush.
+pub fn take_swapped() -> Vec<u32> {
+    std::mem::take(&mut *SWAPPED.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// SWAPDB server event: it cannot be merged with concurrent writes, so it
+/// ships as a resync of both dbs from this side (a flush of each, then
+/// every key of each).
+///
+/// # Safety
+/// Called by Redis with a live context and a `RedisModuleSwapDbInfo`.
+pub unsafe extern "C" fn on_swapdb(
+    ctx: *mut raw::RedisModuleCtx,
+    _e: raw::RedisModuleEvent,
+    _sub: u64,
+    data: *mut c_void,
+) {
+    guarded("swapdb event", (), || {
+        if data.is_null() || !capturing(&Context::new(ctx)) {
+            return;
+        }
+        let info = &*(data as *const raw::RedisModuleSwapDbInfo);
+        let (a, b) = (
+            info.dbnum_first.max(0) as u32,
+            info.dbnum_second.max(0) as u32,
+        );
+        dirty().flush([a, b]);
+        SWAPPED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend([a, b]);
+        if AFTER_FLUSH_POINT.load(Ordering::Relaxed) {
+            ffi::wake_event_loop();
+        }
+    })
+}
+
 /// Loading server event: a load that starts right after a flush means the
 /// flush was DEBUG RELOAD / DEBUG LOADAOF, not a user's: do not ship it.
 ///

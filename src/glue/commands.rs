@@ -132,6 +132,25 @@ pub fn sync_pair(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     Ok(RedisValue::SimpleStringStatic("OK"))
 }
 
+/// `SYNC.DEBUG PANIC`: only when the server was started with
+/// `BISYNC_TEST_HOOKS=1` in its environment; proves that a panic inside a
+/// callback is caught, logged, and answered with an error.
+pub fn sync_debug(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    let enabled = std::env::var("BISYNC_TEST_HOOKS").is_ok_and(|v| v == "1");
+    if !enabled {
+        return Err(RedisError::Str(
+            "ERR SYNC.DEBUG is disabled (test builds only)",
+        ));
+    }
+    match args
+        .get(1)
+        .map(|a| a.to_string_lossy().to_ascii_lowercase())
+    {
+        Some(s) if s == "panic" => panic!("SYNC.DEBUG PANIC requested"),
+        _ => Err(RedisError::Str("ERR syntax: SYNC.DEBUG PANIC")),
+    }
+}
+
 /// `INFO bisync`: the same fields.
 pub fn info(ctx: &InfoContext, _for_crash_report: bool) {
     let Some(shared) = Shared::get() else { return };

@@ -104,9 +104,17 @@ pub fn flush(ctx: &Context) -> usize {
     if shared.passive.load(Ordering::Relaxed) {
         capture::dirty().take();
         capture::take_stream_touched();
+        capture::take_swapped();
         return 0;
     }
     let mut log_items = capture::dirty().take();
+    for db in capture::take_swapped() {
+        log_items.extend(
+            super::fullsync::all_keys(ctx, db)
+                .into_iter()
+                .map(|k| Dirty::Key(db, k)),
+        );
+    }
     let streams = capture::take_stream_touched();
     if !streams.is_empty() {
         log_items.extend(stream_keys_in_dbs(ctx, streams, shared.databases));

@@ -84,6 +84,30 @@ fn scan(ctx: &Context, db: u32, cursor: &[u8]) -> Result<(Vec<u8>, Vec<Vec<u8>>)
     }
 }
 
+/// Every key of `db` (SWAPDB re-images both dbs).
+pub fn all_keys(ctx: &Context, db: u32) -> Vec<Vec<u8>> {
+    let saved = ffi::selected_db(ctx);
+    let mut out = Vec::new();
+    let mut cursor = b"0".to_vec();
+    loop {
+        match scan(ctx, db, &cursor) {
+            Ok((next, keys)) => {
+                out.extend(keys);
+                if next == b"0" {
+                    break;
+                }
+                cursor = next;
+            }
+            Err(e) => {
+                log::warning(&format!("cannot list db {db}: {e}"));
+                break;
+            }
+        }
+    }
+    ffi::select_db(ctx, saved);
+    out
+}
+
 /// Begin sending the whole dataset (called on the main thread when the link asks).
 pub fn start_source(shared: &Shared) {
     if shared.table_overflowed.swap(false, Ordering::Relaxed) {

@@ -111,6 +111,7 @@ fn init_inner(ctx: &Context, args: &[RedisString]) -> Status {
     let ok = ffi::subscribe_keyspace(ctx, types, capture::on_keyspace_event)
         && ffi::subscribe_server_event(ctx, raw::REDISMODULE_EVENT_FLUSHDB, capture::on_flush)
         && ffi::subscribe_server_event(ctx, raw::REDISMODULE_EVENT_LOADING, capture::on_loading)
+        && ffi::subscribe_server_event(ctx, raw::REDISMODULE_EVENT_SWAPDB, capture::on_swapdb)
         && ffi::subscribe_server_event(
             ctx,
             raw::REDISMODULE_EVENT_EVENTLOOP,

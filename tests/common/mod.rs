@@ -279,6 +279,7 @@ pub struct ServerBuilder {
     module: Option<PathBuf>,
     module_args: Vec<String>,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
     ready_timeout: Duration,
 }
 
@@ -289,6 +290,12 @@ impl Default for ServerBuilder {
 }
 
 impl ServerBuilder {
+    /// An environment variable for the server process (test hooks).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
     /// A builder for a server that loads the module (found by [`module_path`]) with no args.
     pub fn new() -> Self {
         ServerBuilder {
@@ -298,6 +305,7 @@ impl ServerBuilder {
             with_module: true,
             module: None,
             module_args: Vec::new(),
+            env: Vec::new(),
             extra: Vec::new(),
             ready_timeout: READY_TIMEOUT,
         }
@@ -410,6 +418,7 @@ impl ServerBuilder {
                 out_offset: 0,
                 keep_dir: true, // until started: Drop must not delete the dir
                 ready_timeout: self.ready_timeout,
+                env: self.env.clone(),
             };
             match server.launch() {
                 Ok(()) => {
@@ -487,6 +496,7 @@ pub struct Server {
     out_offset: u64,
     keep_dir: bool,
     ready_timeout: Duration,
+    env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -677,6 +687,7 @@ impl Server {
             .map_err(|e| format!("cannot dup stdout file: {e}"))?;
         let child = Command::new(&self.bin)
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(out)
