@@ -733,3 +733,58 @@ fn swapdb_ships_both_dbs_from_the_swapping_side() {
     let gone: bool = b.exists("one").expect("EXISTS");
     assert!(!gone);
 }
+
+#[test]
+fn aof_replay_and_replica_writes_are_not_captured() {
+    let pair = Pair::start_with(&[], &["--appendonly", "yes", "--appendfsync", "always"]);
+    pair.wait_link_up(T);
+    let (mut a, _) = pair.conns();
+    for i in 0..100 {
+        let _: () = a.set(format!("k{i}"), i).expect("SET");
+    }
+    pair.assert_converged(&[0], T);
+    // A restarts and replays its AOF: those writes fire keyspace events
+    // with the LOADING flag and must not be captured again.
+    let mut pair = pair;
+    pair.a.kill9();
+    pair.a.restart();
+    let mut a = pair.a.conn();
+    let n: i64 = redis::cmd("DBSIZE").query(&mut a).expect("DBSIZE");
+    assert_eq!(n, 100, "AOF replayed");
+    assert_eq!(
+        status_u64(&mut a, "ops_captured"),
+        0,
+        "AOF replay was captured"
+    );
+    pair.wait_link_up(T);
+    pair.assert_converged(&[0], T);
+    // A native replica of A with the module loaded stays passive.
+    let lc = free_port();
+    let replica = ServerBuilder::new()
+        .name("replica")
+        .extra(["--replicaof", "127.0.0.1", &pair.a.port().to_string()])
+        .module_args([
+            "node-id",
+            "c",
+            "listen",
+            &format!("127.0.0.1:{lc}"),
+            "peer",
+            &format!("127.0.0.1:{}", pair.a_link),
+        ])
+        .start();
+    let mut r = replica.conn();
+    wait_for("replica synced", T, || {
+        redis::cmd("DBSIZE").query::<i64>(&mut r).unwrap_or(0) == 100
+    });
+    let _: () = a.set("after", "1").expect("SET");
+    wait_for("replica got the write", T, || {
+        r.exists::<_, bool>("after").unwrap_or(false)
+    });
+    let s = status(&mut r);
+    assert_eq!(s["role"], "passive");
+    assert_eq!(
+        s["ops_captured"], "0",
+        "a replica captured replicated writes"
+    );
+    assert_ne!(s["link"], "up", "a replica must not link");
+}
