@@ -5,6 +5,7 @@ pub mod codec;
 pub mod config;
 pub mod decide;
 pub mod dirty;
+pub mod fuzzing;
 pub mod hlc;
 pub mod image;
 pub mod outbox;

@@ -45,7 +45,9 @@ pub fn status_fields(shared: &Shared) -> Vec<(&'static str, Field)> {
     let lag = oldest
         .map(|st| wall_ms().saturating_sub(stamp_ms(st.hlc)))
         .unwrap_or(0);
-    let next = if shared.table_overflowed.load(Ordering::Relaxed) {
+    let next = if shared.table_overflowed.load(Ordering::Relaxed)
+        || shared.fresh.load(Ordering::Relaxed)
+    {
         "full"
     } else if plan == ResumePlan::Partial && !shared.resync_requested.load(Ordering::Relaxed) {
         "partial"

@@ -34,8 +34,10 @@ const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
 const PING_EVERY: Duration = Duration::from_secs(1);
 /// A link silent for this long is dead.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// A peer that does not drain our writes for this long is dead.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A peer that does not drain our writes for this long is dead. Longer than
+/// the read timeout: a busy peer applying a large backlog reads slowly but
+/// is alive (a dead one is noticed by the reader first).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 struct Active {
     gen: u64,
