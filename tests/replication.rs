@@ -296,6 +296,12 @@ fn atomic_reader(pair: &Pair, write: impl Fn(&mut redis::Connection, usize) + Se
         let v: Option<String> = r.get("atom4").unwrap_or(None);
         v.as_deref() == Some("3000")
     });
+    // One-way traffic: the peer's acknowledgements must keep flowing, so
+    // the writer's table and backlog drain to nothing.
+    let mut wa = pair.a.conn();
+    wait_for("A's writes all acknowledged", T, || {
+        status_u64(&mut wa, "pending_keys") == 0 && status_u64(&mut wa, "backlog_bytes") == 0
+    });
     assert!(
         reads > 50 && nonempty > 10,
         "the reader really observed the peer ({reads} reads, {nonempty} non-empty)"
@@ -359,6 +365,11 @@ fn quiet_pair_stays_quiet_after_a_mixed_workload() {
         cmd(&mut b, &["EXPIRE", &format!("e{i}"), "1000"]);
         cmd(&mut a, &["RPUSH", "queue", &i.to_string()]);
     }
+    // Let B see every push before it pops: a pop on a stale copy would be a
+    // concurrent write to the list, where the later image wins whole.
+    wait_for("queue replicated", T, || {
+        b.llen::<_, i64>("queue").unwrap_or(0) == 50
+    });
     cmd(&mut a, &["RENAME", "e1", "renamed"]);
     let _: Option<(String, String)> = redis::cmd("BLPOP")
         .arg("queue")

@@ -55,6 +55,8 @@ pub struct Outbox {
     applied_seq: u64,
     /// The latest resync batch: its seq and log index.
     resync_mark: Option<(u64, u64)>,
+    /// Log index up to which a writer has written the items.
+    sent_index: u64,
 }
 
 impl Outbox {
@@ -70,14 +72,8 @@ impl Outbox {
             dropped_upto: 0,
             applied_seq: 0,
             resync_mark: None,
+            sent_index: 0,
         }
-    }
-
-    /// The batch just pushed is a resync batch: a writer serving a peer
-    /// that needed a resync starts from it.
-    pub fn mark_last_as_resync(&mut self) {
-        self.resync_mark = Some((self.last_seq, self.end_index().saturating_sub(1)));
-        self.dropped_upto = self.dropped_upto.max(self.last_seq.saturating_sub(1));
     }
 
     /// Forget every queued batch and ack (a node that becomes the target of
@@ -131,17 +127,37 @@ impl Outbox {
 
     /// Append a batch. Returns `true` if the bound forced dropping a batch
     /// the peer had not acknowledged (the caller must then force a resync).
+    ///
+    /// The batch just pushed is never dropped, even if it alone exceeds the
+    /// bound (a resync batch larger than the backlog must still go out, or
+    /// every resync would immediately ask for the next one).
     pub fn push_batch(&mut self, seq: u64, bytes: Arc<Vec<u8>>, ops: u32) -> bool {
+        self.push(seq, bytes, ops, false)
+    }
+
+    /// Append a resync batch: it covers every earlier batch, so dropping
+    /// those is not an overflow, and a writer serving a peer that needs a
+    /// resync starts from it.
+    pub fn push_resync_batch(&mut self, seq: u64, bytes: Arc<Vec<u8>>, ops: u32) -> bool {
+        self.push(seq, bytes, ops, true)
+    }
+
+    fn push(&mut self, seq: u64, bytes: Arc<Vec<u8>>, ops: u32, resync: bool) -> bool {
         debug_assert_eq!(seq, self.last_seq + 1);
         self.last_seq = seq;
+        if resync {
+            self.resync_mark = Some((seq, self.end_index()));
+            self.dropped_upto = self.dropped_upto.max(seq.saturating_sub(1));
+        }
         self.batch_bytes += bytes.len();
         self.items.push_back(Item::Batch { seq, bytes, ops });
         let mut dropped = false;
-        while self.batch_bytes > self.max_bytes {
+        while self.batch_bytes > self.max_bytes && self.items.len() > 1 {
             match self.items.pop_front() {
                 Some(Item::Batch { seq, bytes, .. }) => {
                     self.batch_bytes -= bytes.len();
-                    if seq > self.acked_seq {
+                    // Batches before a resync mark are covered by it.
+                    if seq > self.acked_seq && seq > self.dropped_upto {
                         self.dropped_upto = self.dropped_upto.max(seq);
                         dropped = true;
                     }
@@ -155,14 +171,34 @@ impl Outbox {
     }
 
     /// Record that the peer's stream is applied up to `seq` and queue the
-    /// acknowledgement behind every batch already queued.
+    /// acknowledgement behind every batch already queued. Consecutive acks
+    /// coalesce, but only while the last one is not yet written.
     pub fn push_ack(&mut self, seq: u64) {
         self.applied_seq = seq;
-        if let Some(Item::Ack(last)) = self.items.back_mut() {
+        let unsent = self.end_index() > self.sent_index;
+        if let (true, Some(Item::Ack(last))) = (unsent, self.items.back_mut()) {
             *last = seq;
             return;
         }
         self.items.push_back(Item::Ack(seq));
+        self.prune_sent_acks();
+    }
+
+    /// The writer has written every item before log index `index`: acks
+    /// before it are done with (batches stay until acknowledged).
+    pub fn mark_sent(&mut self, index: u64) {
+        self.sent_index = self.sent_index.max(index);
+        self.prune_sent_acks();
+    }
+
+    fn prune_sent_acks(&mut self) {
+        while let Some(Item::Ack(_)) = self.items.front() {
+            if self.first_index >= self.sent_index {
+                break;
+            }
+            self.items.pop_front();
+            self.first_index += 1;
+        }
     }
 
     /// Set the applied position without queuing an ack (restart, resync).
@@ -246,6 +282,48 @@ mod tests {
         assert!(matches!(items[0], Item::Batch { seq: 1, .. }));
         assert!(matches!(items[1], Item::Ack(7)));
         assert!(matches!(items[2], Item::Batch { seq: 2, .. }));
+    }
+
+    #[test]
+    fn an_ack_after_a_sent_ack_is_queued_not_merged() {
+        let mut o = Outbox::new(1000);
+        o.push_ack(1);
+        let (items, cursor) = o.items_from(0);
+        assert_eq!(items.len(), 1);
+        o.mark_sent(cursor);
+        o.push_ack(2);
+        let (items, _) = o.items_from(cursor);
+        assert!(
+            matches!(items[..], [Item::Ack(2)]),
+            "the new ack must reach the writer: {items:?}"
+        );
+        // Sent acks do not pile up when this side writes nothing.
+        for s in 3..100 {
+            let (_, c) = o.items_from(0);
+            o.mark_sent(c);
+            o.push_ack(s);
+        }
+        assert!(o.items_from(0).0.len() <= 2);
+    }
+
+    #[test]
+    fn a_resync_batch_larger_than_the_backlog_is_kept() {
+        let mut o = Outbox::new(15);
+        o.push_batch(1, b(10), 1);
+        assert!(
+            !o.push_resync_batch(2, b(40), 1),
+            "dropping a batch covered by the resync is not an overflow"
+        );
+        assert_eq!(
+            o.items_from(0).0.len(),
+            1,
+            "only the big resync batch stays"
+        );
+        assert_eq!(o.resync_after(0).map(|(s, _)| s), Some(2));
+        assert!(
+            o.push_batch(3, b(10), 1),
+            "dropping the un-acknowledged resync batch is"
+        );
     }
 
     #[test]

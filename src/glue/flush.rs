@@ -233,10 +233,12 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
             return 0;
         }
     };
-    let dropped = outbox.push_batch(seq, Arc::new(bytes), n as u32);
-    if resync {
-        outbox.mark_last_as_resync();
-    }
+    let bytes = Arc::new(bytes);
+    let dropped = if resync {
+        outbox.push_resync_batch(seq, bytes, n as u32)
+    } else {
+        outbox.push_batch(seq, bytes, n as u32)
+    };
     drop(outbox);
     if dropped && !shared.resync_requested.swap(true, Ordering::Relaxed) {
         log::warning("backlog-size exceeded before the peer acknowledged: resyncing the peer");

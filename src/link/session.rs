@@ -489,6 +489,7 @@ fn write_loop(
         send(&mut w, shared, &Frame::Ack(ack), keys.as_deref_mut())?;
         w.flush()?;
         cursor = end;
+        shared.outbox().mark_sent(end);
     } else {
         let after = shared.outbox().last_seq();
         if *role == Role::Target {
@@ -550,6 +551,7 @@ fn write_loop(
             }
             let (items, end) = o.items_from(cursor);
             cursor = end;
+            o.mark_sent(end);
             items
         };
         if items.is_empty() {
