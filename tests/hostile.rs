@@ -173,15 +173,21 @@ fn last_error(pair: &Pair) -> String {
         .unwrap_or_default()
 }
 
+/// The refusal is reported: in `last_error`, or (if a later event already
+/// replaced that) in the server log, which keeps every line.
 fn wait_error(pair: &Pair, needle: &str) {
-    wait_for_state(&format!("last_error mentions '{needle}'"), T, || {
-        let e = last_error(pair);
-        if e.contains(needle) {
-            Ok(())
-        } else {
-            Err(e)
-        }
-    });
+    wait_for_state(
+        &format!("last_error or the log mentions '{needle}'"),
+        T,
+        || {
+            let e = last_error(pair);
+            if e.contains(needle) || pair.a.log().contains(needle) {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        },
+    );
 }
 
 fn prepare(pair: &Pair) {
