@@ -7,7 +7,7 @@
 //! (its current value is the value after its last change), and a key whose
 //! last change came before a flush of its db is dropped (the flush covers it).
 
-use std::collections::HashSet;
+use rustc_hash::FxHashSet as HashSet;
 
 /// One recorded change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,8 +78,8 @@ impl DirtyLog {
 
 /// Reduce a log to what a batch must carry, in order.
 pub fn reduce(log: Vec<Dirty>) -> Vec<Dirty> {
-    let mut seen_keys: HashSet<(u32, &[u8])> = HashSet::new();
-    let mut flushed_after: HashSet<u32> = HashSet::new();
+    let mut seen_keys: HashSet<(u32, &[u8])> = HashSet::default();
+    let mut flushed_after: HashSet<u32> = HashSet::default();
     let mut keep = vec![false; log.len()];
     for (i, d) in log.iter().enumerate().rev() {
         match d {

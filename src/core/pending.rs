@@ -7,7 +7,7 @@
 //! the table is empty. A pending local FLUSHDB acts as a tombstone over its
 //! whole db.
 
-use std::collections::{BTreeMap, HashMap};
+use rustc_hash::FxHashMap as HashMap;
 
 use super::protocol::Stamp;
 
@@ -39,11 +39,15 @@ pub fn remote_wins(remote: Stamp, remote_node: &str, local: Stamp, local_node: &
 }
 
 /// Un-acknowledged local writes, keyed by `(db, key)`, plus pending flushes per db.
+///
+/// Why no index by sequence number: an acknowledgement prunes by one pass
+/// over the table, which is small whenever acknowledgements flow (they
+/// arrive every few milliseconds) and large only while the peer is away,
+/// when none arrive. Recording a write is then one hash insert, the hot path.
 #[derive(Debug, Default)]
 pub struct PendingWrites {
     keys: HashMap<DbKey, PendingEntry>,
     flushes: HashMap<u32, PendingEntry>,
-    by_seq: BTreeMap<u64, Vec<Option<DbKey>>>,
 }
 
 impl PendingWrites {
@@ -64,13 +68,11 @@ impl PendingWrites {
 
     /// Record a local write of `key` in batch `seq`.
     pub fn record_key(&mut self, key: DbKey, stamp: Stamp, seq: u64) {
-        self.by_seq.entry(seq).or_default().push(Some(key.clone()));
         self.keys.insert(key, PendingEntry { stamp, seq });
     }
 
     /// Record a local flush of `db` in batch `seq`.
     pub fn record_flush(&mut self, db: u32, stamp: Stamp, seq: u64) {
-        self.by_seq.entry(seq).or_default().push(None);
         self.flushes.insert(db, PendingEntry { stamp, seq });
     }
 
@@ -139,20 +141,8 @@ impl PendingWrites {
     /// The peer acknowledged every batch up to `seq`: forget what they carried,
     /// unless a later batch wrote the same key again.
     pub fn acknowledge(&mut self, seq: u64) {
-        let later = self.by_seq.split_off(&(seq.saturating_add(1)));
-        let done = std::mem::replace(&mut self.by_seq, later);
-        for (s, keys) in done {
-            for k in keys {
-                match k {
-                    Some(k) => {
-                        if self.keys.get(&k).is_some_and(|e| e.seq == s) {
-                            self.keys.remove(&k);
-                        }
-                    }
-                    None => self.flushes.retain(|_, e| e.seq != s),
-                }
-            }
-        }
+        self.keys.retain(|_, e| e.seq > seq);
+        self.flushes.retain(|_, e| e.seq > seq);
     }
 
     /// Every pending entry, oldest first: what a dirty-key resync re-sends,
@@ -181,7 +171,6 @@ impl PendingWrites {
     pub fn clear(&mut self) {
         self.keys.clear();
         self.flushes.clear();
-        self.by_seq.clear();
     }
 }
 

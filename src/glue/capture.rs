@@ -41,16 +41,18 @@ pub fn take_stream_touched() -> Vec<Vec<u8>> {
     std::mem::take(&mut *STREAM_TOUCHED.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
-fn capturing(ctx: &Context) -> bool {
-    if APPLYING.load(Ordering::Relaxed) {
+/// Set between the loading-start and loading-end server events: writes
+/// replayed from the AOF or an RDB are not new changes. (Kept here rather
+/// than asking Redis for its context flags on every write: that call
+/// computes a dozen flags, some costly.)
+pub static LOADING: AtomicBool = AtomicBool::new(false);
+
+fn capturing(_ctx: &Context) -> bool {
+    if APPLYING.load(Ordering::Relaxed) || LOADING.load(Ordering::Relaxed) {
         return false;
     }
-    match Shared::get() {
-        Some(s) if !s.passive.load(Ordering::Relaxed) => {}
-        _ => return false,
-    }
-    let flags = ffi::context_flags(ctx);
-    flags & (raw::REDISMODULE_CTX_FLAGS_LOADING | raw::REDISMODULE_CTX_FLAGS_SLAVE) == 0
+    // Passive covers "this server is a replica" (set at load and on role change).
+    matches!(Shared::get(), Some(s) if !s.passive.load(Ordering::Relaxed))
 }
 
 fn note_key(db: u32, key: &[u8]) {

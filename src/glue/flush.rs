@@ -18,7 +18,7 @@ use crate::core::dirty::{reduce, Dirty};
 use crate::core::hlc::wall_ms;
 use crate::core::image::{self, Reply};
 use crate::core::protocol::{Batch, Entry, Frame, Op, Stamp, Value};
-use crate::core::stats::Stats;
+use crate::core::stats::{LinkState, Stats};
 use crate::log;
 use crate::state::Shared;
 
@@ -184,6 +184,7 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
     let n = ops.len();
     let mut outbox = shared.outbox();
     let seq = outbox.next_seq();
+    let untracked = shared.table_overflowed.load(Ordering::Relaxed);
     let resync = matches!(
         stamping,
         Stamping::Recorded(_) | Stamping::FullSync { first: true }
@@ -211,6 +212,7 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
                     }
                 }
                 (Stamping::FullSync { .. }, _, None) => {}
+                (Stamping::Fresh, _, _) if untracked => {}
                 (_, Op::FlushDb, _) => node.pending.record_flush(db, stamp, seq),
                 (_, _, Some(k)) => node.pending.record_key((db, k.clone()), stamp, seq),
                 (_, _, None) => {}
@@ -240,12 +242,19 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
         outbox.push_batch(seq, bytes, n as u32)
     };
     drop(outbox);
-    if dropped && !shared.resync_requested.swap(true, Ordering::Relaxed) {
-        log::warning("backlog-size exceeded before the peer acknowledged: resyncing the peer");
+    // An overflow never does work here: the next session start sees it
+    // (the backlog no longer reaches back to the peer's position) and
+    // resyncs; while the link is up the session is ended at once.
+    if dropped && shared.stats.link() == LinkState::Up {
+        log::warning(
+            "backlog-size exceeded before the peer acknowledged: reconnecting to resync the peer",
+        );
         shared.set_error("backlog overflow: resync needed");
         shared.request_drop_session();
     }
     if table_over && !shared.table_overflowed.swap(true, Ordering::Relaxed) {
+        // Bound memory: stop tracking; a full resync will carry everything.
+        with_node(|n| n.pending.clear());
         log::warning("max-pending-keys exceeded: the peer will get a full resync");
         shared.set_error("pending-keys table overflow: full resync needed");
         shared.request_drop_session();
