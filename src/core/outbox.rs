@@ -216,7 +216,8 @@ impl Outbox {
         while let Some(front) = self.items.front() {
             let drop = match front {
                 Item::Batch { seq: s, .. } => *s <= self.acked_seq,
-                Item::Ack(_) => true,
+                // Only acks the writer already sent; an unsent one must go out.
+                Item::Ack(_) => self.first_index < self.sent_index,
             };
             if !drop {
                 break;
@@ -304,6 +305,18 @@ mod tests {
             o.push_ack(s);
         }
         assert!(o.items_from(0).0.len() <= 2);
+    }
+
+    #[test]
+    fn acknowledging_our_batch_keeps_an_unsent_ack_of_theirs() {
+        let mut o = Outbox::new(1000);
+        o.push_batch(1, b(10), 1);
+        let (_, c) = o.items_from(0);
+        o.mark_sent(c);
+        o.push_ack(7);
+        o.acknowledge(1);
+        let (items, _) = o.items_from(c);
+        assert!(matches!(items[..], [Item::Ack(7)]), "{items:?}");
     }
 
     #[test]

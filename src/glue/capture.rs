@@ -181,12 +181,17 @@ pub unsafe extern "C" fn on_loading(
     sub: u64,
     _data: *mut c_void,
 ) {
-    guarded("loading event", (), || {
-        if sub == raw::REDISMODULE_SUBEVENT_LOADING_RDB_START
-            || sub == raw::REDISMODULE_SUBEVENT_LOADING_AOF_START
-        {
+    guarded("loading event", (), || match sub {
+        raw::REDISMODULE_SUBEVENT_LOADING_RDB_START
+        | raw::REDISMODULE_SUBEVENT_LOADING_AOF_START
+        | raw::REDISMODULE_SUBEVENT_LOADING_REPL_START => {
+            LOADING.store(true, Ordering::Relaxed);
             dirty().cancel_last_flush();
         }
+        raw::REDISMODULE_SUBEVENT_LOADING_ENDED | raw::REDISMODULE_SUBEVENT_LOADING_FAILED => {
+            LOADING.store(false, Ordering::Relaxed);
+        }
+        _ => {}
     })
 }
 
