@@ -1,0 +1,1002 @@
+//! Convergence under concurrent writes with real servers (issue 3, item 5).
+//!
+//! Several client threads on each side of a fresh pair write at random, for at least 15 s, to
+//! a small set of hot keys (20 per db) in three dbs with every kind of write: SET with and
+//! without TTL (long ones, and short ones that expire during the run), INCRBY, APPEND,
+//! HSET/HDEL, RPUSH/LPOP, SADD/SREM/SPOP, ZADD/ZINCRBY, XADD (bounded by MAXLEN),
+//! EXPIRE/PEXPIREAT/PEXPIRE/PERSIST, DEL/UNLINK, RENAME between hot keys, MULTI blocks (some
+//! switching db inside), Lua scripts writing 2–3 keys, and a rare FLUSHDB (alone, ASYNC, or
+//! inside a MULTI between two SETs).
+//!
+//! Why rounds: images heal a key at its next write, so with hot keys a divergence only shows if
+//! it is left when writes stop. The run is therefore cut into rounds of [`ROUND_MS`]: random
+//! writes, then a *burst* in which all writers at once do a few ops on the same 7 keys of one db
+//! (sometimes with a FLUSHDB of it), then a *checkpoint*: writers wait until both servers hold
+//! the same data ([`compare_once`]: type, `DEBUG DIGEST-VALUE`, `PEXPIRETIME`, streams' `XINFO
+//! FULL`). A failing checkpoint prints the diff and the burst that preceded it. Broken on purpose
+//! in a copy of the module (remote flush keeps no survivors; a pending flush is no tombstone;
+//! no last-writer-wins), every seed failed within 8 s of writes; a single check at the end
+//! caught 1 of 24 such runs.
+//!
+//! At the end: [`assert_converged`], at least [`MIN_CONFLICTS`] `conflicts_lost` on each node
+//! (the last-writer-wins rule really ran), and `pending_keys` 0 on both (the table of
+//! un-acknowledged writes drains once the pair is quiet).
+//!
+//! Errors that random ops legitimately cause (WRONGTYPE, RENAME of a missing key, INCRBY on a
+//! non-integer) are counted and reported; any other error (connection, protocol, unexpected
+//! server error) fails the test.
+//!
+//! Knobs (environment):
+//! - `CONV_SEED=<u64>` replays one seed (in `seed_1`; the other seed tests then do nothing):
+//!   each writer repeats its sequence of ops, the interleaving is up to timing;
+//! - `CONV_SECS=<n>` seconds of writes (default 15);
+//! - `CONV_OPS=a,b,..` allows only these op kinds, `CONV_SKIP_OPS=a,b,..` removes some
+//!   (names as printed in the per-op counts, plus `flushdb`) — to narrow down a divergence;
+//! - `CONV_KEYS=<n>` hot keys per db (20), `CONV_THREADS=<n>` writers per side (3),
+//!   `CONV_ROUND_MS=<n>` (300), `CONV_FLUSH_ONE_IN=<n>` (2000).
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use redis::Value;
+
+/// Every node must lose at least this many conflicts per seed.
+const MIN_CONFLICTS: u64 = 100;
+/// The dbs written and compared.
+const DBS: [i64; 3] = [0, 1, 2];
+/// One FLUSHDB per this many ops (on average), outside bursts.
+const FLUSH_ONE_IN: u32 = 2000;
+/// Length of the random phase of a round. Each round ends with a burst and a checkpoint: a key
+/// that stays hot overwrites a transient divergence with its next image, so only the state
+/// left when writes stop can show one — hence many stops, each right after a contended burst.
+const ROUND_MS: u64 = 300;
+/// In a burst every writer does 2–4 ops on the first `BURST_KEYS` hot keys (one per class) of
+/// one db, all starting at the same moment, and each writer adds a FLUSHDB of that db with a
+/// chance of 1 in `BURST_FLUSH_ONE_IN`.
+const BURST_KEYS: usize = CLASSES;
+const BURST_FLUSH_ONE_IN: u32 = 12;
+/// Poll interval while waiting for a checkpoint to converge.
+const CHECK_POLL: Duration = Duration::from_millis(5);
+/// How long the pair gets to converge once the writers stop.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The seeds run by default (each in its own `#[test]`).
+const SEEDS: [u64; 3] = [0x5eed_0001, 0x5eed_0002, 0x5eed_0003];
+
+/// The seeds share the machine badly (two cores, six client threads and two servers per
+/// seed): run them one after the other so each gets the same conditions.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+#[test]
+fn seed_1() {
+    run_seed_test(0);
+}
+
+#[test]
+fn seed_2() {
+    run_seed_test(1);
+}
+
+#[test]
+fn seed_3() {
+    run_seed_test(2);
+}
+
+fn run_seed_test(which: usize) {
+    let seed = match std::env::var("CONV_SEED") {
+        Ok(s) if !s.trim().is_empty() => {
+            if which != 0 {
+                eprintln!("CONV_SEED is set: only seed_1 runs (it replays that seed)");
+                return;
+            }
+            parse_u64(s.trim()).unwrap_or_else(|| panic!("CONV_SEED={s:?} is not a u64"))
+        }
+        _ => SEEDS[which],
+    };
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    run_seed(seed);
+}
+
+fn parse_u64(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        _ => default,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Op kinds
+// ---------------------------------------------------------------------------------------------
+
+/// Every kind of op, with its weight in the mix (FLUSHDB is drawn separately, 1 in
+/// [`FLUSH_ONE_IN`]).
+const OPS: &[(&str, u32)] = &[
+    ("set", 10),
+    ("set_ttl", 4),
+    ("set_short_ttl", 2),
+    ("incrby", 6),
+    ("append", 4),
+    ("hset", 6),
+    ("hdel", 3),
+    ("rpush", 5),
+    ("lpop", 3),
+    ("sadd", 5),
+    ("srem", 2),
+    ("spop", 2),
+    ("zadd", 5),
+    ("zincrby", 3),
+    ("xadd", 4),
+    ("expire", 3),
+    ("expire_short", 1),
+    ("persist", 2),
+    ("del", 3),
+    ("rename", 3),
+    ("multi", 6),
+    ("eval", 5),
+];
+
+/// Kinds allowed inside a MULTI block.
+const SIMPLE_OPS: &[&str] = &[
+    "set", "set_ttl", "incrby", "append", "hset", "hdel", "rpush", "lpop", "sadd", "srem", "spop",
+    "zadd", "zincrby", "xadd", "expire", "persist", "del", "rename",
+];
+
+/// Which op kinds this run uses (`CONV_OPS` / `CONV_SKIP_OPS`).
+#[derive(Clone, Debug)]
+struct OpFilter {
+    allowed: Vec<String>,
+}
+
+impl OpFilter {
+    fn from_env() -> OpFilter {
+        let list = |name: &str| -> Option<Vec<String>> {
+            std::env::var(name)
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
+        };
+        let known: Vec<&str> = OPS.iter().map(|(n, _)| *n).chain(["flushdb"]).collect();
+        let mut allowed: Vec<String> = match list("CONV_OPS") {
+            Some(only) => only,
+            None => known.iter().map(|s| s.to_string()).collect(),
+        };
+        if let Some(skip) = list("CONV_SKIP_OPS") {
+            allowed.retain(|o| !skip.contains(o));
+        }
+        for o in &allowed {
+            assert!(
+                known.contains(&o.as_str()),
+                "unknown op kind {o:?} (known: {known:?})"
+            );
+        }
+        OpFilter { allowed }
+    }
+
+    fn has(&self, op: &str) -> bool {
+        self.allowed.iter().any(|o| o == op)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The writers
+// ---------------------------------------------------------------------------------------------
+
+/// Key classes: a key's natural type is its index modulo the number of classes; most ops pick a
+/// key of their own class, some pick any key (so types collide, as RENAME and SET also make them).
+const CLASSES: usize = 7;
+const C_STRING: usize = 0;
+const C_COUNTER: usize = 1;
+const C_HASH: usize = 2;
+const C_LIST: usize = 3;
+const C_SET: usize = 4;
+const C_ZSET: usize = 5;
+const C_STREAM: usize = 6;
+
+const SCRIPTS: &[(&str, usize)] = &[
+    (
+        "redis.call('SET', KEYS[1], ARGV[1]); return redis.call('INCRBY', KEYS[2], ARGV[2])",
+        2,
+    ),
+    (
+        "redis.call('HSET', KEYS[1], 'f' .. ARGV[2], ARGV[1]); \
+         redis.call('RPUSH', KEYS[2], ARGV[1]); \
+         return redis.call('SADD', KEYS[3], 'm' .. ARGV[2])",
+        3,
+    ),
+    (
+        "local v = redis.call('GET', KEYS[1]); redis.call('DEL', KEYS[1]); \
+         redis.call('ZADD', KEYS[2], ARGV[2], v or ARGV[1]); return 1",
+        2,
+    ),
+    (
+        "redis.call('APPEND', KEYS[1], ARGV[1]); \
+         redis.call('PEXPIRE', KEYS[1], 600000 + tonumber(ARGV[2])); \
+         return redis.call('XADD', KEYS[2], 'MAXLEN', '20', '*', 'f', ARGV[1])",
+        2,
+    ),
+];
+
+/// What one writer did.
+#[derive(Default, Debug)]
+struct WriterStats {
+    /// Ops sent (a MULTI block or a script counts once).
+    ops: u64,
+    /// Ops per kind.
+    by_kind: BTreeMap<&'static str, u64>,
+    /// Errors that random ops legitimately cause, per class.
+    legit_errors: BTreeMap<&'static str, u64>,
+    /// Anything else (the first few, with the op that caused it).
+    unexpected: Vec<String>,
+    unexpected_count: u64,
+}
+
+impl WriterStats {
+    fn merge(&mut self, o: WriterStats) {
+        self.ops += o.ops;
+        for (k, v) in o.by_kind {
+            *self.by_kind.entry(k).or_default() += v;
+        }
+        for (k, v) in o.legit_errors {
+            *self.legit_errors.entry(k).or_default() += v;
+        }
+        self.unexpected_count += o.unexpected_count;
+        for u in o.unexpected {
+            if self.unexpected.len() < 20 {
+                self.unexpected.push(u);
+            }
+        }
+    }
+}
+
+/// An error a random op may legitimately get, or `None`.
+fn legit_error(e: &redis::RedisError) -> Option<&'static str> {
+    if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+        return None;
+    }
+    let s = e.to_string();
+    if s.contains("WRONGTYPE") {
+        Some("WRONGTYPE")
+    } else if s.contains("no such key") {
+        Some("no such key")
+    } else if s.contains("not an integer") {
+        Some("not an integer")
+    } else {
+        None
+    }
+}
+
+/// A command as text (for logs).
+fn describe(c: &redis::Cmd) -> String {
+    String::from_utf8_lossy(&c.get_packed_command())
+        .split("\r\n")
+        .filter(|s| !s.is_empty() && !s.starts_with('$') && !s.starts_with('*'))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+struct Writer {
+    name: String,
+    rng: StdRng,
+    conn: redis::Connection,
+    cur_db: Option<i64>,
+    keys_per_db: usize,
+    flush_one_in: u32,
+    /// During a burst: the db and the number of hot keys every op uses.
+    focus: Option<(i64, usize)>,
+    filter: OpFilter,
+    kinds: Vec<(&'static str, u32)>,
+    total_weight: u32,
+    stats: WriterStats,
+}
+
+impl Writer {
+    fn new(
+        name: String,
+        seed: u64,
+        conn: redis::Connection,
+        shape: &Shape,
+        filter: OpFilter,
+    ) -> Writer {
+        let kinds: Vec<(&'static str, u32)> =
+            OPS.iter().copied().filter(|(n, _)| filter.has(n)).collect();
+        let total_weight = kinds.iter().map(|(_, w)| w).sum();
+        Writer {
+            name,
+            rng: StdRng::seed_from_u64(seed),
+            conn,
+            cur_db: None,
+            keys_per_db: shape.keys_per_db,
+            flush_one_in: shape.flush_one_in,
+            focus: None,
+            filter,
+            kinds,
+            total_weight,
+            stats: WriterStats::default(),
+        }
+    }
+
+    /// A hot key: of `class` most of the time, any key otherwise.
+    fn key(&mut self, class: usize) -> String {
+        let n = self.hot_keys();
+        let i = if self.rng.gen_bool(0.85) {
+            let in_class: Vec<usize> = (0..n).filter(|i| i % CLASSES == class).collect();
+            if in_class.is_empty() {
+                self.rng.gen_range(0..n)
+            } else {
+                in_class[self.rng.gen_range(0..in_class.len())]
+            }
+        } else {
+            self.rng.gen_range(0..n)
+        };
+        self.key_name(i)
+    }
+
+    fn any_key(&mut self) -> String {
+        let i = self.rng.gen_range(0..self.hot_keys());
+        self.key_name(i)
+    }
+
+    /// How many hot keys ops choose from now (fewer during a burst).
+    fn hot_keys(&self) -> usize {
+        match self.focus {
+            Some((_, n)) => n.min(self.keys_per_db),
+            None => self.keys_per_db,
+        }
+    }
+
+    fn key_name(&self, i: usize) -> String {
+        format!("k{i:02}")
+    }
+
+    fn value(&mut self) -> String {
+        if self.rng.gen_bool(0.3) {
+            self.rng.gen_range(-1000..1000).to_string()
+        } else {
+            format!("v{}", self.rng.gen_range(0..100_000))
+        }
+    }
+
+    /// Builds one simple (single-command) op of `kind`.
+    fn simple(&mut self, kind: &str) -> redis::Cmd {
+        let mut c;
+        match kind {
+            "set" | "set_ttl" | "set_short_ttl" => {
+                let class = if self.rng.gen_bool(0.5) {
+                    C_STRING
+                } else {
+                    C_COUNTER
+                };
+                let k = self.key(class);
+                let v = if class == C_COUNTER {
+                    self.rng.gen_range(-1000..1000).to_string()
+                } else {
+                    self.value()
+                };
+                c = redis::cmd("SET");
+                c.arg(k).arg(v);
+                let r = &mut self.rng;
+                match kind {
+                    "set_ttl" => {
+                        if r.gen_bool(0.5) {
+                            c.arg("EX").arg(r.gen_range(600..3600));
+                        } else {
+                            c.arg("PX").arg(r.gen_range(600_000..3_600_000));
+                        }
+                    }
+                    "set_short_ttl" => {
+                        c.arg("PX").arg(r.gen_range(20..1500));
+                    }
+                    _ => {}
+                }
+            }
+            "incrby" => {
+                let k = self.key(C_COUNTER);
+                c = redis::cmd("INCRBY");
+                c.arg(k).arg(self.rng.gen_range(-50..100));
+            }
+            "append" => {
+                let k = self.key(C_STRING);
+                c = redis::cmd("APPEND");
+                c.arg(k).arg(format!("+{}", self.rng.gen_range(0..100)));
+            }
+            "hset" => {
+                let k = self.key(C_HASH);
+                c = redis::cmd("HSET");
+                c.arg(k);
+                for _ in 0..self.rng.gen_range(1..=3) {
+                    let f = format!("f{}", self.rng.gen_range(0..15));
+                    let v = self.value();
+                    c.arg(f).arg(v);
+                }
+            }
+            "hdel" => {
+                let k = self.key(C_HASH);
+                c = redis::cmd("HDEL");
+                c.arg(k);
+                for _ in 0..self.rng.gen_range(1..=3) {
+                    c.arg(format!("f{}", self.rng.gen_range(0..15)));
+                }
+            }
+            "rpush" => {
+                let k = self.key(C_LIST);
+                c = redis::cmd("RPUSH");
+                c.arg(k);
+                for _ in 0..self.rng.gen_range(1..=2) {
+                    let v = self.value();
+                    c.arg(v);
+                }
+            }
+            "lpop" => {
+                let k = self.key(C_LIST);
+                c = redis::cmd("LPOP");
+                c.arg(k).arg(self.rng.gen_range(1..=3));
+            }
+            "sadd" => {
+                let k = self.key(C_SET);
+                c = redis::cmd("SADD");
+                c.arg(k);
+                for _ in 0..self.rng.gen_range(1..=3) {
+                    c.arg(format!("m{}", self.rng.gen_range(0..40)));
+                }
+            }
+            "srem" => {
+                let k = self.key(C_SET);
+                c = redis::cmd("SREM");
+                c.arg(k);
+                for _ in 0..self.rng.gen_range(1..=3) {
+                    c.arg(format!("m{}", self.rng.gen_range(0..40)));
+                }
+            }
+            "spop" => {
+                let k = self.key(C_SET);
+                c = redis::cmd("SPOP");
+                c.arg(k);
+                if self.rng.gen_bool(0.5) {
+                    c.arg(self.rng.gen_range(1..=2));
+                }
+            }
+            "zadd" => {
+                let k = self.key(C_ZSET);
+                c = redis::cmd("ZADD");
+                c.arg(k);
+                for _ in 0..self.rng.gen_range(1..=3) {
+                    c.arg(self.rng.gen_range(-100..100))
+                        .arg(format!("z{}", self.rng.gen_range(0..30)));
+                }
+            }
+            "zincrby" => {
+                let k = self.key(C_ZSET);
+                c = redis::cmd("ZINCRBY");
+                c.arg(k)
+                    .arg(self.rng.gen_range(-5..10))
+                    .arg(format!("z{}", self.rng.gen_range(0..30)));
+            }
+            "xadd" => {
+                let k = self.key(C_STREAM);
+                c = redis::cmd("XADD");
+                c.arg(k)
+                    .arg("MAXLEN")
+                    .arg(self.rng.gen_range(5..30))
+                    .arg("*")
+                    .arg("f")
+                    .arg(self.rng.gen_range(0..1000));
+            }
+            "expire" | "expire_short" => {
+                let k = self.any_key();
+                if kind == "expire_short" {
+                    c = redis::cmd("PEXPIRE");
+                    c.arg(k).arg(self.rng.gen_range(20..1500));
+                } else if self.rng.gen_bool(0.5) {
+                    c = redis::cmd("EXPIRE");
+                    c.arg(k).arg(self.rng.gen_range(600..3600));
+                } else {
+                    c = redis::cmd("PEXPIREAT");
+                    c.arg(k)
+                        .arg(now_ms() + self.rng.gen_range(600_000..3_600_000));
+                }
+            }
+            "persist" => {
+                let k = self.any_key();
+                c = redis::cmd("PERSIST");
+                c.arg(k);
+            }
+            "del" => {
+                c = redis::cmd(if self.rng.gen_bool(0.5) {
+                    "DEL"
+                } else {
+                    "UNLINK"
+                });
+                let k = self.any_key();
+                c.arg(k);
+                if self.rng.gen_bool(0.3) {
+                    let k2 = self.any_key();
+                    c.arg(k2);
+                }
+            }
+            "rename" => {
+                let (from, to) = (self.any_key(), self.any_key());
+                c = redis::cmd("RENAME");
+                c.arg(from).arg(to);
+            }
+            other => panic!("not a simple op: {other}"),
+        }
+        c
+    }
+
+    fn pick_kind(&mut self) -> &'static str {
+        if self.filter.has("flushdb") && self.rng.gen_ratio(1, self.flush_one_in) {
+            return "flushdb";
+        }
+        let mut x = self.rng.gen_range(0..self.total_weight);
+        for (k, w) in &self.kinds {
+            if x < *w {
+                return k;
+            }
+            x -= w;
+        }
+        unreachable!("weights add up")
+    }
+
+    fn select(&mut self, db: i64) -> Result<(), redis::RedisError> {
+        if self.cur_db != Some(db) {
+            redis::cmd("SELECT").arg(db).query::<()>(&mut self.conn)?;
+            self.cur_db = Some(db);
+        }
+        Ok(())
+    }
+
+    /// One random op; errors are classified into the stats. Returns false if the connection is
+    /// unusable.
+    fn step(&mut self) -> bool {
+        if self.kinds.is_empty() && !self.filter.has("flushdb") {
+            thread::sleep(Duration::from_millis(10));
+            return true;
+        }
+        let kind = self.pick_kind();
+        self.step_kind(kind, None)
+    }
+
+    /// The burst at the end of a round: 2–4 ops on the first [`BURST_KEYS`] keys of `db`, maybe
+    /// with a FLUSHDB of `db` among them; each op is described into `log`.
+    fn burst(&mut self, db: i64, log: &mut Vec<String>) -> bool {
+        self.focus = Some((db, BURST_KEYS));
+        let n = self.rng.gen_range(2..=4);
+        let flush_at = (self.filter.has("flushdb") && self.rng.gen_ratio(1, BURST_FLUSH_ONE_IN))
+            .then(|| self.rng.gen_range(0..n));
+        let mut ok = true;
+        for i in 0..n {
+            let kind = if flush_at == Some(i) {
+                "flushdb"
+            } else if self.kinds.is_empty() {
+                continue;
+            } else {
+                self.pick_kind()
+            };
+            if !self.step_kind(kind, Some(&mut *log)) {
+                ok = false;
+                break;
+            }
+        }
+        self.focus = None;
+        ok
+    }
+
+    /// Runs one op of `kind` (in the focus db, else a random one) and classifies its error.
+    fn step_kind(&mut self, kind: &'static str, log: Option<&mut Vec<String>>) -> bool {
+        let db = match self.focus {
+            Some((db, _)) => db,
+            None => DBS[self.rng.gen_range(0..DBS.len())],
+        };
+        let mut desc = String::new();
+        let result = self
+            .select(db)
+            .and_then(|()| self.run_kind(kind, &mut desc));
+        self.stats.ops += 1;
+        *self.stats.by_kind.entry(kind).or_default() += 1;
+        if let Some(log) = log {
+            let outcome = match &result {
+                Ok(()) => "ok".to_string(),
+                Err(e) => format!("error: {e}"),
+            };
+            log.push(format!("{} db {db}: {desc} -> {outcome}", self.name));
+        }
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                if let Some(class) = legit_error(&e) {
+                    *self.stats.legit_errors.entry(class).or_default() += 1;
+                    true
+                } else {
+                    self.stats.unexpected_count += 1;
+                    if self.stats.unexpected.len() < 10 {
+                        self.stats
+                            .unexpected
+                            .push(format!("{}: db {db} {kind} {desc}: {e}", self.name));
+                    }
+                    !(e.is_io_error() || e.is_connection_dropped() || e.is_timeout())
+                }
+            }
+        }
+    }
+
+    fn run_kind(&mut self, kind: &'static str, desc: &mut String) -> Result<(), redis::RedisError> {
+        match kind {
+            "flushdb" => {
+                match self.rng.gen_range(0..3) {
+                    0 => {
+                        *desc = "FLUSHDB".into();
+                        redis::cmd("FLUSHDB").query::<()>(&mut self.conn)
+                    }
+                    1 => {
+                        *desc = "FLUSHDB ASYNC".into();
+                        redis::cmd("FLUSHDB")
+                            .arg("ASYNC")
+                            .query::<()>(&mut self.conn)
+                    }
+                    _ => {
+                        // SET a; FLUSHDB; SET b in one transaction: the index in the batch
+                        // orders them (b survives, a does not).
+                        let (a, b) = (self.key(C_STRING), self.key(C_STRING));
+                        let v = self.value();
+                        *desc = format!("MULTI SET {a}; FLUSHDB; SET {b}");
+                        let mut p = redis::pipe();
+                        p.atomic();
+                        p.cmd("SET").arg(&a).arg(&v).ignore();
+                        p.cmd("FLUSHDB").ignore();
+                        p.cmd("SET").arg(&b).arg(&v).ignore();
+                        p.query::<()>(&mut self.conn)
+                    }
+                }
+            }
+            "multi" => {
+                let n = self.rng.gen_range(2..=4);
+                let mut p = redis::pipe();
+                p.atomic();
+                let simple: Vec<&str> = SIMPLE_OPS
+                    .iter()
+                    .copied()
+                    .filter(|k| self.filter.has(k))
+                    .collect();
+                if simple.is_empty() {
+                    return Ok(());
+                }
+                let switch_at = if self.rng.gen_bool(0.25) {
+                    Some(self.rng.gen_range(1..n))
+                } else {
+                    None
+                };
+                let mut parts = Vec::new();
+                for i in 0..n {
+                    if switch_at == Some(i) {
+                        let other = DBS[self.rng.gen_range(0..DBS.len())];
+                        p.cmd("SELECT").arg(other).ignore();
+                        parts.push(format!("SELECT {other}"));
+                    }
+                    let k = simple[self.rng.gen_range(0..simple.len())];
+                    let c = self.simple(k);
+                    parts.push(describe(&c));
+                    p.add_command(c).ignore();
+                }
+                *desc = format!("MULTI {}", parts.join("; "));
+                if switch_at.is_some() {
+                    // The db the connection ends in is re-established before the next op.
+                    self.cur_db = None;
+                }
+                p.query::<()>(&mut self.conn)
+            }
+            "eval" => {
+                let (script, nkeys) = SCRIPTS[self.rng.gen_range(0..SCRIPTS.len())];
+                let classes: [usize; 3] = [
+                    self.rng.gen_range(0..CLASSES),
+                    self.rng.gen_range(0..CLASSES),
+                    self.rng.gen_range(0..CLASSES),
+                ];
+                let keys: Vec<String> = classes[..nkeys].iter().map(|&c| self.key(c)).collect();
+                let (v, n) = (self.value(), self.rng.gen_range(0..20));
+                *desc = format!("EVAL {:?} {keys:?}", &script[..script.len().min(30)]);
+                let mut c = redis::cmd("EVAL");
+                c.arg(script).arg(nkeys).arg(&keys).arg(v).arg(n);
+                c.query::<Value>(&mut self.conn).map(|_| ())
+            }
+            simple => {
+                let c = self.simple(simple);
+                *desc = describe(&c);
+                c.query::<Value>(&mut self.conn).map(|_| ())
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One seed
+// ---------------------------------------------------------------------------------------------
+
+/// The size and pace of the workload.
+#[derive(Clone, Debug)]
+struct Shape {
+    keys_per_db: usize,
+    flush_one_in: u32,
+}
+
+/// How the coordinator (the test thread) and the writers take turns: writers run random ops
+/// until `burst` is set, do their burst together, and wait while the coordinator checks.
+struct Control {
+    burst: AtomicBool,
+    stop: AtomicBool,
+    /// The focus db of the current burst.
+    burst_db: AtomicI64,
+    /// Writers only: the burst starts when all have stopped their random ops.
+    start_burst: Barrier,
+    /// Writers and coordinator: every burst is done.
+    burst_done: Barrier,
+    /// Writers and coordinator: the checkpoint is done, go on (or stop).
+    resume: Barrier,
+    /// What the writers did in the current burst.
+    burst_log: Mutex<Vec<String>>,
+}
+
+/// Polls until both servers hold the same data; returns how long that took, or the last diff.
+fn wait_converged(pair: &Pair, timeout: Duration) -> Result<Duration, String> {
+    let start = Instant::now();
+    loop {
+        let last = match compare_once(&pair.a, &pair.b, &DBS) {
+            Ok(()) => return Ok(start.elapsed()),
+            Err(diff) => diff,
+        };
+        if start.elapsed() >= timeout {
+            return Err(last);
+        }
+        thread::sleep(CHECK_POLL);
+    }
+}
+
+fn run_seed(seed: u64) {
+    let secs = env_usize("CONV_SECS", 15) as u64;
+    let threads_per_side = env_usize("CONV_THREADS", 3);
+    let round_len = Duration::from_millis(env_usize("CONV_ROUND_MS", ROUND_MS as usize) as u64);
+    let shape = Shape {
+        keys_per_db: env_usize("CONV_KEYS", 20),
+        flush_one_in: env_usize("CONV_FLUSH_ONE_IN", FLUSH_ONE_IN as usize).max(1) as u32,
+    };
+    let filter = OpFilter::from_env();
+    eprintln!(
+        "convergence: seed {seed} (replay with CONV_SEED={seed}), {secs} s of writes, \
+         {threads_per_side} writers per side, {} hot keys x {} dbs, rounds of {} ms + burst + \
+         checkpoint, FLUSHDB 1 in {} ops, ops {:?}",
+        shape.keys_per_db,
+        DBS.len(),
+        round_len.as_millis(),
+        shape.flush_one_in,
+        filter.allowed
+    );
+    let t0 = Instant::now();
+    let pair = Pair::start();
+    pair.wait_link_up(Duration::from_secs(20));
+    let setup = t0.elapsed();
+
+    let writers = 2 * threads_per_side;
+    let ctl = Arc::new(Control {
+        burst: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+        burst_db: AtomicI64::new(0),
+        start_burst: Barrier::new(writers),
+        burst_done: Barrier::new(writers + 1),
+        resume: Barrier::new(writers + 1),
+        burst_log: Mutex::new(Vec::new()),
+    });
+    let mut handles = Vec::new();
+    for (side, server) in [("a", &pair.a), ("b", &pair.b)] {
+        for t in 0..threads_per_side {
+            let name = format!("{side}{t}");
+            let side_no = if side == "a" { 0u64 } else { 1 };
+            let wseed = seed
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                .wrapping_add(side_no * 1000 + t as u64 + 1);
+            let mut w = Writer::new(name, wseed, server.conn(), &shape, filter.clone());
+            let ctl = Arc::clone(&ctl);
+            handles.push(
+                thread::Builder::new()
+                    .name(format!("writer-{side}{t}"))
+                    .spawn(move || {
+                        // A writer whose connection broke stops writing but keeps taking part
+                        // in the rounds (the error is in its stats and fails the test).
+                        let mut broken = false;
+                        loop {
+                            while !ctl.burst.load(Ordering::Acquire) {
+                                if broken {
+                                    thread::sleep(Duration::from_millis(1));
+                                } else if !w.step() {
+                                    broken = true;
+                                }
+                            }
+                            ctl.start_burst.wait();
+                            if !broken {
+                                let mut log = Vec::new();
+                                broken = !w.burst(ctl.burst_db.load(Ordering::Acquire), &mut log);
+                                lock(&ctl.burst_log).extend(log);
+                            }
+                            ctl.burst_done.wait();
+                            ctl.resume.wait();
+                            if ctl.stop.load(Ordering::Acquire) {
+                                return w.stats;
+                            }
+                        }
+                    })
+                    .expect("spawning a writer"),
+            );
+        }
+    }
+
+    // Rounds: random writes, a burst, a checkpoint; until `secs` of writing are done.
+    let mut write_time = Duration::ZERO;
+    let mut rounds = 0u64;
+    let mut slowest_check = Duration::ZERO;
+    let mut failure: Option<String> = None;
+    let run_start = Instant::now();
+    loop {
+        let phase = Instant::now();
+        thread::sleep(round_len);
+        let db = DBS[rounds as usize % DBS.len()];
+        ctl.burst_db.store(db, Ordering::Release);
+        ctl.burst.store(true, Ordering::Release);
+        ctl.burst_done.wait();
+        write_time += phase.elapsed();
+        ctl.burst.store(false, Ordering::Release);
+        rounds += 1;
+        let burst_log = std::mem::take(&mut *lock(&ctl.burst_log));
+        let at = run_start.elapsed();
+        match wait_converged(&pair, CONVERGE_TIMEOUT) {
+            Ok(took) => slowest_check = slowest_check.max(took),
+            Err(diff) => {
+                failure = Some(format!(
+                    "seed {seed}: checkpoint after round {rounds} (burst in db {db}, {:.1} s \
+                     into the run) did not converge within {CONVERGE_TIMEOUT:?}:\n{diff}\n\
+                     the burst that ended the round:\n  {}",
+                    at.as_secs_f64(),
+                    burst_log.join("\n  ")
+                ));
+            }
+        }
+        let done = failure.is_some() || write_time >= Duration::from_secs(secs);
+        if done {
+            ctl.stop.store(true, Ordering::Release);
+        }
+        ctl.resume.wait();
+        if done {
+            break;
+        }
+    }
+    let run_time = run_start.elapsed();
+    let mut stats = WriterStats::default();
+    for h in handles {
+        stats.merge(h.join().expect("a writer thread panicked"));
+    }
+    eprintln!(
+        "seed {seed}: {} ops in {rounds} rounds, {:.1} s of writes ({:.0} ops/s), {:.1} s with \
+         checkpoints (slowest {:.0} ms); legit errors {:?}; unexpected {}",
+        stats.ops,
+        write_time.as_secs_f64(),
+        stats.ops as f64 / write_time.as_secs_f64(),
+        run_time.as_secs_f64(),
+        slowest_check.as_secs_f64() * 1000.0,
+        stats.legit_errors,
+        stats.unexpected_count
+    );
+    eprintln!("seed {seed}: ops per kind {:?}", stats.by_kind);
+    if let Some(f) = failure {
+        let (mut ca, mut cb) = pair.conns();
+        let sorted = |s: HashMap<String, String>| s.into_iter().collect::<BTreeMap<_, _>>();
+        panic!(
+            "{f}\nstatus a: {:?}\nstatus b: {:?}",
+            sorted(status(&mut ca)),
+            sorted(status(&mut cb))
+        );
+    }
+    assert!(
+        stats.unexpected_count == 0,
+        "seed {seed}: {} unexpected command errors, first ones:\n{}",
+        stats.unexpected_count,
+        stats.unexpected.join("\n")
+    );
+
+    // The final check (the last checkpoint already passed: this is the harness' own verdict).
+    pair.assert_converged(&DBS, CONVERGE_TIMEOUT);
+
+    let (mut ca, mut cb) = pair.conns();
+    let keys: Vec<usize> = DBS
+        .iter()
+        .map(|&db| {
+            redis::cmd("SELECT")
+                .arg(db)
+                .query::<()>(&mut ca)
+                .expect("SELECT");
+            redis::cmd("DBSIZE")
+                .query::<usize>(&mut ca)
+                .expect("DBSIZE")
+        })
+        .collect();
+    let field = |s: &HashMap<String, String>, f: &str| s.get(f).cloned().unwrap_or_default();
+    for (n, c) in [("a", &mut ca), ("b", &mut cb)] {
+        let s = status(c);
+        eprintln!(
+            "seed {seed}: node {n}: conflicts_lost {} ops_captured {} ops_applied {} link {} \
+             link_errors {} partial/dirty-key/full syncs {}/{}/{} last_error {:?}",
+            field(&s, "conflicts_lost"),
+            field(&s, "ops_captured"),
+            field(&s, "ops_applied"),
+            field(&s, "link"),
+            field(&s, "link_errors"),
+            field(&s, "partial_syncs"),
+            field(&s, "dirty_key_syncs"),
+            field(&s, "full_syncs"),
+            field(&s, "last_error"),
+        );
+    }
+    let lost_a = status_u64(&mut ca, "conflicts_lost");
+    let lost_b = status_u64(&mut cb, "conflicts_lost");
+    eprintln!(
+        "seed {seed}: CONVERGED at all {rounds} checkpoints; setup {:.1} s, total {:.1} s; keys \
+         per db at the end {keys:?}; conflicts_lost a={lost_a} b={lost_b}",
+        setup.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(
+        lost_a >= MIN_CONFLICTS && lost_b >= MIN_CONFLICTS,
+        "seed {seed}: the conflict rule was not exercised enough: conflicts_lost a={lost_a} \
+         b={lost_b}, want >= {MIN_CONFLICTS} each"
+    );
+
+    // The table of un-acknowledged writes is the only per-key metadata: empty once quiet
+    // (DESIGN §3), which also means every batch was acknowledged (SYNC.WAIT relies on it).
+    wait_for_state(
+        "pending_keys 0 on both nodes (every batch acknowledged once the pair is quiet)",
+        Duration::from_secs(5),
+        || {
+            let (pa, pb) = (
+                status_u64(&mut ca, "pending_keys"),
+                status_u64(&mut cb, "pending_keys"),
+            );
+            if pa == 0 && pb == 0 {
+                return Ok(());
+            }
+            let mut text = String::new();
+            for (n, c) in [("a", &mut ca), ("b", &mut cb)] {
+                let s = status(c);
+                text.push_str(&format!(
+                    "{n}: pending_keys {} issued_seq {} sent_seq {} acked_seq {} applied_seq {} \
+                     lag_ms {}\n",
+                    field(&s, "pending_keys"),
+                    field(&s, "issued_seq"),
+                    field(&s, "sent_seq"),
+                    field(&s, "acked_seq"),
+                    field(&s, "applied_seq"),
+                    field(&s, "lag_ms"),
+                ));
+            }
+            Err(text)
+        },
+    );
+}
+
+/// Locks a mutex even if a writer panicked while holding it.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
