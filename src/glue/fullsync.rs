@@ -9,7 +9,7 @@
 //! keys the source does not have — except its own un-acknowledged writes.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use redis_module::Context;
@@ -204,6 +204,7 @@ pub fn target_begin() {
         t.sweeping = None;
         t.deleted = 0;
     });
+    TARGET_ACTIVE.store(true, Ordering::Relaxed);
     log::notice("full resync: receiving the peer's dataset");
 }
 
@@ -222,9 +223,13 @@ pub fn target_received(db: u32, key: &[u8]) {
     });
 }
 
+/// Set while a full resync is received or swept (checked on every applied
+/// key, so without taking the lock).
+static TARGET_ACTIVE: AtomicBool = AtomicBool::new(false);
+
 /// Is a full resync being received or swept (so applied keys must be noted)?
 pub fn target_receiving() -> bool {
-    target(|t| t.receiving.is_some() || t.sweeping.is_some())
+    TARGET_ACTIVE.load(Ordering::Relaxed)
 }
 
 /// The source sent everything: start deleting what it does not have.
@@ -298,6 +303,7 @@ pub fn target_step(ctx: &Context, shared: &Shared) -> bool {
             t.sweeping = None;
             t.deleted
         });
+        TARGET_ACTIVE.store(false, Ordering::Relaxed);
         shared.fresh.store(false, Ordering::Relaxed);
         Stats::add(&shared.stats.full_syncs, 1);
         log::notice(&format!(
