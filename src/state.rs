@@ -89,6 +89,8 @@ pub struct Shared {
     /// The link asks the main thread to drop this node's queued writes: it
     /// is about to take the peer's dataset.
     pub target_reset_requested: AtomicBool,
+    /// Own batches up to this seq were discarded (operator chose the peer's data).
+    pub superseded_upto: AtomicU64,
     /// The link asks the main thread to start a full resync as the source.
     pub full_sync_requested: AtomicBool,
     /// The main thread asks the link to end the current session.
@@ -140,6 +142,7 @@ impl Shared {
             force_source: AtomicBool::new(false),
             full_sync_requested: AtomicBool::new(false),
             target_reset_requested: AtomicBool::new(false),
+            superseded_upto: AtomicU64::new(0),
             wake_pending: AtomicBool::new(false),
         }
     }

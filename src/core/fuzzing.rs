@@ -48,6 +48,7 @@ pub fn handshake(data: &[u8]) {
         fresh: false,
         empty: false,
         source: false,
+        overflowed: false,
     };
     let mut r = data;
     if let Ok(Frame::Hello(theirs)) = codec::read_frame(&mut r, PRE_AUTH_FRAME_LIMIT) {

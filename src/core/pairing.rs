@@ -19,6 +19,9 @@ pub struct PairInfo {
     pub source: bool,
     /// Its recorded position refers to the other side's current stream.
     pub knows_peer: bool,
+    /// Its table of un-acknowledged writes overflowed: its stream cannot be
+    /// resumed safely, only replaced by a full resync from it.
+    pub overflowed: bool,
 }
 
 /// This node's part in the sync that starts now.
@@ -28,8 +31,14 @@ pub enum Role {
     Stream,
     /// Send the whole dataset; the peer takes it.
     Source,
-    /// Receive the whole dataset from the peer.
-    Target,
+    /// Receive the whole dataset from the peer. With `discard_local` this
+    /// node's own queued writes lose too (the operator chose the other
+    /// side at a first contact); without it, writes made by this process
+    /// are new writes and are kept (only data loaded from disk is stale).
+    Target {
+        /// Drop this node's un-acknowledged writes.
+        discard_local: bool,
+    },
     /// Do not pair; the text says what the operator must do.
     Refuse(String),
 }
@@ -39,31 +48,44 @@ pub enum Role {
 /// tie-break when nothing else decides).
 pub fn decide(me: PairInfo, them: PairInfo, me_first: bool) -> Role {
     match (me.fresh, them.fresh) {
+        (false, false) if me.overflowed || them.overflowed => match (me.overflowed, them.overflowed) {
+            (true, false) => Role::Source,
+            (false, true) => Role::Target { discard_local: false },
+            _ => {
+                if me_first {
+                    Role::Source
+                } else {
+                    Role::Target { discard_local: false }
+                }
+            }
+        },
         (false, false) => match (me.knows_peer, them.knows_peer) {
             (true, true) => Role::Stream,
             // One side's record of the other was replaced (another node
             // spoke to it in between): the side whose record is intact
             // is the source.
-            (false, true) => Role::Target,
+            (false, true) => Role::Target { discard_local: false },
             (true, false) => Role::Source,
             (false, false) => {
                 if me_first {
                     Role::Source
                 } else {
-                    Role::Target
+                    Role::Target { discard_local: false }
                 }
             }
         },
         (false, true) => Role::Source,
-        (true, false) => Role::Target,
+        // This node restarted: what it loaded from disk is stale, what its
+        // clients wrote since is new.
+        (true, false) => Role::Target { discard_local: false },
         (true, true) => match (me.source, them.source) {
             (true, true) => Role::Refuse("both nodes were chosen as the source: choose one".into()),
             (true, false) => Role::Source,
-            (false, true) => Role::Target,
+            (false, true) => Role::Target { discard_local: true },
             (false, false) => match (me.empty, them.empty) {
                 (true, true) => Role::Stream,
                 (false, true) => Role::Source,
-                (true, false) => Role::Target,
+                (true, false) => Role::Target { discard_local: false },
                 (false, false) => Role::Refuse(
                     "both nodes hold data and have never synced: run SYNC.PAIR SOURCE on the node whose data should win (the other node's data is replaced)".into(),
                 ),
@@ -78,12 +100,13 @@ mod tests {
 
     fn all() -> Vec<PairInfo> {
         let mut v = Vec::new();
-        for bits in 0..16u8 {
+        for bits in 0..32u8 {
             v.push(PairInfo {
                 fresh: bits & 1 != 0,
                 empty: bits & 2 != 0,
                 source: bits & 4 != 0,
                 knows_peer: bits & 8 != 0,
+                overflowed: bits & 16 != 0,
             });
         }
         v
@@ -97,8 +120,8 @@ mod tests {
                 let ok = matches!(
                     (&ra, &rb),
                     (Role::Stream, Role::Stream)
-                        | (Role::Source, Role::Target)
-                        | (Role::Target, Role::Source)
+                        | (Role::Source, Role::Target { .. })
+                        | (Role::Target { .. }, Role::Source)
                         | (Role::Refuse(_), Role::Refuse(_))
                 );
                 assert!(ok, "{a:?} / {b:?} -> {ra:?} / {rb:?}");
@@ -112,6 +135,7 @@ mod tests {
             empty,
             source: false,
             knows_peer: !fresh,
+            overflowed: false,
         }
     }
 
@@ -123,7 +147,9 @@ mod tests {
         );
         assert_eq!(
             decide(info(true, false), info(false, false), true),
-            Role::Target
+            Role::Target {
+                discard_local: false
+            }
         );
     }
 
@@ -145,5 +171,26 @@ mod tests {
             ..info(true, false)
         };
         assert_eq!(decide(chosen, info(true, false), false), Role::Source);
+        assert_eq!(
+            decide(info(true, false), chosen, true),
+            Role::Target {
+                discard_local: true
+            }
+        );
+    }
+
+    #[test]
+    fn an_overflowed_table_makes_its_node_the_source() {
+        let over = PairInfo {
+            overflowed: true,
+            ..info(false, false)
+        };
+        assert_eq!(decide(over, info(false, false), false), Role::Source);
+        assert_eq!(
+            decide(info(false, false), over, true),
+            Role::Target {
+                discard_local: false
+            }
+        );
     }
 }

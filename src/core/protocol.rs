@@ -167,6 +167,8 @@ pub struct Hello {
     pub empty: bool,
     /// The operator chose the sender's data to win a first contact.
     pub source: bool,
+    /// The sender's un-acknowledged writes table overflowed.
+    pub overflowed: bool,
 }
 
 /// A frame on an established link.

@@ -47,7 +47,15 @@ pub unsafe extern "C" fn on_event_loop(
             // Writes made before the full resync began lose to the source's data.
             shared.resync_requested.store(false, Ordering::Release);
             with_node(|n| n.pending.clear());
-            shared.outbox().discard_all();
+            fullsync::forget_local_writes();
+            {
+                let mut o = shared.outbox();
+                // SYNC.WAIT must never report these superseded writes as applied.
+                shared
+                    .superseded_upto
+                    .store(o.last_seq(), Ordering::Relaxed);
+                o.discard_all();
+            }
             build_dirty_key_resync(&ctx);
         }
         if shared.full_sync_requested.swap(false, Ordering::AcqRel) {

@@ -151,11 +151,12 @@ pub fn flush(ctx: &Context) -> usize {
     if ops.is_empty() {
         return 0;
     }
-    if super::fullsync::target_receiving() {
-        // Our own writes during a full resync are not the sweep's to delete.
+    if shared.fresh.load(Ordering::Relaxed) || super::fullsync::target_receiving() {
+        // Writes by this process's clients before or during a full resync
+        // are new writes: the sweep that follows must not delete them.
         for (db, op) in &ops {
             if let Op::Set { key, .. } = op {
-                super::fullsync::target_received(*db, key);
+                super::fullsync::note_local_write(*db, key);
             }
         }
     }

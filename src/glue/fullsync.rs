@@ -45,6 +45,9 @@ struct Target {
     receiving: Option<KeySet>,
     /// Sweeping after the source finished: (received keys, db, cursor).
     sweeping: Option<(KeySet, u32, Vec<u8>)>,
+    /// Keys written by this process's clients before it first synced: new
+    /// writes, not stale data, so the sweep keeps them.
+    local: KeySet,
     deleted: u64,
 }
 
@@ -223,6 +226,18 @@ pub fn target_received(db: u32, key: &[u8]) {
     });
 }
 
+/// Remember a key written locally while this node has not synced yet.
+pub fn note_local_write(db: u32, key: &[u8]) {
+    target(|t| {
+        t.local.insert((db, key.to_vec()));
+    });
+}
+
+/// The operator chose the peer's data: this node's earlier writes lose.
+pub fn forget_local_writes() {
+    target(|t| t.local = KeySet::default());
+}
+
 /// Set while a full resync is received or swept (checked on every applied
 /// key, so without taking the lock).
 static TARGET_ACTIVE: AtomicBool = AtomicBool::new(false);
@@ -255,7 +270,10 @@ pub fn target_step(ctx: &Context, shared: &Shared) -> bool {
             let doomed: Vec<Vec<u8>> = target(|t| {
                 let received = t.sweeping.as_ref().map(|(r, _, _)| r);
                 keys.into_iter()
-                    .filter(|k| !received.is_some_and(|r| r.contains(&(db, k.clone()))))
+                    .filter(|k| {
+                        let dk = (db, k.clone());
+                        !received.is_some_and(|r| r.contains(&dk)) && !t.local.contains(&dk)
+                    })
                     .collect()
             });
             let doomed: Vec<Vec<u8>> = doomed
@@ -301,6 +319,7 @@ pub fn target_step(ctx: &Context, shared: &Shared) -> bool {
     if finished {
         let deleted = target(|t| {
             t.sweeping = None;
+            t.local = KeySet::default();
             t.deleted
         });
         TARGET_ACTIVE.store(false, Ordering::Relaxed);

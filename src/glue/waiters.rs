@@ -29,6 +29,12 @@ static WAITERS: Mutex<Vec<Waiter>> = Mutex::new(Vec::new());
 
 /// Peers (0 or 1 today) that applied our stream up to `target`.
 fn count_at(shared: &Shared, target: u64) -> i64 {
+    let superseded = shared
+        .superseded_upto
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if target > 0 && target <= superseded {
+        return 0; // those writes were replaced by the peer's dataset
+    }
     i64::from(shared.outbox().acked_seq() >= target)
 }
 
@@ -125,14 +131,18 @@ pub fn release_ready(_ctx: &Context, shared: &Shared) {
     if w.is_empty() {
         return;
     }
-    let acked = shared.outbox().acked_seq();
     let now = Instant::now();
     w.retain(|x| {
-        let n = i64::from(acked >= x.target);
+        let n = count_at(shared, x.target);
+        let superseded = x.target > 0
+            && x.target
+                <= shared
+                    .superseded_upto
+                    .load(std::sync::atomic::Ordering::Relaxed);
         let expired = x
             .deadline
             .is_some_and(|d| now >= d + std::time::Duration::from_millis(50));
-        if n >= x.numpeers || expired {
+        if n >= x.numpeers || expired || superseded {
             // SAFETY: bc came from BlockClient and is released once, here.
             unsafe {
                 if let Some(unblock) = raw::RedisModule_UnblockClient {

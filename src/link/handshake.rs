@@ -85,6 +85,7 @@ mod tests {
             fresh: false,
             empty: false,
             source: false,
+            overflowed: false,
         }
     }
 

@@ -79,6 +79,7 @@ fn our_hello(shared: &Shared, nonce: &[u8]) -> Hello {
         fresh: shared.fresh.load(Ordering::Relaxed),
         empty: shared.dataset_empty.load(Ordering::Relaxed),
         source: shared.force_source.load(Ordering::Relaxed),
+        overflowed: shared.table_overflowed.load(Ordering::Relaxed),
     }
 }
 
@@ -88,6 +89,7 @@ fn pair_info(shared: &Shared, h: &Hello, peer: &Hello, peer_stream_recorded: u64
         fresh: h.fresh,
         empty: h.empty,
         source: h.source,
+        overflowed: h.overflowed,
         knows_peer: peer_stream_recorded != 0 && peer_stream_recorded == peer.stream_id,
     }
 }
@@ -465,13 +467,18 @@ fn write_loop(
     let mut cursor;
     let needs_resync =
         plan == ResumePlan::NeedResync || shared.resync_requested.load(Ordering::Relaxed);
-    let full =
-        *role == Role::Source || (needs_resync && shared.table_overflowed.load(Ordering::Relaxed));
-    if *role != Role::Target {
+    let full = *role == Role::Source;
+    let discard_local = matches!(
+        role,
+        Role::Target {
+            discard_local: true
+        }
+    );
+    if !matches!(role, Role::Target { .. }) {
         // From now on this node's data is authoritative toward the peer.
         shared.fresh.store(false, Ordering::Relaxed);
     }
-    if !needs_resync && !full && *role != Role::Target {
+    if !needs_resync && !full && !discard_local {
         let (batches, ack, end) = {
             let o = shared.outbox();
             (o.batches_after(peer_pos), o.applied_seq(), o.end_index())
@@ -492,7 +499,7 @@ fn write_loop(
         shared.outbox().mark_sent(end);
     } else {
         let after = shared.outbox().last_seq();
-        if *role == Role::Target {
+        if discard_local {
             log::notice(&format!(
                 "taking the dataset of peer {} (full resync)",
                 theirs.node_id
