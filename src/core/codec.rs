@@ -319,6 +319,19 @@ mod tests {
         assert!(read_frame_authenticated(&mut &plain[..], 1 << 20, &mut rx3).is_err());
     }
 
+    #[test]
+    fn huge_string_lengths_are_refused_before_allocating() {
+        // A Hello whose node_id claims 2^62 bytes, and a Refuse claiming u64::MAX.
+        for bytes in [
+            &[0u8, 0, 0, 0x0b, 0x00, 0x01, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0x40][..],
+            &[
+                0u8, 0, 0, 0x0a, 0x01, 0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            ][..],
+        ] {
+            assert!(read_frame(&mut &bytes[..], 1 << 20).is_err());
+        }
+    }
+
     proptest! {
         #[test]
         fn decoding_random_bytes_never_panics(body in proptest::collection::vec(any::<u8>(), 0..512)) {

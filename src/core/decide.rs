@@ -49,15 +49,18 @@ pub enum Action<'a> {
     },
     /// A newer local write wins: count it in `conflicts_lost`.
     Lost(&'a Entry),
+    /// A remote flush already processed (re-sent by a resync): skip it.
+    Duplicate,
     /// A full resync from the peer starts.
     FullSyncBegin,
     /// The peer's full resync has sent every key.
     FullSyncEnd,
 }
 
-/// Plan every entry of a remote batch from `origin` against the local table.
+/// Plan every entry of a remote batch from `origin` against the local table
+/// (which remembers the remote flushes it has seen).
 pub fn plan_batch<'a>(
-    table: &PendingWrites,
+    table: &mut PendingWrites,
     batch: &'a Batch,
     origin: &str,
     local: &str,
@@ -69,7 +72,9 @@ pub fn plan_batch<'a>(
             Op::FullSyncBegin => Action::FullSyncBegin,
             Op::FullSyncEnd => Action::FullSyncEnd,
             Op::FlushDb => {
-                if table.flush_covers(e.db, e.stamp, origin, local) {
+                if !table.first_sight_of_remote_flush(e.db, e.stamp) {
+                    Action::Duplicate
+                } else if table.flush_covers(e.db, e.stamp, origin, local) {
                     Action::Lost(e)
                 } else {
                     Action::Flush {
@@ -140,7 +145,10 @@ mod tests {
                 },
             ],
         };
-        let plan = plan_batch(&t, &b, "b", "a");
+        let plan = plan_batch(&mut t, &b, "b", "a");
+        // The same flush re-sent by a resync is not applied twice.
+        let again = plan_batch(&mut t, &b, "b", "a");
+        assert_eq!(again[3], Action::Duplicate);
         assert_eq!(plan[0], Action::Lost(&b.entries[0]));
         assert!(matches!(plan[1], Action::Write(_)));
         assert!(matches!(plan[2], Action::Write(_)));

@@ -72,9 +72,9 @@ fn use_frame(frame: &Frame) {
             let _ = check_hello(h, h);
         }
         Frame::Batch(b) => {
-            let table = PendingWrites::new();
+            let mut table = PendingWrites::new();
             let _ = super::decide::check_seq(0, b);
-            let _ = super::decide::plan_batch(&table, b, "b", "a");
+            let _ = super::decide::plan_batch(&mut table, b, "b", "a");
             for e in &b.entries {
                 if let super::protocol::Op::Set {
                     key,

@@ -50,12 +50,17 @@ pub fn decide(me: PairInfo, them: PairInfo, me_first: bool) -> Role {
     match (me.fresh, them.fresh) {
         (false, false) if me.overflowed || them.overflowed => match (me.overflowed, them.overflowed) {
             (true, false) => Role::Source,
+            // Our table is intact: our un-acknowledged writes still win
+            // over the source's older images.
             (false, true) => Role::Target { discard_local: false },
+            // Both tables are incomplete: no merge is possible. The node
+            // with the smaller id wins; the other's writes since its last
+            // acknowledged batch are replaced (documented limit).
             _ => {
                 if me_first {
                     Role::Source
                 } else {
-                    Role::Target { discard_local: false }
+                    Role::Target { discard_local: true }
                 }
             }
         },

@@ -48,6 +48,10 @@ pub fn remote_wins(remote: Stamp, remote_node: &str, local: Stamp, local_node: &
 pub struct PendingWrites {
     keys: HashMap<DbKey, PendingEntry>,
     flushes: HashMap<u32, PendingEntry>,
+    /// Newest remote flush already processed per db: a dirty-key resync can
+    /// re-send a flush the receiver already applied, and unlike a key image a
+    /// flush is not idempotent (it would delete keys it spared the first time).
+    seen_remote_flushes: HashMap<u32, Stamp>,
 }
 
 impl PendingWrites {
@@ -122,6 +126,18 @@ impl PendingWrites {
             })
             .map(|((_, k), _)| k.clone())
             .collect()
+    }
+
+    /// Record a remote flush as processed; false if it (or a newer one) was
+    /// processed before.
+    pub fn first_sight_of_remote_flush(&mut self, db: u32, stamp: Stamp) -> bool {
+        match self.seen_remote_flushes.get(&db) {
+            Some(seen) if *seen >= stamp => false,
+            _ => {
+                self.seen_remote_flushes.insert(db, stamp);
+                true
+            }
+        }
     }
 
     /// Does a pending local flush of `db` already cover a remote flush stamped

@@ -7,6 +7,15 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Decode a string by borrowing it from the input first, so its length is
+/// checked against the bytes actually present. bincode 2.0.1 allocates an
+/// owned `String` of the announced length *before* checking it: a 15-byte
+/// pre-authentication frame could make the server allocate 2^62 bytes and
+/// abort (found by the fuzzer). Every `String` field on the wire needs this.
+fn borrowed_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    <&'de str>::deserialize(d).map(str::to_owned)
+}
+
 /// Bumped whenever a message shape or its meaning changes.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -148,6 +157,7 @@ pub struct Hello {
     /// [`PROTOCOL_VERSION`] of the sender.
     pub protocol: u32,
     /// The sender's `node-id`.
+    #[serde(deserialize_with = "borrowed_string")]
     pub node_id: String,
     /// The sender's `databases` setting; both sides must agree.
     pub databases: u32,
@@ -177,7 +187,7 @@ pub enum Frame {
     /// Handshake.
     Hello(Hello),
     /// The handshake was refused; the text says why, for the peer's log.
-    Refuse(String),
+    Refuse(#[serde(deserialize_with = "borrowed_string")] String),
     /// Proof of knowing the shared secret (HMAC over both nonces).
     Proof(Vec<u8>),
     /// Changes to apply.

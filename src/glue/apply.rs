@@ -131,7 +131,7 @@ fn apply_batch(
             batch.seq, e.db, shared.databases
         ));
     }
-    let plan = with_node(|n| plan_batch(&n.pending, batch, origin, local));
+    let plan = with_node(|n| plan_batch(&mut n.pending, batch, origin, local));
     let _flag = ApplyingFlag::set();
     let mut applied = 0usize;
     let mut lost = 0u64;
@@ -141,6 +141,7 @@ fn apply_batch(
                 lost += 1;
                 note_received(entry);
             }
+            Action::Duplicate => {}
             Action::FullSyncBegin => fullsync::target_begin(),
             Action::FullSyncEnd => fullsync::target_end(),
             Action::Flush { db, survivors } => {

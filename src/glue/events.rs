@@ -47,6 +47,7 @@ pub unsafe extern "C" fn on_event_loop(
             // Writes made before the full resync began lose to the source's data.
             shared.resync_requested.store(false, Ordering::Release);
             with_node(|n| n.pending.clear());
+            shared.table_overflowed.store(false, Ordering::Release);
             fullsync::forget_local_writes();
             {
                 let mut o = shared.outbox();

@@ -202,10 +202,20 @@ pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
 
 /// The peer starts a full resync to us.
 pub fn target_begin() {
+    // Our un-acknowledged writes are on their way to the source (in our
+    // stream), maybe after its scan passed them: the sweep must keep them.
+    let pending: Vec<(u32, Vec<u8>)> = with_node(|n| {
+        n.pending
+            .entries_by_stamp()
+            .into_iter()
+            .filter_map(|(db, k, _)| k.map(|k| (db, k)))
+            .collect()
+    });
     target(|t| {
         t.receiving = Some(HashSet::new());
         t.sweeping = None;
         t.deleted = 0;
+        t.local.extend(pending);
     });
     TARGET_ACTIVE.store(true, Ordering::Relaxed);
     log::notice("full resync: receiving the peer's dataset");
@@ -324,6 +334,8 @@ pub fn target_step(ctx: &Context, shared: &Shared) -> bool {
         });
         TARGET_ACTIVE.store(false, Ordering::Relaxed);
         shared.fresh.store(false, Ordering::Relaxed);
+        // Whatever our table missed is settled by the dataset we took.
+        shared.table_overflowed.store(false, Ordering::Relaxed);
         Stats::add(&shared.stats.full_syncs, 1);
         log::notice(&format!(
             "full resync received: {deleted} keys the source did not have were deleted"

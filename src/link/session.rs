@@ -532,10 +532,18 @@ fn write_loop(
                 .map(|(g, _)| g)
                 .unwrap_or_else(|p| p.into_inner().0);
         }
+        // The resync batch (and whatever followed it) first, then the ack:
+        // the ack must not overtake the flush the resync re-sends (rule 1).
+        let (items, end) = o.items_from(cursor);
         let ack = o.applied_seq();
+        o.mark_sent(end);
         drop(o);
+        for item in items {
+            write_item(&mut w, shared, item, keys.as_deref_mut())?;
+        }
         send(&mut w, shared, &Frame::Ack(ack), keys.as_deref_mut())?;
         w.flush()?;
+        cursor = end;
     }
     let mut last_write = Instant::now();
     loop {

@@ -1,0 +1,1337 @@
+//! Seeded, deterministic simulation of a bisync pair, running the production core.
+//!
+//! # Model
+//!
+//! Two nodes, `a` and `b`, each with an in-memory store standing in for Redis
+//! (`(db, key) -> value`, two dbs, five keys, so concurrent writes collide often)
+//! and the very structures the module uses: an [`Hlc`], a [`PendingWrites`] table,
+//! an [`Outbox`] and a [`DirtyLog`]. Nothing here re-implements a rule; the sim only
+//! replays what the glue does around the core, without Redis and without sockets:
+//!
+//! | simulation                      | production                                                   |
+//! |---------------------------------|--------------------------------------------------------------|
+//! | `Node::set/append/del/flush_dbs`| a client write, noted by `glue::capture` as `(db, key)` / flush |
+//! | `Node::before_sleep`            | `glue::events::on_event_loop`: `flush`, then the requested dirty-key resync |
+//! | `Node::flush`                   | `glue::flush::flush` (`reduce`, read images, `enqueue_batch`) |
+//! | `Node::enqueue_batch`           | `glue::flush::enqueue_batch` (one `hlc.now` per batch, record, encode, push; overflow requests a resync and drops the session) |
+//! | `Node::build_dirty_key_resync`  | `glue::flush::build_dirty_key_resync` (recorded stamps, `push_resync_batch`) |
+//! | `Node::apply_batch`             | `glue::apply::apply_inbound` + `apply_batch` + `flush_keeping` |
+//! | `Node::hello`, `session_start`  | `link::session::our_hello`, `Inbound::SessionStart`          |
+//! | `Sim::start_writer/poll_writer/pump` | `link::session::write_loop`: partial or dirty-key start, then the FIFO from a cursor, `mark_sent` |
+//! | `Sim::deliver`                  | `read_loop`, then the receiver's next before-sleep (flush first, then apply) |
+//! | `Sim::wires`                    | the two directions of the TCP connection: FIFO, delayed, all lost on a drop |
+//!
+//! Pairing (`core::pairing`) always decides `Role::Stream` here (both nodes
+//! start empty and never restart), so full resyncs are not modelled; nor
+//! are TTLs or non-string types (images are opaque to the core).
+//!
+//! A schedule is a few hundred random steps (local writes, FLUSHDB/FLUSHALL,
+//! flush points, writer pumps, deliveries, clock advances and backward jumps,
+//! link drops, reconnects, outages and one-way congestion while one side
+//! writes hard), with per-schedule knobs (backlog size, delays, clock skew,
+//! step weights); most schedules end with such a fault. Then the pair heals:
+//! reconnect, run flush points, pump and deliver until both sides are quiet
+//! (bounded). Finally both stores must be identical and both un-acknowledged
+//! tables empty.
+//!
+//! [`SimRules`] switches in the two mistakes DESIGN §3 warns about, to prove the
+//! simulation notices them: fresh stamps in a dirty-key resync, and
+//! acknowledgements that overtake batches already in flight. A mutation counts
+//! as caught by a schedule that diverges under it but converges under the
+//! correct rules.
+//!
+//! # Replay
+//!
+//! Each schedule has its own seed, printed on failure:
+//!
+//! ```text
+//! SIM_SEED=<seed> cargo test --release --test simulation            # one schedule, every test
+//! SIM_SEED=<seed> SIM_TRACE=1 cargo test --release --test simulation converges -- --nocapture
+//! SIM_SEED=<seed> SIM_STEPS=<n> ...      # only the first n random steps (shrinks a failure)
+//! SIM_SCHEDULES=100000 cargo test --release --test simulation converges   # a longer run
+//! ```
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use rand::distributions::WeightedIndex;
+use rand::prelude::Distribution;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use redis_bisync::core::codec;
+use redis_bisync::core::config::defaults::MAX_CLOCK_SKEW_MS;
+use redis_bisync::core::decide::{check_seq, plan_batch, Action, SeqCheck};
+use redis_bisync::core::dirty::{reduce, Dirty, DirtyLog};
+use redis_bisync::core::hlc::{stamp_ms, Hlc, COUNTER_BITS};
+use redis_bisync::core::outbox::{Item, Outbox, ResumePlan};
+use redis_bisync::core::pending::PendingWrites;
+use redis_bisync::core::protocol::{
+    Batch, Entry, Frame, Hello, Op, Resume, Stamp, Value, PROTOCOL_VERSION,
+};
+use redis_bisync::link::handshake::peer_position;
+
+/// Seeds of the schedules are derived from this one.
+const BASE_SEED: u64 = 0x00b1_5eed_2024;
+/// Schedules in the normal suite (`SIM_SCHEDULES` overrides).
+const DEFAULT_SCHEDULES: u64 = 10_000;
+/// Schedules run under each mutation.
+const MUTATION_SCHEDULES: u64 = 2000;
+/// Logical dbs.
+const DBS: u32 = 2;
+/// The key set: small, so both sides write the same keys.
+const KEYS: [&[u8]; 5] = [b"k0", b"k1", b"k2", b"k3", b"k4"];
+/// Wall clocks start here (a realistic Unix time in ms).
+const EPOCH_MS: u64 = 1_700_000_000_000;
+/// Room for clocks to jump backwards from their start.
+const CLOCK_SLACK_MS: u64 = 10_000;
+/// Largest frame a node accepts.
+const FRAME_LIMIT: usize = 1 << 20;
+/// Smallest backlog drawn (production's minimum is 1 KiB; scaled down with the
+/// tiny key set so a few dozen batches overflow it). Still above the largest
+/// possible dirty-key resync batch of this key set.
+const MIN_BACKLOG: usize = 600;
+/// Values longer than this are overwritten rather than appended to.
+const MAX_APPEND_LEN: usize = 16;
+/// A backlog that never overflows in a schedule.
+const BIG_BACKLOG: usize = 1 << 20;
+/// Heal rounds before a schedule counts as not quiescing.
+const HEAL_ROUNDS: usize = 100;
+/// Node ids; index 0 is `a`, index 1 is `b`.
+const IDS: [&str; 2] = ["a", "b"];
+
+/// Which of DESIGN §3's two rules to break on purpose.
+#[derive(Debug, Clone, Copy, Default)]
+struct SimRules {
+    /// A dirty-key resync stamps images with a fresh `hlc.now()`.
+    fresh_resync_stamps: bool,
+    /// Acknowledgements skip the outbox FIFO and overtake batches in flight.
+    ack_bypasses_fifo: bool,
+}
+
+/// Per-schedule knobs, drawn from the schedule's seed.
+#[derive(Debug, Clone)]
+struct Params {
+    steps: usize,
+    backlog_bytes: usize,
+    skew_b_ms: u64,
+    max_delay_ms: u64,
+    /// End the random steps with an outage or a congestion (what it breaks is
+    /// not papered over by later writes to the same keys).
+    final_fault: bool,
+    /// Step weights, in the order of [`StepKind::ALL`].
+    weights: Vec<u32>,
+}
+
+impl Params {
+    fn draw(rng: &mut StdRng) -> Self {
+        let backlog_bytes = if rng.gen_bool(0.6) {
+            rng.gen_range(MIN_BACKLOG..=2 * MIN_BACKLOG)
+        } else {
+            BIG_BACKLOG
+        };
+        let weights = StepKind::ALL
+            .iter()
+            .map(|k| k.weight(rng))
+            .collect::<Vec<_>>();
+        Params {
+            steps: rng.gen_range(100..=400),
+            backlog_bytes,
+            skew_b_ms: rng.gen_range(0..=3000) / rng.gen_range(1..=10),
+            max_delay_ms: rng.gen_range(0..=200),
+            final_fault: rng.gen_bool(0.75),
+            weights,
+        }
+    }
+}
+
+/// One kind of random step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StepKind {
+    Write,
+    FlushDb,
+    FlushPoint,
+    Pump,
+    Deliver,
+    Advance,
+    ClockJump,
+    Drop,
+    Reconnect,
+    Outage,
+    Stall,
+}
+
+impl StepKind {
+    const ALL: [StepKind; 11] = [
+        StepKind::Write,
+        StepKind::FlushDb,
+        StepKind::FlushPoint,
+        StepKind::Pump,
+        StepKind::Deliver,
+        StepKind::Advance,
+        StepKind::ClockJump,
+        StepKind::Drop,
+        StepKind::Reconnect,
+        StepKind::Outage,
+        StepKind::Stall,
+    ];
+
+    /// This schedule's weight for the step kind.
+    fn weight(self, rng: &mut StdRng) -> u32 {
+        match self {
+            StepKind::Write => 30,
+            StepKind::FlushDb => rng.gen_range(0..=8),
+            StepKind::FlushPoint => rng.gen_range(8..=20),
+            StepKind::Pump => rng.gen_range(8..=20),
+            StepKind::Deliver => rng.gen_range(15..=30),
+            StepKind::Advance => 10,
+            StepKind::ClockJump => 1,
+            StepKind::Drop => rng.gen_range(0..=5),
+            StepKind::Reconnect => rng.gen_range(2..=8),
+            StepKind::Outage => rng.gen_range(0..=2),
+            StepKind::Stall => rng.gen_range(0..=2),
+        }
+    }
+}
+
+/// The stand-in for a Redis keyspace.
+type Store = BTreeMap<(u32, Vec<u8>), Vec<u8>>;
+
+/// What applying one remote batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    /// Already applied: skipped.
+    Duplicate,
+    /// Batches are missing, or the stamp was refused: the session must end.
+    Broken,
+    /// Applied; `lost` entries lost to newer local writes.
+    Done { seq: u64, lost: u64 },
+}
+
+/// One node: its store and the production core structures.
+struct Node {
+    id: &'static str,
+    stream_id: u64,
+    peer_stream_id: u64,
+    store: Store,
+    hlc: Hlc,
+    pending: PendingWrites,
+    outbox: Outbox,
+    dirty: DirtyLog,
+    /// `glue`'s `resync_requested`: the next before-sleep builds a dirty-key resync.
+    resync_requested: bool,
+    /// `glue`'s `request_drop_session` after a backlog overflow.
+    drop_requested: bool,
+    /// Wall clock = EPOCH_MS + sim time + this offset.
+    clock_offset_ms: u64,
+    /// Makes every written value unique (readable traces).
+    writes: u64,
+    /// Pushes that dropped an un-acknowledged batch from the backlog.
+    overflows: u64,
+}
+
+impl Node {
+    fn new(id: &'static str, stream_id: u64, clock_offset_ms: u64, backlog: usize) -> Self {
+        Node {
+            id,
+            stream_id,
+            peer_stream_id: 0,
+            store: Store::new(),
+            hlc: Hlc::new(),
+            pending: PendingWrites::new(),
+            outbox: Outbox::new(backlog),
+            dirty: DirtyLog::new(),
+            resync_requested: false,
+            drop_requested: false,
+            clock_offset_ms,
+            writes: 0,
+            overflows: 0,
+        }
+    }
+
+    fn next_value(&mut self, prefix: &str) -> Vec<u8> {
+        self.writes += 1;
+        format!("{prefix}{}{}", self.id, self.writes).into_bytes()
+    }
+
+    fn set(&mut self, db: u32, key: &[u8]) {
+        let v = self.next_value("");
+        self.store.insert((db, key.to_vec()), v);
+        self.dirty.key(db, key);
+    }
+
+    /// APPEND, or SET once the value is long (keeps every batch small).
+    fn append(&mut self, db: u32, key: &[u8]) {
+        let v = self.next_value("+");
+        let cur = self.store.entry((db, key.to_vec())).or_default();
+        if cur.len() > MAX_APPEND_LEN {
+            cur.clear();
+        }
+        cur.extend(v);
+        self.dirty.key(db, key);
+    }
+
+    /// DEL: like Redis, deleting a missing key fires no event.
+    fn del(&mut self, db: u32, key: &[u8]) {
+        if self.store.remove(&(db, key.to_vec())).is_some() {
+            self.dirty.key(db, key);
+        }
+    }
+
+    /// FLUSHDB (one db) or FLUSHALL (every db): captured through the flush event.
+    fn flush_dbs(&mut self, dbs: Vec<u32>) {
+        self.store.retain(|(d, _), _| !dbs.contains(d));
+        self.dirty.flush(dbs);
+    }
+
+    /// The current image of a key, as `read_image` builds it.
+    fn image(&self, db: u32, key: Vec<u8>) -> Op {
+        match self.store.get(&(db, key.clone())) {
+            Some(v) => Op::Set {
+                key,
+                value: Value::String(v.clone()),
+                expire_at_ms: None,
+            },
+            None => Op::Delete { key },
+        }
+    }
+
+    /// Mirror of `on_event_loop` before-sleep: flush, then the requested resync.
+    fn before_sleep(&mut self, wall: u64, rules: SimRules) {
+        self.flush(wall);
+        if std::mem::take(&mut self.resync_requested) {
+            self.build_dirty_key_resync(wall, rules);
+        }
+    }
+
+    /// Mirror of `glue::flush::flush`.
+    fn flush(&mut self, wall: u64) {
+        let log = self.dirty.take();
+        if log.is_empty() {
+            return;
+        }
+        let ops: Vec<(u32, Op)> = reduce(log)
+            .into_iter()
+            .map(|t| match t {
+                Dirty::Flush(db) => (db, Op::FlushDb),
+                Dirty::Key(db, key) => (db, self.image(db, key)),
+            })
+            .collect();
+        if !ops.is_empty() {
+            self.enqueue_batch(ops, None, false, wall);
+        }
+    }
+
+    /// Mirror of `glue::flush::enqueue_batch`.
+    fn enqueue_batch(
+        &mut self,
+        ops: Vec<(u32, Op)>,
+        recorded: Option<Vec<Stamp>>,
+        resync: bool,
+        wall: u64,
+    ) {
+        let n = ops.len();
+        let seq = self.outbox.next_seq();
+        let hlc = self.hlc.now(wall);
+        let mut entries = Vec::with_capacity(n);
+        for (i, (db, op)) in ops.into_iter().enumerate() {
+            let fresh = Stamp {
+                hlc,
+                index: i as u32,
+            };
+            let stamp = recorded
+                .as_ref()
+                .and_then(|st| st.get(i).copied())
+                .unwrap_or(fresh);
+            match &op {
+                Op::FlushDb => self.pending.record_flush(db, stamp, seq),
+                Op::Set { key, .. } | Op::Delete { key } => {
+                    self.pending.record_key((db, key.clone()), stamp, seq)
+                }
+                Op::FullSyncBegin | Op::FullSyncEnd => {}
+            }
+            entries.push(Entry { db, stamp, op });
+        }
+        let frame = Frame::Batch(Batch {
+            seq,
+            resync,
+            entries,
+        });
+        let bytes = codec::encode(&frame).expect("a batch encodes");
+        let bytes = Arc::new(bytes);
+        let dropped = if resync {
+            self.outbox.push_resync_batch(seq, bytes, n as u32)
+        } else {
+            self.outbox.push_batch(seq, bytes, n as u32)
+        };
+        if dropped {
+            self.overflows += 1;
+            if !std::mem::replace(&mut self.resync_requested, true) {
+                self.drop_requested = true;
+            }
+        }
+    }
+
+    /// Mirror of `glue::flush::build_dirty_key_resync`.
+    fn build_dirty_key_resync(&mut self, wall: u64, rules: SimRules) {
+        let mut ops = Vec::new();
+        let mut stamps = Vec::new();
+        for (db, key, e) in self.pending.entries_by_stamp() {
+            match key {
+                None => ops.push((db, Op::FlushDb)),
+                Some(key) => ops.push((db, self.image(db, key))),
+            }
+            stamps.push(e.stamp);
+        }
+        let recorded = (!rules.fresh_resync_stamps).then_some(stamps);
+        self.enqueue_batch(ops, recorded, true, wall);
+    }
+
+    /// Mirror of `link::session::our_hello`.
+    fn hello(&self) -> Hello {
+        Hello {
+            protocol: PROTOCOL_VERSION,
+            node_id: self.id.to_string(),
+            databases: DBS,
+            rdb_version: 10,
+            stream_id: self.stream_id,
+            resume: (self.peer_stream_id != 0).then_some(Resume {
+                stream_id: self.peer_stream_id,
+                seq: self.outbox.applied_seq(),
+            }),
+            nonce: Vec::new(),
+            auth: false,
+            // Pairing (`core::pairing::decide`) always says `Role::Stream`
+            // here: both nodes start empty and never restart.
+            fresh: self.peer_stream_id == 0,
+            empty: self.store.is_empty(),
+            source: false,
+            overflowed: false,
+        }
+    }
+
+    /// Mirror of `Inbound::SessionStart` in `apply_inbound`.
+    fn session_start(&mut self, peer_stream: u64) {
+        let prev = std::mem::replace(&mut self.peer_stream_id, peer_stream);
+        if prev != peer_stream {
+            self.outbox.set_applied(0);
+        }
+    }
+
+    /// Mirror of `Inbound::Ack` in `apply_inbound`.
+    fn on_ack(&mut self, seq: u64) {
+        self.outbox.acknowledge(seq);
+        self.pending.acknowledge(seq);
+    }
+
+    /// Mirror of `Inbound::Batch` in `apply_inbound` and of `apply_batch`
+    /// (the caller has run the flush of this hold already).
+    fn apply_batch(&mut self, origin: &str, batch: &Batch, wall: u64, rules: SimRules) -> Applied {
+        match check_seq(self.outbox.applied_seq(), batch) {
+            SeqCheck::Apply => {}
+            SeqCheck::Duplicate => return Applied::Duplicate,
+            SeqCheck::Gap { .. } => return Applied::Broken,
+        }
+        let max_hlc = batch.entries.iter().map(|e| e.stamp.hlc).max().unwrap_or(0);
+        if self.hlc.observe(max_hlc, wall, MAX_CLOCK_SKEW_MS).is_err() {
+            return Applied::Broken;
+        }
+        let plan = plan_batch(&mut self.pending, batch, origin, self.id);
+        let mut lost = 0;
+        for action in plan {
+            match action {
+                Action::Lost(_) => lost += 1,
+                Action::Flush { db, survivors } => self.flush_keeping(db, &survivors),
+                Action::Write(entry) => self.write(entry),
+                Action::Duplicate => {}
+                Action::FullSyncBegin | Action::FullSyncEnd => {
+                    panic!("the sim never runs a full resync")
+                }
+            }
+        }
+        if rules.ack_bypasses_fifo {
+            self.outbox.set_applied(batch.seq);
+        } else {
+            self.outbox.push_ack(batch.seq);
+        }
+        Applied::Done {
+            seq: batch.seq,
+            lost,
+        }
+    }
+
+    /// Mirror of `write_image` / `DEL` for one remote entry (applied writes
+    /// are not captured: the dirty log is not touched).
+    fn write(&mut self, entry: &Entry) {
+        match &entry.op {
+            Op::Set { key, value, .. } => {
+                let Value::String(v) = value else {
+                    panic!("the sim only ships strings")
+                };
+                self.store.insert((entry.db, key.clone()), v.clone());
+            }
+            Op::Delete { key } => {
+                self.store.remove(&(entry.db, key.clone()));
+            }
+            Op::FlushDb | Op::FullSyncBegin | Op::FullSyncEnd => {}
+        }
+    }
+
+    /// Mirror of `flush_keeping`.
+    fn flush_keeping(&mut self, db: u32, survivors: &[Vec<u8>]) {
+        self.store
+            .retain(|(d, k), _| *d != db || survivors.contains(k));
+    }
+}
+
+/// Where a sender's writer thread stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    /// No session.
+    Idle,
+    /// Waiting for the main thread's dirty-key resync batch past `after`
+    /// (the larger of the peer's position and our last seq when the writer started).
+    AwaitingResync { after: u64 },
+    /// Sending the outbox from this log index on.
+    Streaming { cursor: u64 },
+}
+
+/// A frame on its way.
+#[derive(Debug, Clone)]
+struct InFlight {
+    at: u64,
+    bytes: Vec<u8>,
+}
+
+/// Counters of one schedule.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    lost: u64,
+    drops: u64,
+    broken: u64,
+    partial: u64,
+    dirty_key: u64,
+    overflows: u64,
+}
+
+impl Counters {
+    fn add(&mut self, o: &Counters) {
+        self.lost += o.lost;
+        self.drops += o.drops;
+        self.broken += o.broken;
+        self.partial += o.partial;
+        self.dirty_key += o.dirty_key;
+        self.overflows += o.overflows;
+    }
+}
+
+/// One schedule: two nodes, one link.
+struct Sim {
+    rules: SimRules,
+    params: Params,
+    rng: StdRng,
+    /// Simulated time, ms.
+    now: u64,
+    nodes: [Node; 2],
+    link_up: bool,
+    /// `wires[i]`: frames from node `i` to the other one.
+    wires: [VecDeque<InFlight>; 2],
+    /// `writers[i]`: node `i`'s writer.
+    writers: [Writer; 2],
+    /// Frames from node `i` are not delivered before this time (one congested
+    /// direction while the other flows).
+    stalled_until: [u64; 2],
+    counters: Counters,
+    trace: Option<Vec<String>>,
+}
+
+impl Sim {
+    fn new(seed: u64, rules: SimRules, trace: bool) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let params = Params::draw(&mut rng);
+        let a = Node::new(
+            "a",
+            rng.gen_range(1..u64::MAX),
+            CLOCK_SLACK_MS,
+            params.backlog_bytes,
+        );
+        let b = Node::new(
+            "b",
+            rng.gen_range(1..u64::MAX),
+            CLOCK_SLACK_MS + params.skew_b_ms,
+            params.backlog_bytes,
+        );
+        Sim {
+            rules,
+            params,
+            rng,
+            now: 0,
+            nodes: [a, b],
+            link_up: false,
+            wires: [VecDeque::new(), VecDeque::new()],
+            writers: [Writer::Idle; 2],
+            stalled_until: [0; 2],
+            counters: Counters::default(),
+            trace: trace.then(Vec::new),
+        }
+    }
+
+    fn log(&mut self, f: impl FnOnce() -> String) {
+        if let Some(t) = &mut self.trace {
+            t.push(format!("t={:>6} {}", self.now, f()));
+        }
+    }
+
+    fn wall(&self, i: usize) -> u64 {
+        EPOCH_MS + self.now + self.nodes[i].clock_offset_ms
+    }
+
+    /// Run the schedule, heal, and check the outcome.
+    fn run(&mut self) -> Result<(), Failure> {
+        self.connect();
+        let weights = WeightedIndex::new(&self.params.weights).expect("some weight is positive");
+        let steps = env_u64("SIM_STEPS").map_or(self.params.steps, |s| s as usize);
+        for _ in 0..steps {
+            let kind = StepKind::ALL[weights.sample(&mut self.rng)];
+            self.step(kind);
+        }
+        if self.params.final_fault {
+            if !self.link_up {
+                self.connect();
+            }
+            self.outage();
+        }
+        self.heal()?;
+        self.check()
+    }
+
+    fn step(&mut self, kind: StepKind) {
+        let i = self.rng.gen_range(0..2);
+        match kind {
+            StepKind::Write => self.local_write(i),
+            StepKind::FlushDb => self.local_flush(i),
+            StepKind::FlushPoint => self.before_sleep(i),
+            StepKind::Pump => self.pump(i),
+            StepKind::Deliver => {
+                self.deliver(i);
+            }
+            StepKind::Advance => self.now += self.rng.gen_range(1..=50),
+            StepKind::ClockJump => self.clock_jump(i),
+            StepKind::Drop => self.drop_link("random drop"),
+            StepKind::Reconnect => {
+                if !self.link_up {
+                    self.connect();
+                }
+            }
+            StepKind::Outage => self.outage(),
+            StepKind::Stall => {
+                self.stalled_until[i] = self.now + self.rng.gen_range(50..=400);
+                self.log(|| format!("{} -> peer congested for a while", IDS[i]));
+            }
+        }
+    }
+
+    /// A burst of activity while the link is impaired: either down, or one
+    /// direction congested while the other flows (its writer then times out,
+    /// or the congestion clears). Enough batches pile up to overflow a small
+    /// backlog, so the reconnect needs a dirty-key resync.
+    fn outage(&mut self) {
+        if self.link_up && self.rng.gen_bool(0.7) {
+            self.congestion();
+        } else {
+            self.drop_link("outage");
+            // Mostly one side writes: its backlog overflows, the other's may not.
+            let busy = self.rng.gen_range(0..2);
+            for _ in 0..self.rng.gen_range(10..=120) {
+                let i = if self.rng.gen_bool(0.8) {
+                    busy
+                } else {
+                    1 - busy
+                };
+                self.busy_step(i);
+            }
+        }
+    }
+
+    /// One side (`w`) writes hard while one direction is congested: either
+    /// its own (its batches and acks pile up) or the peer's (the acks it
+    /// waits for do not come). `w` often starts with a FLUSHDB that stays
+    /// un-acknowledged while the peer's later writes land in that db, then
+    /// writes only into the other db until its backlog overflows: what a
+    /// dirty-key resync must then re-send exactly.
+    fn congestion(&mut self) {
+        let w = self.rng.gen_range(0..2);
+        let starve_acks = self.rng.gen_bool(0.5);
+        let flushed = self.rng.gen_range(0..DBS);
+        if self.rng.gen_bool(0.8) {
+            self.log(|| format!("{} flush [{flushed}]", IDS[w]));
+            self.nodes[w].flush_dbs(vec![flushed]);
+        }
+        if starve_acks {
+            self.crossing_writes(w, flushed);
+        }
+        let congested = if starve_acks { 1 - w } else { w };
+        self.stalled_until[congested] = u64::MAX;
+        self.log(|| format!("{} -> peer congested", IDS[congested]));
+        let busy_db = (flushed + 1) % DBS;
+        for _ in 0..self.rng.gen_range(40..=200) {
+            if self.rng.gen_bool(0.5) {
+                match self.rng.gen_range(0..3) {
+                    0 => self.before_sleep(w),
+                    _ => self.write_in(w, busy_db),
+                }
+                self.now += self.rng.gen_range(0..=20);
+                continue;
+            }
+            match self.rng.gen_range(0..4) {
+                0 => self.local_write(1 - w),
+                1 => self.before_sleep(1 - w),
+                2 => {
+                    let i = self.rng.gen_range(0..2);
+                    self.pump(i);
+                }
+                _ => {
+                    self.deliver(1 - congested);
+                }
+            }
+        }
+        if self.rng.gen_bool(0.7) {
+            self.drop_link("write timeout");
+        }
+        self.stalled_until = [0; 2];
+    }
+
+    /// The peer of `w` writes into `db` while `w`'s flush of it is on its
+    /// way; both streams then flow for a moment (some of it arrives).
+    fn crossing_writes(&mut self, w: usize, db: u32) {
+        for _ in 0..self.rng.gen_range(1..=3) {
+            self.write_in(1 - w, db);
+        }
+        for _ in 0..self.rng.gen_range(1..=6) {
+            for i in 0..2 {
+                self.before_sleep(i);
+                self.pump(i);
+            }
+            self.now += self.rng.gen_range(0..=self.params.max_delay_ms);
+            for i in 0..2 {
+                while self.deliver(i) {}
+            }
+        }
+    }
+
+    /// A local write, flush or flush point on node `i`, a little time passing.
+    fn busy_step(&mut self, i: usize) {
+        match self.rng.gen_range(0..60) {
+            0 => self.local_flush(i),
+            1..=38 => self.local_write(i),
+            _ => self.before_sleep(i),
+        }
+        self.now += self.rng.gen_range(0..=20);
+    }
+
+    fn local_write(&mut self, i: usize) {
+        let db = self.rng.gen_range(0..DBS);
+        self.write_in(i, db);
+    }
+
+    /// SET, APPEND or DEL of a random key of `db` on node `i`.
+    fn write_in(&mut self, i: usize, db: u32) {
+        let key = KEYS[self.rng.gen_range(0..KEYS.len())];
+        let op = self.rng.gen_range(0..10);
+        let node = &mut self.nodes[i];
+        match op {
+            0..=5 => node.set(db, key),
+            6..=7 => node.append(db, key),
+            _ => node.del(db, key),
+        }
+        let v = node.store.get(&(db, key.to_vec())).cloned();
+        let wall = self.wall(i) - EPOCH_MS;
+        self.log(|| {
+            format!(
+                "{} write db{db} {} = {} (wall {wall})",
+                IDS[i],
+                show(key),
+                show_opt(&v)
+            )
+        });
+    }
+
+    fn local_flush(&mut self, i: usize) {
+        let dbs = if self.rng.gen_bool(0.2) {
+            (0..DBS).collect()
+        } else {
+            vec![self.rng.gen_range(0..DBS)]
+        };
+        self.log(|| format!("{} flush {dbs:?}", IDS[i]));
+        self.nodes[i].flush_dbs(dbs);
+    }
+
+    /// A node's wall clock steps back a little (NTP correction).
+    fn clock_jump(&mut self, i: usize) {
+        let back = self.rng.gen_range(1..=200);
+        let node = &mut self.nodes[i];
+        node.clock_offset_ms = node.clock_offset_ms.saturating_sub(back);
+    }
+
+    fn before_sleep(&mut self, i: usize) {
+        let wall = self.wall(i);
+        let rules = self.rules;
+        let before = self.nodes[i].outbox.last_seq();
+        let resync = self.nodes[i].resync_requested;
+        self.nodes[i].before_sleep(wall, rules);
+        let after = self.nodes[i].outbox.last_seq();
+        if std::mem::take(&mut self.nodes[i].drop_requested) {
+            self.drop_link("backlog overflow");
+        }
+        if after != before {
+            self.log(|| {
+                format!(
+                    "{} flush point: batches {}..={after}{}",
+                    IDS[i],
+                    before + 1,
+                    if resync {
+                        " (incl. dirty-key resync)"
+                    } else {
+                        ""
+                    }
+                )
+            });
+        }
+    }
+
+    /// Handshake and session start on both sides (mirror of `handshake` +
+    /// `session` + the start of `write_loop`).
+    fn connect(&mut self) {
+        let hellos = [self.nodes[0].hello(), self.nodes[1].hello()];
+        self.link_up = true;
+        for i in 0..2 {
+            self.nodes[i].session_start(hellos[1 - i].stream_id);
+        }
+        self.log(|| {
+            format!(
+                "connect: hellos {:?} / {:?}",
+                hellos[0].resume, hellos[1].resume
+            )
+        });
+        for s in 0..2 {
+            self.start_writer(s, &hellos[1 - s]);
+        }
+    }
+
+    fn drop_link(&mut self, why: &str) {
+        if !self.link_up {
+            return;
+        }
+        self.log(|| format!("drop ({why})"));
+        self.counters.drops += 1;
+        self.link_up = false;
+        self.wires = [VecDeque::new(), VecDeque::new()];
+        self.writers = [Writer::Idle; 2];
+        self.stalled_until = [0; 2];
+    }
+
+    /// Mirror of the start of `write_loop` for sender `s`.
+    fn start_writer(&mut self, s: usize, theirs: &Hello) {
+        let node = &mut self.nodes[s];
+        let peer_pos = peer_position(node.stream_id, theirs);
+        let plan = node.outbox.plan_resume(peer_pos);
+        if plan == ResumePlan::NeedResync || node.resync_requested {
+            node.resync_requested = true;
+            let after = node.outbox.last_seq().max(peer_pos);
+            self.counters.dirty_key += 1;
+            self.writers[s] = Writer::AwaitingResync { after };
+            self.log(|| format!("{} writer: dirty-key resync, peer at {peer_pos}", IDS[s]));
+            self.poll_writer(s);
+            return;
+        }
+        let batches = node.outbox.batches_after(peer_pos);
+        let ack = node.outbox.applied_seq();
+        let end = node.outbox.end_index();
+        self.counters.partial += 1;
+        self.log(|| {
+            format!(
+                "{} writer: partial, peer at {peer_pos}, {} batches",
+                IDS[s],
+                batches.len()
+            )
+        });
+        for item in batches {
+            self.send_item(s, item);
+        }
+        self.send_frame(s, &Frame::Ack(ack));
+        self.nodes[s].outbox.mark_sent(end);
+        self.writers[s] = Writer::Streaming { cursor: end };
+    }
+
+    /// A writer waiting for the resync batch picks it up once the main thread built it.
+    fn poll_writer(&mut self, s: usize) {
+        let Writer::AwaitingResync { after } = self.writers[s] else {
+            return;
+        };
+        let Some((seq, index)) = self.nodes[s].outbox.resync_after(after) else {
+            return;
+        };
+        // As `write_loop` does: the resync batch and what followed it, then
+        // the ack read under the same lock (the ack must not overtake them).
+        let (items, end) = self.nodes[s].outbox.items_from(index);
+        let ack = self.nodes[s].outbox.applied_seq();
+        self.nodes[s].outbox.mark_sent(end);
+        self.log(|| {
+            format!(
+                "{} writer: resync batch {seq} ready, sending from it",
+                IDS[s]
+            )
+        });
+        for item in items {
+            self.send_item(s, item);
+        }
+        self.send_frame(s, &Frame::Ack(ack));
+        self.writers[s] = Writer::Streaming { cursor: end };
+    }
+
+    /// The writer sends everything queued after its cursor (the steady-state
+    /// loop of `write_loop`).
+    fn pump(&mut self, s: usize) {
+        if !self.link_up {
+            return;
+        }
+        self.poll_writer(s);
+        let Writer::Streaming { cursor } = self.writers[s] else {
+            return;
+        };
+        let (items, end) = self.nodes[s].outbox.items_from(cursor);
+        self.nodes[s].outbox.mark_sent(end);
+        self.writers[s] = Writer::Streaming { cursor: end };
+        for item in items {
+            self.send_item(s, item);
+        }
+    }
+
+    fn send_item(&mut self, s: usize, item: Item) {
+        match item {
+            Item::Batch { bytes, .. } => self.send_bytes(s, bytes.as_ref().clone()),
+            Item::Ack(seq) => self.send_frame(s, &Frame::Ack(seq)),
+        }
+    }
+
+    fn send_frame(&mut self, s: usize, frame: &Frame) {
+        self.send_bytes(s, codec::encode(frame).expect("a frame encodes"));
+    }
+
+    /// Put bytes on the wire: delayed, but never ahead of earlier frames (TCP).
+    fn send_bytes(&mut self, s: usize, bytes: Vec<u8>) {
+        let delay = self.rng.gen_range(0..=self.params.max_delay_ms);
+        let last = self.wires[s].back().map_or(0, |f| f.at);
+        let at = last.max(self.now + delay);
+        self.wires[s].push_back(InFlight { at, bytes });
+    }
+
+    /// Deliver the next frame from node `from` if it is due. Returns true if one was.
+    fn deliver(&mut self, from: usize) -> bool {
+        let blocked = self.now < self.stalled_until[from];
+        if blocked || self.wires[from].front().is_none_or(|f| f.at > self.now) {
+            return false;
+        }
+        let frame = self.wires[from].pop_front().expect("checked above");
+        let frame = codec::read_frame(&mut frame.bytes.as_slice(), FRAME_LIMIT)
+            .expect("our own frames decode");
+        let to = 1 - from;
+        // The receiving main thread flushes its own writes first, in the same hold.
+        self.before_sleep(to);
+        match frame {
+            Frame::Batch(batch) => self.receive_batch(to, &batch),
+            Frame::Ack(seq) => {
+                self.log(|| format!("{} got ack {seq}", IDS[to]));
+                self.nodes[to].on_ack(seq);
+            }
+            other => panic!("unexpected frame {other:?}"),
+        }
+        true
+    }
+
+    fn receive_batch(&mut self, to: usize, batch: &Batch) {
+        let wall = self.wall(to);
+        let rules = self.rules;
+        let origin = IDS[1 - to];
+        let outcome = self.nodes[to].apply_batch(origin, batch, wall, rules);
+        self.log(|| format!("{} applies {}: {outcome:?}", IDS[to], show_batch(batch)));
+        match outcome {
+            Applied::Duplicate => {}
+            Applied::Broken => {
+                self.counters.broken += 1;
+                self.drop_link("broken stream");
+            }
+            Applied::Done { seq, lost } => {
+                self.counters.lost += lost;
+                // The mutation: the ack jumps ahead of everything in flight.
+                if rules.ack_bypasses_fifo && self.link_up {
+                    let bytes = codec::encode(&Frame::Ack(seq)).expect("an ack encodes");
+                    self.wires[to].push_front(InFlight {
+                        at: self.now,
+                        bytes,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Deliver every frame in flight, in time order, advancing the clock.
+    fn deliver_all(&mut self) {
+        loop {
+            let next = (0..2)
+                .filter_map(|i| {
+                    let f = self.wires[i].front()?;
+                    Some((f.at.max(self.stalled_until[i]), i))
+                })
+                .min();
+            let Some((at, from)) = next else { return };
+            self.now = self.now.max(at);
+            self.deliver(from);
+        }
+    }
+
+    /// Reconnect and run the pair until nothing is left to send or acknowledge.
+    fn heal(&mut self) -> Result<(), Failure> {
+        self.log(|| "heal".to_string());
+        for _ in 0..HEAL_ROUNDS {
+            if !self.link_up {
+                self.connect();
+            }
+            for i in 0..2 {
+                self.before_sleep(i);
+                self.pump(i);
+            }
+            self.deliver_all();
+            self.now += 1;
+            if self.quiescent() {
+                return Ok(());
+            }
+        }
+        Err(Failure::NoQuiesce(format!(
+            "still busy after {HEAL_ROUNDS} heal rounds: {}",
+            self.state_summary()
+        )))
+    }
+
+    /// Link, writer and stream positions of both nodes, for failure messages.
+    fn state_summary(&self) -> String {
+        let nodes: Vec<String> = (0..2)
+            .map(|i| {
+                let n = &self.nodes[i];
+                format!(
+                    "{}: writer {:?}, outbox end {} last_seq {} acked {} applied {}, \
+                     resync_requested {}, pending {}, in flight {}",
+                    n.id,
+                    self.writers[i],
+                    n.outbox.end_index(),
+                    n.outbox.last_seq(),
+                    n.outbox.acked_seq(),
+                    n.outbox.applied_seq(),
+                    n.resync_requested,
+                    n.pending.len(),
+                    self.wires[i].len()
+                )
+            })
+            .collect();
+        format!("link up {}; {}", self.link_up, nodes.join("; "))
+    }
+
+    fn quiescent(&self) -> bool {
+        self.link_up
+            && self.wires.iter().all(|w| w.is_empty())
+            && (0..2).all(|i| {
+                let n = &self.nodes[i];
+                n.dirty.is_empty()
+                    && !n.resync_requested
+                    && n.outbox.acked_seq() == n.outbox.last_seq()
+                    && self.writers[i]
+                        == Writer::Streaming {
+                            cursor: n.outbox.end_index(),
+                        }
+            })
+    }
+
+    /// Both stores identical, both tables empty.
+    fn check(&self) -> Result<(), Failure> {
+        let [a, b] = &self.nodes;
+        if a.store != b.store {
+            return Err(Failure::Diverged(diff(&a.store, &b.store)));
+        }
+        for n in &self.nodes {
+            if !n.pending.is_empty() {
+                return Err(Failure::TableLeft(format!(
+                    "node {}: un-acknowledged table not empty after quiescence: {:?}",
+                    n.id,
+                    n.pending.entries_by_stamp()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn show(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn show_opt(v: &Option<Vec<u8>>) -> String {
+    v.as_deref().map_or("(none)".to_string(), show)
+}
+
+/// A stamp as `ms since the sim epoch + counter / index`.
+fn show_stamp(s: Stamp) -> String {
+    let ms = stamp_ms(s.hlc).saturating_sub(EPOCH_MS);
+    let counter = s.hlc & ((1 << COUNTER_BITS) - 1);
+    format!("{ms}+{counter}/{}", s.index)
+}
+
+fn show_batch(b: &Batch) -> String {
+    let entries: Vec<String> = b
+        .entries
+        .iter()
+        .map(|e| {
+            let op = match &e.op {
+                Op::Set { key, value, .. } => {
+                    let Value::String(v) = value else {
+                        unreachable!()
+                    };
+                    format!("{}={}", show(key), show(v))
+                }
+                Op::Delete { key } => format!("del {}", show(key)),
+                Op::FlushDb => "FLUSHDB".to_string(),
+                other => format!("{other:?}"),
+            };
+            format!("db{} {op} @{}", e.db, show_stamp(e.stamp))
+        })
+        .collect();
+    let kind = if b.resync { " resync" } else { "" };
+    format!("batch {}{kind} [{}]", b.seq, entries.join(", "))
+}
+
+/// A short listing of the keys whose values differ.
+fn diff(a: &Store, b: &Store) -> String {
+    let mut keys: Vec<_> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .take(10)
+        .map(|k| {
+            format!(
+                "  db{} {}: a={} b={}",
+                k.0,
+                show(&k.1),
+                show_opt(&a.get(k).cloned()),
+                show_opt(&b.get(k).cloned())
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The seed of schedule `i` (splitmix64 of the base seed and index).
+fn schedule_seed(i: u64) -> u64 {
+    let mut z = BASE_SEED.wrapping_add(i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok()?;
+    Some(
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name} must be a number, got {v:?}")),
+    )
+}
+
+/// How a schedule failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Failure {
+    /// The heal phase never got both sides quiet.
+    NoQuiesce(String),
+    /// Quiet, but the stores differ.
+    Diverged(String),
+    /// Quiet and equal, but an un-acknowledged table is not empty.
+    TableLeft(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::NoQuiesce(s) => write!(f, "did not quiesce: {s}"),
+            Failure::Diverged(s) => write!(f, "stores differ:\n{s}"),
+            Failure::TableLeft(s) => write!(f, "table not empty: {s}"),
+        }
+    }
+}
+
+/// Run one schedule; its counters go into `counters`.
+fn run_one(seed: u64, rules: SimRules, counters: &mut Counters) -> Result<(), Failure> {
+    let trace = std::env::var_os("SIM_TRACE").is_some();
+    let mut sim = Sim::new(seed, rules, trace);
+    let result = sim.run();
+    if let Some(t) = &sim.trace {
+        println!(
+            "schedule {seed} {:?} {rules:?}\n{}",
+            sim.params,
+            t.join("\n")
+        );
+    }
+    sim.counters.overflows = sim.nodes.iter().map(|n| n.overflows).sum();
+    counters.add(&sim.counters);
+    result
+}
+
+/// The seeds to run: `SIM_SEED` alone, or `n` derived from the base seed.
+fn seeds(n: u64) -> Vec<u64> {
+    match env_u64("SIM_SEED") {
+        Some(seed) => vec![seed],
+        None => (0..n).map(schedule_seed).collect(),
+    }
+}
+
+/// What a batch of schedules did.
+#[derive(Debug, Default)]
+struct Outcome {
+    run: u64,
+    failures: Vec<(u64, Failure)>,
+    counters: Counters,
+}
+
+impl Outcome {
+    fn count(&self, pick: fn(&Failure) -> bool) -> usize {
+        self.failures.iter().filter(|(_, f)| pick(f)).count()
+    }
+
+    fn report(&self, name: &str, started: Instant) {
+        let c = &self.counters;
+        println!(
+            "{name}: {} schedules in {:.1} s: {} diverged, {} did not quiesce, {} left a table; \
+             conflicts lost {}, link drops {}, broken streams {}, partial starts {}, \
+             dirty-key resyncs {}, backlog overflows {}",
+            self.run,
+            started.elapsed().as_secs_f64(),
+            self.count(|f| matches!(f, Failure::Diverged(_))),
+            self.count(|f| matches!(f, Failure::NoQuiesce(_))),
+            self.count(|f| matches!(f, Failure::TableLeft(_))),
+            c.lost,
+            c.drops,
+            c.broken,
+            c.partial,
+            c.dirty_key,
+            c.overflows,
+        );
+    }
+
+    /// The first few failures, one paragraph each.
+    fn listing(&self, max: usize) -> String {
+        self.failures
+            .iter()
+            .take(max)
+            .map(|(seed, f)| format!("seed {seed}: {f}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Run `n` schedules (or only `SIM_SEED`) under `rules`.
+fn run_schedules(rules: SimRules, n: u64) -> Outcome {
+    let mut out = Outcome::default();
+    for seed in seeds(n) {
+        out.run += 1;
+        if let Err(f) = run_one(seed, rules, &mut out.counters) {
+            out.failures.push((seed, f));
+        }
+    }
+    out
+}
+
+/// The command that replays one schedule of `test` with its trace.
+fn replay_hint(seed: u64, test: &str) -> String {
+    let steps = env_u64("SIM_STEPS").map_or(String::new(), |n| format!(" SIM_STEPS={n}"));
+    format!(
+        "SIM_SEED={seed}{steps} SIM_TRACE=1 cargo test --release --test simulation {test} -- --nocapture"
+    )
+}
+
+#[test]
+fn converges_under_correct_rules() {
+    let started = Instant::now();
+    let n = env_u64("SIM_SCHEDULES").unwrap_or(DEFAULT_SCHEDULES);
+    let out = run_schedules(SimRules::default(), n);
+    out.report("correct rules", started);
+    if let Some((seed, _)) = out.failures.first() {
+        panic!(
+            "{} of {} schedules failed:\n{}\nreplay the first: {}",
+            out.failures.len(),
+            out.run,
+            out.listing(8),
+            replay_hint(*seed, "converges")
+        );
+    }
+    if env_u64("SIM_SEED").is_none() {
+        assert!(
+            out.counters.lost > 0,
+            "no remote write ever lost to a newer local one: the LWW rule is not exercised"
+        );
+    }
+}
+
+/// Run a mutation and require that it makes some schedule diverge that
+/// converges under the correct rules (so the mutation, not some other
+/// fault, is what the simulation caught).
+fn assert_mutation_caught(name: &str, test: &str, rules: SimRules) {
+    let started = Instant::now();
+    let n = env_u64("SIM_SCHEDULES").map_or(MUTATION_SCHEDULES, |s| s.min(MUTATION_SCHEDULES));
+    let out = run_schedules(rules, n);
+    out.report(name, started);
+    let mut control = Counters::default();
+    let caught: Vec<u64> = out
+        .failures
+        .iter()
+        .filter(|(_, f)| matches!(f, Failure::Diverged(_)))
+        .map(|(seed, _)| *seed)
+        .filter(|seed| run_one(*seed, SimRules::default(), &mut control).is_ok())
+        .collect();
+    println!(
+        "{name}: {} of {} schedules diverged where the correct rules converge{}",
+        caught.len(),
+        out.run,
+        caught.first().map_or(String::new(), |s| format!(
+            "; replay the first: {}",
+            replay_hint(*s, test)
+        ))
+    );
+    if env_u64("SIM_SEED").is_none() {
+        assert!(
+            !caught.is_empty(),
+            "{name}: the mutation went unnoticed in {} schedules",
+            out.run
+        );
+    }
+}
+
+#[test]
+fn catches_fresh_resync_stamps() {
+    assert_mutation_caught(
+        "fresh resync stamps",
+        "catches_fresh_resync_stamps",
+        SimRules {
+            fresh_resync_stamps: true,
+            ..SimRules::default()
+        },
+    );
+}
+
+#[test]
+fn catches_ack_overtaking_batches() {
+    assert_mutation_caught(
+        "ack bypasses the FIFO",
+        "catches_ack_overtaking_batches",
+        SimRules {
+            ack_bypasses_fifo: true,
+            ..SimRules::default()
+        },
+    );
+}
