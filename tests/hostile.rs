@@ -64,6 +64,7 @@ impl FakePeer {
             fresh: true,
             empty: true,
             source: false,
+            overflowed: false,
         };
         let mut w = &s;
         w.write_all(&codec::encode(&Frame::Hello(hello)).expect("encode"))
