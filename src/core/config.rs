@@ -39,7 +39,6 @@ pub const KNOWN: &[&str] = &[
     "node-id",
     "listen",
     "peer",
-    "secret",
     "secret-file",
     "backlog-size",
     "max-pending-keys",
@@ -182,13 +181,6 @@ impl Config {
             "node-id" => self.node_id.clone(),
             "listen" => self.listen.to_string(),
             "peer" => self.peer.to_string(),
-            "secret" => {
-                if self.secret.is_some() && self.secret_file.is_none() {
-                    "<redacted>".into()
-                } else {
-                    String::new()
-                }
-            }
             "secret-file" => self.secret_file.clone().unwrap_or_default(),
             "backlog-size" => self.backlog_size.to_string(),
             "max-pending-keys" => self.max_pending_keys.to_string(),
@@ -244,6 +236,15 @@ impl Config {
         let mut it = args.iter();
         while let Some(raw_name) = it.next() {
             let lname = raw_name.to_ascii_lowercase();
+            if lname == "secret" {
+                // Redis shows loadmodule arguments in MODULE LIST and in every
+                // HELLO reply: a secret there would leak to any client.
+                return Err(ConfigError::Invalid {
+                    name: "secret",
+                    value: "<redacted>".into(),
+                    why: "a secret in the loadmodule arguments is shown by MODULE LIST and HELLO; write it to a file and use secret-file <path>".into(),
+                });
+            }
             let name = KNOWN
                 .iter()
                 .find(|k| **k == lname)
@@ -270,16 +271,6 @@ impl Config {
                 }
                 "listen" => listen = Some(parse_addr("listen", value)?),
                 "peer" => peer = Some(parse_addr("peer", value)?),
-                "secret" => {
-                    if value.len() < 16 {
-                        return Err(ConfigError::Invalid {
-                            name: "secret",
-                            value: "<redacted>".into(),
-                            why: "expected at least 16 characters".into(),
-                        });
-                    }
-                    secret = Some(value.as_bytes().to_vec());
-                }
                 "secret-file" => {
                     let bytes = read_file(value).map_err(|e| ConfigError::Invalid {
                         name: "secret-file",
@@ -305,13 +296,6 @@ impl Config {
                 "ship-evictions" => cfg_evict = parse_bool(name, value)?,
                 _ => return Err(ConfigError::Unknown(raw_name.clone())),
             }
-        }
-        if seen.contains(&"secret") && seen.contains(&"secret-file") {
-            return Err(ConfigError::Invalid {
-                name: "secret",
-                value: "<redacted>".into(),
-                why: "give either secret or secret-file, not both".into(),
-            });
         }
         let node_id = node_id.ok_or(ConfigError::Required(
             "node-id",
@@ -431,7 +415,7 @@ mod tests {
             ),
             (
                 "node-id a listen 127.0.0.1:1 peer 127.0.0.1:2 secret short",
-                "at least 16",
+                "use secret-file",
             ),
             (
                 "node-id a listen 127.0.0.1:1 peer 127.0.0.1:2 ship-evictions maybe",
@@ -458,11 +442,11 @@ mod tests {
     #[test]
     fn runtime_set_validates_and_display_hides_secret() {
         let mut c = Config::parse(
-            &args("node-id a listen 127.0.0.1:1 peer 127.0.0.1:2 secret 0123456789abcdefXYZ"),
-            no_file,
+            &args("node-id a listen 127.0.0.1:1 peer 127.0.0.1:2 secret-file /s"),
+            |_| Ok(b"0123456789abcdefXYZ".to_vec()),
         )
         .unwrap();
-        assert_eq!(c.display("secret").unwrap(), "<redacted>");
+        assert_eq!(c.display("secret-file").unwrap(), "/s", "the path, never the secret");
         c.set_runtime("backlog-size", "2mb").unwrap();
         assert_eq!(c.display("backlog-size").unwrap(), (2u64 << 20).to_string());
         let before = c.clone();
