@@ -446,7 +446,11 @@ mod tests {
             |_| Ok(b"0123456789abcdefXYZ".to_vec()),
         )
         .unwrap();
-        assert_eq!(c.display("secret-file").unwrap(), "/s", "the path, never the secret");
+        assert_eq!(
+            c.display("secret-file").unwrap(),
+            "/s",
+            "the path, never the secret"
+        );
         c.set_runtime("backlog-size", "2mb").unwrap();
         assert_eq!(c.display("backlog-size").unwrap(), (2u64 << 20).to_string());
         let before = c.clone();
