@@ -208,6 +208,14 @@ fn handshake(shared: &Arc<Shared>, stream: &TcpStream, dir: Direction) -> Option
             log::verbose(&format!("handshake with {peer_addr}: connection closed"));
             return None;
         }
+        // A reset while both sides dial at once is the duplicate-connection
+        // rule at work, not a fault: keep it out of the warning log.
+        Err(CodecError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+            log::verbose(&format!(
+                "handshake with {peer_addr}: connection reset ({e})"
+            ));
+            return None;
+        }
         Err(e) => {
             fail(shared, format!("handshake with {peer_addr} failed: {e}"));
             return None;
