@@ -22,6 +22,18 @@ use crate::core::stats::{LinkState, Stats};
 use crate::log;
 use crate::state::Shared;
 
+/// The entry that carries `key`'s current state: its image, or a tombstone.
+pub fn key_op(ctx: &Context, db: u32, key: Vec<u8>) -> Result<Op, String> {
+    Ok(match read_image(ctx, db, &key)? {
+        Some((value, expire_at_ms)) => Op::Set {
+            key,
+            value,
+            expire_at_ms,
+        },
+        None => Op::Delete { key },
+    })
+}
+
 /// Detach a command reply from Redis's memory.
 pub fn to_reply(r: &CallResult) -> Reply {
     match r {
@@ -130,16 +142,8 @@ pub fn flush(ctx: &Context) -> usize {
     for t in targets {
         match t {
             Dirty::Flush(db) => ops.push((db, Op::FlushDb)),
-            Dirty::Key(db, key) => match read_image(ctx, db, &key) {
-                Ok(Some((value, expire_at_ms))) => ops.push((
-                    db,
-                    Op::Set {
-                        key,
-                        value,
-                        expire_at_ms,
-                    },
-                )),
-                Ok(None) => ops.push((db, Op::Delete { key })),
+            Dirty::Key(db, key) => match key_op(ctx, db, key) {
+                Ok(op) => ops.push((db, op)),
                 Err(e) => {
                     log::warning(&format!("cannot read key image in db {db}: {e}"));
                     shared.set_error(format!("cannot read key image: {e}"));
@@ -276,16 +280,8 @@ pub fn build_dirty_key_resync(ctx: &Context) -> Option<u64> {
     for (db, key, e) in entries {
         match key {
             None => ops.push((db, Op::FlushDb)),
-            Some(key) => match read_image(ctx, db, &key) {
-                Ok(Some((value, expire_at_ms))) => ops.push((
-                    db,
-                    Op::Set {
-                        key,
-                        value,
-                        expire_at_ms,
-                    },
-                )),
-                Ok(None) => ops.push((db, Op::Delete { key })),
+            Some(key) => match key_op(ctx, db, key) {
+                Ok(op) => ops.push((db, op)),
                 Err(err) => {
                     log::warning(&format!("dirty-key resync cannot read a key: {err}"));
                     continue;

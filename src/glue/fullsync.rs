@@ -16,7 +16,7 @@ use redis_module::Context;
 
 use super::capture::APPLYING;
 use super::ffi;
-use super::flush::{enqueue_batch, read_image, to_reply, Stamping};
+use super::flush::{enqueue_batch, key_op, to_reply, Stamping};
 use super::node::with_node;
 use crate::core::image::{self, Reply};
 use crate::core::protocol::Op;
@@ -152,16 +152,9 @@ pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
     match scan(ctx, db, &cursor) {
         Ok((next, keys)) => {
             for key in keys {
-                match read_image(ctx, db, &key) {
-                    Ok(Some((value, expire_at_ms))) => ops.push((
-                        db,
-                        Op::Set {
-                            key,
-                            value,
-                            expire_at_ms,
-                        },
-                    )),
-                    Ok(None) => {}
+                match key_op(ctx, db, key) {
+                    Ok(op @ Op::Set { .. }) => ops.push((db, op)),
+                    Ok(_) => {} // gone since the scan listed it: nothing to send
                     Err(e) => log::warning(&format!("full resync: cannot read a key: {e}")),
                 }
             }
@@ -196,7 +189,6 @@ pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
             log::notice(&format!("full resync: sent {} keys", s.keys_sent));
         }
     });
-    Stats::add(&shared.stats.ops_captured, 0);
     !done
 }
 
