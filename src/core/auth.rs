@@ -56,8 +56,12 @@ pub fn nonce() -> [u8; NONCE_LEN] {
     n
 }
 
-/// The proof that `prover` knows the secret, bound to both nonces.
-pub fn proof(secret: &[u8], prover: &str, verifier_nonce: &[u8], prover_nonce: &[u8]) -> Vec<u8> {
+fn proof_mac(
+    secret: &[u8],
+    prover: &str,
+    verifier_nonce: &[u8],
+    prover_nonce: &[u8],
+) -> HmacSha256 {
     mac(
         secret,
         &[
@@ -67,9 +71,14 @@ pub fn proof(secret: &[u8], prover: &str, verifier_nonce: &[u8], prover_nonce: &
             prover_nonce,
         ],
     )
-    .finalize()
-    .into_bytes()
-    .to_vec()
+}
+
+/// The proof that `prover` knows the secret, bound to both nonces.
+pub fn proof(secret: &[u8], prover: &str, verifier_nonce: &[u8], prover_nonce: &[u8]) -> Vec<u8> {
+    proof_mac(secret, prover, verifier_nonce, prover_nonce)
+        .finalize()
+        .into_bytes()
+        .to_vec()
 }
 
 /// Check a peer's proof in constant time.
@@ -80,17 +89,9 @@ pub fn verify_proof(
     prover_nonce: &[u8],
     tag: &[u8],
 ) -> bool {
-    mac(
-        secret,
-        &[
-            b"bisync-proof-v1",
-            prover.as_bytes(),
-            verifier_nonce,
-            prover_nonce,
-        ],
-    )
-    .verify_slice(tag)
-    .is_ok()
+    proof_mac(secret, prover, verifier_nonce, prover_nonce)
+        .verify_slice(tag)
+        .is_ok()
 }
 
 /// Per-direction keys and counters of one authenticated session.

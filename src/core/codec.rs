@@ -163,12 +163,6 @@ pub fn read_body<R: Read>(r: &mut R, limit: usize) -> Result<Vec<u8>, CodecError
     Ok(body)
 }
 
-/// Write pre-encoded frame bytes.
-pub fn write_encoded<W: Write>(w: &mut W, bytes: &[u8]) -> Result<(), CodecError> {
-    w.write_all(bytes)?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -83,7 +83,6 @@ fn use_frame(frame: &Frame) {
                 } = &e.op
                 {
                     let _ = image::rebuild(key, value, *expire_at_ms);
-                    let _ = image::size_of(value);
                 }
             }
         }

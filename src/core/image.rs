@@ -283,22 +283,6 @@ fn rebuild_stream(out: &mut Vec<Command>, key: &[u8], s: &StreamImage) {
     }
 }
 
-/// Approximate bytes of an image (for batch sizing).
-pub fn size_of(value: &Value) -> usize {
-    match value {
-        Value::String(v) | Value::Dump(v) => v.len(),
-        Value::Hash(p) | Value::ZSet(p) => p.iter().map(|(a, b)| a.len() + b.len() + 4).sum(),
-        Value::List(v) | Value::Set(v) => v.iter().map(|x| x.len() + 2).sum(),
-        Value::Stream(s) => {
-            s.entries
-                .iter()
-                .map(|(id, f)| id.len() + f.iter().map(|x| x.len() + 2).sum::<usize>())
-                .sum::<usize>()
-                + 64
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

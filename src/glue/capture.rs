@@ -47,7 +47,7 @@ pub fn take_stream_touched() -> Vec<Vec<u8>> {
 /// computes a dozen flags, some costly.)
 pub static LOADING: AtomicBool = AtomicBool::new(false);
 
-fn capturing(_ctx: &Context) -> bool {
+fn capturing() -> bool {
     if APPLYING.load(Ordering::Relaxed) || LOADING.load(Ordering::Relaxed) {
         return false;
     }
@@ -88,11 +88,10 @@ pub unsafe extern "C" fn on_keyspace_event(
             }
         }
         let _ = event;
-        let ctx = Context::new(ctx);
-        if !capturing(&ctx) {
+        if !capturing() {
             return 0;
         }
-        let db = ffi::selected_db(&ctx).max(0) as u32;
+        let db = ffi::selected_db(&Context::new(ctx)).max(0) as u32;
         note_key(db, ffi::string_bytes(key));
         0
     })
@@ -103,16 +102,13 @@ pub unsafe extern "C" fn on_keyspace_event(
 /// # Safety
 /// Called by Redis with a live context and a `RedisModuleFlushInfo`.
 pub unsafe extern "C" fn on_flush(
-    ctx: *mut raw::RedisModuleCtx,
+    _ctx: *mut raw::RedisModuleCtx,
     _e: raw::RedisModuleEvent,
     sub: u64,
     data: *mut c_void,
 ) {
     guarded("flush event", (), || {
-        if sub != raw::REDISMODULE_SUBEVENT_FLUSHDB_START
-            || data.is_null()
-            || !capturing(&Context::new(ctx))
-        {
+        if sub != raw::REDISMODULE_SUBEVENT_FLUSHDB_START || data.is_null() || !capturing() {
             return;
         }
         let info = &*(data as *const raw::RedisModuleFlushInfo);
@@ -145,13 +141,13 @@ pub fn take_swapped() -> Vec<u32> {
 /// # Safety
 /// Called by Redis with a live context and a `RedisModuleSwapDbInfo`.
 pub unsafe extern "C" fn on_swapdb(
-    ctx: *mut raw::RedisModuleCtx,
+    _ctx: *mut raw::RedisModuleCtx,
     _e: raw::RedisModuleEvent,
     _sub: u64,
     data: *mut c_void,
 ) {
     guarded("swapdb event", (), || {
-        if data.is_null() || !capturing(&Context::new(ctx)) {
+        if data.is_null() || !capturing() {
             return;
         }
         let info = &*(data as *const raw::RedisModuleSwapDbInfo);

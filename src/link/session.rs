@@ -182,44 +182,9 @@ fn handshake(shared: &Arc<Shared>, stream: &TcpStream, dir: Direction) -> Option
         inner: stream,
         deadline: started + HANDSHAKE_DEADLINE,
     };
-    let theirs = match codec::read_frame_sized(&mut reader, PRE_AUTH_FRAME_LIMIT) {
-        Ok((Frame::Hello(h), n)) => {
-            Stats::add(&shared.stats.bytes_received, n as u64);
-            h
-        }
-        Ok((Frame::Refuse(why), _)) => {
-            fail(
-                shared,
-                format!("peer {peer_addr} refused the link: {}", sanitize(&why)),
-            );
-            return None;
-        }
-        Ok((other, _)) => {
-            fail(
-                shared,
-                format!(
-                    "handshake with {peer_addr}: expected a hello, got {}",
-                    frame_name(&other)
-                ),
-            );
-            return None;
-        }
-        Err(CodecError::Closed) => {
-            log::verbose(&format!("handshake with {peer_addr}: connection closed"));
-            return None;
-        }
-        // A reset while both sides dial at once is the duplicate-connection
-        // rule at work, not a fault: keep it out of the warning log.
-        Err(CodecError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-            log::verbose(&format!(
-                "handshake with {peer_addr}: connection reset ({e})"
-            ));
-            return None;
-        }
-        Err(e) => {
-            fail(shared, format!("handshake with {peer_addr} failed: {e}"));
-            return None;
-        }
+    let theirs = match read_handshake_frame(shared, &mut reader, &peer_addr, "a hello")? {
+        Frame::Hello(h) => h,
+        other => return unexpected(shared, &peer_addr, "a hello", &other),
     };
     if let Err(why) = check_hello(&ours, &theirs) {
         let _ = send(&mut w, shared, &Frame::Refuse(why.clone()), None);
@@ -235,9 +200,8 @@ fn handshake(shared: &Arc<Shared>, stream: &TcpStream, dir: Direction) -> Option
             ));
             return None;
         }
-        match codec::read_frame_sized(&mut reader, PRE_AUTH_FRAME_LIMIT) {
-            Ok((Frame::Proof(tag), n)) => {
-                Stats::add(&shared.stats.bytes_received, n as u64);
+        match read_handshake_frame(shared, &mut reader, &peer_addr, "a proof")? {
+            Frame::Proof(tag) => {
                 if !auth::verify_proof(secret, &theirs.node_id, &my_nonce, &theirs.nonce, &tag) {
                     let _ = send(
                         &mut w,
@@ -249,30 +213,7 @@ fn handshake(shared: &Arc<Shared>, stream: &TcpStream, dir: Direction) -> Option
                     return None;
                 }
             }
-            Ok((Frame::Refuse(why), _)) => {
-                fail(
-                    shared,
-                    format!("peer {peer_addr} refused the link: {}", sanitize(&why)),
-                );
-                return None;
-            }
-            Ok((other, _)) => {
-                fail(
-                    shared,
-                    format!(
-                        "handshake with {peer_addr}: expected a proof, got {}",
-                        frame_name(&other)
-                    ),
-                );
-                return None;
-            }
-            Err(e) => {
-                fail(
-                    shared,
-                    format!("handshake with {peer_addr} failed during authentication: {e}"),
-                );
-                return None;
-            }
+            other => return unexpected(shared, &peer_addr, "a proof", &other),
         }
         let derive = || {
             SessionKeys::derive(
@@ -352,6 +293,60 @@ fn handshake(shared: &Arc<Shared>, stream: &TcpStream, dir: Direction) -> Option
         gen,
         keys,
     })
+}
+
+/// Read one pre-authentication frame of the handshake. A refusal, a
+/// closed or reset connection, or a read error ends the handshake (logged,
+/// and recorded when it is a fault): `None`.
+fn read_handshake_frame(
+    shared: &Shared,
+    reader: &mut DeadlineReader<'_>,
+    peer_addr: &str,
+    what: &str,
+) -> Option<Frame> {
+    match codec::read_frame_sized(reader, PRE_AUTH_FRAME_LIMIT) {
+        Ok((Frame::Refuse(why), _)) => {
+            fail(
+                shared,
+                format!("peer {peer_addr} refused the link: {}", sanitize(&why)),
+            );
+            None
+        }
+        Ok((frame, n)) => {
+            Stats::add(&shared.stats.bytes_received, n as u64);
+            Some(frame)
+        }
+        Err(CodecError::Closed) => {
+            log::verbose(&format!("handshake with {peer_addr}: connection closed"));
+            None
+        }
+        // A reset while both sides dial at once is the duplicate-connection
+        // rule at work, not a fault: keep it out of the warning log.
+        Err(CodecError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+            log::verbose(&format!(
+                "handshake with {peer_addr}: connection reset ({e})"
+            ));
+            None
+        }
+        Err(e) => {
+            fail(
+                shared,
+                format!("handshake with {peer_addr} failed while reading {what}: {e}"),
+            );
+            None
+        }
+    }
+}
+
+fn unexpected<T>(shared: &Shared, peer_addr: &str, what: &str, got: &Frame) -> Option<T> {
+    fail(
+        shared,
+        format!(
+            "handshake with {peer_addr}: expected {what}, got {}",
+            frame_name(got)
+        ),
+    );
+    None
 }
 
 fn sanitize(s: &str) -> String {
