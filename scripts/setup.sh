@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing redis-bisync needs on Debian 12 (as root):
 # redis-server 7.0, clang and libclang-dev (for the redis-module bindings),
+# openssl (scripts/make-test-certs.sh, used by the TLS tests),
 # and checks for a Rust toolchain. Safe to run again: it installs only what
 # is missing.
 set -euo pipefail
@@ -9,6 +10,7 @@ need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v clang >/dev/null 2>&1 || need+=(clang)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
 command -v cargo >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/cargo" ] || need+=(cargo rustc)
 

@@ -46,7 +46,25 @@ pub const KNOWN: &[&str] = &[
     "max-frame-size",
     "apply-budget",
     "ship-evictions",
+    "tls-cert-file",
+    "tls-key-file",
+    "tls-ca-file",
+    "tls-server-name",
 ];
+
+/// The files that turn on TLS for the link (all three, or none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// This node's certificate chain (PEM), presented both when it dials and
+    /// when it is dialed.
+    pub cert: String,
+    /// The private key of that certificate (PEM).
+    pub key: String,
+    /// The CA certificate(s) the peer's certificate must chain to (PEM).
+    pub ca: String,
+    /// The name the peer's certificate must carry; by default the peer's IP.
+    pub server_name: Option<String>,
+}
 
 /// The parsed, validated settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +91,8 @@ pub struct Config {
     pub apply_budget: u64,
     /// Ship evictions to the peer (off: each side manages its own memory).
     pub ship_evictions: bool,
+    /// TLS for the link, if configured.
+    pub tls: Option<TlsFiles>,
 }
 
 /// Defaults, documented in `redis.conf.example`.
@@ -156,6 +176,17 @@ fn parse_bool(name: &'static str, v: &str) -> Result<bool, ConfigError> {
     }
 }
 
+fn non_empty(name: &'static str, v: &str) -> Result<String, ConfigError> {
+    if v.trim().is_empty() {
+        return Err(ConfigError::Invalid {
+            name,
+            value: v.to_string(),
+            why: "expected a non-empty value".into(),
+        });
+    }
+    Ok(v.to_string())
+}
+
 /// Is `id` an acceptable node id: 1–64 characters of `[A-Za-z0-9_.-]`.
 pub fn valid_node_id(id: &str) -> bool {
     !id.is_empty()
@@ -188,6 +219,18 @@ impl Config {
             "max-frame-size" => self.max_frame_size.to_string(),
             "apply-budget" => self.apply_budget.to_string(),
             "ship-evictions" => if self.ship_evictions { "yes" } else { "no" }.into(),
+            "tls-cert-file" => self
+                .tls
+                .as_ref()
+                .map(|t| t.cert.clone())
+                .unwrap_or_default(),
+            "tls-key-file" => self.tls.as_ref().map(|t| t.key.clone()).unwrap_or_default(),
+            "tls-ca-file" => self.tls.as_ref().map(|t| t.ca.clone()).unwrap_or_default(),
+            "tls-server-name" => self
+                .tls
+                .as_ref()
+                .and_then(|t| t.server_name.clone())
+                .unwrap_or_default(),
             _ => return None,
         })
     }
@@ -232,6 +275,10 @@ impl Config {
         let mut cfg_frame = defaults::MAX_FRAME_SIZE;
         let mut cfg_budget = defaults::APPLY_BUDGET;
         let mut cfg_evict = false;
+        let mut tls_cert = None;
+        let mut tls_key = None;
+        let mut tls_ca = None;
+        let mut tls_name = None;
 
         let mut it = args.iter();
         while let Some(raw_name) = it.next() {
@@ -294,6 +341,10 @@ impl Config {
                 "max-frame-size" => cfg_frame = parse_u64(name, value, 1 << 16, 1 << 32, true)?,
                 "apply-budget" => cfg_budget = parse_u64(name, value, 1, 1 << 30, false)?,
                 "ship-evictions" => cfg_evict = parse_bool(name, value)?,
+                "tls-cert-file" => tls_cert = Some(non_empty(name, value)?),
+                "tls-key-file" => tls_key = Some(non_empty(name, value)?),
+                "tls-ca-file" => tls_ca = Some(non_empty(name, value)?),
+                "tls-server-name" => tls_name = Some(non_empty(name, value)?),
                 _ => return Err(ConfigError::Unknown(raw_name.clone())),
             }
         }
@@ -316,6 +367,38 @@ impl Config {
                 why: "must differ from listen".into(),
             });
         }
+        let tls = match (tls_cert, tls_key, tls_ca) {
+            (None, None, None) => {
+                if let Some(name) = tls_name {
+                    return Err(ConfigError::Invalid {
+                        name: "tls-server-name",
+                        value: name,
+                        why: "only meaningful with tls-cert-file, tls-key-file and tls-ca-file"
+                            .into(),
+                    });
+                }
+                None
+            }
+            (Some(cert), Some(key), Some(ca)) => Some(TlsFiles {
+                cert,
+                key,
+                ca,
+                server_name: tls_name,
+            }),
+            (cert, key, _) => {
+                let missing = if cert.is_none() {
+                    "tls-cert-file"
+                } else if key.is_none() {
+                    "tls-key-file"
+                } else {
+                    "tls-ca-file"
+                };
+                return Err(ConfigError::Required(
+                    missing,
+                    "TLS needs tls-cert-file, tls-key-file and tls-ca-file together",
+                ));
+            }
+        };
         Ok(Config {
             node_id,
             listen,
@@ -328,6 +411,7 @@ impl Config {
             max_frame_size: cfg_frame,
             apply_budget: cfg_budget,
             ship_evictions: cfg_evict,
+            tls,
         })
     }
 }
@@ -372,6 +456,7 @@ mod tests {
         assert_eq!(c.max_clock_skew_ms, 5);
         assert_eq!(c.apply_budget, 7);
         assert!(c.ship_evictions);
+        assert!(c.tls.is_none());
         assert_eq!(c.secret.as_deref(), Some(&b"0123456789abcdef"[..]));
     }
 
@@ -421,6 +506,18 @@ mod tests {
                 "node-id a listen 127.0.0.1:1 peer 127.0.0.1:2 ship-evictions maybe",
                 "yes or no",
             ),
+            (
+                "node-id a listen 127.0.0.1:1 peer 127.0.0.1:2 tls-cert-file a.crt tls-key-file a.key",
+                "'tls-ca-file' is required",
+            ),
+            (
+                "node-id a listen 127.0.0.1:1 peer 127.0.0.1:2 tls-ca-file ca.crt",
+                "'tls-cert-file' is required",
+            ),
+            (
+                "node-id a listen 127.0.0.1:1 peer 127.0.0.1:2 tls-server-name x",
+                "argument 'tls-server-name'",
+            ),
         ];
         for (a, want) in cases {
             let err = Config::parse(&args(a), no_file).unwrap_err().to_string();
@@ -460,6 +557,22 @@ mod tests {
         for name in KNOWN {
             assert!(c.display(name).is_some(), "{name} has a display");
         }
+    }
+
+    #[test]
+    fn tls_files_together() {
+        let c = Config::parse(
+            &args("node-id a listen 127.0.0.1:1 peer 127.0.0.1:2 tls-cert-file a.crt tls-key-file a.key tls-ca-file ca.crt tls-server-name node-b"),
+            no_file,
+        )
+        .unwrap();
+        let t = c.tls.as_ref().unwrap();
+        assert_eq!(
+            (t.cert.as_str(), t.key.as_str(), t.ca.as_str()),
+            ("a.crt", "a.key", "ca.crt")
+        );
+        assert_eq!(t.server_name.as_deref(), Some("node-b"));
+        assert_eq!(c.display("tls-ca-file").unwrap(), "ca.crt");
     }
 
     #[test]

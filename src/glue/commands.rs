@@ -62,6 +62,18 @@ pub fn status_fields(shared: &Shared) -> Vec<(&'static str, Field)> {
         ("listen", Text(shared.config.listen.to_string())),
         ("link", Text(s.link().as_str().to_string())),
         (
+            "link_security",
+            Text(
+                match (shared.config.tls.is_some(), shared.config.secret.is_some()) {
+                    (true, true) => "tls+secret",
+                    (true, false) => "tls",
+                    (false, true) => "secret",
+                    (false, false) => "none",
+                }
+                .to_string(),
+            ),
+        ),
+        (
             "role",
             Text(
                 if shared.passive.load(Ordering::Relaxed) {

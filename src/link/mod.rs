@@ -9,6 +9,8 @@
 pub mod fds;
 pub mod handshake;
 mod session;
+pub mod tls;
+pub mod transport;
 
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -22,6 +24,7 @@ use crate::log;
 use crate::state::Shared;
 
 pub use session::Direction;
+use tls::TlsSettings;
 
 /// At most this many connections in handshake at once; more are closed at
 /// once (a flood of connections must not exhaust threads or fds).
@@ -33,16 +36,26 @@ static HANDSHAKES: AtomicUsize = AtomicUsize::new(0);
 /// the threads.
 pub fn start(shared: Arc<Shared>) -> Result<(), String> {
     fds::install_fork_hook();
+    let tls = match &shared.config.tls {
+        Some(files) => Some(Arc::new(tls::load(files, shared.config.peer.ip())?)),
+        None => None,
+    };
+    if tls.is_none() {
+        log::notice("the link is not encrypted (set tls-cert-file, tls-key-file and tls-ca-file to encrypt it)");
+    }
     let listener = TcpListener::bind(shared.config.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", shared.config.listen))?;
     let s1 = shared.clone();
     thread::Builder::new()
         .name("bisync-listen".into())
-        .spawn(move || guard_thread("listener", || accept_loop(s1, listener)))
+        .spawn({
+            let tls = tls.clone();
+            move || guard_thread("listener", || accept_loop(s1, listener, tls))
+        })
         .map_err(|e| format!("cannot start the listener thread: {e}"))?;
     thread::Builder::new()
         .name("bisync-dial".into())
-        .spawn(move || guard_thread("dialer", || dial_loop(shared)))
+        .spawn(move || guard_thread("dialer", || dial_loop(shared, tls)))
         .map_err(|e| format!("cannot start the dialer thread: {e}"))?;
     Ok(())
 }
@@ -56,7 +69,7 @@ fn guard_thread(what: &str, f: impl FnOnce()) {
     }
 }
 
-fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Option<Arc<TlsSettings>>) {
     let _fd = fds::register(listener.as_raw_fd());
     for conn in listener.incoming() {
         if shared.stopping() {
@@ -77,11 +90,12 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             continue;
         }
         let s = shared.clone();
+        let tls = tls.clone();
         let spawned = thread::Builder::new()
             .name("bisync-conn".into())
             .spawn(move || {
                 guard_thread("connection", || {
-                    session::run(&s, stream, Direction::Accepted, &HANDSHAKES);
+                    session::run(&s, stream, Direction::Accepted, &HANDSHAKES, tls.as_deref());
                 });
             });
         if spawned.is_err() {
@@ -90,7 +104,7 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-fn dial_loop(shared: Arc<Shared>) {
+fn dial_loop(shared: Arc<Shared>, tls: Option<Arc<TlsSettings>>) {
     let mut backoff = Duration::from_millis(100);
     const MAX_BACKOFF: Duration = Duration::from_secs(2);
     while !shared.stopping() {
@@ -104,7 +118,13 @@ fn dial_loop(shared: Arc<Shared>) {
         match TcpStream::connect_timeout(&shared.config.peer, Duration::from_secs(2)) {
             Ok(stream) => {
                 HANDSHAKES.fetch_add(1, Ordering::AcqRel);
-                let ok = session::run(&shared, stream, Direction::Dialed, &HANDSHAKES);
+                let ok = session::run(
+                    &shared,
+                    stream,
+                    Direction::Dialed,
+                    &HANDSHAKES,
+                    tls.as_deref(),
+                );
                 if ok {
                     backoff = Duration::from_millis(100);
                     continue;

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use super::fds;
 use super::handshake::{check_hello, keep_new_connection, peer_position, PRE_AUTH_FRAME_LIMIT};
+use super::tls::TlsSettings;
+use super::transport::{Link, LinkReader, LinkWriter, TlsRole};
 use crate::core::auth::{self, SessionKeys};
 use crate::core::codec::{self, CodecError};
 use crate::core::outbox::{Item, ResumePlan};
@@ -124,6 +126,10 @@ struct Handshaken {
     gen: u64,
     /// (writer keys, reader keys) when the link is authenticated.
     keys: Option<(SessionKeys, SessionKeys)>,
+    /// The halves the handshake used (a TLS reader may already hold the
+    /// peer's first session bytes).
+    reader: LinkReader,
+    writer: LinkWriter,
 }
 
 /// Handshake on `stream` and, if this connection is kept, run the session
@@ -133,58 +139,133 @@ pub fn run(
     stream: TcpStream,
     dir: Direction,
     handshakes: &AtomicUsize,
+    tls: Option<&TlsSettings>,
 ) -> bool {
     let fd = fds::register(stream.as_raw_fd());
-    let hs = handshake(shared, &stream, dir);
+    let hs = connect(shared, stream, dir, tls);
     handshakes.fetch_sub(1, Ordering::AcqRel);
-    let done = match hs {
+    let (link, done) = match hs {
         Some(x) => x,
-        None => {
-            let _ = stream.shutdown(Shutdown::Both);
-            return false;
-        }
+        None => return false,
     };
     if !fd.is_registered() {
-        let _ = stream.shutdown(Shutdown::Both);
+        let _ = link.socket().shutdown(Shutdown::Both);
         return false;
     }
-    session(shared, stream, done);
+    session(shared, link.socket(), done);
     true
 }
 
-fn handshake(shared: &Arc<Shared>, stream: &TcpStream, dir: Direction) -> Option<Handshaken> {
+/// TLS (if configured) and the handshake; the socket is shut down when
+/// this fails.
+fn connect(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    dir: Direction,
+    tls: Option<&TlsSettings>,
+) -> Option<(Link, Handshaken)> {
     if shared.passive.load(Ordering::Relaxed) || !shared.ready.load(Ordering::Acquire) {
+        let _ = stream.shutdown(Shutdown::Both);
         return None;
     }
-    let peer_addr = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    // An incoming connection's port changes on every retry: leave it out,
+    // so a fault that repeats is logged once (see `fail`).
+    let peer_addr = match (stream.peer_addr(), dir) {
+        (Ok(a), Direction::Dialed) => a.to_string(),
+        (Ok(a), Direction::Accepted) => format!("{} (incoming)", a.ip()),
+        (Err(_), _) => "an unknown address".to_string(),
+    };
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(HANDSHAKE_DEADLINE));
     let _ = stream.set_write_timeout(Some(HANDSHAKE_DEADLINE));
     if !active() {
         shared.stats.set_link(LinkState::Handshake);
     }
+    // The deadline covers TLS and the whole hello, not each read: a peer
+    // that trickles bytes is cut off.
+    let deadline = Instant::now() + HANDSHAKE_DEADLINE;
+    let link = match tls {
+        None => Link::plain(stream),
+        Some(settings) => {
+            let role = match dir {
+                Direction::Dialed => TlsRole::Client,
+                Direction::Accepted => TlsRole::Server,
+            };
+            let sock = match stream.try_clone() {
+                Ok(s) => s,
+                Err(e) => {
+                    fail(shared, format!("cannot clone the link socket: {e}"));
+                    let _ = stream.shutdown(Shutdown::Both);
+                    return None;
+                }
+            };
+            match Link::tls(sock, settings, role, deadline) {
+                Ok(link) => link,
+                Err(e) => {
+                    let _ = stream.shutdown(Shutdown::Both);
+                    if e.kind() == std::io::ErrorKind::ConnectionReset
+                        || e.kind() == std::io::ErrorKind::UnexpectedEof
+                    {
+                        log::verbose(&format!(
+                            "TLS handshake with {peer_addr}: connection closed ({e})"
+                        ));
+                    } else {
+                        fail(
+                            shared,
+                            format!("TLS handshake with {peer_addr} failed: {e} (both nodes need tls-cert-file, tls-key-file and tls-ca-file, with certificates from the same CA)"),
+                        );
+                    }
+                    return None;
+                }
+            }
+        }
+    };
+    let done = handshake(shared, &link, dir, &peer_addr, deadline);
+    match done {
+        Some(done) => Some((link, done)),
+        None => {
+            let _ = link.socket().shutdown(Shutdown::Both);
+            None
+        }
+    }
+}
+
+fn handshake(
+    shared: &Arc<Shared>,
+    link: &Link,
+    dir: Direction,
+    peer_addr: &str,
+    deadline: Instant,
+) -> Option<Handshaken> {
+    let (mut reader, mut w) = match link.split() {
+        Ok(x) => x,
+        Err(e) => {
+            fail(shared, format!("cannot clone the link socket: {e}"));
+            return None;
+        }
+    };
     let my_nonce = auth::nonce();
     let ours = our_hello(shared, &my_nonce);
-    let mut w = stream;
     if let Err(e) = send(&mut w, shared, &Frame::Hello(ours.clone()), None) {
         log::verbose(&format!(
             "handshake with {peer_addr}: cannot send hello: {e}"
         ));
         return None;
     }
-    // The deadline covers the whole hello, not each read: a peer that
-    // trickles bytes is cut off.
-    let started = Instant::now();
-    let mut reader = DeadlineReader {
-        inner: stream,
-        deadline: started + HANDSHAKE_DEADLINE,
-    };
-    let theirs = match read_handshake_frame(shared, &mut reader, &peer_addr, "a hello")? {
+    reader.set_deadline(Some(deadline));
+    if !link.is_tls() {
+        // 0x16 opens a TLS record; our hello opens with a small length.
+        if let Ok(Some(0x16)) = reader.peek_first_byte() {
+            fail(
+                shared,
+                format!("peer {peer_addr} speaks TLS but TLS is not configured here (tls-cert-file, tls-key-file, tls-ca-file)"),
+            );
+            return None;
+        }
+    }
+    let theirs = match read_handshake_frame(shared, &mut reader, peer_addr, "a hello")? {
         Frame::Hello(h) => h,
-        other => return unexpected(shared, &peer_addr, "a hello", &other),
+        other => return unexpected(shared, peer_addr, "a hello", &other),
     };
     if let Err(why) = check_hello(&ours, &theirs) {
         let _ = send(&mut w, shared, &Frame::Refuse(why.clone()), None);
@@ -200,7 +281,7 @@ fn handshake(shared: &Arc<Shared>, stream: &TcpStream, dir: Direction) -> Option
             ));
             return None;
         }
-        match read_handshake_frame(shared, &mut reader, &peer_addr, "a proof")? {
+        match read_handshake_frame(shared, &mut reader, peer_addr, "a proof")? {
             Frame::Proof(tag) => {
                 if !auth::verify_proof(secret, &theirs.node_id, &my_nonce, &theirs.nonce, &tag) {
                     let _ = send(
@@ -213,7 +294,7 @@ fn handshake(shared: &Arc<Shared>, stream: &TcpStream, dir: Direction) -> Option
                     return None;
                 }
             }
-            other => return unexpected(shared, &peer_addr, "a proof", &other),
+            other => return unexpected(shared, peer_addr, "a proof", &other),
         }
         let derive = || {
             SessionKeys::derive(
@@ -260,7 +341,7 @@ fn handshake(shared: &Arc<Shared>, stream: &TcpStream, dir: Direction) -> Option
     };
     // Keep one connection per pair.
     let gen = GEN.fetch_add(1, Ordering::Relaxed);
-    let clone = stream.try_clone().ok()?;
+    let clone = link.socket().try_clone().ok()?;
     {
         let mut slot = active_slot();
         if let Some(existing) = slot.as_ref() {
@@ -287,11 +368,14 @@ fn handshake(shared: &Arc<Shared>, stream: &TcpStream, dir: Direction) -> Option
             stream: clone,
         });
     }
+    reader.set_deadline(None);
     Some(Handshaken {
         theirs,
         role,
         gen,
         keys,
+        reader,
+        writer: w,
     })
 }
 
@@ -300,7 +384,7 @@ fn handshake(shared: &Arc<Shared>, stream: &TcpStream, dir: Direction) -> Option
 /// and recorded when it is a fault): `None`.
 fn read_handshake_frame(
     shared: &Shared,
-    reader: &mut DeadlineReader<'_>,
+    reader: &mut LinkReader,
     peer_addr: &str,
     what: &str,
 ) -> Option<Frame> {
@@ -329,9 +413,14 @@ fn read_handshake_frame(
             None
         }
         Err(e) => {
+            let hint = if e.to_string().contains("fatal alert") {
+                " (the peer refused this node's TLS certificate or its CA)"
+            } else {
+                ""
+            };
             fail(
                 shared,
-                format!("handshake with {peer_addr} failed while reading {what}: {e}"),
+                format!("handshake with {peer_addr} failed while reading {what}: {e}{hint}"),
             );
             None
         }
@@ -367,33 +456,14 @@ fn frame_name(f: &Frame) -> &'static str {
     }
 }
 
-/// A reader that fails once an absolute deadline has passed.
-struct DeadlineReader<'a> {
-    inner: &'a TcpStream,
-    deadline: Instant,
-}
-
-impl std::io::Read for DeadlineReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "handshake deadline passed",
-            ));
-        }
-        self.inner.set_read_timeout(Some(left))?;
-        let mut r = self.inner;
-        r.read(buf)
-    }
-}
-
-fn session(shared: &Arc<Shared>, stream: TcpStream, done: Handshaken) {
+fn session(shared: &Arc<Shared>, stream: &TcpStream, done: Handshaken) {
     let Handshaken {
         theirs,
         role,
         gen,
         keys,
+        reader: link_reader,
+        writer: link_writer,
     } = done;
     let (mut wkeys, rkeys) = match keys {
         Some((w, r)) => (Some(w), Some(r)),
@@ -415,7 +485,7 @@ fn session(shared: &Arc<Shared>, stream: TcpStream, done: Handshaken) {
         Ok(s) => s,
         Err(e) => {
             fail(shared, format!("cannot clone the link socket: {e}"));
-            end(shared, &stream, gen);
+            end(shared, stream, gen);
             return;
         }
     };
@@ -423,22 +493,32 @@ fn session(shared: &Arc<Shared>, stream: TcpStream, done: Handshaken) {
     let reader = thread::Builder::new()
         .name("bisync-read".into())
         .spawn(move || {
-            super::guard_thread("reader", || read_loop(&s2, reader_stream, &a2, gen, rkeys));
+            super::guard_thread("reader", || {
+                read_loop(&s2, reader_stream, link_reader, &a2, gen, rkeys)
+            });
         });
     if reader.is_err() {
         fail(shared, "cannot start the link reader thread".into());
-        end(shared, &stream, gen);
+        end(shared, stream, gen);
         return;
     }
     shared.stats.set_link(LinkState::Up);
     log::notice(&format!("link up with peer {peer}"));
-    if let Err(e) = write_loop(shared, &stream, &theirs, &role, &alive, gen, wkeys.as_mut()) {
+    if let Err(e) = write_loop(
+        shared,
+        link_writer,
+        &theirs,
+        &role,
+        &alive,
+        gen,
+        wkeys.as_mut(),
+    ) {
         if alive.load(Ordering::Relaxed) && is_current(gen) {
             fail(shared, format!("link to {peer} lost while writing: {e}"));
         }
     }
     alive.store(false, Ordering::Relaxed);
-    end(shared, &stream, gen);
+    end(shared, stream, gen);
     if let Ok(h) = reader {
         let _ = h.join();
     }
@@ -456,7 +536,7 @@ fn end(shared: &Shared, stream: &TcpStream, gen: u64) {
 
 fn write_loop(
     shared: &Arc<Shared>,
-    stream: &TcpStream,
+    stream: LinkWriter,
     theirs: &Hello,
     role: &Role,
     alive: &AtomicBool,
@@ -609,12 +689,13 @@ fn write_item(
 fn read_loop(
     shared: &Arc<Shared>,
     stream: TcpStream,
+    link: LinkReader,
     alive: &AtomicBool,
     gen: u64,
     mut keys: Option<SessionKeys>,
 ) {
     let limit = shared.config.max_frame_size as usize;
-    let mut r = BufReader::with_capacity(64 * 1024, &stream);
+    let mut r = BufReader::with_capacity(64 * 1024, link);
     let reason = loop {
         if !alive.load(Ordering::Relaxed) || shared.stopping() {
             break None;

@@ -851,7 +851,8 @@ impl PairBuilder {
         Self::default()
     }
 
-    /// Module args appended after `node-id .. listen .. peer ..` on both sides.
+    /// Module args appended after `node-id .. listen .. peer ..` on both sides; `{node}` in an
+    /// argument becomes the side's node id (`a` or `b`), e.g. for per-node certificate files.
     pub fn module_args<I, S>(mut self, args: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -922,7 +923,7 @@ impl PairBuilder {
             "peer".to_string(),
             format!("127.0.0.1:{dial}"),
         ];
-        args.extend(self.module_args.iter().cloned());
+        args.extend(self.module_args.iter().map(|a| a.replace("{node}", node)));
         ServerBuilder::new()
             .name(node)
             .module_args(args)
@@ -1541,7 +1542,13 @@ struct ProxyShared {
     refused: AtomicU64,
     connect_failures: AtomicU64,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The first [`CAPTURE_LIMIT`] bytes forwarded, both directions, to inspect what crosses
+    /// the wire.
+    captured: Mutex<Vec<u8>>,
 }
+
+/// How many forwarded bytes a [`Proxy`] keeps for [`Proxy::captured`].
+pub const CAPTURE_LIMIT: usize = 16 << 20;
 
 impl ProxyShared {
     /// Current mode.
@@ -1595,6 +1602,7 @@ impl Proxy {
             }),
             stop: AtomicBool::new(false),
             bytes_to_target: AtomicU64::new(0),
+            captured: Mutex::new(Vec::new()),
             bytes_to_client: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -1666,6 +1674,11 @@ impl Proxy {
     /// Forward each chunk `d` after it was read (order preserved; simulates latency).
     pub fn delay(&self, d: Duration) {
         lock(&self.shared.state).mode = ProxyMode::Delay(d);
+    }
+
+    /// The first [`CAPTURE_LIMIT`] bytes this proxy forwarded (both directions, interleaved).
+    pub fn captured(&self) -> Vec<u8> {
+        lock(&self.shared.captured).clone()
     }
 
     /// Bytes forwarded client -> target.
@@ -1853,6 +1866,11 @@ fn pump_read(
         match src.read(&mut buf) {
             Ok(0) => return,
             Ok(n) => {
+                {
+                    let mut cap = lock(&shared.captured);
+                    let room = CAPTURE_LIMIT.saturating_sub(cap.len()).min(n);
+                    cap.extend_from_slice(&buf[..room]);
+                }
                 // The delay in force when the bytes arrived (the mode may have changed while
                 // this read was blocked).
                 let delay = match shared.mode() {
