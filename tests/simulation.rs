@@ -346,7 +346,7 @@ impl Node {
             match &op {
                 Op::FlushDb => self.pending.record_flush(db, stamp, seq),
                 Op::Set { key, .. } | Op::Delete { key } => {
-                    self.pending.record_key((db, key.clone()), stamp, seq)
+                    self.pending.record_key(db, key, stamp, seq)
                 }
                 Op::FullSyncBegin | Op::FullSyncEnd => {}
             }

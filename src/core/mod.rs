@@ -13,3 +13,4 @@ pub mod pairing;
 pub mod pending;
 pub mod protocol;
 pub mod stats;
+pub mod table_key;

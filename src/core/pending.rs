@@ -10,9 +10,7 @@
 use rustc_hash::FxHashMap as HashMap;
 
 use super::protocol::Stamp;
-
-/// A key in one logical db.
-pub type DbKey = (u32, Vec<u8>);
+use super::table_key::TableKey;
 
 /// Where a pending write sits in the order and which batch carried it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +44,7 @@ pub fn remote_wins(remote: Stamp, remote_node: &str, local: Stamp, local_node: &
 /// when none arrive. Recording a write is then one hash insert, the hot path.
 #[derive(Debug, Default)]
 pub struct PendingWrites {
-    keys: HashMap<DbKey, PendingEntry>,
+    keys: HashMap<TableKey, PendingEntry>,
     flushes: HashMap<u32, PendingEntry>,
     /// Newest remote flush already processed per db: a dirty-key resync can
     /// re-send a flush the receiver already applied, and unlike a key image a
@@ -71,8 +69,9 @@ impl PendingWrites {
     }
 
     /// Record a local write of `key` in batch `seq`.
-    pub fn record_key(&mut self, key: DbKey, stamp: Stamp, seq: u64) {
-        self.keys.insert(key, PendingEntry { stamp, seq });
+    pub fn record_key(&mut self, db: u32, key: &[u8], stamp: Stamp, seq: u64) {
+        self.keys
+            .insert(TableKey::new(db, key), PendingEntry { stamp, seq });
     }
 
     /// Record a local flush of `db` in batch `seq`.
@@ -82,13 +81,13 @@ impl PendingWrites {
 
     /// The key's own pending entry stamp (not its db's flush).
     pub fn key_stamp(&self, db: u32, key: &[u8]) -> Option<Stamp> {
-        self.keys.get(&(db, key.to_vec())).map(|e| e.stamp)
+        self.keys.get(&TableKey::new(db, key)).map(|e| e.stamp)
     }
 
     /// The newest pending local write covering this key: its own entry or a
     /// pending flush of its db.
     pub fn local_stamp(&self, db: u32, key: &[u8]) -> Option<Stamp> {
-        let own = self.keys.get(&(db, key.to_vec())).map(|e| e.stamp);
+        let own = self.keys.get(&TableKey::new(db, key)).map(|e| e.stamp);
         let flush = self.flushes.get(&db).map(|e| e.stamp);
         own.max(flush)
     }
@@ -121,10 +120,8 @@ impl PendingWrites {
     ) -> Vec<Vec<u8>> {
         self.keys
             .iter()
-            .filter(|((d, _), e)| {
-                *d == db && !remote_wins(remote, remote_node, e.stamp, local_node)
-            })
-            .map(|((_, k), _)| k.clone())
+            .filter(|(k, e)| k.db() == db && !remote_wins(remote, remote_node, e.stamp, local_node))
+            .map(|(k, _)| k.key().to_vec())
             .collect()
     }
 
@@ -167,7 +164,7 @@ impl PendingWrites {
         let mut out: Vec<_> = self
             .keys
             .iter()
-            .map(|((db, k), e)| (*db, Some(k.clone()), *e))
+            .map(|(k, e)| (k.db(), Some(k.key().to_vec()), *e))
             .chain(self.flushes.iter().map(|(db, e)| (*db, None, *e)))
             .collect();
         out.sort_by_key(|(_, _, e)| e.stamp);
@@ -201,7 +198,7 @@ mod tests {
     #[test]
     fn newer_local_write_wins() {
         let mut t = PendingWrites::new();
-        t.record_key((0, b"k".to_vec()), st(10, 0), 1);
+        t.record_key(0, b"k", st(10, 0), 1);
         assert_eq!(
             t.decide_key(0, b"k", st(9, 0), "b", "a"),
             Decision::LocalWins
@@ -229,9 +226,9 @@ mod tests {
     #[test]
     fn ack_prunes_only_batches_up_to_seq_and_keeps_rewrites() {
         let mut t = PendingWrites::new();
-        t.record_key((0, b"a".to_vec()), st(1, 0), 1);
-        t.record_key((0, b"b".to_vec()), st(1, 1), 1);
-        t.record_key((0, b"a".to_vec()), st(2, 0), 2);
+        t.record_key(0, b"a", st(1, 0), 1);
+        t.record_key(0, b"b", st(1, 1), 1);
+        t.record_key(0, b"a", st(2, 0), 2);
         t.acknowledge(1);
         assert_eq!(t.len(), 1);
         assert!(t.local_stamp(0, b"a").is_some());
@@ -256,9 +253,9 @@ mod tests {
     #[test]
     fn survivors_of_remote_flush_are_newer_local_writes() {
         let mut t = PendingWrites::new();
-        t.record_key((0, b"old".to_vec()), st(5, 0), 1);
-        t.record_key((0, b"new".to_vec()), st(15, 0), 2);
-        t.record_key((1, b"other".to_vec()), st(15, 0), 2);
+        t.record_key(0, b"old", st(5, 0), 1);
+        t.record_key(0, b"new", st(15, 0), 2);
+        t.record_key(1, b"other", st(15, 0), 2);
         assert_eq!(
             t.survivors_of_flush(0, st(10, 0), "b", "a"),
             vec![b"new".to_vec()]
@@ -268,7 +265,7 @@ mod tests {
     #[test]
     fn entries_by_stamp_are_oldest_first() {
         let mut t = PendingWrites::new();
-        t.record_key((0, b"b".to_vec()), st(20, 0), 2);
+        t.record_key(0, b"b", st(20, 0), 2);
         t.record_flush(0, st(10, 0), 1);
         let e = t.entries_by_stamp();
         assert_eq!(e[0].1, None);

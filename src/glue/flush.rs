@@ -155,9 +155,15 @@ pub fn flush(ctx: &Context) -> usize {
     if ops.is_empty() {
         return 0;
     }
-    if shared.fresh.load(Ordering::Relaxed) || super::fullsync::target_receiving() {
-        // Writes by this process's clients before or during a full resync
-        // are new writes: the sweep that follows must not delete them.
+    // Writes by this process's clients before or during a full resync are
+    // new writes: the sweep that follows must not delete them. Before the
+    // resync starts the table of un-acknowledged writes holds them (nothing
+    // is acknowledged before a session, and the resync's start copies the
+    // table); only once the table has overflowed, or while the resync runs
+    // (acknowledgements prune the table then), are they noted one by one.
+    let fresh_untracked =
+        shared.fresh.load(Ordering::Relaxed) && shared.table_overflowed.load(Ordering::Relaxed);
+    if fresh_untracked || super::fullsync::target_receiving() {
         for (db, op) in &ops {
             if let Op::Set { key, .. } = op {
                 super::fullsync::note_local_write(*db, key);
@@ -213,13 +219,13 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
             match (&stamping, &op, key) {
                 (Stamping::FullSync { .. }, _, Some(k)) => {
                     if node.pending.key_stamp(db, k).is_some() {
-                        node.pending.record_key((db, k.clone()), stamp, seq);
+                        node.pending.record_key(db, k, stamp, seq);
                     }
                 }
                 (Stamping::FullSync { .. }, _, None) => {}
                 (Stamping::Fresh, _, _) if untracked => {}
                 (_, Op::FlushDb, _) => node.pending.record_flush(db, stamp, seq),
-                (_, _, Some(k)) => node.pending.record_key((db, k.clone()), stamp, seq),
+                (_, _, Some(k)) => node.pending.record_key(db, k, stamp, seq),
                 (_, _, None) => {}
             }
             entries.push(Entry { db, stamp, op });
@@ -259,6 +265,15 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
     }
     if table_over && !shared.table_overflowed.swap(true, Ordering::Relaxed) {
         // Bound memory: stop tracking; a full resync will carry everything.
+        // A fresh node may still become the target of that resync: keep
+        // the keys its clients wrote (see `flush`).
+        if shared.fresh.load(Ordering::Relaxed) {
+            for (db, key, _) in with_node(|n| n.pending.entries_by_stamp()) {
+                if let Some(key) = key {
+                    super::fullsync::note_local_write(db, &key);
+                }
+            }
+        }
         with_node(|n| n.pending.clear());
         log::warning("max-pending-keys exceeded: the peer will get a full resync");
         shared.set_error("pending-keys table overflow: full resync needed");

@@ -8,7 +8,7 @@
 //! keys the source sent and, once the source says it is done, deletes the
 //! keys the source does not have — except its own un-acknowledged writes.
 
-use std::collections::HashSet;
+use rustc_hash::FxHashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -21,6 +21,7 @@ use super::node::with_node;
 use crate::core::image::{self, Reply};
 use crate::core::protocol::Op;
 use crate::core::stats::Stats;
+use crate::core::table_key::TableKey;
 use crate::log;
 use crate::state::Shared;
 
@@ -37,7 +38,7 @@ struct Source {
 }
 
 /// Keys the full-resync source is known to have.
-type KeySet = HashSet<(u32, Vec<u8>)>;
+type KeySet = FxHashSet<TableKey>;
 
 #[derive(Default)]
 struct Target {
@@ -196,15 +197,15 @@ pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
 pub fn target_begin() {
     // Our un-acknowledged writes are on their way to the source (in our
     // stream), maybe after its scan passed them: the sweep must keep them.
-    let pending: Vec<(u32, Vec<u8>)> = with_node(|n| {
+    let pending: Vec<TableKey> = with_node(|n| {
         n.pending
             .entries_by_stamp()
             .into_iter()
-            .filter_map(|(db, k, _)| k.map(|k| (db, k)))
+            .filter_map(|(db, k, _)| k.map(|k| TableKey::new(db, &k)))
             .collect()
     });
     target(|t| {
-        t.receiving = Some(HashSet::new());
+        t.receiving = Some(KeySet::default());
         t.sweeping = None;
         t.deleted = 0;
         t.local.extend(pending);
@@ -223,7 +224,7 @@ pub fn target_received(db: u32, key: &[u8]) {
             (None, None) => None,
         };
         if let Some(r) = set {
-            r.insert((db, key.to_vec()));
+            r.insert(TableKey::new(db, key));
         }
     });
 }
@@ -231,7 +232,7 @@ pub fn target_received(db: u32, key: &[u8]) {
 /// Remember a key written locally while this node has not synced yet.
 pub fn note_local_write(db: u32, key: &[u8]) {
     target(|t| {
-        t.local.insert((db, key.to_vec()));
+        t.local.insert(TableKey::new(db, key));
     });
 }
 
@@ -273,7 +274,7 @@ pub fn target_step(ctx: &Context, shared: &Shared) -> bool {
                 let received = t.sweeping.as_ref().map(|(r, _, _)| r);
                 keys.into_iter()
                     .filter(|k| {
-                        let dk = (db, k.clone());
+                        let dk = TableKey::new(db, k);
                         !received.is_some_and(|r| r.contains(&dk)) && !t.local.contains(&dk)
                     })
                     .collect()
