@@ -799,3 +799,64 @@ fn aof_replay_and_replica_writes_are_not_captured() {
     );
     assert_ne!(s["link"], "up", "a replica must not link");
 }
+
+/// What the peer applies is an ordinary write on this server: a native
+/// replica and the AOF get it (with its expiry), WATCH is invalidated and
+/// keyspace subscribers hear `set`.
+#[test]
+fn applied_writes_reach_replicas_watchers_and_subscribers() {
+    let pair = Pair::start_with(&[], &["--notify-keyspace-events", "KA"]);
+    pair.wait_link_up(T);
+    let (mut a, mut b) = pair.conns();
+    let lc = free_port();
+    let replica = ServerBuilder::new()
+        .name("replica")
+        .extra(["--replicaof", "127.0.0.1", &pair.a.port().to_string()])
+        .module_args([
+            "node-id",
+            "c",
+            "listen",
+            &format!("127.0.0.1:{lc}"),
+            "peer",
+            &format!("127.0.0.1:{}", pair.a_link),
+        ])
+        .start();
+    let mut r = replica.conn();
+    wait_for("replica linked", T, || {
+        redis::cmd("INFO")
+            .arg("replication")
+            .query::<String>(&mut r)
+            .is_ok_and(|s| s.contains("master_link_status:up"))
+    });
+    // A watcher and a subscriber on A.
+    let mut watcher = pair.a.conn();
+    cmd(&mut watcher, &["WATCH", "w"]);
+    let mut sub = pair.a.client().get_connection().expect("sub conn");
+    let mut ps = sub.as_pubsub();
+    ps.subscribe("__keyspace@0__:w").expect("SUBSCRIBE");
+    ps.set_read_timeout(Some(T)).expect("timeout");
+
+    let at = now_ms() + 3_600_000;
+    cmd(&mut b, &["SET", "w", "from-b", "PXAT", &at.to_string()]);
+    let msg = ps.get_message().expect("keyspace message");
+    let event: String = msg.get_payload().expect("payload");
+    assert_eq!(event, "set");
+    wait_for("the replica of A got B's write", T, || {
+        r.get::<_, Option<String>>("w").ok().flatten().as_deref() == Some("from-b")
+    });
+    let exp: i64 = redis::cmd("PEXPIRETIME")
+        .arg("w")
+        .query(&mut r)
+        .expect("PEXPIRETIME");
+    assert_eq!(exp, at, "the expiry reached the replica");
+    // The transaction watching `w` fails: the applied write touched it.
+    let res: Option<Vec<String>> = redis::pipe()
+        .atomic()
+        .cmd("SET")
+        .arg("w")
+        .arg("from-watcher")
+        .query(&mut watcher)
+        .expect("EXEC");
+    assert_eq!(res, None, "EXEC must abort after a watched key changed");
+    let _ = a.get::<_, String>("w");
+}

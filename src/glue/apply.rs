@@ -65,6 +65,13 @@ fn write_image(
     value: &Value,
     expire_at_ms: Option<i64>,
 ) -> Result<(), String> {
+    if let Value::String(v) = value {
+        // A value already past its expiry takes the command path (which
+        // deletes it at once) instead of being stored expired.
+        if expire_at_ms.is_none_or(|at| at > wall_ms() as i64) {
+            return ffi::set_string(ctx, key, v, expire_at_ms);
+        }
+    }
     if let Value::Dump(p) = value {
         // Outside a client's RESTORE, Redis terminates on a corrupt payload:
         // never hand it a built-in type's bytes (those travel typed).

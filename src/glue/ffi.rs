@@ -270,3 +270,96 @@ pub unsafe fn filter_arg<'a>(fctx: *mut raw::RedisModuleCommandFilterCtx, i: usi
         None => &[],
     }
 }
+
+/// Write a string value (and its absolute expiry) into the selected db the
+/// way `SET key value [PXAT ms]` would: WATCH is signalled, `set` (and
+/// `expire`) keyspace events fire, and `SET` is propagated to the AOF and
+/// replicas. Why not call `SET`: a command call builds an argument vector,
+/// looks the command up and parses its reply; on the peer this path runs
+/// once per replicated write.
+pub fn set_string(
+    ctx: &Context,
+    key: &[u8],
+    value: &[u8],
+    expire_at_ms: Option<i64>,
+) -> Result<(), String> {
+    // SAFETY: main thread with a live context; every string and the key
+    // handle are created and released here; the replicate format matches
+    // its arguments ("ss" or "sscl": key, value, "PXAT", milliseconds).
+    unsafe {
+        let (
+            Some(create),
+            Some(free),
+            Some(open),
+            Some(close),
+            Some(set),
+            Some(abs_expire),
+            Some(notify),
+            Some(replicate),
+        ) = (
+            raw::RedisModule_CreateString,
+            raw::RedisModule_FreeString,
+            raw::RedisModule_OpenKey,
+            raw::RedisModule_CloseKey,
+            raw::RedisModule_StringSet,
+            raw::RedisModule_SetAbsExpire,
+            raw::RedisModule_NotifyKeyspaceEvent,
+            raw::RedisModule_Replicate,
+        )
+        else {
+            return Err("the key API is unavailable".into());
+        };
+        let name = create(ctx.ctx, key.as_ptr().cast::<c_char>(), key.len());
+        let val = create(ctx.ctx, value.as_ptr().cast::<c_char>(), value.len());
+        if name.is_null() || val.is_null() {
+            return Err("cannot create a string".into());
+        }
+        let k = open(ctx.ctx, name, raw::REDISMODULE_WRITE as c_int);
+        let mut result = Ok(());
+        if k.is_null() {
+            result = Err("cannot open the key for writing".into());
+        } else {
+            if set(k, val) != raw::REDISMODULE_OK as c_int {
+                result = Err("StringSet failed".into());
+            } else if let Some(at) = expire_at_ms {
+                if abs_expire(k, at) != raw::REDISMODULE_OK as c_int {
+                    result = Err("SetAbsExpire failed".into());
+                }
+            }
+            close(k);
+        }
+        if result.is_ok() {
+            notify(
+                ctx.ctx,
+                raw::REDISMODULE_NOTIFY_STRING as c_int,
+                c"set".as_ptr(),
+                name,
+            );
+            match expire_at_ms {
+                Some(at) => {
+                    notify(
+                        ctx.ctx,
+                        raw::REDISMODULE_NOTIFY_GENERIC as c_int,
+                        c"expire".as_ptr(),
+                        name,
+                    );
+                    replicate(
+                        ctx.ctx,
+                        c"SET".as_ptr(),
+                        c"sscl".as_ptr(),
+                        name,
+                        val,
+                        c"PXAT".as_ptr(),
+                        at as std::os::raw::c_longlong,
+                    );
+                }
+                None => {
+                    replicate(ctx.ctx, c"SET".as_ptr(), c"ss".as_ptr(), name, val);
+                }
+            }
+        }
+        free(ctx.ctx, name);
+        free(ctx.ctx, val);
+        result
+    }
+}
