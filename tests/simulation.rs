@@ -1060,9 +1060,9 @@ impl Sim {
         for n in &self.nodes {
             if !n.pending.is_empty() {
                 return Err(Failure::TableLeft(format!(
-                    "node {}: un-acknowledged table not empty after quiescence: {:?}",
+                    "node {}: un-acknowledged table not empty after quiescence: {} entries",
                     n.id,
-                    n.pending.entries_by_stamp()
+                    n.pending.len()
                 )));
             }
         }

@@ -7,6 +7,8 @@
 //! the table is empty. A pending local FLUSHDB acts as a tombstone over its
 //! whole db.
 
+use std::collections::VecDeque;
+
 use rustc_hash::FxHashMap as HashMap;
 
 use super::protocol::Stamp;
@@ -36,15 +38,29 @@ pub fn remote_wins(remote: Stamp, remote_node: &str, local: Stamp, local_node: &
     (remote.hlc, remote_node, remote.index) > (local.hlc, local_node, local.index)
 }
 
+/// One batch's key writes, not yet in the index.
+#[derive(Debug)]
+struct LoggedBatch {
+    seq: u64,
+    entries: Vec<(TableKey, Stamp)>,
+}
+
 /// Un-acknowledged local writes, keyed by `(db, key)`, plus pending flushes per db.
 ///
-/// Why no index by sequence number: an acknowledgement prunes by one pass
-/// over the table, which is small whenever acknowledgements flow (they
-/// arrive every few milliseconds) and large only while the peer is away,
-/// when none arrive. Recording a write is then one hash insert, the hot path.
+/// Why a log in front of the index: recording a write is the hot path, and
+/// most writes are acknowledged before anything asks about them (a remote
+/// batch to decide, a resync). So a write is appended to its batch in a
+/// FIFO log (sequential memory, no hashing) and an acknowledgement drops
+/// whole batches from the front; only a question (or a log that grows past
+/// half of `max-pending-keys` while the peer is away) moves batches, oldest
+/// first, into the hash index, where a later write of a key replaces its
+/// earlier one. Index entries always come from batches older than any
+/// still in the log, which is what keeps that replacement correct.
 #[derive(Debug, Default)]
 pub struct PendingWrites {
     keys: HashMap<TableKey, PendingEntry>,
+    log: VecDeque<LoggedBatch>,
+    log_entries: usize,
     flushes: HashMap<u32, PendingEntry>,
     /// Newest remote flush already processed per db: a dirty-key resync can
     /// re-send a flush the receiver already applied, and unlike a key image a
@@ -58,20 +74,78 @@ impl PendingWrites {
         Self::default()
     }
 
-    /// Number of keys with an un-acknowledged write (what `pending_keys` shows).
+    /// Un-acknowledged key writes (what `pending_keys` shows): the number of
+    /// keys, except that a key written again in a batch not yet indexed
+    /// counts once per batch until [`PendingWrites::index_all`] runs.
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.keys.len() + self.log_entries
     }
 
     /// True when nothing is pending (no keys, no flushes).
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty() && self.flushes.is_empty()
+        self.keys.is_empty() && self.log.is_empty() && self.flushes.is_empty()
     }
 
-    /// Record a local write of `key` in batch `seq`.
+    /// Record a local write of `key` in batch `seq` (batches are recorded
+    /// in increasing `seq`).
     pub fn record_key(&mut self, db: u32, key: &[u8], stamp: Stamp, seq: u64) {
-        self.keys
-            .insert(TableKey::new(db, key), PendingEntry { stamp, seq });
+        let key = TableKey::new(db, key);
+        match self.log.back_mut() {
+            Some(b) if b.seq == seq => b.entries.push((key, stamp)),
+            Some(b) if b.seq > seq => {
+                // Out of order (not done today): keep the index rule.
+                self.index_all();
+                self.keys.insert(key, PendingEntry { stamp, seq });
+                return;
+            }
+            _ => self.log.push_back(LoggedBatch {
+                seq,
+                entries: vec![(key, stamp)],
+            }),
+        }
+        self.log_entries += 1;
+    }
+
+    /// Move logged batches, oldest first, into the index until at least
+    /// `budget` entries moved or the log is empty.
+    fn index_some(&mut self, budget: usize) {
+        let mut moved = 0;
+        while moved < budget {
+            let Some(batch) = self.log.pop_front() else {
+                break;
+            };
+            moved += batch.entries.len();
+            self.log_entries -= batch.entries.len();
+            let seq = batch.seq;
+            for (key, stamp) in batch.entries {
+                self.keys.insert(key, PendingEntry { stamp, seq });
+            }
+        }
+    }
+
+    /// Index every logged write (before any question about keys).
+    pub fn index_all(&mut self) {
+        self.index_some(usize::MAX);
+    }
+
+    /// Keep the log from growing without bound while the peer is away:
+    /// past half of `max_keys`, index `2 × recorded + 1024` entries (twice
+    /// what was just recorded, so the log shrinks), which folds repeated
+    /// writes of a key into one entry. Call after each batch is recorded.
+    pub fn maintain(&mut self, max_keys: u64, recorded: usize) {
+        if self.len() as u64 > max_keys / 2 {
+            self.index_some(recorded.saturating_mul(2).saturating_add(1024));
+        }
+    }
+
+    /// Is the table over `max_keys` distinct keys? Exact: indexes everything
+    /// first when the cheap count says it might be.
+    pub fn over(&mut self, max_keys: u64) -> bool {
+        if self.len() as u64 <= max_keys {
+            return false;
+        }
+        self.index_all();
+        self.len() as u64 > max_keys
     }
 
     /// Record a local flush of `db` in batch `seq`.
@@ -80,13 +154,15 @@ impl PendingWrites {
     }
 
     /// The key's own pending entry stamp (not its db's flush).
-    pub fn key_stamp(&self, db: u32, key: &[u8]) -> Option<Stamp> {
+    pub fn key_stamp(&mut self, db: u32, key: &[u8]) -> Option<Stamp> {
+        self.index_all();
         self.keys.get(&TableKey::new(db, key)).map(|e| e.stamp)
     }
 
     /// The newest pending local write covering this key: its own entry or a
     /// pending flush of its db.
-    pub fn local_stamp(&self, db: u32, key: &[u8]) -> Option<Stamp> {
+    pub fn local_stamp(&mut self, db: u32, key: &[u8]) -> Option<Stamp> {
+        self.index_all();
         let own = self.keys.get(&TableKey::new(db, key)).map(|e| e.stamp);
         let flush = self.flushes.get(&db).map(|e| e.stamp);
         own.max(flush)
@@ -94,7 +170,7 @@ impl PendingWrites {
 
     /// The rule of DESIGN §3 for a remote key image.
     pub fn decide_key(
-        &self,
+        &mut self,
         db: u32,
         key: &[u8],
         remote: Stamp,
@@ -112,12 +188,13 @@ impl PendingWrites {
     /// Keys of `db` whose pending local write is newer than a remote flush
     /// stamped `remote`: they survive the flush on both sides.
     pub fn survivors_of_flush(
-        &self,
+        &mut self,
         db: u32,
         remote: Stamp,
         remote_node: &str,
         local_node: &str,
     ) -> Vec<Vec<u8>> {
+        self.index_all();
         self.keys
             .iter()
             .filter(|(k, e)| k.db() == db && !remote_wins(remote, remote_node, e.stamp, local_node))
@@ -154,13 +231,23 @@ impl PendingWrites {
     /// The peer acknowledged every batch up to `seq`: forget what they carried,
     /// unless a later batch wrote the same key again.
     pub fn acknowledge(&mut self, seq: u64) {
-        self.keys.retain(|_, e| e.seq > seq);
-        self.flushes.retain(|_, e| e.seq > seq);
+        while self.log.front().is_some_and(|b| b.seq <= seq) {
+            if let Some(b) = self.log.pop_front() {
+                self.log_entries -= b.entries.len();
+            }
+        }
+        if !self.keys.is_empty() {
+            self.keys.retain(|_, e| e.seq > seq);
+        }
+        if !self.flushes.is_empty() {
+            self.flushes.retain(|_, e| e.seq > seq);
+        }
     }
 
     /// Every pending entry, oldest first: what a dirty-key resync re-sends,
     /// each with its recorded stamp. `None` as key means a flush of the db.
-    pub fn entries_by_stamp(&self) -> Vec<(u32, Option<Vec<u8>>, PendingEntry)> {
+    pub fn entries_by_stamp(&mut self) -> Vec<(u32, Option<Vec<u8>>, PendingEntry)> {
+        self.index_all();
         let mut out: Vec<_> = self
             .keys
             .iter()
@@ -173,16 +260,23 @@ impl PendingWrites {
 
     /// Age reference: the smallest stamp still pending, if any.
     pub fn oldest_stamp(&self) -> Option<Stamp> {
+        let logged = self
+            .log
+            .iter()
+            .flat_map(|b| b.entries.iter().map(|(_, s)| *s));
         self.keys
             .values()
             .chain(self.flushes.values())
             .map(|e| e.stamp)
+            .chain(logged)
             .min()
     }
 
     /// Forget everything (after a full resync made the table meaningless).
     pub fn clear(&mut self) {
         self.keys.clear();
+        self.log.clear();
+        self.log_entries = 0;
         self.flushes.clear();
     }
 }
@@ -270,5 +364,128 @@ mod tests {
         let e = t.entries_by_stamp();
         assert_eq!(e[0].1, None);
         assert_eq!(e[1].1, Some(b"b".to_vec()));
+    }
+
+    #[test]
+    fn acknowledged_batches_leave_without_being_indexed() {
+        let mut t = PendingWrites::new();
+        t.record_key(0, b"a", st(1, 0), 1);
+        t.record_key(0, b"b", st(2, 0), 2);
+        t.record_key(0, b"c", st(3, 0), 3);
+        assert_eq!(t.len(), 3);
+        t.acknowledge(2);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.key_stamp(0, b"a"), None);
+        assert_eq!(t.key_stamp(0, b"c"), Some(st(3, 0)));
+    }
+
+    #[test]
+    fn an_indexed_write_acknowledged_leaves_the_logged_rewrite_pending() {
+        let mut t = PendingWrites::new();
+        t.record_key(0, b"k", st(1, 0), 1);
+        assert_eq!(t.key_stamp(0, b"k"), Some(st(1, 0)), "indexes batch 1");
+        t.record_key(0, b"k", st(2, 0), 2);
+        t.acknowledge(1);
+        assert_eq!(t.key_stamp(0, b"k"), Some(st(2, 0)));
+        t.acknowledge(2);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn maintain_folds_rewrites_of_a_hot_key() {
+        let mut t = PendingWrites::new();
+        for seq in 1..=10_000u64 {
+            t.record_key(0, b"hot", st(seq, 0), seq);
+            t.maintain(100, 1);
+            assert!(!t.over(100), "one key never overflows (seq {seq})");
+        }
+        assert!(t.len() <= 1100, "the log stays bounded: {}", t.len());
+        assert_eq!(t.key_stamp(0, b"hot"), Some(st(10_000, 0)));
+    }
+
+    #[test]
+    fn over_counts_distinct_keys() {
+        let mut t = PendingWrites::new();
+        for seq in 1..=5u64 {
+            t.record_key(0, b"a", st(seq, 0), seq);
+            t.record_key(0, b"b", st(seq, 1), seq);
+        }
+        assert!(!t.over(2));
+        t.record_key(0, b"c", st(9, 0), 9);
+        assert!(t.over(2));
+    }
+
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::HashMap as StdMap;
+
+        #[derive(Debug, Clone)]
+        enum Step {
+            /// Write key `k` in the next batch (or the current one).
+            Write {
+                k: u8,
+                new_batch: bool,
+            },
+            /// Acknowledge up to `back` batches before the newest.
+            Ack {
+                back: u8,
+            },
+            /// Ask about key `k`.
+            Ask {
+                k: u8,
+            },
+            Maintain,
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                4 => (0u8..6, any::<bool>()).prop_map(|(k, new_batch)| Step::Write { k, new_batch }),
+                1 => (0u8..4).prop_map(|back| Step::Ack { back }),
+                2 => (0u8..6).prop_map(|k| Step::Ask { k }),
+                1 => Just(Step::Maintain),
+            ]
+        }
+
+        proptest! {
+            /// The log-plus-index table answers exactly like a plain map
+            /// with prune-on-ack, whatever the order of writes, questions,
+            /// acknowledgements and maintenance.
+            #[test]
+            fn matches_a_plain_map(steps in proptest::collection::vec(step(), 1..200)) {
+                let mut t = PendingWrites::new();
+                let mut m: StdMap<u8, PendingEntry> = StdMap::new();
+                let mut seq = 1u64;
+                let mut clock = 0u64;
+                for s in steps {
+                    match s {
+                        Step::Write { k, new_batch } => {
+                            if new_batch { seq += 1; }
+                            clock += 1;
+                            let stamp = st(clock, 0);
+                            t.record_key(0, &[k], stamp, seq);
+                            m.insert(k, PendingEntry { stamp, seq });
+                        }
+                        Step::Ack { back } => {
+                            let upto = seq.saturating_sub(u64::from(back));
+                            t.acknowledge(upto);
+                            m.retain(|_, e| e.seq > upto);
+                        }
+                        Step::Ask { k } => {
+                            prop_assert_eq!(t.key_stamp(0, &[k]), m.get(&k).map(|e| e.stamp));
+                        }
+                        Step::Maintain => t.maintain(2, 1),
+                    }
+                    prop_assert!(t.len() >= m.len());
+                    prop_assert_eq!(t.is_empty(), m.is_empty());
+                }
+                let mut got: Vec<_> = t.entries_by_stamp().into_iter().map(|(_, k, e)| (k, e)).collect();
+                got.sort_by_key(|(_, e)| e.stamp);
+                let mut want: Vec<_> = m.iter().map(|(k, e)| (Some(vec![*k]), *e)).collect();
+                want.sort_by_key(|(_, e)| e.stamp);
+                prop_assert_eq!(got, want);
+                prop_assert_eq!(t.len(), m.len(), "exact once indexed");
+            }
+        }
     }
 }

@@ -230,7 +230,9 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
             }
             entries.push(Entry { db, stamp, op });
         }
-        let over = node.pending.len() as u64 > shared.max_pending_keys();
+        let max = shared.max_pending_keys();
+        node.pending.maintain(max, n);
+        let over = node.pending.over(max);
         (entries, over)
     });
     let frame = Frame::Batch(Batch {
