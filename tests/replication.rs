@@ -858,5 +858,25 @@ fn applied_writes_reach_replicas_watchers_and_subscribers() {
         .query(&mut watcher)
         .expect("EXEC");
     assert_eq!(res, None, "EXEC must abort after a watched key changed");
-    let _ = a.get::<_, String>("w");
+
+    // The replica drops off; what A applies meanwhile stays in A's
+    // replication backlog, and the replica's partial resync brings it.
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("replica")
+        .query(&mut a)
+        .expect("CLIENT KILL");
+    cmd(&mut b, &["SET", "while-away", "1"]);
+    wait_for("the replica caught up after reconnecting", T, || {
+        r.get::<_, Option<String>>("while-away")
+            .ok()
+            .flatten()
+            .is_some()
+    });
+    let info: String = redis::cmd("INFO").arg("stats").query(&mut a).expect("INFO");
+    assert!(
+        info.contains("sync_partial_ok:1"),
+        "the replica came back with a partial resync: {info}"
+    );
 }

@@ -64,12 +64,13 @@ fn write_image(
     key: &[u8],
     value: &Value,
     expire_at_ms: Option<i64>,
+    propagate: bool,
 ) -> Result<(), String> {
     if let Value::String(v) = value {
         // A value already past its expiry takes the command path (which
         // deletes it at once) instead of being stored expired.
         if expire_at_ms.is_none_or(|at| at > wall_ms() as i64) {
-            return ffi::set_string(ctx, key, v, expire_at_ms);
+            return ffi::set_string(ctx, key, v, expire_at_ms, propagate);
         }
     }
     if let Value::Dump(p) = value {
@@ -92,7 +93,12 @@ fn write_image(
 
 /// Empty the selected db but keep `survivors` (their pending local write
 /// is newer than the remote flush, so they survive on both sides).
-fn flush_keeping(ctx: &Context, db: u32, survivors: &[Vec<u8>]) -> Result<(), String> {
+fn flush_keeping(
+    ctx: &Context,
+    db: u32,
+    survivors: &[Vec<u8>],
+    propagate: bool,
+) -> Result<(), String> {
     let mut keep = Vec::with_capacity(survivors.len());
     for key in survivors {
         if let Some(img) = read_image(ctx, db, key)? {
@@ -102,7 +108,7 @@ fn flush_keeping(ctx: &Context, db: u32, survivors: &[Vec<u8>]) -> Result<(), St
     ffi::select_db(ctx, db as i32);
     run(ctx, "FLUSHDB", &[])?;
     for (key, (value, exp)) in keep {
-        write_image(ctx, key, &value, exp)?;
+        write_image(ctx, key, &value, exp, propagate)?;
     }
     Ok(())
 }
@@ -123,6 +129,7 @@ fn apply_batch(
     shared: &Shared,
     origin: &str,
     batch: &Batch,
+    propagate: bool,
 ) -> Result<usize, String> {
     let local = shared.config.node_id.as_str();
     // Clock first: refuse a batch stamped too far in the future, entirely.
@@ -152,7 +159,7 @@ fn apply_batch(
             Action::FullSyncBegin => fullsync::target_begin(),
             Action::FullSyncEnd => fullsync::target_end(),
             Action::Flush { db, survivors } => {
-                flush_keeping(ctx, db, &survivors)?;
+                flush_keeping(ctx, db, &survivors, propagate)?;
                 applied += 1;
             }
             Action::Write(entry) => {
@@ -164,7 +171,7 @@ fn apply_batch(
                         key,
                         value,
                         expire_at_ms,
-                    } => write_image(ctx, key, value, *expire_at_ms)?,
+                    } => write_image(ctx, key, value, *expire_at_ms, propagate)?,
                     Op::Delete { key } => run(ctx, "DEL", &[key])?,
                     _ => {}
                 }
@@ -190,6 +197,7 @@ pub fn apply_inbound(ctx: &Context) -> bool {
     let mut done = 0usize;
     let mut peer_node = String::new();
     let mut any_batch = false;
+    let mut propagate = None;
     while done < budget {
         let msg = match shared.inbound_rx.try_recv() {
             Ok(m) => m,
@@ -231,7 +239,8 @@ pub fn apply_inbound(ctx: &Context) -> bool {
                 if peer_node.is_empty() {
                     peer_node = shared.peer_node_id();
                 }
-                match apply_batch(ctx, shared, &peer_node, &batch) {
+                let propagate = *propagate.get_or_insert_with(|| ffi::propagation_needed(ctx));
+                match apply_batch(ctx, shared, &peer_node, &batch, propagate) {
                     Ok(_) => {
                         done += batch.entries.len().max(1);
                         any_batch = true;

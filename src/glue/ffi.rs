@@ -282,6 +282,7 @@ pub fn set_string(
     key: &[u8],
     value: &[u8],
     expire_at_ms: Option<i64>,
+    propagate: bool,
 ) -> Result<(), String> {
     // SAFETY: main thread with a live context; every string and the key
     // handle are created and released here; the replicate format matches
@@ -335,14 +336,17 @@ pub fn set_string(
                 c"set".as_ptr(),
                 name,
             );
-            match expire_at_ms {
-                Some(at) => {
-                    notify(
-                        ctx.ctx,
-                        raw::REDISMODULE_NOTIFY_GENERIC as c_int,
-                        c"expire".as_ptr(),
-                        name,
-                    );
+            if expire_at_ms.is_some() {
+                notify(
+                    ctx.ctx,
+                    raw::REDISMODULE_NOTIFY_GENERIC as c_int,
+                    c"expire".as_ptr(),
+                    name,
+                );
+            }
+            match (propagate, expire_at_ms) {
+                (false, _) => {}
+                (true, Some(at)) => {
                     replicate(
                         ctx.ctx,
                         c"SET".as_ptr(),
@@ -353,7 +357,7 @@ pub fn set_string(
                         at as std::os::raw::c_longlong,
                     );
                 }
-                None => {
+                (true, None) => {
                     replicate(ctx.ctx, c"SET".as_ptr(), c"ss".as_ptr(), name, val);
                 }
             }
@@ -361,5 +365,39 @@ pub fn set_string(
         free(ctx.ctx, name);
         free(ctx.ctx, val);
         result
+    }
+}
+
+/// Would a write made now be propagated anywhere: an AOF, a replica, or the
+/// replication backlog (kept for replicas that reconnect)? Redis drops a
+/// propagated command itself when nothing listens, but only after building
+/// its argument vector and looking the command up; the peer's apply skips
+/// that when this says no. Checked once per apply pass: replicas attach and
+/// AOF turns on only between event-loop callbacks. Any doubt answers yes.
+pub fn propagation_needed(ctx: &Context) -> bool {
+    if context_flags(ctx) & raw::REDISMODULE_CTX_FLAGS_AOF != 0 {
+        return true;
+    }
+    // SAFETY: main thread with a live context; the info object is created
+    // and freed here and only read in between.
+    unsafe {
+        let (Some(get), Some(field), Some(free)) = (
+            raw::RedisModule_GetServerInfo,
+            raw::RedisModule_ServerInfoGetFieldSigned,
+            raw::RedisModule_FreeServerInfo,
+        ) else {
+            return true;
+        };
+        let info = get(ctx.ctx, c"replication".as_ptr());
+        if info.is_null() {
+            return true;
+        }
+        let mut err: c_int = 0;
+        let backlog = field(info, c"repl_backlog_active".as_ptr(), &mut err);
+        let backlog_known = err == 0;
+        let slaves = field(info, c"connected_slaves".as_ptr(), &mut err);
+        let slaves_known = err == 0;
+        free(ctx.ctx, info);
+        !(backlog_known && slaves_known && backlog == 0 && slaves == 0)
     }
 }
