@@ -788,7 +788,9 @@ fn run_seed(seed: u64) {
         filter.allowed
     );
     let t0 = Instant::now();
-    let pair = Pair::start();
+    // Test hooks make each server check every SET value it ships without
+    // reading it back (the set hint) against the stored value.
+    let pair = Pair::builder().env("BISYNC_TEST_HOOKS", "1").start();
     pair.wait_link_up(Duration::from_secs(20));
     let setup = t0.elapsed();
 
@@ -901,6 +903,20 @@ fn run_seed(seed: u64) {
         stats.unexpected_count
     );
     eprintln!("seed {seed}: ops per kind {:?}", stats.by_kind);
+    for server in [&pair.a, &pair.b] {
+        let log = server.log();
+        let bad: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("set-hint mismatch"))
+            .take(5)
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "seed {seed}: {} shipped a SET value that differs from the stored one:\n{}",
+            server.name(),
+            bad.join("\n")
+        );
+    }
     if let Some(f) = failure {
         let (mut ca, mut cb) = pair.conns();
         let sorted = |s: HashMap<String, String>| s.into_iter().collect::<BTreeMap<_, _>>();

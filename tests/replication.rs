@@ -880,3 +880,78 @@ fn applied_writes_reach_replicas_watchers_and_subscribers() {
         "the replica came back with a partial resync: {info}"
     );
 }
+
+/// Plain SETs ship the value the command filter saw instead of reading the
+/// key back. Cases where that value is not what the key holds must fall
+/// back to reading it: a SET queued in MULTI (here the same key name in two
+/// dbs), a SET that did not write (NX), a script's SET, a SET followed by
+/// another change of the key in the same iteration.
+#[test]
+fn known_set_values_never_ship_a_stale_value() {
+    let pair = Pair::builder().env("BISYNC_TEST_HOOKS", "1").start();
+    pair.wait_link_up(T);
+    let (mut a, mut b) = pair.conns();
+    // MULTI: the last queued SET is for db 1; db 0's SET runs first at EXEC.
+    let _: () = redis::pipe()
+        .atomic()
+        .cmd("SET")
+        .arg("k")
+        .arg("db0-value")
+        .ignore()
+        .cmd("SELECT")
+        .arg("1")
+        .ignore()
+        .cmd("SET")
+        .arg("k")
+        .arg("db1-value")
+        .ignore()
+        .query(&mut a)
+        .expect("MULTI");
+    cmd(&mut a, &["SELECT", "0"]);
+    // A SET that does not write, then a script's SET of the same key.
+    cmd(&mut a, &["SET", "n", "first"]);
+    let _: Option<String> = redis::cmd("SET")
+        .arg("n")
+        .arg("not-written")
+        .arg("NX")
+        .query(&mut a)
+        .expect("SET NX");
+    let _: () = redis::cmd("EVAL")
+        .arg("redis.call('SET', KEYS[1], ARGV[1])")
+        .arg(1)
+        .arg("n")
+        .arg("from-script")
+        .query(&mut a)
+        .expect("EVAL");
+    // SET then APPEND in one pipeline (one iteration).
+    let _: () = redis::pipe()
+        .cmd("SET")
+        .arg("p")
+        .arg("base")
+        .ignore()
+        .cmd("APPEND")
+        .arg("p")
+        .arg("+more")
+        .ignore()
+        .cmd("SET")
+        .arg("t")
+        .arg("with-ttl")
+        .arg("EX")
+        .arg("1000")
+        .ignore()
+        .query(&mut a)
+        .expect("pipeline");
+    pair.assert_converged(&[0, 1], T);
+    let v: String = b.get("k").expect("GET");
+    assert_eq!(v, "db0-value");
+    let v: String = b.get("n").expect("GET");
+    assert_eq!(v, "from-script");
+    let v: String = b.get("p").expect("GET");
+    assert_eq!(v, "base+more");
+    cmd(&mut b, &["SELECT", "1"]);
+    let v: String = b.get("k").expect("GET");
+    assert_eq!(v, "db1-value");
+    for s in [&pair.a, &pair.b] {
+        assert!(!s.log().contains("set-hint mismatch"));
+    }
+}

@@ -314,7 +314,8 @@ impl Node {
             .into_iter()
             .map(|t| match t {
                 Dirty::Flush(db) => (db, Op::FlushDb),
-                Dirty::Key(db, key) => (db, self.image(db, key)),
+                // The simulation records no known values; read them back.
+                Dirty::Key(db, key) | Dirty::Value { db, key, .. } => (db, self.image(db, key)),
             })
             .collect();
         if !ops.is_empty() {

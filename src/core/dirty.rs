@@ -9,13 +9,44 @@
 
 use rustc_hash::FxHashSet as HashSet;
 
+/// What a captured `SET` did to the key's expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// No expiry option: the key has none now.
+    Cleared,
+    /// EX/PX/EXAT/PXAT/KEEPTTL: read it at flush time.
+    Read,
+}
+
 /// One recorded change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Dirty {
-    /// A key changed in a db.
+    /// A key changed in a db: its image is read at flush time.
     Key(u32, Vec<u8>),
+    /// A plain `SET` whose value the command filter saw: the image needs no
+    /// read of the value (see `glue::capture`).
+    Value {
+        /// Its db.
+        db: u32,
+        /// The key.
+        key: Vec<u8>,
+        /// The string it now holds.
+        value: Vec<u8>,
+        /// What became of its expiry.
+        expiry: Expiry,
+    },
     /// A db was emptied.
     Flush(u32),
+}
+
+impl Dirty {
+    /// The `(db, key)` a key change is about.
+    pub fn key_of(&self) -> Option<(u32, &[u8])> {
+        match self {
+            Dirty::Key(db, k) | Dirty::Value { db, key: k, .. } => Some((*db, k.as_slice())),
+            Dirty::Flush(_) => None,
+        }
+    }
 }
 
 /// The change log between two flushes.
@@ -48,6 +79,35 @@ impl DirtyLog {
     /// Record a key change.
     pub fn key(&mut self, db: u32, key: &[u8]) {
         self.items.push(Dirty::Key(db, key.to_vec()));
+    }
+
+    /// Record a `SET` whose value is known.
+    pub fn value(&mut self, db: u32, key: Vec<u8>, value: Vec<u8>, expiry: Expiry) {
+        self.items.push(Dirty::Value {
+            db,
+            key,
+            value,
+            expiry,
+        });
+    }
+
+    /// Record an expiry change of `key`. When the last change recorded is
+    /// the `SET` of this key (a `SET ... EX` fires `set`, then `expire`),
+    /// its value still holds: it only needs its expiry read at flush.
+    pub fn expiry(&mut self, db: u32, key: &[u8]) {
+        if let Some(Dirty::Value {
+            db: d,
+            key: k,
+            expiry,
+            ..
+        }) = self.items.last_mut()
+        {
+            if *d == db && k.as_slice() == key {
+                *expiry = Expiry::Read;
+                return;
+            }
+        }
+        self.key(db, key);
     }
 
     /// Record a flush of each of `dbs` (one FLUSHDB, or every db for FLUSHALL).
@@ -87,9 +147,11 @@ pub fn reduce(log: Vec<Dirty>) -> Vec<Dirty> {
                 keep[i] = true;
                 flushed_after.insert(*db);
             }
-            Dirty::Key(db, k) => {
-                if !flushed_after.contains(db) && seen_keys.insert((*db, k.as_slice())) {
-                    keep[i] = true;
+            key_change => {
+                if let Some((db, k)) = key_change.key_of() {
+                    if !flushed_after.contains(&db) && seen_keys.insert((db, k)) {
+                        keep[i] = true;
+                    }
                 }
             }
         }
@@ -125,6 +187,43 @@ mod tests {
     fn flush_covers_only_its_db() {
         let log = vec![k(0, "a"), k(1, "a"), Dirty::Flush(0)];
         assert_eq!(reduce(log), vec![k(1, "a"), Dirty::Flush(0)]);
+    }
+
+    fn v(db: u32, s: &str, val: &str, expiry: Expiry) -> Dirty {
+        Dirty::Value {
+            db,
+            key: s.as_bytes().to_vec(),
+            value: val.as_bytes().to_vec(),
+            expiry,
+        }
+    }
+
+    #[test]
+    fn a_known_value_counts_as_a_change_of_its_key() {
+        // SET a 1 (value known); APPEND a x (read at flush): the read wins.
+        let log = vec![v(0, "a", "1", Expiry::Cleared), k(0, "a")];
+        assert_eq!(reduce(log), vec![k(0, "a")]);
+        // The other way round the known value is the last word.
+        let log = vec![k(0, "a"), v(0, "a", "2", Expiry::Cleared)];
+        assert_eq!(reduce(log), vec![v(0, "a", "2", Expiry::Cleared)]);
+        let log = vec![v(0, "a", "1", Expiry::Cleared), Dirty::Flush(0)];
+        assert_eq!(reduce(log), vec![Dirty::Flush(0)]);
+    }
+
+    #[test]
+    fn an_expiry_right_after_a_known_set_keeps_its_value() {
+        let mut l = DirtyLog::new();
+        l.value(0, b"a".to_vec(), b"1".to_vec(), Expiry::Cleared);
+        l.expiry(0, b"a");
+        assert_eq!(l.take(), vec![v(0, "a", "1", Expiry::Read)]);
+        // After anything else it is an ordinary change.
+        l.value(0, b"a".to_vec(), b"1".to_vec(), Expiry::Cleared);
+        l.key(0, b"b");
+        l.expiry(0, b"a");
+        assert_eq!(
+            l.take(),
+            vec![v(0, "a", "1", Expiry::Cleared), k(0, "b"), k(0, "a")]
+        );
     }
 
     #[test]

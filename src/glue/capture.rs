@@ -4,6 +4,17 @@
 //! Why so little: the handler runs inside every write (DESIGN §9 measured a
 //! subscribed handler alone at 8–15 % of SET throughput), and it must be
 //! re-entrant: reading an image can fire `expired` back into it.
+//!
+//! One shortcut: a plain `SET key value [NX|XX|GET|EX ..|KEEPTTL]` stores
+//! exactly its argument, so the command filter keeps it (the *set hint*)
+//! and the `set` event that same command fires records the value with the
+//! key; the flush then ships it without reading the key back. Reading a
+//! short string back costs a key lookup and, through `StringDMA`, a
+//! rewrite of the stored object (Redis decodes it to raw encoding), which
+//! is the largest part of the module's cost per `SET`. The hint is dropped
+//! by the next command the filter sees, and used only by a `set` event for
+//! the same key name; a `SET` inside MULTI never uses it (EXEC passes the
+//! filter first). Every other change is read back at flush time as before.
 
 use std::os::raw::{c_char, c_int, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +24,7 @@ use redis_module::{raw, Context};
 
 use super::ffi;
 use super::guard::guarded;
-use crate::core::dirty::DirtyLog;
+use crate::core::dirty::{DirtyLog, Expiry};
 use crate::state::Shared;
 
 /// Set while this module applies remote changes on the main thread: the
@@ -26,6 +37,82 @@ pub static APPLYING: AtomicBool = AtomicBool::new(false);
 pub static AFTER_FLUSH_POINT: AtomicBool = AtomicBool::new(false);
 
 static DIRTY: Mutex<DirtyLog> = Mutex::new(DirtyLog::new());
+
+/// A plain `SET` the filter saw, not yet executed (see the module doc).
+struct SetHint {
+    key: Vec<u8>,
+    value: Vec<u8>,
+    expiry: Expiry,
+}
+
+static SET_HINT: Mutex<Option<SetHint>> = Mutex::new(None);
+/// Cheap check for "is there a hint" on every command.
+static HINT_ARMED: AtomicBool = AtomicBool::new(false);
+
+fn set_hint() -> MutexGuard<'static, Option<SetHint>> {
+    SET_HINT.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn disarm_hint() {
+    if HINT_ARMED.swap(false, Ordering::Relaxed) {
+        *set_hint() = None;
+    }
+}
+
+/// The hint if it is for `key` (consumed either way).
+fn take_hint(key: &[u8]) -> Option<SetHint> {
+    if !HINT_ARMED.swap(false, Ordering::Relaxed) {
+        return None;
+    }
+    set_hint().take().filter(|h| h.key == key)
+}
+
+/// Test builds check every hint against the stored value (the read this
+/// shortcut avoids) and log a mismatch; the convergence tests look for it.
+/// On with `BISYNC_TEST_HOOKS=1` in the server's environment.
+fn verify_hints() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("BISYNC_TEST_HOOKS").is_ok_and(|v| v == "1"))
+}
+
+/// See [`verify_hints`].
+///
+/// # Safety
+/// `ctx` is the live context of a keyspace notification.
+unsafe fn check_hint(ctx: *mut raw::RedisModuleCtx, db: u32, key: &[u8], value: &[u8]) {
+    let c = Context::new(ctx);
+    let stored = ffi::read_key(&c, key).and_then(|r| r.string);
+    if stored.as_deref() != Some(value) {
+        crate::log::warning(&format!(
+            "set-hint mismatch in db {db} for key {:?}: hint {:?}, stored {:?}",
+            String::from_utf8_lossy(key),
+            String::from_utf8_lossy(value),
+            stored.map(|v| String::from_utf8_lossy(&v).into_owned())
+        ));
+    }
+}
+
+/// What a `SET` with these options (argv[3..]) does to the expiry; `None`
+/// for anything this shortcut does not know (the change is read back).
+fn set_options_expiry(opts: &[&[u8]]) -> Option<Expiry> {
+    let mut expiry = Expiry::Cleared;
+    let mut i = 0;
+    while i < opts.len() {
+        let o = opts[i];
+        if is_cmd(o, "nx") || is_cmd(o, "xx") || is_cmd(o, "get") {
+            i += 1;
+        } else if is_cmd(o, "keepttl") {
+            expiry = Expiry::Read;
+            i += 1;
+        } else if is_cmd(o, "ex") || is_cmd(o, "px") || is_cmd(o, "exat") || is_cmd(o, "pxat") {
+            expiry = Expiry::Read;
+            i += 2;
+        } else {
+            return None;
+        }
+    }
+    Some(expiry)
+}
 
 /// Keys touched by commands that change a stream without a keyspace event
 /// (XACK, XCLAIM, XAUTOCLAIM, XREADGROUP); the db is unknown in a filter.
@@ -56,10 +143,15 @@ fn capturing() -> bool {
 }
 
 fn note_key(db: u32, key: &[u8]) {
+    note(|d| d.key(db, key));
+}
+
+/// Record a change in the dirty log; wake the loop if it was empty.
+fn note(record: impl FnOnce(&mut DirtyLog)) {
     let was_empty = {
         let mut d = dirty();
         let e = d.is_empty();
-        d.key(db, key);
+        record(&mut d);
         e
     };
     if was_empty && AFTER_FLUSH_POINT.load(Ordering::Relaxed) {
@@ -87,12 +179,29 @@ pub unsafe extern "C" fn on_keyspace_event(
                 return 0;
             }
         }
-        let _ = event;
         if !capturing() {
             return 0;
         }
         let db = ffi::selected_db(&Context::new(ctx)).max(0) as u32;
-        note_key(db, ffi::string_bytes(key));
+        let key = ffi::string_bytes(key);
+        let event = if event.is_null() {
+            &[][..]
+        } else {
+            std::ffi::CStr::from_ptr(event).to_bytes()
+        };
+        match event {
+            b"set" => match take_hint(key) {
+                Some(h) => {
+                    if verify_hints() {
+                        check_hint(ctx, db, key, &h.value);
+                    }
+                    note(|d| d.value(db, h.key, h.value, h.expiry))
+                }
+                None => note_key(db, key),
+            },
+            b"expire" => note(|d| d.expiry(db, key)),
+            _ => note_key(db, key),
+        }
         0
     })
 }
@@ -195,6 +304,28 @@ fn is_cmd(name: &[u8], want: &str) -> bool {
     name.eq_ignore_ascii_case(want.as_bytes())
 }
 
+/// Keep the value of a plain `SET` (see the module doc).
+///
+/// # Safety
+/// `fctx` is the live filter context.
+unsafe fn arm_hint(fctx: *mut raw::RedisModuleCommandFilterCtx, argc: usize) {
+    if argc < 3 {
+        disarm_hint();
+        return;
+    }
+    let opts: Vec<&[u8]> = (3..argc).map(|i| ffi::filter_arg(fctx, i)).collect();
+    let Some(expiry) = set_options_expiry(&opts) else {
+        disarm_hint();
+        return;
+    };
+    *set_hint() = Some(SetHint {
+        key: ffi::filter_arg(fctx, 1).to_vec(),
+        value: ffi::filter_arg(fctx, 2).to_vec(),
+        expiry,
+    });
+    HINT_ARMED.store(true, Ordering::Relaxed);
+}
+
 /// Command filter: note streams changed by commands that fire no keyspace
 /// event. Runs for client and script calls; inside MULTI it runs at queue
 /// time (documented limitation).
@@ -204,11 +335,19 @@ fn is_cmd(name: &[u8], want: &str) -> bool {
 pub unsafe extern "C" fn on_command_filter(fctx: *mut raw::RedisModuleCommandFilterCtx) {
     guarded("command filter", (), || {
         let argc = ffi::filter_argc(fctx);
-        if argc < 2 {
+        let name = if argc > 0 {
+            ffi::filter_arg(fctx, 0)
+        } else {
+            &[][..]
+        };
+        if name.len() == 3 && is_cmd(name, "set") {
+            arm_hint(fctx, argc);
             return;
         }
-        let name = ffi::filter_arg(fctx, 0);
-        if name.is_empty() || name[0] | 0x20 != b'x' {
+        // Every other command, EXEC and MULTI included (a hint armed by a
+        // SET queued in MULTI must not meet that transaction's events).
+        disarm_hint();
+        if argc < 2 || name.is_empty() || name[0] | 0x20 != b'x' {
             return;
         }
         let mut keys: Vec<Vec<u8>> = Vec::new();

@@ -401,3 +401,42 @@ pub fn propagation_needed(ctx: &Context) -> bool {
         !(backlog_known && slaves_known && backlog == 0 && slaves == 0)
     }
 }
+
+/// The absolute expiry of `key` in the selected db: `None` if the key does
+/// not exist, `Some(None)` if it has no expiry. Opens the key without
+/// touching its value (no `StringDMA`).
+pub fn read_expiry(ctx: &Context, key: &[u8]) -> Option<Option<i64>> {
+    // SAFETY: main thread with a live context; the name and the key handle
+    // are created and released here.
+    unsafe {
+        let (Some(create), Some(free), Some(open), Some(close), Some(abs)) = (
+            raw::RedisModule_CreateString,
+            raw::RedisModule_FreeString,
+            raw::RedisModule_OpenKey,
+            raw::RedisModule_CloseKey,
+            raw::RedisModule_GetAbsExpire,
+        ) else {
+            return Some(None);
+        };
+        let name = create(ctx.ctx, key.as_ptr().cast::<c_char>(), key.len());
+        if name.is_null() {
+            return Some(None);
+        }
+        let mode = (raw::REDISMODULE_READ | raw::REDISMODULE_OPEN_KEY_NOTOUCH) as c_int;
+        let k = open(ctx.ctx, name, mode);
+        let out = if k.is_null()
+            || raw::RedisModule_KeyType.map(|t| t(k) as isize)
+                == Some(raw::REDISMODULE_KEYTYPE_EMPTY)
+        {
+            None
+        } else {
+            let e = abs(k);
+            Some((e >= 0).then_some(e))
+        };
+        if !k.is_null() {
+            close(k);
+        }
+        free(ctx.ctx, name);
+        out
+    }
+}

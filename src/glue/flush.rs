@@ -14,7 +14,7 @@ use super::capture;
 use super::ffi::{self, KeyKind};
 use super::node::with_node;
 use crate::core::codec;
-use crate::core::dirty::{reduce, Dirty};
+use crate::core::dirty::{reduce, Dirty, Expiry};
 use crate::core::hlc::wall_ms;
 use crate::core::image::{self, Reply};
 use crate::core::protocol::{Batch, Entry, Frame, Op, Stamp, Value};
@@ -142,6 +142,33 @@ pub fn flush(ctx: &Context) -> usize {
     for t in targets {
         match t {
             Dirty::Flush(db) => ops.push((db, Op::FlushDb)),
+            Dirty::Value {
+                db,
+                key,
+                value,
+                expiry,
+            } => {
+                let expire_at_ms = match expiry {
+                    Expiry::Cleared => Some(None),
+                    // Read only the expiry; missing means it expired since.
+                    Expiry::Read => {
+                        if ffi::select_db(ctx, db as i32) {
+                            ffi::read_expiry(ctx, &key)
+                        } else {
+                            Some(None)
+                        }
+                    }
+                };
+                let op = match expire_at_ms {
+                    Some(expire_at_ms) => Op::Set {
+                        key,
+                        value: Value::String(value),
+                        expire_at_ms,
+                    },
+                    None => Op::Delete { key },
+                };
+                ops.push((db, op));
+            }
             Dirty::Key(db, key) => match key_op(ctx, db, key) {
                 Ok(op) => ops.push((db, op)),
                 Err(e) => {

@@ -841,6 +841,7 @@ pub struct Pair {
 pub struct PairBuilder {
     module_args: Vec<String>,
     server_args: Vec<String>,
+    env: Vec<(String, String)>,
     proxied: bool,
     via: Option<Box<dyn FnMut(u16) -> u16>>,
 }
@@ -869,6 +870,12 @@ impl PairBuilder {
         S: Into<String>,
     {
         self.server_args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// An environment variable for both servers (see [`ServerBuilder::env`]).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
         self
     }
 
@@ -924,11 +931,14 @@ impl PairBuilder {
             format!("127.0.0.1:{dial}"),
         ];
         args.extend(self.module_args.iter().map(|a| a.replace("{node}", node)));
-        ServerBuilder::new()
+        let mut b = ServerBuilder::new()
             .name(node)
             .module_args(args)
-            .extra(self.server_args.clone())
-            .start()
+            .extra(self.server_args.clone());
+        for (k, v) in &self.env {
+            b = b.env(k, v);
+        }
+        b.start()
     }
 }
 
