@@ -770,19 +770,7 @@ fn aof_replay_and_replica_writes_are_not_captured() {
     pair.wait_link_up(T);
     pair.assert_converged(&[0], T);
     // A native replica of A with the module loaded stays passive.
-    let lc = free_port();
-    let replica = ServerBuilder::new()
-        .name("replica")
-        .extra(["--replicaof", "127.0.0.1", &pair.a.port().to_string()])
-        .module_args([
-            "node-id",
-            "c",
-            "listen",
-            &format!("127.0.0.1:{lc}"),
-            "peer",
-            &format!("127.0.0.1:{}", pair.a_link),
-        ])
-        .start();
+    let replica = native_replica_of_a(&pair);
     let mut r = replica.conn();
     wait_for("replica synced", T, || {
         redis::cmd("DBSIZE").query::<i64>(&mut r).unwrap_or(0) == 100
@@ -808,19 +796,7 @@ fn applied_writes_reach_replicas_watchers_and_subscribers() {
     let pair = Pair::start_with(&[], &["--notify-keyspace-events", "KA"]);
     pair.wait_link_up(T);
     let (mut a, mut b) = pair.conns();
-    let lc = free_port();
-    let replica = ServerBuilder::new()
-        .name("replica")
-        .extra(["--replicaof", "127.0.0.1", &pair.a.port().to_string()])
-        .module_args([
-            "node-id",
-            "c",
-            "listen",
-            &format!("127.0.0.1:{lc}"),
-            "peer",
-            &format!("127.0.0.1:{}", pair.a_link),
-        ])
-        .start();
+    let replica = native_replica_of_a(&pair);
     let mut r = replica.conn();
     wait_for("replica linked", T, || {
         redis::cmd("INFO")
@@ -954,4 +930,22 @@ fn known_set_values_never_ship_a_stale_value() {
     for s in [&pair.a, &pair.b] {
         assert!(!s.log().contains("set-hint mismatch"));
     }
+}
+
+/// A native replica of `pair.a` that loads the module too (it must stay
+/// passive).
+fn native_replica_of_a(pair: &Pair) -> Server {
+    let lc = free_port();
+    ServerBuilder::new()
+        .name("replica")
+        .extra(["--replicaof", "127.0.0.1", &pair.a.port().to_string()])
+        .module_args([
+            "node-id",
+            "c",
+            "listen",
+            &format!("127.0.0.1:{lc}"),
+            "peer",
+            &format!("127.0.0.1:{}", pair.a_link),
+        ])
+        .start()
 }

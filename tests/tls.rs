@@ -255,62 +255,31 @@ fn bad_tls_files_refuse_the_load_naming_the_argument() {
         "peer".into(),
         "127.0.0.1:1".into(),
     ];
-    let s = |p: &Path| p.display().to_string();
+    let path = |f: &str| certs.join(f).display().to_string();
+    let junk = junk.display().to_string();
+    let files = |cert: &str, key: &str, ca: Option<&str>| {
+        let mut v = vec![
+            "tls-cert-file".to_string(),
+            cert.to_string(),
+            "tls-key-file".into(),
+            key.to_string(),
+        ];
+        if let Some(ca) = ca {
+            v.extend(["tls-ca-file".to_string(), ca.to_string()]);
+        }
+        v
+    };
+    let (a_crt, a_key, b_key, ca) = (path("a.crt"), path("a.key"), path("b.key"), path("ca.crt"));
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
-            vec![
-                "tls-cert-file".into(),
-                "/nonexistent.crt".into(),
-                "tls-key-file".into(),
-                s(&certs.join("a.key")),
-                "tls-ca-file".into(),
-                s(&certs.join("ca.crt")),
-            ],
+            files("/nonexistent.crt", &a_key, Some(&ca)),
             "argument 'tls-cert-file'",
         ),
-        (
-            vec![
-                "tls-cert-file".into(),
-                s(&certs.join("a.crt")),
-                "tls-key-file".into(),
-                s(&junk),
-                "tls-ca-file".into(),
-                s(&certs.join("ca.crt")),
-            ],
-            "argument 'tls-key-file'",
-        ),
-        (
-            // b's key does not belong to a's certificate.
-            vec![
-                "tls-cert-file".into(),
-                s(&certs.join("a.crt")),
-                "tls-key-file".into(),
-                s(&certs.join("b.key")),
-                "tls-ca-file".into(),
-                s(&certs.join("ca.crt")),
-            ],
-            "argument 'tls-key-file'",
-        ),
-        (
-            vec![
-                "tls-cert-file".into(),
-                s(&certs.join("a.crt")),
-                "tls-key-file".into(),
-                s(&certs.join("a.key")),
-                "tls-ca-file".into(),
-                s(&junk),
-            ],
-            "argument 'tls-ca-file'",
-        ),
-        (
-            vec![
-                "tls-cert-file".into(),
-                s(&certs.join("a.crt")),
-                "tls-key-file".into(),
-                s(&certs.join("a.key")),
-            ],
-            "'tls-ca-file' is required",
-        ),
+        (files(&a_crt, &junk, Some(&ca)), "argument 'tls-key-file'"),
+        // b's key does not belong to a's certificate.
+        (files(&a_crt, &b_key, Some(&ca)), "argument 'tls-key-file'"),
+        (files(&a_crt, &a_key, Some(&junk)), "argument 'tls-ca-file'"),
+        (files(&a_crt, &a_key, None), "'tls-ca-file' is required"),
     ];
     for (extra, want) in cases {
         let mut args = base.clone();
