@@ -294,3 +294,32 @@ fn bad_tls_files_refuse_the_load_naming_the_argument() {
         );
     }
 }
+
+#[test]
+fn a_tls_link_cut_and_healed_resumes_with_a_partial_resync() {
+    let certs = make_certs("certs");
+    let pair = Pair::builder()
+        .module_args(tls_args(&certs, "{node}"))
+        .proxied()
+        .start();
+    pair.wait_link_up(T);
+    let (mut a, mut b) = pair.conns();
+    let _: () = a.set("before", "1").unwrap();
+    wait_for("before on b", T, || {
+        b.get::<_, Option<String>>("before")
+            .ok()
+            .flatten()
+            .is_some()
+    });
+    pair.partition();
+    wait_for("a sees the link down", T, || status(&mut a)["link"] != "up");
+    for i in 0..200 {
+        let _: () = a.set(format!("during:{i}"), i).unwrap();
+        let _: () = b.set(format!("other:{i}"), i).unwrap();
+    }
+    pair.heal();
+    pair.wait_link_up(T);
+    pair.assert_converged(&[0], T);
+    assert!(status_u64(&mut a, "partial_syncs") + status_u64(&mut b, "partial_syncs") >= 1);
+    assert_eq!(status(&mut a)["link_security"], "tls");
+}
