@@ -341,7 +341,13 @@ pub unsafe extern "C" fn on_command_filter(fctx: *mut raw::RedisModuleCommandFil
             &[][..]
         };
         if name.len() == 3 && is_cmd(name, "set") {
-            arm_hint(fctx, argc);
+            // Not while nothing is captured (a passive replica sees every
+            // replicated SET here).
+            if capturing() {
+                arm_hint(fctx, argc);
+            } else {
+                disarm_hint();
+            }
             return;
         }
         // Every other command, EXEC and MULTI included (a hint armed by a
