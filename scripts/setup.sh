@@ -31,11 +31,11 @@ if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
   export PATH="$HOME/.cargo/bin:$PATH"
 fi
 command -v cargo >/dev/null || { echo "setup: no cargo found" >&2; exit 1; }
-# The code uses Rust 1.82 features (Option::is_none_or, C string literals);
+# The dependencies (and dev-dependencies) need Rust 1.88;
 # Debian 12's own rustc is 1.63: say so instead of failing mid-build.
 rustc_minor=$(rustc --version | sed -E 's/^rustc 1\.([0-9]+).*/\1/')
-if ! [ "$rustc_minor" -ge 82 ] 2>/dev/null; then
-  echo "setup: Rust >= 1.82 is required, found: $(rustc --version) (install it with rustup)" >&2
+if ! [ "$rustc_minor" -ge 88 ] 2>/dev/null; then
+  echo "setup: Rust >= 1.88 is required, found: $(rustc --version) (install it with rustup)" >&2
   exit 1
 fi
 redis-server --version | grep -q "v=7\." || {
