@@ -67,15 +67,9 @@ fn take_hint(key: &[u8]) -> Option<SetHint> {
     set_hint().take().filter(|h| h.key == key)
 }
 
-/// Test builds check every hint against the stored value (the read this
-/// shortcut avoids) and log a mismatch; the convergence tests look for it.
-/// On with `BISYNC_TEST_HOOKS=1` in the server's environment.
-fn verify_hints() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("BISYNC_TEST_HOOKS").is_ok_and(|v| v == "1"))
-}
-
-/// See [`verify_hints`].
+/// With test hooks on, every hint is checked against the stored value (the
+/// read this shortcut avoids) and a mismatch is logged; the convergence
+/// tests fail on it.
 ///
 /// # Safety
 /// `ctx` is the live context of a keyspace notification.
@@ -94,20 +88,16 @@ unsafe fn check_hint(ctx: *mut raw::RedisModuleCtx, db: u32, key: &[u8], value: 
 
 /// What a `SET` with these options (argv[3..]) does to the expiry; `None`
 /// for anything this shortcut does not know (the change is read back).
-fn set_options_expiry(opts: &[&[u8]]) -> Option<Expiry> {
+fn set_options_expiry<'a>(mut opts: impl Iterator<Item = &'a [u8]>) -> Option<Expiry> {
     let mut expiry = Expiry::Cleared;
-    let mut i = 0;
-    while i < opts.len() {
-        let o = opts[i];
+    while let Some(o) = opts.next() {
         if is_cmd(o, "nx") || is_cmd(o, "xx") || is_cmd(o, "get") {
-            i += 1;
-        } else if is_cmd(o, "keepttl") {
-            expiry = Expiry::Read;
-            i += 1;
-        } else if is_cmd(o, "ex") || is_cmd(o, "px") || is_cmd(o, "exat") || is_cmd(o, "pxat") {
-            expiry = Expiry::Read;
-            i += 2;
-        } else {
+            continue;
+        }
+        expiry = Expiry::Read;
+        if is_cmd(o, "ex") || is_cmd(o, "px") || is_cmd(o, "exat") || is_cmd(o, "pxat") {
+            opts.next(); // the time
+        } else if !is_cmd(o, "keepttl") {
             return None;
         }
     }
@@ -192,7 +182,7 @@ pub unsafe extern "C" fn on_keyspace_event(
         match event {
             b"set" => match take_hint(key) {
                 Some(h) => {
-                    if verify_hints() {
+                    if super::guard::test_hooks() {
                         check_hint(ctx, db, key, &h.value);
                     }
                     note(|d| d.value(db, h.key, h.value, h.expiry))
@@ -313,8 +303,8 @@ unsafe fn arm_hint(fctx: *mut raw::RedisModuleCommandFilterCtx, argc: usize) {
         disarm_hint();
         return;
     }
-    let opts: Vec<&[u8]> = (3..argc).map(|i| ffi::filter_arg(fctx, i)).collect();
-    let Some(expiry) = set_options_expiry(&opts) else {
+    let opts = (3..argc).map(|i| ffi::filter_arg(fctx, i));
+    let Some(expiry) = set_options_expiry(opts) else {
         disarm_hint();
         return;
     };
@@ -375,4 +365,25 @@ pub unsafe extern "C" fn on_command_filter(fctx: *mut raw::RedisModuleCommandFil
                 .extend(keys);
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(s: &str) -> Option<Expiry> {
+        set_options_expiry(s.split_whitespace().map(str::as_bytes))
+    }
+
+    #[test]
+    fn set_options_say_what_becomes_of_the_expiry() {
+        assert_eq!(opts(""), Some(Expiry::Cleared));
+        assert_eq!(opts("NX get xx"), Some(Expiry::Cleared));
+        assert_eq!(opts("EX 10"), Some(Expiry::Read));
+        assert_eq!(opts("nx pxat 123 GET"), Some(Expiry::Read));
+        assert_eq!(opts("KEEPTTL"), Some(Expiry::Read));
+        // Unknown options: no shortcut, the key is read back.
+        assert_eq!(opts("IFEQ x"), None);
+        assert_eq!(opts("EX 10 bogus"), None);
+    }
 }

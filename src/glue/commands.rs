@@ -150,8 +150,7 @@ pub fn sync_pair(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 /// `BISYNC_TEST_HOOKS=1` in its environment; proves that a panic inside a
 /// callback is caught, logged, and answered with an error.
 pub fn sync_debug(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    let enabled = std::env::var("BISYNC_TEST_HOOKS").is_ok_and(|v| v == "1");
-    if !enabled {
+    if !super::guard::test_hooks() {
         return Err(RedisError::Str(
             "ERR SYNC.DEBUG is disabled (test builds only)",
         ));

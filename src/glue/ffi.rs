@@ -43,6 +43,11 @@ pub struct KeyRead {
 /// Read a key's kind, string value and absolute expiry in the context's
 /// selected db, through the key API (no command call).
 pub fn read_key(ctx: &Context, key: &[u8]) -> Option<KeyRead> {
+    read_key_with(ctx, key, true)
+}
+
+/// [`read_key`]; `with_string` false leaves a string's value unread.
+fn read_key_with(ctx: &Context, key: &[u8], with_string: bool) -> Option<KeyRead> {
     // SAFETY: called on the main thread with a live context; the string and
     // the key handle are created and released here; the DMA pointer is only
     // read while the key is open and copied before CloseKey.
@@ -77,7 +82,7 @@ pub fn read_key(ctx: &Context, key: &[u8]) -> Option<KeyRead> {
                 _ => KeyKind::Module,
             };
             let mut string = None;
-            if kind == KeyKind::String {
+            if kind == KeyKind::String && with_string {
                 if let Some(dma) = raw::RedisModule_StringDMA {
                     let mut len = 0usize;
                     let p = dma(k, &mut len, raw::REDISMODULE_READ as c_int);
@@ -313,6 +318,11 @@ pub fn set_string(
         let name = create(ctx.ctx, key.as_ptr().cast::<c_char>(), key.len());
         let val = create(ctx.ctx, value.as_ptr().cast::<c_char>(), value.len());
         if name.is_null() || val.is_null() {
+            for s in [name, val] {
+                if !s.is_null() {
+                    free(ctx.ctx, s);
+                }
+            }
             return Err("cannot create a string".into());
         }
         let k = open(ctx.ctx, name, raw::REDISMODULE_WRITE as c_int);
@@ -404,39 +414,12 @@ pub fn propagation_needed(ctx: &Context) -> bool {
 
 /// The absolute expiry of `key` in the selected db: `None` if the key does
 /// not exist, `Some(None)` if it has no expiry. Opens the key without
-/// touching its value (no `StringDMA`).
+/// touching its value (no `StringDMA`, which rewrites the stored object).
 pub fn read_expiry(ctx: &Context, key: &[u8]) -> Option<Option<i64>> {
-    // SAFETY: main thread with a live context; the name and the key handle
-    // are created and released here.
-    unsafe {
-        let (Some(create), Some(free), Some(open), Some(close), Some(abs)) = (
-            raw::RedisModule_CreateString,
-            raw::RedisModule_FreeString,
-            raw::RedisModule_OpenKey,
-            raw::RedisModule_CloseKey,
-            raw::RedisModule_GetAbsExpire,
-        ) else {
-            return Some(None);
-        };
-        let name = create(ctx.ctx, key.as_ptr().cast::<c_char>(), key.len());
-        if name.is_null() {
-            return Some(None);
-        }
-        let mode = (raw::REDISMODULE_READ | raw::REDISMODULE_OPEN_KEY_NOTOUCH) as c_int;
-        let k = open(ctx.ctx, name, mode);
-        let out = if k.is_null()
-            || raw::RedisModule_KeyType.map(|t| t(k) as isize)
-                == Some(raw::REDISMODULE_KEYTYPE_EMPTY)
-        {
-            None
-        } else {
-            let e = abs(k);
-            Some((e >= 0).then_some(e))
-        };
-        if !k.is_null() {
-            close(k);
-        }
-        free(ctx.ctx, name);
-        out
+    match read_key_with(ctx, key, false) {
+        Some(r) if r.kind == KeyKind::Missing => None,
+        Some(r) => Some(r.expire_at_ms),
+        // The key API is unavailable: no expiry is the safe reading.
+        None => Some(None),
     }
 }

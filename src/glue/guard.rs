@@ -35,3 +35,11 @@ pub fn install_panic_hook() {
         log::warning(&format!("panic at {loc}: {msg}"));
     }));
 }
+
+/// Test hooks (`SYNC.DEBUG`, checks of the SET shortcut) are on when the
+/// server was started with `BISYNC_TEST_HOOKS=1` in its environment; read
+/// once.
+pub fn test_hooks() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("BISYNC_TEST_HOOKS").is_ok_and(|v| v == "1"))
+}
