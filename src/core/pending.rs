@@ -258,6 +258,13 @@ impl PendingWrites {
         out
     }
 
+    /// Every key with a pending write, in no order (what a full resync's
+    /// sweep must spare).
+    pub fn keys(&mut self) -> Vec<TableKey> {
+        self.index_all();
+        self.keys.keys().cloned().collect()
+    }
+
     /// Age reference: the smallest stamp still pending, if any.
     pub fn oldest_stamp(&self) -> Option<Stamp> {
         let logged = self

@@ -297,11 +297,7 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
         // A fresh node may still become the target of that resync: keep
         // the keys its clients wrote (see `flush`).
         if shared.fresh.load(Ordering::Relaxed) {
-            for (db, key, _) in with_node(|n| n.pending.entries_by_stamp()) {
-                if let Some(key) = key {
-                    super::fullsync::note_local_write(db, &key);
-                }
-            }
+            super::fullsync::note_local_writes(with_node(|n| n.pending.keys()));
         }
         with_node(|n| n.pending.clear());
         log::warning("max-pending-keys exceeded: the peer will get a full resync");

@@ -197,13 +197,7 @@ pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
 pub fn target_begin() {
     // Our un-acknowledged writes are on their way to the source (in our
     // stream), maybe after its scan passed them: the sweep must keep them.
-    let pending: Vec<TableKey> = with_node(|n| {
-        n.pending
-            .entries_by_stamp()
-            .into_iter()
-            .filter_map(|(db, k, _)| k.map(|k| TableKey::new(db, &k)))
-            .collect()
-    });
+    let pending = with_node(|n| n.pending.keys());
     target(|t| {
         t.receiving = Some(KeySet::default());
         t.sweeping = None;
@@ -234,6 +228,12 @@ pub fn note_local_write(db: u32, key: &[u8]) {
     target(|t| {
         t.local.insert(TableKey::new(db, key));
     });
+}
+
+/// Remember keys written locally (the table's, when it is about to be
+/// dropped).
+pub fn note_local_writes(keys: Vec<TableKey>) {
+    target(|t| t.local.extend(keys));
 }
 
 /// The operator chose the peer's data: this node's earlier writes lose.
