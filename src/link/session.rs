@@ -141,31 +141,34 @@ pub fn run(
     handshakes: &AtomicUsize,
     tls: Option<&TlsSettings>,
 ) -> bool {
+    // `stream` outlives `fd` (parameters drop after locals): the
+    // descriptor leaves the fork registry before it is closed, so a forked
+    // child never closes a number Redis has reused. The link works on
+    // duplicates of it.
     let fd = fds::register(stream.as_raw_fd());
-    let hs = connect(shared, stream, dir, tls);
+    // A socket the fork registry cannot hold is not used (checked before the
+    // handshake, which would claim the pair's one link).
+    let hs = fd
+        .is_registered()
+        .then(|| connect(shared, &stream, dir, tls))
+        .flatten();
     handshakes.fetch_sub(1, Ordering::AcqRel);
-    let (link, done) = match hs {
-        Some(x) => x,
-        None => return false,
-    };
-    if !fd.is_registered() {
-        let _ = link.socket().shutdown(Shutdown::Both);
+    let Some((link, done)) = hs else {
+        let _ = stream.shutdown(Shutdown::Both);
         return false;
-    }
+    };
     session(shared, link.socket(), done);
     true
 }
 
-/// TLS (if configured) and the handshake; the socket is shut down when
-/// this fails.
+/// TLS (if configured) and the handshake, on a duplicate of `stream`.
 fn connect(
     shared: &Arc<Shared>,
-    stream: TcpStream,
+    stream: &TcpStream,
     dir: Direction,
     tls: Option<&TlsSettings>,
 ) -> Option<(Link, Handshaken)> {
     if shared.passive.load(Ordering::Relaxed) || !shared.ready.load(Ordering::Acquire) {
-        let _ = stream.shutdown(Shutdown::Both);
         return None;
     }
     // An incoming connection's port changes on every retry: leave it out,
@@ -184,6 +187,13 @@ fn connect(
     // The deadline covers TLS and the whole hello, not each read: a peer
     // that trickles bytes is cut off.
     let deadline = Instant::now() + HANDSHAKE_DEADLINE;
+    let stream = match stream.try_clone() {
+        Ok(s) => s,
+        Err(e) => {
+            fail(shared, format!("cannot clone the link socket: {e}"));
+            return None;
+        }
+    };
     let link = match tls {
         None => Link::plain(stream),
         Some(settings) => {
@@ -191,18 +201,9 @@ fn connect(
                 Direction::Dialed => TlsRole::Client,
                 Direction::Accepted => TlsRole::Server,
             };
-            let sock = match stream.try_clone() {
-                Ok(s) => s,
-                Err(e) => {
-                    fail(shared, format!("cannot clone the link socket: {e}"));
-                    let _ = stream.shutdown(Shutdown::Both);
-                    return None;
-                }
-            };
-            match Link::tls(sock, settings, role, deadline) {
+            match Link::tls(stream, settings, role, deadline) {
                 Ok(link) => link,
                 Err(e) => {
-                    let _ = stream.shutdown(Shutdown::Both);
                     if e.kind() == std::io::ErrorKind::ConnectionReset
                         || e.kind() == std::io::ErrorKind::UnexpectedEof
                     {
@@ -220,14 +221,8 @@ fn connect(
             }
         }
     };
-    let done = handshake(shared, &link, dir, &peer_addr, deadline);
-    match done {
-        Some(done) => Some((link, done)),
-        None => {
-            let _ = link.socket().shutdown(Shutdown::Both);
-            None
-        }
-    }
+    let done = handshake(shared, &link, dir, &peer_addr, deadline)?;
+    Some((link, done))
 }
 
 fn handshake(
