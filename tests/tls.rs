@@ -54,6 +54,18 @@ fn tls_args(dir: &Path, node: &str) -> Vec<String> {
     ]
 }
 
+/// A pair with TLS (each node its own certificate), link up; `proxied`
+/// puts the test proxy on both peer connections.
+fn tls_pair(certs: &Path, proxied: bool) -> Pair {
+    let mut b = Pair::builder().module_args(tls_args(certs, "{node}"));
+    if proxied {
+        b = b.proxied();
+    }
+    let pair = b.start();
+    pair.wait_link_up(T);
+    pair
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -95,11 +107,7 @@ fn wait_error(s: &Server, want: &str) -> String {
 #[test]
 fn tls_pair_replicates_and_nothing_readable_crosses_the_wire() {
     let certs = make_certs("certs");
-    let pair = Pair::builder()
-        .module_args(tls_args(&certs, "{node}"))
-        .proxied()
-        .start();
-    pair.wait_link_up(T);
+    let pair = tls_pair(&certs, true);
     let (mut a, mut b) = pair.conns();
     assert_eq!(status(&mut a)["link_security"], "tls");
 
@@ -207,10 +215,7 @@ fn tls_node_and_plain_node_say_why() {
 #[test]
 fn garbage_and_silence_on_a_tls_port_are_cut_off() {
     let certs = make_certs("certs");
-    let pair = Pair::builder()
-        .module_args(tls_args(&certs, "{node}"))
-        .start();
-    pair.wait_link_up(T);
+    let pair = tls_pair(&certs, false);
     let (mut a, mut b) = pair.conns();
     let before = snapshot(&mut a, &[0]);
 
@@ -298,11 +303,7 @@ fn bad_tls_files_refuse_the_load_naming_the_argument() {
 #[test]
 fn a_tls_link_cut_and_healed_resumes_with_a_partial_resync() {
     let certs = make_certs("certs");
-    let pair = Pair::builder()
-        .module_args(tls_args(&certs, "{node}"))
-        .proxied()
-        .start();
-    pair.wait_link_up(T);
+    let pair = tls_pair(&certs, true);
     let (mut a, mut b) = pair.conns();
     let _: () = a.set("before", "1").unwrap();
     wait_for("before on b", T, || {
