@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::fds;
 use super::handshake::{check_hello, keep_new_connection, peer_position, PRE_AUTH_FRAME_LIMIT};
 use super::tls::TlsSettings;
-use super::transport::{Link, LinkReader, LinkWriter, TlsRole};
+use super::transport::{Link, LinkReader, LinkWriter};
 use crate::core::auth::{self, SessionKeys};
 use crate::core::codec::{self, CodecError};
 use crate::core::outbox::{Item, ResumePlan};
@@ -196,30 +196,24 @@ fn connect(
     };
     let link = match tls {
         None => Link::plain(stream),
-        Some(settings) => {
-            let role = match dir {
-                Direction::Dialed => TlsRole::Client,
-                Direction::Accepted => TlsRole::Server,
-            };
-            match Link::tls(stream, settings, role, deadline) {
-                Ok(link) => link,
-                Err(e) => {
-                    if e.kind() == std::io::ErrorKind::ConnectionReset
-                        || e.kind() == std::io::ErrorKind::UnexpectedEof
-                    {
-                        log::verbose(&format!(
-                            "TLS handshake with {peer_addr}: connection closed ({e})"
-                        ));
-                    } else {
-                        fail(
+        Some(settings) => match Link::tls(stream, settings, dir, deadline) {
+            Ok(link) => link,
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::ConnectionReset
+                    || e.kind() == std::io::ErrorKind::UnexpectedEof
+                {
+                    log::verbose(&format!(
+                        "TLS handshake with {peer_addr}: connection closed ({e})"
+                    ));
+                } else {
+                    fail(
                             shared,
                             format!("TLS handshake with {peer_addr} failed: {e} (both nodes need tls-cert-file, tls-key-file and tls-ca-file, with certificates from the same CA)"),
                         );
-                    }
-                    return None;
                 }
+                return None;
             }
-        }
+        },
     };
     let done = handshake(shared, &link, dir, &peer_addr, deadline)?;
     Some((link, done))

@@ -18,15 +18,7 @@ use std::time::Instant;
 use rustls::{ClientConnection, Connection, ServerConnection};
 
 use super::tls::TlsSettings;
-
-/// Which end of the TLS handshake this node plays.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsRole {
-    /// We dialed: TLS client.
-    Client,
-    /// The peer dialed: TLS server.
-    Server,
-}
+use super::Direction;
 
 type Shared = Arc<Mutex<Connection>>;
 
@@ -51,20 +43,21 @@ impl Link {
     }
 
     /// Run the TLS handshake on `sock`, all of it before `deadline` (a peer
-    /// that trickles bytes is cut off).
+    /// that trickles bytes is cut off). The node that dialed is the TLS
+    /// client.
     pub fn tls(
         sock: TcpStream,
         settings: &TlsSettings,
-        role: TlsRole,
+        dir: Direction,
         deadline: Instant,
     ) -> io::Result<Link> {
-        let mut conn: Connection = match role {
-            TlsRole::Client => {
+        let mut conn: Connection = match dir {
+            Direction::Dialed => {
                 ClientConnection::new(settings.client.clone(), settings.server_name.clone())
                     .map_err(tls_error)?
                     .into()
             }
-            TlsRole::Server => ServerConnection::new(settings.server.clone())
+            Direction::Accepted => ServerConnection::new(settings.server.clone())
                 .map_err(tls_error)?
                 .into(),
         };
