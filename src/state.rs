@@ -82,8 +82,14 @@ pub struct Shared {
     pub fresh: AtomicBool,
     /// The main loop has run once (the dataset is loaded and counted).
     pub ready: AtomicBool,
-    /// The dataset holds no keys (refreshed by the main thread).
-    pub dataset_empty: AtomicBool,
+    /// Whether the dataset held no keys when the main thread last counted,
+    /// packed with `local_writes` at that moment (see [`Shared::dataset_empty`]).
+    empty_mark: AtomicU64,
+    /// Writes captured from this node's clients since it started.
+    local_writes: AtomicU64,
+    /// Seq of the batch that ended the last full resync this node sent
+    /// (0: none pending): its acknowledgement ends `force_source`.
+    pub source_done_seq: AtomicU64,
     /// The operator chose this node's data to win a first contact.
     pub force_source: AtomicBool,
     /// The link asks the main thread to drop this node's queued writes: it
@@ -100,6 +106,9 @@ pub struct Shared {
 }
 
 static SHARED: OnceLock<Arc<Shared>> = OnceLock::new();
+
+/// Top bit of `empty_mark`: the dataset was empty.
+const EMPTY_BIT: u64 = 1 << 63;
 
 impl Shared {
     /// Build the shared state.
@@ -138,7 +147,9 @@ impl Shared {
             drop_session: AtomicBool::new(false),
             fresh: AtomicBool::new(true),
             ready: AtomicBool::new(false),
-            dataset_empty: AtomicBool::new(false),
+            empty_mark: AtomicU64::new(0),
+            local_writes: AtomicU64::new(0),
+            source_done_seq: AtomicU64::new(0),
             force_source: AtomicBool::new(false),
             full_sync_requested: AtomicBool::new(false),
             target_reset_requested: AtomicBool::new(false),
@@ -192,6 +203,30 @@ impl Shared {
     /// Remember the peer's node id.
     pub fn set_peer_node_id(&self, id: &str) {
         *self.peer_node_id.lock().unwrap_or_else(|p| p.into_inner()) = id.to_string();
+    }
+
+    /// Count a captured client write (the keyspace handler; one relaxed add).
+    pub fn note_local_write(&self) {
+        self.local_writes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Record the main thread's count of the dataset (empty or not), as of
+    /// the writes captured so far.
+    pub fn set_dataset_empty(&self, empty: bool) {
+        let w = self.local_writes.load(Ordering::Relaxed) & !EMPTY_BIT;
+        let mark = if empty { w | EMPTY_BIT } else { w };
+        self.empty_mark.store(mark, Ordering::Release);
+    }
+
+    /// Is the dataset empty now, and the count of captured writes that
+    /// answer refers to. Empty means: counted empty by the main thread and
+    /// no client write captured since, so a write of the current event-loop
+    /// iteration (not yet counted) already makes it non-empty. A handshake
+    /// compares the count at its hello and at its commit.
+    pub fn dataset_empty(&self) -> (bool, u64) {
+        let mark = self.empty_mark.load(Ordering::Acquire);
+        let w = self.local_writes.load(Ordering::Acquire) & !EMPTY_BIT;
+        (mark & EMPTY_BIT != 0 && mark & !EMPTY_BIT == w, w)
     }
 
     /// Ask the link to end the current session (it reconnects and resyncs).

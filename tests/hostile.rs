@@ -94,7 +94,18 @@ impl FakePeer {
             };
             keys = Some((d(), d()));
         }
-        Ok(FakePeer { s, keys })
+        let mut peer = FakePeer { s, keys };
+        // The commit: both sides say Ready before either acts.
+        peer.send(&Frame::Ready).map_err(|e| e.to_string())?;
+        let mut r = &peer.s;
+        let got = match peer.keys.as_mut() {
+            Some(k) => codec::read_frame_authenticated(&mut r, 1 << 20, &mut k.1).map(|(f, _)| f),
+            None => codec::read_frame(&mut r, 1 << 20),
+        };
+        match got.map_err(|e| e.to_string())? {
+            Frame::Ready => Ok(peer),
+            other => Err(format!("expected ready, got {other:?}")),
+        }
     }
 
     fn send(&mut self, frame: &Frame) -> std::io::Result<()> {

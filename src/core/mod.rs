@@ -8,6 +8,7 @@ pub mod dirty;
 pub mod fuzzing;
 pub mod hlc;
 pub mod image;
+pub mod link_slot;
 pub mod outbox;
 pub mod pairing;
 pub mod pending;

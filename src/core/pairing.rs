@@ -81,8 +81,13 @@ pub fn decide(me: PairInfo, them: PairInfo, me_first: bool) -> Role {
         },
         (false, true) => Role::Source,
         // This node restarted: what it loaded from disk is stale, what its
-        // clients wrote since is new.
-        (true, false) => Role::Target { discard_local: false },
+        // clients wrote since is new. Unless the operator chose the peer at
+        // a first contact that the peer acted on and this node never did
+        // (the link died between the two `Ready`s): then this node's data
+        // still loses, as chosen.
+        (true, false) => Role::Target {
+            discard_local: them.source,
+        },
         (true, true) => match (me.source, them.source) {
             (true, true) => Role::Refuse("both nodes were chosen as the source: choose one".into()),
             (true, false) => Role::Source,
@@ -178,6 +183,22 @@ mod tests {
         assert_eq!(decide(chosen, info(true, false), false), Role::Source);
         assert_eq!(
             decide(info(true, false), chosen, true),
+            Role::Target {
+                discard_local: true
+            }
+        );
+    }
+
+    #[test]
+    fn the_operators_choice_survives_a_first_contact_only_one_side_acted_on() {
+        // A took the source role (and is no longer fresh); B never did.
+        let a = PairInfo {
+            source: true,
+            ..info(false, false)
+        };
+        assert_eq!(decide(a, info(true, false), true), Role::Source);
+        assert_eq!(
+            decide(info(true, false), a, false),
             Role::Target {
                 discard_local: true
             }

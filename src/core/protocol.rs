@@ -17,7 +17,7 @@ fn borrowed_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::
 }
 
 /// Bumped whenever a message shape or its meaning changes.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Orders one entry among every write of both nodes: the batch's clock
 /// stamp, then the origin node id, then the index inside the batch (a
@@ -197,4 +197,12 @@ pub enum Frame {
     Ack(u64),
     /// Keeps an idle link observably alive.
     Ping,
+    /// The sender checked that its hello still describes it and holds the
+    /// link for this connection: once both sides said it, both act on the
+    /// handshake's decision (see `core::link_slot`).
+    Ready,
+    /// The handshake is abandoned without fault (the sender's state moved
+    /// on, or another connection is deciding): both sides retry with fresh
+    /// hellos. The text says why, for the verbose log.
+    Retry(#[serde(deserialize_with = "borrowed_string")] String),
 }

@@ -217,6 +217,11 @@ pub fn apply_inbound(ctx: &Context) -> bool {
             Inbound::Ack(seq) => {
                 shared.outbox().acknowledge(seq);
                 with_node(|n| n.pending.acknowledge(seq));
+                let done = shared.source_done_seq.load(Ordering::Relaxed);
+                if done != 0 && seq >= done {
+                    shared.source_done_seq.store(0, Ordering::Relaxed);
+                    shared.force_source.store(false, Ordering::Relaxed);
+                }
             }
             Inbound::Batch(batch) => {
                 if shared.passive.load(Ordering::Relaxed) {

@@ -138,6 +138,9 @@ fn note_key(db: u32, key: &[u8]) {
 
 /// Record a change in the dirty log; wake the loop if it was empty.
 fn note(record: impl FnOnce(&mut DirtyLog)) {
+    if let Some(s) = Shared::get() {
+        s.note_local_write();
+    }
     let was_empty = {
         let mut d = dirty();
         let e = d.is_empty();

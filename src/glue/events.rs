@@ -96,7 +96,7 @@ fn refresh_empty(ctx: &Context, shared: &Shared) {
         }
     }
     ffi::select_db(ctx, saved);
-    shared.dataset_empty.store(empty, Ordering::Relaxed);
+    shared.set_dataset_empty(empty);
 }
 
 /// Role change: a replica keeps the module passive; a promoted replica takes over.

@@ -182,6 +182,12 @@ pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
     }
     let n = ops.len() as u64;
     enqueue_batch(shared, ops, Stamping::FullSync { first });
+    if done {
+        // Its acknowledgement means the peer took the dataset (see the Ack
+        // in `apply`): an operator's SYNC.PAIR SOURCE has then served.
+        let seq = shared.outbox().last_seq();
+        shared.source_done_seq.store(seq, Ordering::Relaxed);
+    }
     source(|s| {
         s.first = false;
         s.keys_sent += n;

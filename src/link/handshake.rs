@@ -61,12 +61,6 @@ pub fn peer_position(our_stream: u64, theirs: &Hello) -> u64 {
     }
 }
 
-/// When two connections to the same peer exist, keep the one dialed by the
-/// node with the smaller id (both sides decide the same).
-pub fn keep_new_connection(existing_dialer: &str, new_dialer: &str) -> bool {
-    new_dialer <= existing_dialer
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,15 +123,5 @@ mod tests {
         });
         assert_eq!(peer_position(7, &b), 42);
         assert_eq!(peer_position(8, &b), 0);
-    }
-
-    #[test]
-    fn both_sides_keep_the_same_connection() {
-        // a dialed conn X, b dialed conn Y. On a: existing X (dialer a), new Y (dialer b).
-        // On b: existing Y (dialer b), new X (dialer a). Both must end with X.
-        assert!(!keep_new_connection("a", "b"));
-        assert!(keep_new_connection("b", "a"));
-        // A restarted peer re-dialing replaces its own stale connection.
-        assert!(keep_new_connection("b", "b"));
     }
 }

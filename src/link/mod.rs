@@ -137,7 +137,17 @@ fn dial_loop(shared: Arc<Shared>, tls: Option<Arc<TlsSettings>>) {
                 }
             }
         }
-        thread::sleep(backoff);
+        // Jitter: two nodes that keep dialing each other at the same moment
+        // would keep meeting in the same handshake race (core::link_slot).
+        thread::sleep(backoff + jitter(backoff / 2));
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// A random duration below `max`.
+fn jitter(max: Duration) -> Duration {
+    let mut b = [0u8; 4];
+    let r = getrandom::getrandom(&mut b).map_or(0, |()| u32::from_le_bytes(b));
+    let max_us = max.as_micros().min(u128::from(u32::MAX)) as u32;
+    Duration::from_micros(u64::from(r % max_us.max(1)))
 }

@@ -9,11 +9,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::fds;
-use super::handshake::{check_hello, keep_new_connection, peer_position, PRE_AUTH_FRAME_LIMIT};
+use super::handshake::{check_hello, peer_position, PRE_AUTH_FRAME_LIMIT};
 use super::tls::TlsSettings;
 use super::transport::{Link, LinkReader, LinkWriter};
 use crate::core::auth::{self, SessionKeys};
 use crate::core::codec::{self, CodecError};
+use crate::core::link_slot::{claims_changed, ClaimOutcome, Slot};
 use crate::core::outbox::{Item, ResumePlan};
 use crate::core::pairing::{decide, PairInfo, Role};
 use crate::core::protocol::{Frame, Hello, Resume, PROTOCOL_VERSION};
@@ -41,32 +42,39 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// is alive (a dead one is noticed by the reader first).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-struct Active {
-    gen: u64,
-    dialer: String,
-    stream: TcpStream,
-}
-
-static ACTIVE: Mutex<Option<Active>> = Mutex::new(None);
+/// The pair's one link (see `core::link_slot`); the socket lets a
+/// replaced session be shut down.
+static SLOT: Mutex<Slot<TcpStream>> = Mutex::new(Slot::new());
 static GEN: AtomicU64 = AtomicU64::new(1);
 
-fn active_slot() -> std::sync::MutexGuard<'static, Option<Active>> {
-    ACTIVE.lock().unwrap_or_else(|p| p.into_inner())
+fn slot() -> std::sync::MutexGuard<'static, Slot<TcpStream>> {
+    SLOT.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Is a session running?
+/// Is a session running, or a connection about to start one? (The dialer
+/// waits meanwhile.)
 pub fn active() -> bool {
-    active_slot().is_some()
+    slot().occupied()
 }
 
 fn is_current(gen: u64) -> bool {
-    active_slot().as_ref().is_some_and(|a| a.gen == gen)
+    slot().is_current(gen)
 }
 
-fn our_hello(shared: &Shared, nonce: &[u8]) -> Hello {
+/// Give up the link if `gen` holds it.
+fn release(shared: &Shared, gen: u64) {
+    let mut s = slot();
+    if s.release(gen) && !s.occupied() {
+        shared.stats.set_link(LinkState::Down);
+    }
+}
+
+/// This node's hello, and the count of client writes its `empty` refers to.
+fn our_hello(shared: &Shared, nonce: &[u8]) -> (Hello, u64) {
     let peer_stream = shared.peer_stream_id.load(Ordering::Relaxed);
     let applied = shared.outbox().applied_seq();
-    Hello {
+    let (empty, writes) = shared.dataset_empty();
+    let hello = Hello {
         protocol: PROTOCOL_VERSION,
         node_id: shared.config.node_id.clone(),
         databases: shared.databases,
@@ -79,10 +87,11 @@ fn our_hello(shared: &Shared, nonce: &[u8]) -> Hello {
         nonce: nonce.to_vec(),
         auth: shared.config.secret.is_some(),
         fresh: shared.fresh.load(Ordering::Relaxed),
-        empty: shared.dataset_empty.load(Ordering::Relaxed),
+        empty,
         source: shared.force_source.load(Ordering::Relaxed),
         overflowed: shared.table_overflowed.load(Ordering::Relaxed),
-    }
+    };
+    (hello, writes)
 }
 
 fn pair_info(shared: &Shared, h: &Hello, peer: &Hello, peer_stream_recorded: u64) -> PairInfo {
@@ -234,7 +243,10 @@ fn handshake(
         }
     };
     let my_nonce = auth::nonce();
-    let ours = our_hello(shared, &my_nonce);
+    // The hello is a snapshot of this node: the epoch and the write count
+    // tell at the commit whether it still holds.
+    let hello_epoch = slot().epoch();
+    let (ours, writes_at_hello) = our_hello(shared, &my_nonce);
     if let Err(e) = send(&mut w, shared, &Frame::Hello(ours.clone()), None) {
         log::verbose(&format!(
             "handshake with {peer_addr}: cannot send hello: {e}"
@@ -324,38 +336,87 @@ fn handshake(
         );
         return None;
     }
+    if !theirs.fresh && shared.force_source.load(Ordering::Relaxed) {
+        // The peer completed a sync with this node: the operator's choice
+        // of a first-contact source has served its purpose.
+        shared.force_source.store(false, Ordering::Relaxed);
+    }
     let dialer = match dir {
         Direction::Dialed => ours.node_id.clone(),
         Direction::Accepted => theirs.node_id.clone(),
     };
-    // Keep one connection per pair.
+    let wkeys = keys.as_mut().map(|k| &mut k.0);
+    // Commit: act only if our hello still describes this node and no other
+    // connection is deciding (core::link_slot), then exchange Ready.
     let gen = GEN.fetch_add(1, Ordering::Relaxed);
     let clone = link.socket().try_clone().ok()?;
-    {
-        let mut slot = active_slot();
-        if let Some(existing) = slot.as_ref() {
-            if !keep_new_connection(&existing.dialer, &dialer) {
-                drop(slot);
-                let _ = send(
-                    &mut w,
-                    shared,
-                    &Frame::Refuse("a link between these nodes already exists".into()),
-                    keys.as_mut()
-                        .map(|k: &mut (SessionKeys, SessionKeys)| &mut k.0),
-                );
-                log::verbose(&format!(
-                    "dropping duplicate connection with {}",
-                    theirs.node_id
-                ));
-                return None;
+    // (The hello is rebuilt before the slot is locked: it takes the outbox
+    // lock, which the writer holds while it asks the slot.)
+    let (mut now, writes_now) = our_hello(shared, &my_nonce);
+    now.empty &= writes_now == writes_at_hello;
+    let outcome = match claims_changed(&ours, &now) {
+        Some(why) => ClaimOutcome::Retry(why),
+        None => slot().claim(gen, &dialer, hello_epoch, clone),
+    };
+    match outcome {
+        ClaimOutcome::Claimed { replaced } => {
+            if let Some(old) = replaced {
+                let _ = old.shutdown(Shutdown::Both);
             }
-            let _ = existing.stream.shutdown(Shutdown::Both);
         }
-        *slot = Some(Active {
-            gen,
-            dialer,
-            stream: clone,
+        ClaimOutcome::Retry(why) => {
+            log::verbose(&format!(
+                "handshake with {}: retrying ({why})",
+                theirs.node_id
+            ));
+            let _ = send(&mut w, shared, &Frame::Retry(why.into()), wkeys);
+            return None;
+        }
+        ClaimOutcome::Duplicate => {
+            log::verbose(&format!(
+                "dropping duplicate connection with {}",
+                theirs.node_id
+            ));
+            let _ = send(
+                &mut w,
+                shared,
+                &Frame::Retry("a link between these nodes already exists".into()),
+                wkeys,
+            );
+            return None;
+        }
+    }
+    let ready = send(&mut w, shared, &Frame::Ready, wkeys)
+        .map_err(|e| format!("cannot send ready: {e}"))
+        .and_then(|()| {
+            let read = match keys.as_mut() {
+                Some(k) => {
+                    codec::read_frame_authenticated(&mut reader, PRE_AUTH_FRAME_LIMIT, &mut k.1)
+                }
+                None => codec::read_frame_sized(&mut reader, PRE_AUTH_FRAME_LIMIT),
+            };
+            match read {
+                Ok((Frame::Ready, n)) => {
+                    Stats::add(&shared.stats.bytes_received, n as u64);
+                    Ok(())
+                }
+                Ok((Frame::Retry(why), _)) => {
+                    Err(format!("peer asked to retry: {}", sanitize(&why)))
+                }
+                Ok((Frame::Refuse(why), _)) => Err(format!("peer refused: {}", sanitize(&why))),
+                Ok((other, _)) => Err(format!("expected ready, got {}", frame_name(&other))),
+                Err(e) => Err(format!("waiting for ready: {e}")),
+            }
         });
+    let committed = ready.is_ok() && slot().commit(gen);
+    if !committed {
+        release(shared, gen);
+        log::verbose(&format!(
+            "handshake with {}: not committed ({})",
+            theirs.node_id,
+            ready.err().unwrap_or_else(|| "the claim was lost".into())
+        ));
+        return None;
     }
     reader.set_deadline(None);
     Some(Handshaken {
@@ -378,6 +439,13 @@ fn read_handshake_frame(
     what: &str,
 ) -> Option<Frame> {
     match codec::read_frame_sized(reader, PRE_AUTH_FRAME_LIMIT) {
+        Ok((Frame::Retry(why), _)) => {
+            log::verbose(&format!(
+                "handshake with {peer_addr}: the peer asked to retry ({})",
+                sanitize(&why)
+            ));
+            None
+        }
         Ok((Frame::Refuse(why), _)) => {
             fail(
                 shared,
@@ -442,6 +510,8 @@ fn frame_name(f: &Frame) -> &'static str {
         Frame::Batch(_) => "batch",
         Frame::Ack(_) => "ack",
         Frame::Ping => "ping",
+        Frame::Ready => "ready",
+        Frame::Retry(_) => "retry",
     }
 }
 
@@ -516,11 +586,7 @@ fn session(shared: &Arc<Shared>, stream: &TcpStream, done: Handshaken) {
 
 fn end(shared: &Shared, stream: &TcpStream, gen: u64) {
     let _ = stream.shutdown(Shutdown::Both);
-    let mut slot = active_slot();
-    if slot.as_ref().is_some_and(|a| a.gen == gen) {
-        *slot = None;
-        shared.stats.set_link(LinkState::Down);
-    }
+    release(shared, gen);
 }
 
 fn write_loop(
@@ -710,7 +776,7 @@ fn read_loop(
             Frame::Ack(s) => Inbound::Ack(s),
             Frame::Ping => continue,
             Frame::Refuse(why) => break Some(format!("peer ended the link: {}", sanitize(&why))),
-            Frame::Hello(_) | Frame::Proof(_) => {
+            Frame::Hello(_) | Frame::Proof(_) | Frame::Ready | Frame::Retry(_) => {
                 break Some("protocol error: unexpected handshake frame".to_string())
             }
         };
