@@ -8,7 +8,7 @@ mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -17,13 +17,14 @@ use redis::Commands;
 
 const T: Duration = Duration::from_secs(20);
 
-/// Run the documented certificate script into a fresh directory.
-fn make_certs(tag: &str) -> PathBuf {
-    let dir = fresh_dir(tag);
+/// Run the documented certificate script into a fresh directory (removed
+/// after a passing test).
+fn make_certs(tag: &str) -> TestDir {
+    let dir = TestDir::new(tag);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-test-certs.sh");
     let out = Command::new("bash")
         .arg(&script)
-        .arg(&dir)
+        .arg(dir.path())
         .args(["a", "b"])
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
