@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs redis-bisync on this server where redis.conf.example expects it:
-#   the module -> /usr/local/lib/libredis_bisync.so  (mode 0644)
+#   the module -> /usr/local/lib/libredis_bisync.so  (mode 0755: Redis 7 loads only executable modules)
 #   the secret -> /etc/redis/bisync.secret           (mode 0600, owned by the redis user)
 # then prints the loadmodule line to add to redis.conf. Run it as root on both
 # servers. Both must hold the SAME secret: run it on the first server, copy that
@@ -32,7 +32,7 @@ fi
 mkdir -p "$lib_dir"
 dest="$lib_dir/libredis_bisync.so"
 cp "$BISYNC_MODULE" "$dest.new"
-chmod 0644 "$dest.new"
+chmod 0755 "$dest.new"
 mv -f "$dest.new" "$dest"
 echo "install: module  $dest"
 

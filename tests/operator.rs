@@ -33,7 +33,10 @@ fn a_pair_named_by_localhost_comes_up_replicates_and_reconnects() {
     pair.wait_link_up(T);
     let (mut a, mut b) = pair.conns();
     assert_eq!(status(&mut a)["peer"], format!("localhost:{}", pair.b_link));
-    assert_eq!(status(&mut b)["listen"], format!("localhost:{}", pair.b_link));
+    assert_eq!(
+        status(&mut b)["listen"],
+        format!("localhost:{}", pair.b_link)
+    );
     let _: () = a.set("from-a", "1").unwrap();
     let _: () = b.set("from-b", "2").unwrap();
     wait_value(&mut b, "from-a", "1");
@@ -133,7 +136,7 @@ fn readme_fields() -> Vec<String> {
         .find("| field | meaning |")
         .expect("README has the SYNC.STATUS table");
     let mut out = Vec::new();
-    for line in readme[start..].lines().skip(2) {
+    for line in readme[start..].lines().skip(2).map(str::trim_start) {
         if !line.starts_with('|') {
             break;
         }
@@ -255,7 +258,10 @@ fn install_puts_the_module_and_a_private_secret_where_the_example_expects() {
     assert_eq!(arg(&lb, "secret-file"), secret);
     assert_eq!(la.len(), lb.len(), "same arguments on both nodes");
     let (pa, pb) = (arg(&la, "peer"), arg(&lb, "peer"));
-    assert!(pa != pb && pa == pb.replace("-a.", "-b."), "each node's peer is the other: {pa} {pb}");
+    assert!(
+        pa != pb && pa == pb.replace("-a.", "-b."),
+        "each node's peer is the other: {pa} {pb}"
+    );
     for (x, y) in la.iter().zip(&lb) {
         assert!(
             x == y || (x.as_str(), y.as_str()) == ("a", "b") || (x, y) == (&pa, &pb),
@@ -284,6 +290,12 @@ fn install_puts_the_module_and_a_private_secret_where_the_example_expects() {
     run();
     let module = dir.join("lib/libredis_bisync.so");
     assert!(module.is_file(), "module installed");
+    let mode = std::fs::metadata(&module).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o111,
+        0o111,
+        "Redis 7 loads only an executable module"
+    );
     let meta = std::fs::metadata(&secret_path).expect("secret created");
     assert_eq!(meta.permissions().mode() & 0o777, 0o600, "secret mode");
     let first = std::fs::read(&secret_path).unwrap();

@@ -325,3 +325,21 @@ fn a_tls_link_cut_and_healed_resumes_with_a_partial_resync() {
     assert!(status_u64(&mut a, "partial_syncs") + status_u64(&mut b, "partial_syncs") >= 1);
     assert_eq!(status(&mut a)["link_security"], "tls");
 }
+
+#[test]
+fn a_tls_pair_named_by_host_verifies_that_name() {
+    // The test certificates name localhost; with `peer localhost:<port>` that
+    // name, not an IP, is what each dialer checks (the default tls-server-name).
+    let certs = make_certs("certs");
+    let pair = Pair::builder()
+        .host("localhost")
+        .module_args(tls_args(&certs, "{node}"))
+        .start();
+    pair.wait_link_up(T);
+    let (mut a, mut b) = pair.conns();
+    assert_eq!(status(&mut a)["link_security"], "tls");
+    let _: () = a.set("named", "1").unwrap();
+    wait_for("named on b", T, || {
+        b.get::<_, Option<String>>("named").ok().flatten().is_some()
+    });
+}

@@ -52,7 +52,9 @@ pub fn connect(peer: &Endpoint, protected: bool) -> Result<TcpStream, DialError>
         }
         match TcpStream::connect_timeout(&sa, CONNECT_TIMEOUT) {
             Ok(stream) => return Ok(stream),
-            Err(e) => last = DialError::Unreachable(format!("cannot reach peer {peer} ({sa}): {e}")),
+            Err(e) => {
+                last = DialError::Unreachable(format!("cannot reach peer {peer} ({sa}): {e}"))
+            }
         }
     }
     Err(match (refused, last) {

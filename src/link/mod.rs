@@ -25,8 +25,8 @@ use crate::core::stats::{LinkState, Stats};
 use crate::log;
 use crate::state::Shared;
 
-pub use session::Direction;
 use dial::DialError;
+pub use session::Direction;
 use tls::TlsSettings;
 
 /// At most this many connections in handshake at once; more are closed at

@@ -117,12 +117,14 @@ fn server_name(files: &TlsFiles, peer: &Endpoint) -> Result<ServerName<'static>,
         }),
         None => match peer.ip() {
             Some(ip) => Ok(ServerName::IpAddress(ip.into())),
-            None => ServerName::try_from(peer.host.trim_end_matches('.').to_string()).map_err(|e| {
-                format!(
+            None => {
+                ServerName::try_from(peer.host.trim_end_matches('.').to_string()).map_err(|e| {
+                    format!(
                     "argument 'peer': '{}' cannot be a TLS server name ({e}); set tls-server-name",
                     peer.host
                 )
-            }),
+                })
+            }
         },
     }
 }
