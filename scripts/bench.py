@@ -5,7 +5,8 @@ and native replication, written to BENCHMARKS.md.
 Python 3.11 standard library only; drives redis-server, redis-benchmark and
 redis-cli. Run it through scripts/bench.sh, which builds the module, makes a work
 directory and stops every server on exit. Every setting is an environment variable
-(see ENV below); QUICK=1 runs each figure once with small sizes (smoke test).
+(see ENV below); QUICK=1 runs each figure once with small sizes (smoke test), and
+scripts/bench.sh then writes target/bench/BENCHMARKS-quick.md instead of BENCHMARKS.md.
 
 `python3 scripts/bench.py load PORT RATE` is the paced background writer used by B2.
 """
