@@ -139,11 +139,12 @@ fn dial_loop(shared: Arc<Shared>, tls: Option<Arc<TlsSettings>>) {
                 match e {
                     DialError::Unreachable(why) => log::verbose(&why),
                     DialError::Refused(why) => {
-                        // Logged at warning level once per distinct reason.
+                        // Logged at warning level once per distinct reason;
+                        // recorded every time (its age says it is current).
                         if shared.last_error() != why {
                             log::warning(&why);
-                            shared.set_error(why);
                         }
+                        shared.set_error(why);
                     }
                 }
                 if !session::active() {
