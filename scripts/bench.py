@@ -5,7 +5,8 @@ and native replication, written to BENCHMARKS.md.
 Python 3.11 standard library only; drives redis-server, redis-benchmark and
 redis-cli. Run it through scripts/bench.sh, which builds the module, makes a work
 directory and stops every server on exit. Every setting is an environment variable
-(see ENV below); QUICK=1 runs each figure once with small sizes (smoke test).
+(see ENV below); QUICK=1 runs each figure once with small sizes (smoke test), and
+scripts/bench.sh then writes target/bench/BENCHMARKS-quick.md instead of BENCHMARKS.md.
 
 `python3 scripts/bench.py load PORT RATE` is the paced background writer used by B2.
 """
@@ -78,6 +79,15 @@ HOST = "127.0.0.1"
 
 def log(msg):
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def rnd(x, digits=3):
+    """A measured figure for the progress log: rounded, and "n/a" when missing."""
+    if x is None:
+        return "n/a"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
 
 
 class RespError(Exception):
@@ -723,7 +733,7 @@ def fig_b1(h):
                         if cfg == "bisync" and drain is None:
                             h.note("B1", f"peer did not apply everything within {DRAIN_TIMEOUT}s after {mode} {test}")
                         runs.append(row)
-                        log(f"  B1 {mode} {test:6s} {cfg:18s} {rps:10.0f} rps  drain={drain}")
+                        log(f"  B1 {mode} {test:6s} {cfg:18s} {rps:10.0f} rps  drain={rnd(drain, 2)} s")
             check_acks(h, "B1", topo["bisync"])
             st = topo["bisync-unreachable"].a.status()
             if st["link"] == "up":
@@ -804,7 +814,7 @@ def fig_b2(h):
                                 "bg_rate": (calls1 - calls0 - res["n"]) / window if window else None,
                                 "loader_rate": loader_rate})
                     runs.append(res)
-                    log(f"  B2 {load:4s} {cfg:6s} p50={res['p50']} p99={res['p99']} max={res['max']} "
+                    log(f"  B2 {load:4s} {cfg:6s} p50={rnd(res['p50'], 2)} p99={rnd(res['p99'], 2)} max={rnd(res['max'], 2)} "
                         f"bg={res['bg_rate']:.0f}/s timeouts={res['timeouts']}")
                     if res["timeouts"]:
                         h.note("B2", f"{cfg} {load}: {res['timeouts']} writes not visible on the other side within 5 s")
@@ -874,7 +884,7 @@ def fig_b3(h):
                     if not ok:
                         h.note("B3", f"native replica did not catch up within {DRAIN_TIMEOUT}s")
                 runs.append(row)
-                log(f"  B3 {cfg:6s} catch-up {row.get('catchup_s')} s, {row.get('sets_s')} SETs/s")
+                log(f"  B3 {cfg:6s} catch-up {rnd(row.get('catchup_s'), 2)} s, {rnd(row.get('sets_s'), 0)} SETs/s")
     finally:
         for t in topo.values():
             t.stop()
@@ -1062,8 +1072,8 @@ def fig_b5(h):
                     row["ratio"] = None
                 runs.append(row)
                 log(f"  B5 {variant:17s} sent {row['bytes_sent']} B for {payload} B payload: ratio "
-                    f"{row['ratio']}, resync kinds p/d/f={row.get('partial_syncs')}/"
-                    f"{row.get('dirty_key_syncs')}/{row.get('full_syncs')} arrived after {row['heal_to_applied_s']}")
+                    f"{rnd(row['ratio'], 2)}, resync kinds p/d/f={row.get('partial_syncs')}/"
+                    f"{row.get('dirty_key_syncs')}/{row.get('full_syncs')} arrived after {rnd(row['heal_to_applied_s'], 2)} s")
     finally:
         pair.stop()
         nat.stop()
@@ -1187,7 +1197,7 @@ def fig_b7(h):
                                          f"{B7_TIMEOUT}s cap before {B7_WRITES} writes")
                         runs.append(row)
                         log(f"  B7 {variant:3s} {test:5s} {cfg:6s} {rps:9.0f} rps writes={writes} size={size} "
-                            f"B/write={row.get('bytes_per_write', 0):.0f} drain={drain}")
+                            f"B/write={row.get('bytes_per_write', 0):.0f} drain={rnd(drain, 2)} s")
         finally:
             for t in topo.values():
                 t.stop()

@@ -9,6 +9,8 @@
 #   BISYNC_MODULE=path.so   module to load; default: cargo build --release, then
 #                           target/release/libredis_bisync.so
 #   OUT=BENCHMARKS.md       report path;  RESULTS_JSON=target/bench/results.json raw data
+#                           (QUICK: target/bench/BENCHMARKS-quick.md and results-quick.json, so a
+#                           smoke run never overwrites the committed BENCHMARKS.md)
 #   FIGURES=B1,B2,...       figures to run (default all: B1,B2,B3,B4,B5,B6,B7)
 #   REPEATS=5               repetitions per figure (QUICK: 1)
 #   BENCH_TIMEOUT=1800      hard limit for the whole run, seconds (QUICK: 600)
@@ -42,8 +44,14 @@ BISYNC_MODULE=$(cd "$(dirname "$BISYNC_MODULE")" && pwd)/$(basename "$BISYNC_MOD
 
 quick=${QUICK:-0}
 if [ "$quick" != 0 ]; then limit=${BENCH_TIMEOUT:-600}; else limit=${BENCH_TIMEOUT:-1800}; fi
-out=${OUT:-$root/BENCHMARKS.md}
-json=${RESULTS_JSON:-$root/target/bench/results.json}
+if [ "$quick" != 0 ]; then
+  out=${OUT:-$root/target/bench/BENCHMARKS-quick.md}
+  json=${RESULTS_JSON:-$root/target/bench/results-quick.json}
+else
+  out=${OUT:-$root/BENCHMARKS.md}
+  json=${RESULTS_JSON:-$root/target/bench/results.json}
+fi
+mkdir -p "$(dirname "$out")" "$(dirname "$json")"
 git_desc="$(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 if [ -n "$(git status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock build.rs 2>/dev/null)" ]; then
   git_desc="$git_desc (with uncommitted changes in src/ or Cargo files)"

@@ -19,10 +19,16 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "setup: missing ${need[*]}; run as root (or install them) and retry" >&2
     exit 1
   fi
-  echo "setup: installing ${need[*]}"
+  echo "setup: installing ${need[*]} with apt-get (quiet; about a minute)"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q
-  apt-get install -y -q "${need[@]}"
+  aptlog=$(mktemp)
+  if ! { apt-get update -qq && apt-get install -y -qq "${need[@]}"; } >"$aptlog" 2>&1; then
+    cat "$aptlog" >&2
+    rm -f "$aptlog"
+    echo "setup: apt-get failed (output above)" >&2
+    exit 1
+  fi
+  rm -f "$aptlog"
   # Debian's redis-server package starts a server on 6379; we do not need it.
   systemctl disable --now redis-server >/dev/null 2>&1 || true
 fi

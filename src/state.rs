@@ -7,6 +7,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -58,8 +59,9 @@ pub struct Shared {
     pub inbound_rx: Receiver<Inbound>,
     /// The peer's stream id our applied position refers to (0: none yet).
     pub peer_stream_id: AtomicU64,
-    /// Text of the last error, for `SYNC.STATUS`.
-    last_error: Mutex<String>,
+    /// Text of the last error and when it was last recorded, for
+    /// `SYNC.STATUS` (`last_error`, `last_error_age_ms`).
+    last_error: Mutex<(String, Option<Instant>)>,
     /// Set while the module is passive (this server is a replica).
     pub passive: AtomicBool,
     /// Set when the module stops: threads exit.
@@ -137,7 +139,7 @@ impl Shared {
             inbound_tx: tx,
             inbound_rx: rx,
             peer_stream_id: AtomicU64::new(0),
-            last_error: Mutex::new(String::new()),
+            last_error: Mutex::new((String::new(), None)),
             passive: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             resync_requested: AtomicBool::new(false),
@@ -178,10 +180,12 @@ impl Shared {
         self.outbox.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Record an error for `SYNC.STATUS`.
+    /// Record an error for `SYNC.STATUS`. The error is kept after the link
+    /// recovers (it says what went wrong last); its age says when, and the
+    /// same error happening again makes it young again.
     pub fn set_error(&self, msg: impl Into<String>) {
         let mut e = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
-        *e = msg.into();
+        *e = (msg.into(), Some(Instant::now()));
     }
 
     /// The last error text.
@@ -189,7 +193,18 @@ impl Shared {
         self.last_error
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .0
             .clone()
+    }
+
+    /// Milliseconds since the last error was recorded (0 if there was none).
+    pub fn last_error_age_ms(&self) -> u64 {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .map(|t| t.elapsed().as_millis().min(u64::MAX as u128) as u64)
+            .unwrap_or(0)
     }
 
     /// The peer's node id ("" before the first handshake).

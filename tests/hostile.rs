@@ -6,7 +6,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -21,17 +20,18 @@ use redis_bisync::core::protocol::{
 const T: Duration = Duration::from_secs(20);
 const SECRET: &str = "correct-horse-battery-staple-42";
 
-fn secret_file(content: &str) -> PathBuf {
-    let dir = fresh_dir("secret");
+/// A secret file in its own scratch dir (removed after a passing test) and its path.
+fn secret_file(content: &str) -> (TestDir, String) {
+    let dir = TestDir::new("secret");
     let p = dir.join("bisync.secret");
     std::fs::write(&p, content).expect("write secret file");
-    p
+    let p = p.to_str().expect("utf8 path").to_string();
+    (dir, p)
 }
 
 fn secured_pair() -> Pair {
-    let f = secret_file(SECRET);
-    let f = f.to_str().expect("utf8 path").to_string();
-    let pair = Pair::start_with(&["secret-file", &f], &[]);
+    let (dir, f) = secret_file(SECRET);
+    let pair = Pair::start_with(&["secret-file", &f], &[]).hold(dir);
     pair.wait_link_up(T);
     pair
 }
@@ -274,7 +274,7 @@ fn wrong_secret_gets_no_data_and_a_clear_error() {
     }
     wait_error(&pair, "failed authentication");
     // A real server with the wrong secret, dialing A: nothing reaches it.
-    let wrong = secret_file("a-different-secret-0123456789");
+    let (_wrong_dir, wrong) = secret_file("a-different-secret-0123456789");
     let lp = free_port();
     let c = ServerBuilder::new()
         .module_args([
@@ -285,7 +285,7 @@ fn wrong_secret_gets_no_data_and_a_clear_error() {
             "peer",
             &format!("127.0.0.1:{}", pair.a_link),
             "secret-file",
-            wrong.to_str().expect("utf8"),
+            wrong.as_str(),
         ])
         .start();
     let mut cc = c.conn();

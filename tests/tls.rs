@@ -8,7 +8,7 @@ mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -17,13 +17,14 @@ use redis::Commands;
 
 const T: Duration = Duration::from_secs(20);
 
-/// Run the documented certificate script into a fresh directory.
-fn make_certs(tag: &str) -> PathBuf {
-    let dir = fresh_dir(tag);
+/// Run the documented certificate script into a fresh directory (removed
+/// after a passing test).
+fn make_certs(tag: &str) -> TestDir {
+    let dir = TestDir::new(tag);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-test-certs.sh");
     let out = Command::new("bash")
         .arg(&script)
-        .arg(&dir)
+        .arg(dir.path())
         .args(["a", "b"])
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
@@ -323,4 +324,22 @@ fn a_tls_link_cut_and_healed_resumes_with_a_partial_resync() {
     pair.assert_converged(&[0], T);
     assert!(status_u64(&mut a, "partial_syncs") + status_u64(&mut b, "partial_syncs") >= 1);
     assert_eq!(status(&mut a)["link_security"], "tls");
+}
+
+#[test]
+fn a_tls_pair_named_by_host_verifies_that_name() {
+    // The test certificates name localhost; with `peer localhost:<port>` that
+    // name, not an IP, is what each dialer checks (the default tls-server-name).
+    let certs = make_certs("certs");
+    let pair = Pair::builder()
+        .host("localhost")
+        .module_args(tls_args(&certs, "{node}"))
+        .start();
+    pair.wait_link_up(T);
+    let (mut a, mut b) = pair.conns();
+    assert_eq!(status(&mut a)["link_security"], "tls");
+    let _: () = a.set("named", "1").unwrap();
+    wait_for("named on b", T, || {
+        b.get::<_, Option<String>>("named").ok().flatten().is_some()
+    });
 }

@@ -3,9 +3,9 @@
 //! Why pure: a bad argument must refuse the load with one clear line naming
 //! the argument and what is expected; that logic is tested here without Redis.
 
-use std::net::SocketAddr;
-
 use thiserror::Error;
+
+use super::endpoint::{self, Endpoint};
 
 /// A refused argument list; the text is the log line.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -50,6 +50,7 @@ pub const KNOWN: &[&str] = &[
     "tls-key-file",
     "tls-ca-file",
     "tls-server-name",
+    "insecure-allow-unauthenticated",
 ];
 
 /// The files that turn on TLS for the link (all three, or none).
@@ -62,7 +63,8 @@ pub struct TlsFiles {
     pub key: String,
     /// The CA certificate(s) the peer's certificate must chain to (PEM).
     pub ca: String,
-    /// The name the peer's certificate must carry; by default the peer's IP.
+    /// The name the peer's certificate must carry; by default the host of
+    /// `peer` (its DNS name, or its IP).
     pub server_name: Option<String>,
 }
 
@@ -71,10 +73,10 @@ pub struct TlsFiles {
 pub struct Config {
     /// This node's unique, stable id.
     pub node_id: String,
-    /// Address the link listens on.
-    pub listen: SocketAddr,
-    /// Address of the peer's link.
-    pub peer: SocketAddr,
+    /// Address the link listens on (a name is resolved once, at load).
+    pub listen: Endpoint,
+    /// Address of the peer's link (a name is resolved on every dial).
+    pub peer: Endpoint,
     /// Shared secret (from `secret` or read from `secret-file`), if any.
     pub secret: Option<Vec<u8>>,
     /// Path of the secret file, if given (shown instead of the secret).
@@ -93,6 +95,9 @@ pub struct Config {
     pub ship_evictions: bool,
     /// TLS for the link, if configured.
     pub tls: Option<TlsFiles>,
+    /// Protected mode is off: an unauthenticated link may use non-loopback
+    /// addresses (see [`crate::core::protect`]).
+    pub insecure_allow_unauthenticated: bool,
 }
 
 /// Defaults, documented in `redis.conf.example`.
@@ -127,11 +132,11 @@ pub fn parse_bytes(s: &str) -> Option<u64> {
     num.trim().parse::<u64>().ok()?.checked_mul(mult)
 }
 
-fn parse_addr(name: &'static str, v: &str) -> Result<SocketAddr, ConfigError> {
-    v.parse().map_err(|_| ConfigError::Invalid {
+fn parse_addr(name: &'static str, v: &str) -> Result<Endpoint, ConfigError> {
+    Endpoint::parse(v).ok_or_else(|| ConfigError::Invalid {
         name,
         value: v.to_string(),
-        why: "expected host:port with a numeric IP, e.g. 127.0.0.1:7101".into(),
+        why: endpoint::EXPECTED.into(),
     })
 }
 
@@ -196,6 +201,10 @@ pub fn valid_node_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
+fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.into()
+}
+
 /// Arguments that `CONFIG SET bisync.<name>` may change at run time.
 pub const RUNTIME: &[&str] = &[
     "backlog-size",
@@ -218,7 +227,8 @@ impl Config {
             "max-clock-skew" => self.max_clock_skew_ms.to_string(),
             "max-frame-size" => self.max_frame_size.to_string(),
             "apply-budget" => self.apply_budget.to_string(),
-            "ship-evictions" => if self.ship_evictions { "yes" } else { "no" }.into(),
+            "ship-evictions" => yes_no(self.ship_evictions),
+            "insecure-allow-unauthenticated" => yes_no(self.insecure_allow_unauthenticated),
             "tls-cert-file" => self
                 .tls
                 .as_ref()
@@ -275,6 +285,7 @@ impl Config {
         let mut cfg_frame = defaults::MAX_FRAME_SIZE;
         let mut cfg_budget = defaults::APPLY_BUDGET;
         let mut cfg_evict = false;
+        let mut cfg_insecure = false;
         let mut tls_cert = None;
         let mut tls_key = None;
         let mut tls_ca = None;
@@ -341,6 +352,7 @@ impl Config {
                 "max-frame-size" => cfg_frame = parse_u64(name, value, 1 << 16, 1 << 32, true)?,
                 "apply-budget" => cfg_budget = parse_u64(name, value, 1, 1 << 30, false)?,
                 "ship-evictions" => cfg_evict = parse_bool(name, value)?,
+                "insecure-allow-unauthenticated" => cfg_insecure = parse_bool(name, value)?,
                 "tls-cert-file" => tls_cert = Some(non_empty(name, value)?),
                 "tls-key-file" => tls_key = Some(non_empty(name, value)?),
                 "tls-ca-file" => tls_ca = Some(non_empty(name, value)?),
@@ -354,11 +366,11 @@ impl Config {
         ))?;
         let listen = listen.ok_or(ConfigError::Required(
             "listen",
-            "host:port the link listens on, e.g. listen 127.0.0.1:7101",
+            "host:port the link listens on, e.g. listen 10.0.0.1:7101",
         ))?;
         let peer = peer.ok_or(ConfigError::Required(
             "peer",
-            "host:port of the peer's link, e.g. peer 127.0.0.1:7102",
+            "host:port of the peer's link, e.g. peer 10.0.0.2:7101 or peer redis-b.example:7101",
         ))?;
         if listen == peer {
             return Err(ConfigError::Invalid {
@@ -412,6 +424,7 @@ impl Config {
             apply_budget: cfg_budget,
             ship_evictions: cfg_evict,
             tls,
+            insecure_allow_unauthenticated: cfg_insecure,
         })
     }
 }
@@ -439,7 +452,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.node_id, "a");
-        assert_eq!(c.listen.port(), 7101);
+        assert_eq!(c.listen.port, 7101);
+        assert!(!c.insecure_allow_unauthenticated);
         assert_eq!(c.backlog_size, defaults::BACKLOG_SIZE);
         assert!(c.secret.is_none());
     }
@@ -471,7 +485,19 @@ mod tests {
             ("node-id a listen 127.0.0.1:1", "'peer' is required"),
             (
                 "node-id a listen nowhere peer 127.0.0.1:2",
-                "argument 'listen'",
+                "argument 'listen': expected host:port, host a numeric IP or a DNS name",
+            ),
+            (
+                "node-id a listen 127.0.0.1:1 peer bad_name:2",
+                "argument 'peer': expected host:port",
+            ),
+            (
+                "node-id a listen localhost:1 peer LOCALHOST:1",
+                "must differ",
+            ),
+            (
+                "node-id a listen 127.0.0.1:1 peer 127.0.0.1:2 insecure-allow-unauthenticated sure",
+                "argument 'insecure-allow-unauthenticated'",
             ),
             (
                 "node-id a listen 127.0.0.1:1 peer 127.0.0.1:2 bogus 1",
@@ -573,6 +599,20 @@ mod tests {
         );
         assert_eq!(t.server_name.as_deref(), Some("node-b"));
         assert_eq!(c.display("tls-ca-file").unwrap(), "ca.crt");
+    }
+
+    #[test]
+    fn peers_by_host_name() {
+        let c = Config::parse(
+            &args("node-id a listen localhost:7111 peer redis-b.example:7112 insecure-allow-unauthenticated yes"),
+            no_file,
+        )
+        .unwrap();
+        assert_eq!(c.peer.host, "redis-b.example");
+        assert_eq!(c.peer.port, 7112);
+        assert_eq!(c.display("listen").unwrap(), "localhost:7111");
+        assert_eq!(c.display("peer").unwrap(), "redis-b.example:7112");
+        assert_eq!(c.display("insecure-allow-unauthenticated").unwrap(), "yes");
     }
 
     #[test]

@@ -3,11 +3,10 @@
 //! Why one list of fields for both: operators read either, and the two
 //! must never disagree.
 
-use std::collections::BTreeMap;
 use std::ffi::CString;
+use std::os::raw::c_long;
 use std::sync::atomic::Ordering;
 
-use redis_module::redisvalue::RedisValueKey;
 use redis_module::{raw, Context, InfoContext, RedisError, RedisResult, RedisString, RedisValue};
 
 use super::node::with_node;
@@ -27,7 +26,10 @@ pub enum Field {
     Num(u64),
 }
 
-/// Every status field, in display order.
+/// Every status field, in display order: who (node, version, peer, link
+/// state) first, then the stream positions, the counters, and what went
+/// wrong last. The README table lists them in this same order (a test
+/// checks it), and both `SYNC.STATUS` and `INFO bisync` keep it.
 pub fn status_fields(shared: &Shared) -> Vec<(&'static str, Field)> {
     use Field::{Num, Text};
     let s = &shared.stats;
@@ -58,9 +60,9 @@ pub fn status_fields(shared: &Shared) -> Vec<(&'static str, Field)> {
         ("node_id", Text(shared.config.node_id.clone())),
         ("version", Text(VERSION.to_string())),
         ("peer", Text(shared.config.peer.to_string())),
+        ("link", Text(s.link().as_str().to_string())),
         ("peer_node_id", Text(shared.peer_node_id())),
         ("listen", Text(shared.config.listen.to_string())),
-        ("link", Text(s.link().as_str().to_string())),
         (
             "link_security",
             Text(
@@ -85,8 +87,8 @@ pub fn status_fields(shared: &Shared) -> Vec<(&'static str, Field)> {
             ),
         ),
         ("stream_id", Text(format!("{:016x}", shared.stream_id))),
-        ("sent_seq", Num(Stats::get(&s.sent_seq))),
         ("issued_seq", Num(sent_seq)),
+        ("sent_seq", Num(Stats::get(&s.sent_seq))),
         ("acked_seq", Num(acked)),
         ("applied_seq", Num(applied)),
         ("backlog_bytes", Num(backlog as u64)),
@@ -104,24 +106,28 @@ pub fn status_fields(shared: &Shared) -> Vec<(&'static str, Field)> {
         ("link_errors", Num(Stats::get(&s.link_errors))),
         ("next_resync", Text(next.to_string())),
         ("last_error", Text(shared.last_error())),
+        ("last_error_age_ms", Num(shared.last_error_age_ms())),
     ]
 }
 
-/// `SYNC.STATUS`: a map (RESP2: a flat field/value array).
-pub fn sync_status(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+/// `SYNC.STATUS`: a map (RESP2: a flat field/value array), in the order of
+/// [`status_fields`]. Written field by field because the crate's map
+/// replies sort their keys.
+pub fn sync_status(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     if args.len() != 1 {
         return Err(RedisError::WrongArity);
     }
     let shared = Shared::get().ok_or(RedisError::Str("ERR bisync is not initialised"))?;
-    let mut map = BTreeMap::new();
-    for (k, v) in status_fields(shared) {
-        let v = match v {
+    let fields = status_fields(shared);
+    raw::reply_with_map(ctx.ctx, fields.len() as c_long);
+    for (k, v) in fields {
+        ctx.reply(Ok(RedisValue::BulkString(k.to_string())));
+        ctx.reply(Ok(match v {
             Field::Text(t) => RedisValue::BulkString(t),
             Field::Num(n) => RedisValue::Integer(n.min(i64::MAX as u64) as i64),
-        };
-        map.insert(RedisValueKey::String(k.to_string()), v);
+        }));
     }
-    Ok(RedisValue::OrderedMap(map))
+    Ok(RedisValue::NoReply)
 }
 
 /// `SYNC.PAIR SOURCE`: at the next first contact, this node's data wins

@@ -10,6 +10,7 @@ use redis_module::{raw, Context, RedisString, Status};
 
 use super::{capture, events, ffi, guard};
 use crate::core::config::Config;
+use crate::core::protect;
 use crate::log;
 use crate::state::Shared;
 
@@ -71,6 +72,10 @@ fn init_inner(ctx: &Context, args: &[RedisString]) -> Status {
         log::warning(
             "refusing to load: cluster mode is not supported yet (pair two standalone servers)",
         );
+        return Status::Err;
+    }
+    if let Some(why) = protect::refusal(&config, crate::link::dial::lookup) {
+        log::warning(&format!("refusing to load: {why}"));
         return Status::Err;
     }
     if config.secret.is_none() {

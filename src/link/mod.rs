@@ -6,23 +6,26 @@
 //! (this connection's thread) draining the outbox FIFO, and a reader
 //! pushing inbound frames to the main thread.
 
+pub mod dial;
 pub mod fds;
 pub mod handshake;
 mod session;
 pub mod tls;
 pub mod transport;
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use crate::core::protect;
 use crate::core::stats::{LinkState, Stats};
 use crate::log;
 use crate::state::Shared;
 
+use dial::DialError;
 pub use session::Direction;
 use tls::TlsSettings;
 
@@ -37,14 +40,16 @@ static HANDSHAKES: AtomicUsize = AtomicUsize::new(0);
 pub fn start(shared: Arc<Shared>) -> Result<(), String> {
     fds::install_fork_hook();
     let tls = match &shared.config.tls {
-        Some(files) => Some(Arc::new(tls::load(files, shared.config.peer.ip())?)),
+        Some(files) => Some(Arc::new(tls::load(files, &shared.config.peer)?)),
         None => None,
     };
     if tls.is_none() {
         log::notice("the link is not encrypted (set tls-cert-file, tls-key-file and tls-ca-file to encrypt it)");
     }
-    let listener = TcpListener::bind(shared.config.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", shared.config.listen))?;
+    // A host name is resolved here, once; the first address that binds is used.
+    let listen = &shared.config.listen;
+    let listener = TcpListener::bind((listen.host.as_str(), listen.port))
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let s1 = shared.clone();
     thread::Builder::new()
         .name("bisync-listen".into())
@@ -115,7 +120,7 @@ fn dial_loop(shared: Arc<Shared>, tls: Option<Arc<TlsSettings>>) {
         if shared.stats.link() == LinkState::Down {
             shared.stats.set_link(LinkState::Connecting);
         }
-        match TcpStream::connect_timeout(&shared.config.peer, Duration::from_secs(2)) {
+        match dial::connect(&shared.config.peer, protect::protected(&shared.config)) {
             Ok(stream) => {
                 HANDSHAKES.fetch_add(1, Ordering::AcqRel);
                 let ok = session::run(
@@ -131,7 +136,17 @@ fn dial_loop(shared: Arc<Shared>, tls: Option<Arc<TlsSettings>>) {
                 }
             }
             Err(e) => {
-                log::verbose(&format!("cannot reach peer {}: {e}", shared.config.peer));
+                match e {
+                    DialError::Unreachable(why) => log::verbose(&why),
+                    DialError::Refused(why) => {
+                        // Logged at warning level once per distinct reason;
+                        // recorded every time (its age says it is current).
+                        if shared.last_error() != why {
+                            log::warning(&why);
+                        }
+                        shared.set_error(why);
+                    }
+                }
                 if !session::active() {
                     shared.stats.set_link(LinkState::Connecting);
                 }

@@ -8,7 +8,6 @@
 //! well-reviewed provider that needs no extra build tools, and one protocol
 //! version to reason about between two nodes we configure together.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
@@ -19,6 +18,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use crate::core::config::TlsFiles;
+use crate::core::endpoint::Endpoint;
 
 /// Everything a connection needs to speak TLS, shared by all connections.
 pub struct TlsSettings {
@@ -58,8 +58,9 @@ fn certs(arg: &str, path: &str) -> Result<Vec<CertificateDer<'static>>, String> 
 }
 
 /// Build the TLS settings from the configured files; the error names the
-/// argument at fault.
-pub fn load(files: &TlsFiles, peer_ip: IpAddr) -> Result<TlsSettings, String> {
+/// argument at fault. Without `tls-server-name` the peer's certificate must
+/// carry the host of `peer` as configured: its DNS name, or its IP.
+pub fn load(files: &TlsFiles, peer: &Endpoint) -> Result<TlsSettings, String> {
     let chain = certs("tls-cert-file", &files.cert)?;
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
         format!(
@@ -77,12 +78,7 @@ pub fn load(files: &TlsFiles, peer_ip: IpAddr) -> Result<TlsSettings, String> {
         })?;
     }
     let roots = Arc::new(roots);
-    let server_name = match &files.server_name {
-        Some(name) => ServerName::try_from(name.clone()).map_err(|e| {
-            format!("argument 'tls-server-name': '{name}' is not a DNS name or IP address ({e})")
-        })?,
-        None => ServerName::IpAddress(peer_ip.into()),
-    };
+    let server_name = server_name(files, peer)?;
 
     let client_verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
         .build()
@@ -112,6 +108,27 @@ pub fn load(files: &TlsFiles, peer_ip: IpAddr) -> Result<TlsSettings, String> {
     })
 }
 
+/// The name the peer's certificate must carry when this node dials it:
+/// `tls-server-name`, else the host of `peer` (DNS name or IP).
+fn server_name(files: &TlsFiles, peer: &Endpoint) -> Result<ServerName<'static>, String> {
+    match &files.server_name {
+        Some(name) => ServerName::try_from(name.clone()).map_err(|e| {
+            format!("argument 'tls-server-name': '{name}' is not a DNS name or IP address ({e})")
+        }),
+        None => match peer.ip() {
+            Some(ip) => Ok(ServerName::IpAddress(ip.into())),
+            None => {
+                ServerName::try_from(peer.host.trim_end_matches('.').to_string()).map_err(|e| {
+                    format!(
+                    "argument 'peer': '{}' cannot be a TLS server name ({e}); set tls-server-name",
+                    peer.host
+                )
+                })
+            }
+        },
+    }
+}
+
 fn key_error(files: &TlsFiles, e: rustls::Error) -> String {
     format!(
         "argument 'tls-key-file': the key in '{}' does not fit the certificate in '{}' ({e})",
@@ -132,10 +149,34 @@ mod tests {
         }
     }
 
+    fn peer() -> Endpoint {
+        Endpoint::parse("127.0.0.1:7101").unwrap()
+    }
+
+    #[test]
+    fn the_peer_host_is_the_default_server_name() {
+        let dir = std::path::Path::new("/nonexistent");
+        let named = Endpoint::parse("redis-b.example:7101").unwrap();
+        assert_eq!(
+            server_name(&files(dir), &named).unwrap(),
+            ServerName::try_from("redis-b.example").unwrap()
+        );
+        assert_eq!(
+            server_name(&files(dir), &peer()).unwrap(),
+            ServerName::try_from("127.0.0.1").unwrap()
+        );
+        let mut explicit = files(dir);
+        explicit.server_name = Some("node-b".into());
+        assert_eq!(
+            server_name(&explicit, &named).unwrap(),
+            ServerName::try_from("node-b").unwrap()
+        );
+    }
+
     #[test]
     fn missing_files_name_the_argument() {
         let dir = std::env::temp_dir().join(format!("bisync-tls-missing-{}", std::process::id()));
-        let err = load(&files(&dir), "127.0.0.1".parse().unwrap()).unwrap_err();
+        let err = load(&files(&dir), &peer()).unwrap_err();
         assert!(err.contains("'tls-cert-file'"), "{err}");
     }
 
@@ -144,7 +185,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("bisync-tls-garbage-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("a.crt"), b"not a certificate\n").unwrap();
-        let err = load(&files(&dir), "127.0.0.1".parse().unwrap()).unwrap_err();
+        let err = load(&files(&dir), &peer()).unwrap_err();
         assert!(
             err.contains("'tls-cert-file'") && err.contains("no PEM"),
             "{err}"

@@ -232,6 +232,50 @@ pub fn fresh_dir(tag: &str) -> PathBuf {
     dir
 }
 
+/// A scratch directory (secrets, certificates) owned by a test: removed when the guard is dropped
+/// after a passing test, kept — and its path printed — when the test is failing, so nothing a
+/// passing test wrote (secrets included) is left in the temp directory.
+#[derive(Debug)]
+pub struct TestDir {
+    path: PathBuf,
+}
+
+impl TestDir {
+    /// A fresh directory (see [`fresh_dir`] for its name).
+    pub fn new(tag: &str) -> TestDir {
+        TestDir {
+            path: fresh_dir(tag),
+        }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `name` inside the directory.
+    pub fn join(&self, name: impl AsRef<Path>) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl std::ops::Deref for TestDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("test dir kept for inspection: {}", self.path.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
 /// Milliseconds since the Unix epoch, e.g. to compute `PEXPIREAT` deadlines in tests.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -834,6 +878,8 @@ pub struct Pair {
     pub a_to_b: Option<Proxy>,
     /// Proxy that `b`'s `peer` points at (forwards to `a_link`), if proxied.
     pub b_to_a: Option<Proxy>,
+    /// Scratch dirs the servers use (secrets, certificates), removed after the servers stop.
+    dirs: Vec<TestDir>,
 }
 
 /// Configures a [`Pair`]: extra module/server args shared by both sides and how peers are dialed.
@@ -844,6 +890,7 @@ pub struct PairBuilder {
     env: Vec<(String, String)>,
     proxied: bool,
     via: Option<Box<dyn FnMut(u16) -> u16>>,
+    host: Option<String>,
 }
 
 impl PairBuilder {
@@ -876,6 +923,13 @@ impl PairBuilder {
     /// An environment variable for both servers (see [`ServerBuilder::env`]).
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// The host written in both sides' `listen` and `peer` (default `127.0.0.1`), e.g.
+    /// `localhost` to run the pair with host names.
+    pub fn host(mut self, host: &str) -> Self {
+        self.host = Some(host.to_string());
         self
     }
 
@@ -917,18 +971,20 @@ impl PairBuilder {
             b_link,
             a_to_b,
             b_to_a,
+            dirs: Vec::new(),
         }
     }
 
     /// Starts one side with its node id, listen port and dialed port.
     fn side(&self, node: &str, listen: u16, dial: u16) -> Server {
+        let host = self.host.as_deref().unwrap_or("127.0.0.1");
         let mut args = vec![
             "node-id".to_string(),
             node.to_string(),
             "listen".to_string(),
-            format!("127.0.0.1:{listen}"),
+            format!("{host}:{listen}"),
             "peer".to_string(),
-            format!("127.0.0.1:{dial}"),
+            format!("{host}:{dial}"),
         ];
         args.extend(self.module_args.iter().map(|a| a.replace("{node}", node)));
         let mut b = ServerBuilder::new()
@@ -969,6 +1025,13 @@ impl Pair {
     /// A pair whose peer connections both go through a [`Proxy`] (`a_to_b`, `b_to_a`).
     pub fn start_proxied() -> Pair {
         PairBuilder::new().proxied().start()
+    }
+
+    /// Keep `dir` (a secret, certificates the servers read) until the pair is dropped: it is
+    /// removed after both servers stopped, or kept if the test fails.
+    pub fn hold(mut self, dir: TestDir) -> Pair {
+        self.dirs.push(dir);
+        self
     }
 
     /// New connections to `a` and `b`.
