@@ -1,0 +1,332 @@
+//! Which keys recent batches changed, in both streams, within a byte budget.
+//!
+//! Why: a node restarted from a snapshot knows how far its data goes in
+//! both streams (its own batches and the peer's it had applied). If the
+//! survivor remembers which keys every batch after those positions touched,
+//! it can send current images of exactly those keys instead of its whole
+//! dataset (DESIGN §10, "restart without a full resync"). The memory is
+//! bounded like Redis's `repl-backlog-size`: the oldest batches are
+//! forgotten first, and the *floor* of each window says from where on the
+//! record is complete, which is what decides between a resume and a full
+//! resync ([`History::changed_since`]).
+//!
+//! Two windows, one budget: the survivor's own batches (what the restarted
+//! node's snapshot may lack) and the batches it applied from the peer (what
+//! the restarted node wrote after its snapshot and lost). A flush is not a
+//! set of keys: a window that holds one cannot describe the change by keys,
+//! so a resume across it is refused.
+
+use std::collections::{HashSet, VecDeque};
+
+use crate::core::table_key::TableKey;
+
+/// Bytes counted per recorded key beyond its own bytes (the vector slot,
+/// the hash-set probe later): keeps the budget honest for short keys.
+const KEY_OVERHEAD: usize = 32;
+/// Bytes counted per recorded batch.
+const BATCH_OVERHEAD: usize = 48;
+
+/// What one batch changed.
+#[derive(Debug, Clone)]
+enum Change {
+    /// These keys were written or deleted.
+    Keys(Vec<TableKey>),
+    /// A whole db (or all of them) was flushed or swapped.
+    WholeDb,
+}
+
+/// The batches of one stream after `floor`, oldest first.
+#[derive(Debug, Default)]
+struct Window {
+    /// The stream these seqs belong to (0: none yet).
+    stream_id: u64,
+    /// Every batch with a seq above this is recorded (none below).
+    floor: u64,
+    batches: VecDeque<(u64, Change, usize)>,
+    bytes: usize,
+}
+
+impl Window {
+    fn record(&mut self, stream_id: u64, seq: u64, change: Change) -> usize {
+        if stream_id != self.stream_id {
+            // Another stream (the peer restarted without its state, or this
+            // node took a new one): nothing recorded so far describes it.
+            *self = Window {
+                stream_id,
+                floor: seq.saturating_sub(1),
+                ..Window::default()
+            };
+        }
+        let cost = cost(&change);
+        self.batches.push_back((seq, change, cost));
+        self.bytes += cost;
+        cost
+    }
+
+    fn evict_oldest(&mut self) {
+        if let Some((seq, _, cost)) = self.batches.pop_front() {
+            self.floor = seq;
+            self.bytes -= cost;
+        }
+    }
+
+    fn oldest(&self) -> Option<u64> {
+        self.batches.front().map(|(s, _, _)| *s)
+    }
+
+    /// Keys changed by batches after `after`, if the window knows them all.
+    fn since(&self, stream_id: u64, after: u64, out: &mut HashSet<TableKey>) -> Result<(), Gap> {
+        if stream_id != self.stream_id {
+            return Err(Gap::OtherStream);
+        }
+        if after < self.floor {
+            return Err(Gap::Forgotten {
+                needed_after: after,
+                floor: self.floor,
+            });
+        }
+        for (seq, change, _) in &self.batches {
+            if *seq <= after {
+                continue;
+            }
+            match change {
+                Change::Keys(keys) => out.extend(keys.iter().cloned()),
+                Change::WholeDb => return Err(Gap::Flush { seq: *seq }),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn cost(change: &Change) -> usize {
+    BATCH_OVERHEAD
+        + match change {
+            Change::Keys(keys) => keys.iter().map(|k| k.packed().len() + KEY_OVERHEAD).sum(),
+            Change::WholeDb => 0,
+        }
+}
+
+/// Why the history cannot name the keys changed after a position.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Gap {
+    /// The position refers to a stream this history does not hold.
+    #[error("the position refers to another stream")]
+    OtherStream,
+    /// Batches after the position were forgotten (budget).
+    #[error("batches after seq {needed_after} are no longer remembered (history starts after seq {floor}; raise history-size)")]
+    Forgotten {
+        /// The position asked about.
+        needed_after: u64,
+        /// The history is complete only after this seq.
+        floor: u64,
+    },
+    /// A flush or swap after the position changed whole dbs.
+    #[error("a flush or swap (batch {seq}) changed whole databases after that position")]
+    Flush {
+        /// The batch that carried it.
+        seq: u64,
+    },
+}
+
+/// The survivor's record of recent changes; see the module doc.
+#[derive(Debug)]
+pub struct History {
+    own: Window,
+    applied: Window,
+    budget: usize,
+}
+
+impl History {
+    /// An empty history that keeps at most `budget` bytes.
+    pub fn new(budget: usize) -> History {
+        History {
+            own: Window::default(),
+            applied: Window::default(),
+            budget,
+        }
+    }
+
+    /// Change the budget (CONFIG SET); shrinking forgets the oldest batches now.
+    pub fn set_budget(&mut self, budget: usize) {
+        self.budget = budget;
+        self.trim();
+    }
+
+    /// Bytes held (reported in SYNC.STATUS).
+    pub fn bytes(&self) -> usize {
+        self.own.bytes + self.applied.bytes
+    }
+
+    /// This node issued batch `seq` of its stream `stream_id`, touching `keys`
+    /// (`whole_db`: it carried a flush or swap).
+    pub fn record_own(&mut self, stream_id: u64, seq: u64, keys: Vec<TableKey>, whole_db: bool) {
+        let change = if whole_db {
+            Change::WholeDb
+        } else {
+            Change::Keys(keys)
+        };
+        self.own.record(stream_id, seq, change);
+        self.trim();
+    }
+
+    /// This node applied batch `seq` of the peer's stream `stream_id`.
+    pub fn record_applied(
+        &mut self,
+        stream_id: u64,
+        seq: u64,
+        keys: Vec<TableKey>,
+        whole_db: bool,
+    ) {
+        let change = if whole_db {
+            Change::WholeDb
+        } else {
+            Change::Keys(keys)
+        };
+        self.applied.record(stream_id, seq, change);
+        self.trim();
+    }
+
+    /// Every key changed after `own_after` in this node's stream and after
+    /// `applied_after` in the peer's stream `peer_stream`, or why the
+    /// history cannot say.
+    pub fn changed_since(
+        &self,
+        own_stream: u64,
+        own_after: u64,
+        peer_stream: u64,
+        applied_after: u64,
+    ) -> Result<HashSet<TableKey>, Gap> {
+        let mut keys = HashSet::new();
+        self.own.since(own_stream, own_after, &mut keys)?;
+        self.applied.since(peer_stream, applied_after, &mut keys)?;
+        Ok(keys)
+    }
+
+    /// Forget the oldest batches, the older window first, until within budget.
+    fn trim(&mut self) {
+        while self.bytes() > self.budget {
+            let w = match (self.own.oldest(), self.applied.oldest()) {
+                (None, None) => return,
+                (Some(_), None) => &mut self.own,
+                (None, Some(_)) => &mut self.applied,
+                // Forget from the window that holds more: neither starves.
+                _ if self.own.bytes >= self.applied.bytes => &mut self.own,
+                _ => &mut self.applied,
+            };
+            w.evict_oldest();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn k(s: &str) -> TableKey {
+        TableKey::new(0, s.as_bytes())
+    }
+
+    fn set(keys: &HashSet<TableKey>) -> Vec<String> {
+        let mut v: Vec<String> = keys
+            .iter()
+            .map(|t| String::from_utf8_lossy(t.key()).into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn names_the_keys_after_both_positions() {
+        let mut h = History::new(1 << 20);
+        h.record_own(7, 1, vec![k("a")], false);
+        h.record_own(7, 2, vec![k("b")], false);
+        h.record_applied(9, 1, vec![k("x")], false);
+        h.record_applied(9, 2, vec![k("y"), k("b")], false);
+        let got = h.changed_since(7, 1, 9, 1).expect("covered");
+        assert_eq!(set(&got), ["b", "y"]);
+        let got = h.changed_since(7, 0, 9, 2).expect("covered");
+        assert_eq!(set(&got), ["a", "b"]);
+    }
+
+    #[test]
+    fn another_stream_is_not_covered() {
+        let mut h = History::new(1 << 20);
+        h.record_own(7, 1, vec![k("a")], false);
+        h.record_applied(9, 1, vec![k("x")], false);
+        assert_eq!(h.changed_since(8, 0, 9, 0), Err(Gap::OtherStream));
+        assert_eq!(h.changed_since(7, 0, 10, 0), Err(Gap::OtherStream));
+        // The peer's new stream replaces the old record; it starts where
+        // the first batch of it was seen.
+        h.record_applied(10, 5, vec![k("z")], false);
+        assert!(h.changed_since(7, 0, 10, 4).is_ok());
+        assert!(matches!(
+            h.changed_since(7, 0, 10, 3),
+            Err(Gap::Forgotten { floor: 4, .. })
+        ));
+    }
+
+    #[test]
+    fn a_flush_after_the_position_refuses_a_resume() {
+        let mut h = History::new(1 << 20);
+        h.record_own(7, 1, vec![k("a")], false);
+        h.record_own(7, 2, vec![], true);
+        h.record_own(7, 3, vec![k("b")], false);
+        h.record_applied(9, 1, vec![], false);
+        assert_eq!(h.changed_since(7, 1, 9, 0), Err(Gap::Flush { seq: 2 }));
+        assert!(h.changed_since(7, 2, 9, 0).is_ok());
+    }
+
+    #[test]
+    fn the_budget_forgets_the_oldest_and_says_so() {
+        let mut h = History::new(10 * (BATCH_OVERHEAD + KEY_OVERHEAD + 2));
+        for seq in 1..=100 {
+            h.record_own(7, seq, vec![k(&format!("{:02}", seq % 100))], false);
+        }
+        h.record_applied(9, 1, vec![], false);
+        assert!(h.bytes() <= 10 * (BATCH_OVERHEAD + KEY_OVERHEAD + 2));
+        match h.changed_since(7, 50, 9, 0) {
+            Err(Gap::Forgotten { floor, .. }) => assert!(floor > 50 && floor <= 91),
+            other => panic!("{other:?}"),
+        }
+        assert!(h.changed_since(7, 95, 9, 0).is_ok());
+        h.set_budget(0);
+        assert_eq!(h.bytes(), 0);
+    }
+
+    proptest! {
+        /// Whatever the budget, an answer is either complete (every key of
+        /// every batch after both positions) or a gap: never a partial set.
+        #[test]
+        fn an_answer_is_complete_or_refused(
+            own in prop::collection::vec(prop::collection::vec(0u8..20, 0..4), 0..40),
+            applied in prop::collection::vec(prop::collection::vec(0u8..20, 0..4), 0..40),
+            budget in 0usize..4000,
+            own_after in 0u64..45,
+            applied_after in 0u64..45,
+        ) {
+            let mut h = History::new(budget);
+            let key = |b: &u8| k(&format!("k{b}"));
+            // Interleave the two streams as a live node would.
+            for i in 0..own.len().max(applied.len()) {
+                if let Some(keys) = own.get(i) {
+                    h.record_own(1, i as u64 + 1, keys.iter().map(key).collect(), false);
+                }
+                if let Some(keys) = applied.get(i) {
+                    h.record_applied(2, i as u64 + 1, keys.iter().map(key).collect(), false);
+                }
+            }
+            prop_assert!(h.bytes() <= budget);
+            let expected: HashSet<TableKey> = own
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i as u64 + 1 > own_after)
+                .chain(applied.iter().enumerate().filter(|(i, _)| *i as u64 + 1 > applied_after))
+                .flat_map(|(_, keys)| keys.iter().map(key))
+                .collect();
+            if let Ok(got) = h.changed_since(1, own_after, 2, applied_after) {
+                prop_assert_eq!(set(&got), set(&expected));
+            }
+        }
+    }
+}
