@@ -24,6 +24,18 @@ fn dbsize(c: &mut redis::Connection) -> i64 {
     redis::cmd("DBSIZE").query(c).expect("DBSIZE")
 }
 
+/// Wait until `c` refuses to pair and its `last_error` says what to run.
+fn wait_for_refusal(c: &mut redis::Connection, who: &str) {
+    wait_for_state(&format!("{who}'s refusal explains what to do"), T, || {
+        let e = status(c).get("last_error").cloned().unwrap_or_default();
+        if e.contains("SYNC.PAIR SOURCE") {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    });
+}
+
 /// Start two servers without linking them (each `peer` points nowhere yet).
 fn unpaired() -> (ServerBuilder, ServerBuilder, u16, u16) {
     let (la, lb) = (free_port(), free_port());
@@ -103,20 +115,8 @@ fn two_nodes_with_data_refuse_until_the_operator_chooses_once(run: usize) {
     for p in proxies.borrow().iter() {
         p.pass();
     }
-    for (name, c) in [("A", &mut ca), ("B", &mut cb)] {
-        wait_for_state(
-            &format!("run {run}: {name}'s refusal explains what to do"),
-            T,
-            || {
-                let e = status(c).get("last_error").cloned().unwrap_or_default();
-                if e.contains("SYNC.PAIR SOURCE") {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            },
-        );
-    }
+    wait_for_refusal(&mut ca, &format!("run {run}: A"));
+    wait_for_refusal(&mut cb, &format!("run {run}: B"));
     assert_eq!(dbsize(&mut cb), 50, "run {run}: nothing merged silently");
     assert_eq!(dbsize(&mut ca), 100, "run {run}: nothing merged silently");
     let _: () = redis::cmd("SYNC.PAIR")
@@ -194,17 +194,7 @@ fn a_node_written_during_its_first_handshake_does_not_merge() {
         status(&mut cb)["link"] == "handshake"
     });
     load(&mut cb, "onlyB", 50);
-    wait_for_state("the refusal explains what to do", T, || {
-        let e = status(&mut cb)
-            .get("last_error")
-            .cloned()
-            .unwrap_or_default();
-        if e.contains("SYNC.PAIR SOURCE") {
-            Ok(())
-        } else {
-            Err(e)
-        }
-    });
+    wait_for_refusal(&mut cb, "B");
     assert_eq!(dbsize(&mut cb), 50, "nothing merged silently");
     assert_eq!(dbsize(&mut ca), 100, "nothing merged silently");
     assert_eq!(status_u64(&mut cb, "full_syncs"), 0);
