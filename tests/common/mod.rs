@@ -178,17 +178,21 @@ pub fn redis_server_bin() -> PathBuf {
 /// given the same port twice even after the probe socket has been closed.
 static USED_PORTS: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
 
-/// A currently free 127.0.0.1 TCP port (the kernel picks it by binding port 0), never one already
-/// returned earlier in this process. The port is released before returning, so use it promptly.
+/// A currently free 127.0.0.1 TCP port (a random one that binds, below the ephemeral range),
+/// never one already returned earlier in this process. The port is released before returning, so use it promptly.
 pub fn free_port() -> u16 {
+    // Below the kernel's ephemeral range (32768-60999 here): a port handed
+    // out there can be taken by any outgoing connection's local end while
+    // its server is down, and a restart on the same port then fails with
+    // "Address already in use" (seen after kill -9 under parallel tests).
+    const LOW: u16 = 10_000;
+    const HIGH: u16 = 32_000;
     for _ in 0..1000 {
-        let listener =
-            TcpListener::bind("127.0.0.1:0").expect("cannot bind 127.0.0.1:0 to find a free port");
-        let port = listener
-            .local_addr()
-            .expect("local_addr of a bound listener")
-            .port();
-        if lock(&USED_PORTS).insert(port) {
+        let port = LOW + (rand::random::<u16>() % (HIGH - LOW));
+        if lock(&USED_PORTS).contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && lock(&USED_PORTS).insert(port) {
             return port;
         }
     }
