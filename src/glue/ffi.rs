@@ -61,7 +61,10 @@ fn read_key_with(ctx: &Context, key: &[u8], with_string: bool) -> Option<KeyRead
         if name.is_null() {
             return None;
         }
-        let mode = (raw::REDISMODULE_READ | raw::REDISMODULE_OPEN_KEY_NOTOUCH) as c_int;
+        // Our own reads must not change what clients see: no LRU/LFU touch, and on 7.2+ no
+        // lazy expiry (which would delete the key and propagate a DEL out of order), no
+        // keyspace hit/miss counts.
+        let mode = raw::REDISMODULE_READ as c_int | super::server::quiet_open_flags();
         let k = open(ctx.ctx, name, mode);
         let out = if k.is_null() {
             KeyRead {
