@@ -15,6 +15,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 builds="${BUILDS:-../shared/redis-builds}"
+# Absolute: the test harness starts each server from inside its data dir.
+[ -d "$builds" ] && builds="$(cd "$builds" && pwd)"
 threads="${TEST_THREADS:-3}"
 
 echo "== cargo fmt --check"

@@ -229,7 +229,16 @@ fn apply_batch(
 /// Drain the inbound queue within the per-iteration budget: batches are
 /// applied whole, acks prune the backlog and the table. Returns true if
 /// work is left for the next iteration.
-pub fn apply_inbound(ctx: &Context) -> bool {
+///
+/// At most `queued` messages are taken: those that were already queued when
+/// the before-sleep event began. From 7.2 the server's command clock
+/// (`commandTimeSnapshot`, read by e.g. `XCLAIM … TIME`, which clamps a time
+/// "in the future" to it) is fixed when a module event starts and not
+/// refreshed by nested calls; an image that arrived after that moment can
+/// carry a later time than the clock and would be clamped (a stream's
+/// delivery times differed between the sides). Later arrivals wait one
+/// iteration, which starts with a fresh clock.
+pub fn apply_inbound(ctx: &Context, queued: usize) -> bool {
     let Some(shared) = Shared::get() else {
         return false;
     };
@@ -239,7 +248,9 @@ pub fn apply_inbound(ctx: &Context) -> bool {
     let mut peer_node = String::new();
     let mut any_batch = false;
     let mut propagate = None;
-    while done < budget {
+    let mut taken = 0usize;
+    while done < budget && taken < queued {
+        taken += 1;
         let msg = match shared.inbound_rx.try_recv() {
             Ok(m) => m,
             Err(_) => break,

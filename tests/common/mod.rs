@@ -157,7 +157,8 @@ pub fn redis_server_bin_for(name: &str) -> PathBuf {
                 "${SERVER_B_ENV}={} does not exist",
                 p.display()
             );
-            return p;
+            // Absolute: a server is started from inside its data dir.
+            return fs::canonicalize(&p).unwrap_or(p);
         }
     }
     redis_server_bin()
@@ -171,7 +172,7 @@ pub fn redis_server_bin() -> PathBuf {
         if let Some(p) = std::env::var_os(var).filter(|v| !v.is_empty()) {
             let p = PathBuf::from(p);
             assert!(p.is_file(), "${var}={} does not exist", p.display());
-            return p;
+            return fs::canonicalize(&p).unwrap_or(p);
         }
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
