@@ -157,8 +157,9 @@ pub fn redis_server_bin_for(name: &str) -> PathBuf {
                 "${SERVER_B_ENV}={} does not exist",
                 p.display()
             );
-            // Absolute: a server is started from inside its data dir.
-            return fs::canonicalize(&p).unwrap_or(p);
+            // Absolute (not canonical: Debian's redis-server is a symlink whose name matters): a
+            // server is started from inside its data dir.
+            return std::path::absolute(&p).unwrap_or(p);
         }
     }
     redis_server_bin()
@@ -172,7 +173,7 @@ pub fn redis_server_bin() -> PathBuf {
         if let Some(p) = std::env::var_os(var).filter(|v| !v.is_empty()) {
             let p = PathBuf::from(p);
             assert!(p.is_file(), "${var}={} does not exist", p.display());
-            return fs::canonicalize(&p).unwrap_or(p);
+            return std::path::absolute(&p).unwrap_or(p);
         }
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
