@@ -1327,6 +1327,11 @@ fn snapshot_keys(
         } else {
             None
         };
+        let digest = if key_type == "zset" && std::env::var_os(SERVER_B_ENV).is_some() {
+            zset_digest(conn, key)?
+        } else {
+            digest
+        };
         out.insert(
             (db, key.clone()),
             KeyState {
@@ -1338,6 +1343,31 @@ fn snapshot_keys(
         );
     }
     Ok(())
+}
+
+/// A sorted set's members and scores, the scores as parsed numbers. Used instead of
+/// `DEBUG DIGEST-VALUE` when the two nodes run different versions: 7.0 digests a score printed
+/// with `%.17g` ("1.1000000000000001"), 7.2+ its shortest form ("1.1"), so the same sorted set
+/// has two digests.
+fn zset_digest(conn: &mut redis::Connection, key: &[u8]) -> Result<String, String> {
+    let items: Vec<(Vec<u8>, String)> = redis::cmd("ZRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query(conn)
+        .map_err(|e| format!("ZRANGE {}: {e}", show_key(key)))?;
+    let mut out = String::new();
+    for (member, score) in items {
+        let score: f64 = score
+            .parse()
+            .map_err(|e| format!("score {score:?} of {}: {e}", show_key(key)))?;
+        out.push_str(&format!(
+            "{:?}={score:?};",
+            String::from_utf8_lossy(&member)
+        ));
+    }
+    Ok(out)
 }
 
 /// A key as a quoted, escaped string for messages.
