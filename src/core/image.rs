@@ -5,7 +5,7 @@
 //! (same digest, same TTL, same consumer groups on both sides) and must
 //! never panic on whatever a peer sends; here they are tested without Redis.
 
-use super::protocol::{StreamConsumer, StreamGroup, StreamImage, Value};
+use super::protocol::{HashFields, StreamConsumer, StreamGroup, StreamImage, Value};
 
 /// An owned Redis reply (RESP2 shapes), detached from the server's memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +79,52 @@ pub fn pairs(r: &Reply) -> Result<Pairs, String> {
         out.push((a, b));
     }
     Ok(out)
+}
+
+/// Join a hash's field/value pairs (HGETALL) with the reply of `HPEXPIRETIME key FIELDS n
+/// f1..fn` for the same fields, in the same order: a hash image with field TTLs, or a plain
+/// [`Value::Hash`] when no field has one. A field the TTL reply says is missing (-2) or without
+/// a TTL (-1) gets none.
+pub fn hash_with_ttls(items: Pairs, ttls: &[i64]) -> Result<Value, String> {
+    if ttls.len() != items.len() {
+        return Err(format!(
+            "HPEXPIRETIME gave {} times for {} fields",
+            ttls.len(),
+            items.len()
+        ));
+    }
+    if ttls.iter().all(|t| *t < 0) {
+        return Ok(Value::Hash(items));
+    }
+    let fields: HashFields = items
+        .into_iter()
+        .zip(ttls)
+        .map(|((f, v), t)| (f, v, (*t >= 0).then_some(*t)))
+        .collect();
+    Ok(Value::HashTtl(fields))
+}
+
+/// The RDB version a `DUMP` payload was written with: the two little-endian bytes before its
+/// 8-byte checksum. `None` if the payload is too short to have them.
+pub fn dump_rdb_version(payload: &[u8]) -> Option<u32> {
+    let n = payload.len();
+    let v = payload.get(n.checked_sub(10)?..n - 8)?;
+    Some(u32::from(u16::from_le_bytes([v[0], v[1]])))
+}
+
+/// A flat array of integers (the reply of `HPEXPIRETIME`).
+pub fn ints(r: &Reply) -> Result<Vec<i64>, String> {
+    r.array()?.iter().map(Reply::int).collect()
+}
+
+/// The same hash without its field TTLs, for a server that cannot store them.
+pub fn without_field_ttls(fields: &HashFields) -> Value {
+    Value::Hash(
+        fields
+            .iter()
+            .map(|(f, v, _)| (f.clone(), v.clone()))
+            .collect(),
+    )
 }
 
 /// Parse `XINFO STREAM <key> FULL COUNT 0`.
@@ -212,6 +258,7 @@ pub fn rebuild(key: &[u8], value: &Value, expire_at_ms: Option<i64>) -> Vec<Comm
                 out.push(with_pairs(&[b"ZADD", key], ch, true));
             }
         }
+        Value::HashTtl(fields) => rebuild_hash_ttl(&mut out, key, fields),
         Value::Stream(s) => rebuild_stream(&mut out, key, s),
         Value::String(_) | Value::Dump(_) => {}
     }
@@ -219,6 +266,34 @@ pub fn rebuild(key: &[u8], value: &Value, expire_at_ms: Option<i64>) -> Vec<Comm
         out.push(cmd(&[b"PEXPIREAT", key, &at]));
     }
     out
+}
+
+/// HSET every field, then one `HPEXPIREAT` per run of fields sharing an expiry time. A time
+/// already past deletes the field at once (Redis does that for a past `HPEXPIREAT`), as it would
+/// have expired on the origin by then.
+fn rebuild_hash_ttl(out: &mut Vec<Command>, key: &[u8], fields: &HashFields) {
+    for ch in fields.chunks(CHUNK) {
+        let mut c = cmd(&[b"HSET", key]);
+        for (f, v, _) in ch {
+            c.push(f.clone());
+            c.push(v.clone());
+        }
+        out.push(c);
+    }
+    let mut timed: Vec<(i64, &Vec<u8>)> = fields
+        .iter()
+        .filter_map(|(f, _, t)| t.map(|t| (t, f)))
+        .collect();
+    timed.sort();
+    for group in timed.chunk_by(|a, b| a.0 == b.0) {
+        for ch in group.chunks(CHUNK) {
+            let at = ch[0].0.to_string().into_bytes();
+            let n = ch.len().to_string().into_bytes();
+            let mut c = cmd(&[b"HPEXPIREAT", key, &at, b"FIELDS", &n]);
+            c.extend(ch.iter().map(|(_, f)| (*f).clone()));
+            out.push(c);
+        }
+    }
 }
 
 fn rebuild_stream(out: &mut Vec<Command>, key: &[u8], s: &StreamImage) {
@@ -380,6 +455,82 @@ mod tests {
         let c = rebuild(b"k", &v, None);
         assert_eq!(c.len(), 1 + 3);
         assert!(c.iter().all(|x| x.len() <= CHUNK + 2));
+    }
+
+    fn bs(s: &str) -> Vec<u8> {
+        s.as_bytes().to_vec()
+    }
+
+    #[test]
+    fn field_ttls_join_their_fields_and_only_then_make_a_ttl_image() {
+        let items = vec![(bs("a"), bs("1")), (bs("b"), bs("2")), (bs("c"), bs("3"))];
+        assert_eq!(
+            hash_with_ttls(items.clone(), &[-1, -1, -2]).unwrap(),
+            Value::Hash(items.clone())
+        );
+        let v = hash_with_ttls(items.clone(), &[-1, 5000, -2]).unwrap();
+        assert_eq!(
+            v,
+            Value::HashTtl(vec![
+                (bs("a"), bs("1"), None),
+                (bs("b"), bs("2"), Some(5000)),
+                (bs("c"), bs("3"), None)
+            ])
+        );
+        assert!(hash_with_ttls(items, &[1]).is_err());
+        assert!(ints(&Reply::Array(vec![b("x")])).is_err());
+    }
+
+    #[test]
+    fn dump_rdb_version_is_read_before_the_checksum() {
+        let mut p = vec![7u8, 1, 2, 3];
+        p.extend(12u16.to_le_bytes());
+        p.extend([0u8; 8]);
+        assert_eq!(dump_rdb_version(&p), Some(12));
+        assert_eq!(dump_rdb_version(&[0u8; 9]), None);
+    }
+
+    #[test]
+    fn field_ttls_are_rebuilt_with_hpexpireat_grouped_by_time() {
+        let v = Value::HashTtl(vec![
+            (bs("a"), bs("1"), Some(9)),
+            (bs("b"), bs("2"), None),
+            (bs("c"), bs("3"), Some(7)),
+            (bs("d"), bs("4"), Some(9)),
+        ]);
+        let c = rebuild(b"h", &v, Some(100));
+        assert_eq!(c[0], vec![bs("DEL"), bs("h")]);
+        assert_eq!(c[1][0], b"HSET");
+        assert_eq!(c[1].len(), 2 + 8);
+        assert_eq!(
+            c[2],
+            vec![
+                bs("HPEXPIREAT"),
+                bs("h"),
+                bs("7"),
+                bs("FIELDS"),
+                bs("1"),
+                bs("c")
+            ]
+        );
+        assert_eq!(
+            c[3],
+            vec![
+                bs("HPEXPIREAT"),
+                bs("h"),
+                bs("9"),
+                bs("FIELDS"),
+                bs("2"),
+                bs("a"),
+                bs("d")
+            ]
+        );
+        assert_eq!(c[4], vec![bs("PEXPIREAT"), bs("h"), bs("100")]);
+        assert_eq!(c.len(), 5);
+        let Value::HashTtl(f) = &v else {
+            unreachable!()
+        };
+        assert!(matches!(without_field_ttls(f), Value::Hash(p) if p.len() == 4));
     }
 
     #[test]

@@ -53,7 +53,16 @@ pub enum Value {
     Stream(StreamImage),
     /// A module data type, as a `DUMP` payload (the peer is trusted for these).
     Dump(Vec<u8>),
+    /// A hash at least one of whose fields has a TTL (Redis 7.4+ hash field expiration):
+    /// field, value and the field's absolute expiry in ms (`None`: no TTL). A TTL travels with
+    /// its field, absolute like a key's expiry, so both sides expire the field at the same time
+    /// and a TTL change is part of the field's (and so the key's) value for conflicts. A hash
+    /// without field TTLs stays a [`Value::Hash`], which every server version can store.
+    HashTtl(HashFields),
 }
+
+/// Fields of a [`Value::HashTtl`]: field, value, absolute expiry in ms.
+pub type HashFields = Vec<(Vec<u8>, Vec<u8>, Option<i64>)>;
 
 /// A stream's entries, metadata and consumer groups.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -6,7 +6,7 @@
 //! replication reach this server's AOF and replicas wrapped as one
 //! transaction when the callback returns.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use redis_module::{CallOptions, CallOptionsBuilder, CallReply, CallResult, Context};
 
@@ -73,11 +73,32 @@ fn write_image(
             return ffi::set_string(ctx, key, v, expire_at_ms, propagate);
         }
     }
+    if let Value::HashTtl(fields) = value {
+        if !super::server::field_ttls() {
+            report_field_ttls_lost(key);
+            let plain = image::without_field_ttls(fields);
+            return write_image(ctx, key, &plain, expire_at_ms, propagate);
+        }
+    }
     if let Value::Dump(p) = value {
         // Outside a client's RESTORE, Redis terminates on a corrupt payload:
         // never hand it a built-in type's bytes (those travel typed).
         if p.first() != Some(&RDB_TYPE_MODULE_2) {
             return Err("refused a DUMP payload that is not a module data type".into());
+        }
+        let ours = Shared::get().map_or(u32::MAX, |s| s.rdb_version);
+        if let Some(theirs) = image::dump_rdb_version(p).filter(|v| *v > ours) {
+            // A newer server's module payload cannot be restored here; ending the session would
+            // only repeat the failure, so the key is left as it is and that is said.
+            let msg = format!(
+                "cannot store module-type key '{}': the peer's DUMP payload has RDB version {theirs}, newer than this server's {ours}; the key differs between the sides until this server is upgraded",
+                String::from_utf8_lossy(key)
+            );
+            log::warning(&msg);
+            if let Some(shared) = Shared::get() {
+                shared.set_error(msg);
+            }
+            return Ok(());
         }
     }
     for command in image::rebuild(key, value, expire_at_ms) {
@@ -89,6 +110,26 @@ fn write_image(
         run(ctx, name, &args)?;
     }
     Ok(())
+}
+
+/// Images with hash field TTLs received by a server without them (before 7.4).
+static FIELD_TTLS_LOST: AtomicU64 = AtomicU64::new(0);
+
+/// A peer sent hash field TTLs this server cannot store: the fields are kept without TTL
+/// (dropping the fields would lose data), and that is said in `last_error` and the log
+/// (first time, then every 1000th), never silently.
+fn report_field_ttls_lost(key: &[u8]) {
+    let n = FIELD_TTLS_LOST.fetch_add(1, Ordering::Relaxed) + 1;
+    let msg = format!(
+        "peer sent hash field TTLs (key '{}'), but this server has no hash field expiration (Redis 7.4+): the fields are kept WITHOUT their TTLs on this side ({n} images so far); run Redis 7.4+ on both sides",
+        String::from_utf8_lossy(key)
+    );
+    if n == 1 || n.is_multiple_of(1000) {
+        log::warning(&msg);
+    }
+    if let Some(shared) = Shared::get() {
+        shared.set_error(msg);
+    }
 }
 
 /// Empty the selected db but keep `survivors` (their pending local write
@@ -188,7 +229,16 @@ fn apply_batch(
 /// Drain the inbound queue within the per-iteration budget: batches are
 /// applied whole, acks prune the backlog and the table. Returns true if
 /// work is left for the next iteration.
-pub fn apply_inbound(ctx: &Context) -> bool {
+///
+/// At most `queued` messages are taken: those that were already queued when
+/// the before-sleep event began. From 7.2 the server's command clock
+/// (`commandTimeSnapshot`, read by e.g. `XCLAIM … TIME`, which clamps a time
+/// "in the future" to it) is fixed when a module event starts and not
+/// refreshed by nested calls; an image that arrived after that moment can
+/// carry a later time than the clock and would be clamped (a stream's
+/// delivery times differed between the sides). Later arrivals wait one
+/// iteration, which starts with a fresh clock.
+pub fn apply_inbound(ctx: &Context, queued: usize) -> bool {
     let Some(shared) = Shared::get() else {
         return false;
     };
@@ -198,7 +248,9 @@ pub fn apply_inbound(ctx: &Context) -> bool {
     let mut peer_node = String::new();
     let mut any_batch = false;
     let mut propagate = None;
-    while done < budget {
+    let mut taken = 0usize;
+    while done < budget && taken < queued {
+        taken += 1;
         let msg = match shared.inbound_rx.try_recv() {
             Ok(m) => m,
             Err(_) => break,

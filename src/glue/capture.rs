@@ -193,6 +193,10 @@ pub unsafe extern "C" fn on_keyspace_event(
                 None => note_key(db, key),
             },
             b"expire" => note(|d| d.expiry(db, key)),
+            // A field reaching its TTL (7.4+), like a key's `expired`: both sides hold the same
+            // absolute field TTL and expire it by themselves; shipping it would let that
+            // expiry overrule a concurrent write on the other side.
+            b"hexpired" => {}
             _ => note_key(db, key),
         }
         0

@@ -40,6 +40,8 @@ pub unsafe extern "C" fn on_event_loop(
             return;
         }
         let Some(shared) = Shared::get() else { return };
+        // First thing: what arrived before this event (and its command clock) began.
+        let queued = shared.inbound_rx.len();
         let ctx = Context::new(ctx);
         shared.wake_pending.store(false, Ordering::Release);
         flush(&ctx);
@@ -68,7 +70,7 @@ pub unsafe extern "C" fn on_event_loop(
             }
         }
         let mut more = fullsync::source_step(&ctx, shared);
-        more |= apply_inbound(&ctx);
+        more |= apply_inbound(&ctx, queued);
         more |= fullsync::target_step(&ctx, shared);
         refresh_empty(&ctx, shared);
         shared.ready.store(true, Ordering::Release);

@@ -61,7 +61,10 @@ fn read_key_with(ctx: &Context, key: &[u8], with_string: bool) -> Option<KeyRead
         if name.is_null() {
             return None;
         }
-        let mode = (raw::REDISMODULE_READ | raw::REDISMODULE_OPEN_KEY_NOTOUCH) as c_int;
+        // Our own reads must not change what clients see: no LRU/LFU touch, and on 7.2+ no
+        // lazy expiry (which would delete the key and propagate a DEL out of order), no
+        // keyspace hit/miss counts.
+        let mode = raw::REDISMODULE_READ as c_int | super::server::quiet_open_flags();
         let k = open(ctx.ctx, name, mode);
         let out = if k.is_null() {
             KeyRead {
@@ -422,4 +425,44 @@ pub fn read_expiry(ctx: &Context, key: &[u8]) -> Option<Option<i64>> {
         // The key API is unavailable: no expiry is the safe reading.
         None => Some(None),
     }
+}
+
+/// `RedisModule_Scan` callback: appends the key name to the `Vec<Vec<u8>>` behind `data`.
+extern "C" fn collect_key(
+    _ctx: *mut raw::RedisModuleCtx,
+    name: *mut raw::RedisModuleString,
+    _key: *mut raw::RedisModuleKey,
+    data: *mut c_void,
+) {
+    // SAFETY: `data` is the `&mut Vec<Vec<u8>>` that `scan_keys` passes for the duration of the
+    // `RedisModule_Scan` call; `name` is valid during the callback and copied.
+    unsafe {
+        let out = &mut *data.cast::<Vec<Vec<u8>>>();
+        out.push(string_bytes(name).to_vec());
+    }
+}
+
+/// Every key name of `db`, listed with the module scan API rather than the `SCAN` command:
+/// `SCAN` deletes the expired keys it meets (a lazy expiry, propagated as a `DEL` at that
+/// moment), the module scan only lists names. `None` if the API or the db is missing.
+pub fn scan_keys(ctx: &Context, db: i32) -> Option<Vec<Vec<u8>>> {
+    if !select_db(ctx, db) {
+        return None;
+    }
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    // SAFETY: main thread with a live context; the cursor is created and destroyed here and
+    // `out` outlives every callback, which only runs inside `RedisModule_Scan`.
+    unsafe {
+        let create = raw::RedisModule_ScanCursorCreate?;
+        let scan = raw::RedisModule_Scan?;
+        let destroy = raw::RedisModule_ScanCursorDestroy?;
+        let cursor = create();
+        if cursor.is_null() {
+            return None;
+        }
+        let data = (&mut out as *mut Vec<Vec<u8>>).cast::<c_void>();
+        while scan(ctx.ctx, cursor, Some(collect_key), data) != 0 {}
+        destroy(cursor);
+    }
+    Some(out)
 }

@@ -68,7 +68,7 @@ pub fn read_image(
     let value = match read.kind {
         KeyKind::Missing => return Ok(None),
         KeyKind::String => Value::String(read.string.unwrap_or_default()),
-        KeyKind::Hash => Value::Hash(image::pairs(&query(ctx, "HGETALL", &[key])?)?),
+        KeyKind::Hash => read_hash(ctx, key)?,
         KeyKind::List => Value::List(image::strings(&query(ctx, "LRANGE", &[key, b"0", b"-1"])?)?),
         KeyKind::Set => Value::Set(image::strings(&query(ctx, "SMEMBERS", &[key])?)?),
         KeyKind::ZSet => Value::ZSet(image::pairs(&query(
@@ -88,6 +88,21 @@ pub fn read_image(
         },
     };
     Ok(Some((value, read.expire_at_ms)))
+}
+
+/// A hash's fields and values and, on a server with hash field expiration (7.4+), each
+/// field's absolute TTL, read in the same lock hold: the TTL travels with its field.
+fn read_hash(ctx: &Context, key: &[u8]) -> Result<Value, String> {
+    let items = image::pairs(&query(ctx, "HGETALL", &[key])?)?;
+    if !super::server::field_ttls() || items.is_empty() {
+        return Ok(Value::Hash(items));
+    }
+    let n = items.len().to_string();
+    let mut args: Vec<&[u8]> = Vec::with_capacity(items.len() + 3);
+    args.extend([key, b"FIELDS", n.as_bytes()]);
+    args.extend(items.iter().map(|(f, _)| f.as_slice()));
+    let ttls = image::ints(&query(ctx, "HPEXPIRETIME", &args)?)?;
+    image::hash_with_ttls(items, &ttls)
 }
 
 fn stream_keys_in_dbs(ctx: &Context, keys: Vec<Vec<u8>>, databases: u32) -> Vec<Dirty> {

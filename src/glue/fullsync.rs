@@ -91,6 +91,12 @@ fn scan(ctx: &Context, db: u32, cursor: &[u8]) -> Result<(Vec<u8>, Vec<Vec<u8>>)
 /// Every key of `db` (SWAPDB re-images both dbs).
 pub fn all_keys(ctx: &Context, db: u32) -> Vec<Vec<u8>> {
     let saved = ffi::selected_db(ctx);
+    // The module scan lists names without expiring keys (SCAN would delete expired ones now and
+    // propagate that DEL ahead of the clients' own writes).
+    if let Some(keys) = ffi::scan_keys(ctx, db as i32) {
+        ffi::select_db(ctx, saved);
+        return keys;
+    }
     let mut out = Vec::new();
     let mut cursor = b"0".to_vec();
     loop {

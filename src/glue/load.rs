@@ -136,6 +136,7 @@ fn init_inner(ctx: &Context, args: &[RedisString]) -> Status {
         log::warning(&format!("refusing to load: {e}"));
         return Status::Err;
     }
+    log::notice(&format!("this server: {}", super::server::detect(ctx)));
     log::notice(&format!(
         "redis-bisync {} loaded: node-id {}, listening on {}, peer {}",
         super::commands::VERSION,

@@ -12,4 +12,5 @@ pub mod fullsync;
 pub mod guard;
 pub mod load;
 pub mod node;
+pub mod server;
 pub mod waiters;

@@ -43,12 +43,10 @@ pub fn check_hello(ours: &Hello, theirs: &Hello) -> Result<(), String> {
             theirs.databases, ours.databases
         ));
     }
-    if theirs.rdb_version > ours.rdb_version {
-        return Err(format!(
-            "peer's payload (RDB) version {} is newer than this server's {}: run the same Redis version on both",
-            theirs.rdb_version, ours.rdb_version
-        ));
-    }
+    // Different RDB versions are accepted: built-in types travel as typed images that every
+    // server version rebuilds with ordinary commands, so a 7.0 node pairs with a 7.4 one (a
+    // rolling upgrade). Only module data types travel as DUMP payloads; the receiver checks
+    // each payload's own version and reports one it cannot restore (glue/apply).
     Ok(())
 }
 
@@ -104,8 +102,8 @@ mod tests {
             .unwrap_err()
             .contains("protocol version"));
         b = hello("b");
-        b.rdb_version = 11;
-        assert!(check_hello(&a, &b).unwrap_err().contains("RDB"));
+        b.rdb_version = 12;
+        assert!(check_hello(&a, &b).is_ok(), "a newer RDB version pairs");
         b = hello("b");
         b.auth = true;
         assert!(check_hello(&a, &b).unwrap_err().contains("secret"));

@@ -137,18 +137,44 @@ fn newest_file_after(dir: &Path, t: SystemTime) -> Option<PathBuf> {
     None
 }
 
-/// Path of the `redis-server` executable: `$REDIS_SERVER_BIN` if set, else the first
-/// `redis-server` on `$PATH`. Panics loudly if there is none: a missing server must fail the run,
-/// never turn into silently skipped tests.
+/// The environment variable naming the server binary the integration tests run (a path); unset
+/// means the first `redis-server` on `$PATH`. `scripts/test.sh` sets it once per server of the
+/// compatibility matrix. (`REDIS_SERVER_BIN` is accepted too, the older name.)
+pub const SERVER_ENV: &str = "BISYNC_REDIS_SERVER";
+
+/// The environment variable naming a *different* server binary for the node called `b`, so every
+/// pair of a run is a cross-version pair (rolling upgrades run one version on each side).
+pub const SERVER_B_ENV: &str = "BISYNC_REDIS_SERVER_B";
+
+/// The server binary for the node called `name`: `$BISYNC_REDIS_SERVER_B` for `b` when set,
+/// otherwise [`redis_server_bin`].
+pub fn redis_server_bin_for(name: &str) -> PathBuf {
+    if name == "b" {
+        if let Some(p) = std::env::var_os(SERVER_B_ENV).filter(|v| !v.is_empty()) {
+            let p = PathBuf::from(p);
+            assert!(
+                p.is_file(),
+                "${SERVER_B_ENV}={} does not exist",
+                p.display()
+            );
+            // Absolute (not canonical: Debian's redis-server is a symlink whose name matters): a
+            // server is started from inside its data dir.
+            return std::path::absolute(&p).unwrap_or(p);
+        }
+    }
+    redis_server_bin()
+}
+
+/// Path of the `redis-server` executable: `$BISYNC_REDIS_SERVER` (or `$REDIS_SERVER_BIN`) if
+/// set, else the first `redis-server` on `$PATH`. Panics loudly if there is none: a missing
+/// server must fail the run, never turn into silently skipped tests.
 pub fn redis_server_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("REDIS_SERVER_BIN").filter(|v| !v.is_empty()) {
-        let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "$REDIS_SERVER_BIN={} does not exist",
-            p.display()
-        );
-        return p;
+    for var in [SERVER_ENV, "REDIS_SERVER_BIN"] {
+        if let Some(p) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+            let p = PathBuf::from(p);
+            assert!(p.is_file(), "${var}={} does not exist", p.display());
+            return std::path::absolute(&p).unwrap_or(p);
+        }
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     for dir in std::env::split_paths(&path) {
@@ -164,7 +190,7 @@ pub fn redis_server_bin() -> PathBuf {
         "\n\n==================== redis-server NOT FOUND ====================\n\
          `redis-server` is not on PATH ({}).\n\
          The integration tests need Redis >= 7.0 (Debian: `apt-get install redis-server`),\n\
-         or set REDIS_SERVER_BIN to its path.\n\
+         or set BISYNC_REDIS_SERVER to its path.\n\
          =================================================================\n",
         path.to_string_lossy()
     );
@@ -430,7 +456,7 @@ impl ServerBuilder {
     /// this start, so tests can assert on why a bad configuration was refused. A fresh data dir
     /// is removed on failure; a dir passed with [`dir`](Self::dir) is left alone.
     pub fn try_start(self) -> Result<Server, String> {
-        let bin = redis_server_bin();
+        let bin = redis_server_bin_for(&self.name);
         let module = if self.with_module {
             Some(match &self.module {
                 Some(m) => {
@@ -1368,6 +1394,11 @@ fn snapshot_keys(
         } else {
             None
         };
+        let digest = if key_type == "zset" && std::env::var_os(SERVER_B_ENV).is_some() {
+            zset_digest(conn, key)?
+        } else {
+            digest
+        };
         out.insert(
             (db, key.clone()),
             KeyState {
@@ -1379,6 +1410,31 @@ fn snapshot_keys(
         );
     }
     Ok(())
+}
+
+/// A sorted set's members and scores, the scores as parsed numbers. Used instead of
+/// `DEBUG DIGEST-VALUE` when the two nodes run different versions: 7.0 digests a score printed
+/// with `%.17g` ("1.1000000000000001"), 7.2+ its shortest form ("1.1"), so the same sorted set
+/// has two digests.
+fn zset_digest(conn: &mut redis::Connection, key: &[u8]) -> Result<String, String> {
+    let items: Vec<(Vec<u8>, String)> = redis::cmd("ZRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query(conn)
+        .map_err(|e| format!("ZRANGE {}: {e}", show_key(key)))?;
+    let mut out = String::new();
+    for (member, score) in items {
+        let score: f64 = score
+            .parse()
+            .map_err(|e| format!("score {score:?} of {}: {e}", show_key(key)))?;
+        out.push_str(&format!(
+            "{:?}={score:?};",
+            String::from_utf8_lossy(&member)
+        ));
+    }
+    Ok(out)
 }
 
 /// A key as a quoted, escaped string for messages.
