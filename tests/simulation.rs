@@ -349,7 +349,7 @@ impl Node {
                 Op::Set { key, .. } | Op::Delete { key } => {
                     self.pending.record_key(db, key, stamp, seq)
                 }
-                Op::FullSyncBegin | Op::FullSyncEnd => {}
+                Op::FullSyncBegin | Op::FullSyncEnd | Op::Element { .. } => {}
             }
             entries.push(Entry { db, stamp, op });
         }
@@ -445,8 +445,8 @@ impl Node {
                 Action::Flush { db, survivors } => self.flush_keeping(db, &survivors),
                 Action::Write(entry) => self.write(entry),
                 Action::Duplicate => {}
-                Action::FullSyncBegin | Action::FullSyncEnd => {
-                    panic!("the sim never runs a full resync")
+                Action::FullSyncBegin | Action::FullSyncEnd | Action::Unsupported(_) => {
+                    panic!("the sim never runs a full resync nor ships element records")
                 }
             }
         }
@@ -474,7 +474,7 @@ impl Node {
             Op::Delete { key } => {
                 self.store.remove(&(entry.db, key.clone()));
             }
-            Op::FlushDb | Op::FullSyncBegin | Op::FullSyncEnd => {}
+            Op::FlushDb | Op::FullSyncBegin | Op::FullSyncEnd | Op::Element { .. } => {}
         }
     }
 
