@@ -253,17 +253,19 @@ impl PendingWrites {
     }
 
     /// Record a shipped element-level change of `key` in batch `seq`, in
-    /// execution order (one entry per shipped record, DESIGN §11).
+    /// execution order (one entry per shipped record, DESIGN §11); `seen`
+    /// is the peer's seq applied here when the change was made.
     pub fn record_element(
         &mut self,
         db: u32,
         key: &[u8],
         stamp: Stamp,
         seq: u64,
+        seen: u64,
         change: ElementChange,
     ) {
         self.elements
-            .record(TableKey::new(db, key), stamp, seq, change);
+            .record(TableKey::new(db, key), stamp, seq, seen, change);
     }
 
     /// Every pending local write on `key`, in execution order, as the merge
@@ -278,6 +280,7 @@ impl PendingWrites {
             out.push(PendingChange {
                 stamp: e.stamp,
                 seq: e.seq,
+                seen: 0,
                 write: LocalWrite::Image,
             });
         }

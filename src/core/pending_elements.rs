@@ -26,6 +26,9 @@ pub struct PendingChange {
     pub stamp: Stamp,
     /// The batch that first carried it.
     pub seq: u64,
+    /// The peer's seq this node had applied when it made the write (what
+    /// a re-sent change carries as `seen`).
+    pub seen: u64,
     /// What it did.
     pub write: LocalWrite,
 }
@@ -45,6 +48,7 @@ pub enum LocalWrite {
 struct Stored {
     stamp: Stamp,
     seq: u64,
+    seen: u64,
     change: ElementChange,
 }
 
@@ -52,7 +56,7 @@ struct Stored {
 #[derive(Debug)]
 struct LoggedBatch {
     seq: u64,
-    entries: Vec<(TableKey, Stamp, ElementChange)>,
+    entries: Vec<(TableKey, Stamp, u64, ElementChange)>,
 }
 
 /// Un-acknowledged element changes per key, in execution order.
@@ -77,23 +81,32 @@ impl ElementLog {
 
     /// Record a shipped change of `key` in batch `seq` (batches recorded in
     /// increasing `seq`, changes of a batch in execution order).
-    pub fn record(&mut self, key: TableKey, stamp: Stamp, seq: u64, change: ElementChange) {
+    pub fn record(
+        &mut self,
+        key: TableKey,
+        stamp: Stamp,
+        seq: u64,
+        seen: u64,
+        change: ElementChange,
+    ) {
         match self.log.back_mut() {
-            Some(b) if b.seq == seq => b.entries.push((key, stamp, change)),
+            Some(b) if b.seq == seq => b.entries.push((key, stamp, seen, change)),
             Some(b) if b.seq > seq => {
                 // Out of order (a caller's mistake): index so the order of
                 // what is already there is kept.
                 self.index_all();
-                self.index
-                    .entry(key)
-                    .or_default()
-                    .push(Stored { stamp, seq, change });
+                self.index.entry(key).or_default().push(Stored {
+                    stamp,
+                    seq,
+                    seen,
+                    change,
+                });
                 self.indexed += 1;
                 return;
             }
             _ => self.log.push_back(LoggedBatch {
                 seq,
-                entries: vec![(key, stamp, change)],
+                entries: vec![(key, stamp, seen, change)],
             }),
         }
         self.logged += 1;
@@ -104,10 +117,11 @@ impl ElementLog {
         while let Some(batch) = self.log.pop_front() {
             self.logged -= batch.entries.len();
             self.indexed += batch.entries.len();
-            for (key, stamp, change) in batch.entries {
+            for (key, stamp, seen, change) in batch.entries {
                 self.index.entry(key).or_default().push(Stored {
                     stamp,
                     seq: batch.seq,
+                    seen,
                     change,
                 });
             }
@@ -122,6 +136,7 @@ impl ElementLog {
                 .map(|s| PendingChange {
                     stamp: s.stamp,
                     seq: s.seq,
+                    seen: s.seen,
                     write: LocalWrite::Change(s.change.clone()),
                 })
                 .collect()
@@ -184,7 +199,7 @@ impl ElementLog {
         let logged = self
             .log
             .iter()
-            .flat_map(|b| b.entries.iter().map(|(_, s, _)| *s));
+            .flat_map(|b| b.entries.iter().map(|(_, s, _, _)| *s));
         self.index
             .values()
             .flatten()
@@ -223,9 +238,9 @@ mod tests {
     fn keeps_every_change_in_order_until_acknowledged() {
         let mut l = ElementLog::default();
         let k = TableKey::new(0, b"h");
-        l.record(k.clone(), st(1), 1, incr(1));
-        l.record(k.clone(), st(2), 1, incr(2));
-        l.record(k.clone(), st(3), 2, incr(3));
+        l.record(k.clone(), st(1), 1, 0, incr(1));
+        l.record(k.clone(), st(2), 1, 0, incr(2));
+        l.record(k.clone(), st(3), 2, 0, incr(3));
         let got: Vec<i64> = l
             .of_key(&k)
             .iter()
@@ -235,7 +250,7 @@ mod tests {
             })
             .collect();
         assert_eq!(got, [1, 2, 3]);
-        l.record(k.clone(), st(4), 3, incr(4));
+        l.record(k.clone(), st(4), 3, 0, incr(4));
         l.acknowledge(2);
         assert_eq!(l.len(), 1);
         assert_eq!(l.of_key(&k)[0].seq, 3);
@@ -252,7 +267,7 @@ mod tests {
         let mut l = ElementLog::default();
         let k = TableKey::new(0, b"h");
         for i in 1..=4 {
-            l.record(k.clone(), st(i), i, incr(i as i64));
+            l.record(k.clone(), st(i), i, 0, incr(i as i64));
         }
         l.prune(&k, |s| s.hlc < 3);
         assert_eq!(l.len(), 2);

@@ -130,6 +130,13 @@ pub enum Op {
         /// receiver that already applied that batch skips them: unlike an
         /// image, an increment is not idempotent.
         shipped_in: u64,
+        /// Highest seq of the receiver's stream the sender had applied when
+        /// it made the change: the receiver's pending entries up to it were
+        /// seen by the change, the others are concurrent with it. Carried by
+        /// the record because a partial or dirty-key resync re-sends records
+        /// without the acknowledgements that stood between them (found by
+        /// the simulation: observed-remove needs exactly this set).
+        seen: u64,
     },
 }
 

@@ -9,6 +9,7 @@ use super::rule::{merge_record, Nodes, Outcome, Remote};
 use super::view::{KeyPlan, KeyShape, KeyView};
 use super::{check, ElementError};
 use crate::core::pending::PendingWrites;
+use crate::core::pending_elements::PendingChange;
 use crate::core::protocol::{Entry, Op};
 
 /// What to do for one entry.
@@ -93,30 +94,46 @@ pub fn plan_entry<'r>(
             key,
             change,
             shipped_in,
+            seen,
         } => {
             check(change)?;
             if *shipped_in < at.seq && *shipped_in <= at.applied_before {
                 return Ok(Step::Duplicate);
             }
-            (key, Remote::Change(change))
+            let mut pending = table.changes_of(entry.db, key);
+            // What the change had seen is not concurrent with it.
+            pending.retain(|p| p.seq > *seen);
+            let remote = Remote::Change(change);
+            return Ok(merge(table, entry, key, remote, &pending, nodes, view));
         }
     };
     let pending = table.changes_of(entry.db, key);
-    Ok(
-        match merge_record(&pending, remote, entry.stamp, nodes, view) {
-            Outcome::Ignored => Step::Lost,
-            Outcome::Apply { plan, prune } => {
-                if prune {
-                    table.prune_before(entry.db, key, entry.stamp, nodes.remote, nodes.local);
-                }
-                Step::Key {
-                    db: entry.db,
-                    key,
-                    plan,
-                }
+    Ok(merge(table, entry, key, remote, &pending, nodes, view))
+}
+
+/// Run the rule; prune what a record that replaced the key cancelled.
+fn merge<'r>(
+    table: &mut PendingWrites,
+    entry: &'r Entry,
+    key: &'r [u8],
+    remote: Remote<'r>,
+    pending: &[PendingChange],
+    nodes: Nodes<'_>,
+    view: &dyn KeyView,
+) -> Step<'r> {
+    match merge_record(pending, remote, entry.stamp, nodes, view) {
+        Outcome::Ignored => Step::Lost,
+        Outcome::Apply { plan, prune } => {
+            if prune {
+                table.prune_before(entry.db, key, entry.stamp, nodes.remote, nodes.local);
             }
-        },
-    )
+            Step::Key {
+                db: entry.db,
+                key,
+                plan,
+            }
+        }
+    }
 }
 
 /// A remote flush: an image of nothing on every key of the db.

@@ -85,11 +85,12 @@ fn local_effect(key: &mut MemoryKey, w: &W) {
     }
 }
 
-fn shipped(w: &W, seq: u64) -> Op {
+fn shipped(w: &W, seq: u64, seen: u64) -> Op {
     let change = |c| Op::Element {
         key: KEY.to_vec(),
         change: c,
         shipped_in: seq,
+        seen,
     };
     let b = |s: &str| s.as_bytes().to_vec();
     match w {
@@ -145,10 +146,11 @@ impl Pair {
                 hlc: n.clock,
                 index: index as u32,
             };
-            let op = shipped(w, n.seq);
+            let op = shipped(w, n.seq, n.applied);
             match &op {
                 Op::Element { change, .. } => {
-                    n.table.record_element(0, KEY, stamp, n.seq, change.clone())
+                    n.table
+                        .record_element(0, KEY, stamp, n.seq, n.applied, change.clone())
                 }
                 _ => n.table.record_key(0, KEY, stamp, n.seq),
             }
