@@ -104,6 +104,9 @@ const MAX_APPEND_LEN: usize = 16;
 const BIG_BACKLOG: usize = 1 << 20;
 /// Heal rounds before a schedule counts as not quiescing.
 const HEAL_ROUNDS: usize = 100;
+/// `shipped_in` of a re-sent change under the `resend_without_origin`
+/// mutation: shipped as if first sent in the resync batch.
+const RESENT_AS_NEW: u64 = u64::MAX;
 /// Node ids; index 0 is `a`, index 1 is `b`.
 const IDS: [&str; 2] = ["a", "b"];
 
@@ -113,8 +116,11 @@ struct SimRules {
     /// What is written and planned.
     mode: Mode,
     /// A dirty-key resync re-sends element changes as new records (the
-    /// receiver cannot tell it applied them already).
+    /// receiver cannot tell whether it applied them already).
     resend_without_origin: bool,
+    /// Element changes do not say which of the receiver's batches they had
+    /// seen (the receiver then relies on acks, which resyncs do not re-send).
+    forget_seen: bool,
     /// A dirty-key resync stamps images with a fresh `hlc.now()`.
     fresh_resync_stamps: bool,
     /// Acknowledgements skip the outbox FIFO and overtake batches in flight.
@@ -127,6 +133,7 @@ impl SimRules {
         SimRules {
             mode,
             resend_without_origin: false,
+            forget_seen: false,
             fresh_resync_stamps: false,
             ack_bypasses_fifo: false,
         }
@@ -414,7 +421,9 @@ impl Node {
                 } => {
                     // A fresh change is recorded; a re-sent one is in the
                     // table already, under the seq that first carried it.
-                    if *shipped_in == 0 {
+                    if *shipped_in == RESENT_AS_NEW {
+                        *shipped_in = seq;
+                    } else if *shipped_in == 0 {
                         *shipped_in = seq;
                         self.pending
                             .record_element(db, key, stamp, seq, *seen, change.clone());
@@ -469,9 +478,9 @@ impl Node {
     /// stamp and the seq that first carried it (the receiver skips those it
     /// applied: increments are not idempotent); a key that also has a
     /// pending image is re-sent as one image of its current content,
-    /// stamped with its latest pending stamp, which replaces its entries in
-    /// the table (the table holds what was shipped); images and flushes as
-    /// in key mode.
+    /// stamped now (a new write), which replaces its entries in the table
+    /// (the table holds what was shipped); images and flushes as in key
+    /// mode.
     fn build_element_resync(&mut self, wall: u64, rules: SimRules) {
         let changes = self.pending.element_changes();
         let key_entries = self.pending.entries_by_stamp();
@@ -481,17 +490,18 @@ impl Node {
             .collect();
         let mut out: Vec<(Stamp, u32, Op)> = Vec::new();
         let mut converted = std::collections::BTreeSet::new();
+        let fresh_hlc = self.hlc.now(wall);
         for (tk, list) in changes {
             let (db, key) = tk.parts();
             let key = key.to_vec();
             if imaged.contains(&(db, key.clone())) {
-                let latest = list.iter().map(|p| p.stamp).max();
-                let own = key_entries
-                    .iter()
-                    .find(|(d, k, _)| *d == db && k.as_deref() == Some(&key[..]))
-                    .map(|(_, _, e)| e.stamp);
-                let Some(stamp) = latest.max(own) else {
-                    continue;
+                // Its content includes what was applied since, so it is a
+                // new write: stamped now (stamped earlier, the peer would
+                // re-apply its own later increments on top of content
+                // that has them already).
+                let stamp = Stamp {
+                    hlc: fresh_hlc,
+                    index: u32::try_from(out.len()).unwrap_or(u32::MAX),
                 };
                 converted.insert((db, key.clone()));
                 out.push((stamp, db, self.element_image(db, key)));
@@ -502,8 +512,9 @@ impl Node {
                 else {
                     continue;
                 };
+                // The mutation: the receiver is told the change is new.
                 let shipped_in = if rules.resend_without_origin {
-                    0
+                    RESENT_AS_NEW
                 } else {
                     p.seq
                 };
@@ -523,7 +534,15 @@ impl Node {
             match key {
                 None => out.push((e.stamp, db, Op::FlushDb)),
                 Some(key) if converted.contains(&(db, key.clone())) => {}
-                Some(key) => out.push((e.stamp, db, self.element_image(db, key))),
+                Some(key) => {
+                    // Stamped now, as above: its content may include the
+                    // peer's later changes.
+                    let stamp = Stamp {
+                        hlc: fresh_hlc,
+                        index: u32::try_from(out.len()).unwrap_or(u32::MAX),
+                    };
+                    out.push((stamp, db, self.element_image(db, key)))
+                }
             }
         }
         for (db, key) in &converted {
@@ -532,11 +551,6 @@ impl Node {
         out.sort_by_key(|(stamp, _, _)| *stamp);
         let (stamps, ops): (Vec<Stamp>, Vec<(u32, Op)>) =
             out.into_iter().map(|(s, db, op)| (s, (db, op))).unzip();
-        if rules.resend_without_origin {
-            // The mutation: re-sent changes are recorded again as new ones.
-            self.enqueue_batch(ops, Some(stamps), true, wall);
-            return;
-        }
         let recorded = (!rules.fresh_resync_stamps).then_some(stamps);
         self.enqueue_batch(ops, recorded, true, wall);
     }
@@ -1022,7 +1036,9 @@ impl Sim {
             return;
         };
         if let Op::Element { seen, .. } = &mut op {
-            *seen = node.outbox.applied_seq();
+            if !self.rules.forget_seen {
+                *seen = node.outbox.applied_seq();
+            }
         }
         let seen = node.history.seen;
         node.history.done.push(elements::Done {
@@ -1770,6 +1786,18 @@ fn catches_element_ack_overtaking_batches() {
         "catches_element_ack",
         SimRules {
             ack_bypasses_fifo: true,
+            ..SimRules::correct(Mode::Elements)
+        },
+    );
+}
+
+#[test]
+fn catches_element_changes_without_their_seen_position() {
+    assert_mutation_caught(
+        "element changes without seen position",
+        "catches_element_changes_without",
+        SimRules {
+            forget_seen: true,
             ..SimRules::correct(Mode::Elements)
         },
     );
