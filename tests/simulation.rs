@@ -23,7 +23,23 @@
 //!
 //! Pairing (`core::pairing`) always decides `Role::Stream` here (both nodes
 //! start empty and never restart), so full resyncs are not modelled; nor
-//! are TTLs or non-string types (images are opaque to the core).
+//! are TTLs.
+//!
+//! Two modes ([`Mode`]) run the same schedules (same link faults, resyncs
+//! and overflows):
+//! - `Keys`: string keys shipped as whole-key images and planned by
+//!   `core::decide` — what the glue does today;
+//! - `Elements`: hashes, sets, sorted sets and counters shipped as element
+//!   changes (and whole-key images for unmatched writes and type changes),
+//!   planned entry by entry by `core::merge` (DESIGN §11) against a
+//!   `MemoryKey` store. What the glue must add around the core to ship them
+//!   is mirrored here: `Node::element_write` (capture: one record per write,
+//!   with the peer position it had seen), `Node::build_element_resync`
+//!   (dirty-key resync) and `Node::apply_element_batch` (apply). Besides
+//!   convergence, db 1's keys (no images, no flushes there) are checked
+//!   against the semantics on the whole history (`simulation/elements.rs`):
+//!   no increment lost unless a delete had seen it, and an element added
+//!   concurrently with the other side's removes is present.
 //!
 //! A schedule is a few hundred random steps (local writes, FLUSHDB/FLUSHALL,
 //! flush points, writer pumps, deliveries, clock advances and backward jumps,
@@ -36,7 +52,9 @@
 //!
 //! [`SimRules`] switches in the two mistakes DESIGN §3 warns about, to prove the
 //! simulation notices them: fresh stamps in a dirty-key resync, and
-//! acknowledgements that overtake batches already in flight. A mutation counts
+//! acknowledgements that overtake batches already in flight; and, in element
+//! mode, re-sent changes that do not say which batch first carried them, and
+//! changes that do not say which of the receiver's batches they had seen. A mutation counts
 //! as caught by a schedule that diverges under it but converges under the
 //! correct rules.
 //!
@@ -49,6 +67,7 @@
 //! SIM_SEED=<seed> SIM_TRACE=1 cargo test --release --test simulation converges -- --nocapture
 //! SIM_SEED=<seed> SIM_STEPS=<n> ...      # only the first n random steps (shrinks a failure)
 //! SIM_SCHEDULES=100000 cargo test --release --test simulation converges   # a longer run
+//! SIM_SCHEDULES=100000 cargo test --release --test simulation elements    # element mode
 //! ```
 
 use std::collections::{BTreeMap, VecDeque};

@@ -15,6 +15,25 @@
 //! Why pure, in the shape of [`crate::core::decide`]: convergence depends on
 //! these decisions alone; the glue only reads and writes elements, and the
 //! seeded simulation (`tests/simulation.rs`) runs this very code.
+//!
+//! # What the glue must do around it (mirrored by the simulation)
+//! - Capture: one [`crate::core::protocol::Op::Element`] per write it can
+//!   describe, in execution order, with `seen` = the peer's seq applied here
+//!   when the write ran; the same change recorded with
+//!   [`crate::core::pending::PendingWrites::record_element`]. Anything else
+//!   ships a whole-key image, recorded as today.
+//! - Apply: for each entry of a batch, [`entry::plan_entry`] with a view of
+//!   the entry's key, then execute the step before planning the next (a
+//!   plan must leave the key as [`memory::MemoryKey::execute`] would).
+//! - Dirty-key resync: re-send every pending element change exactly (its
+//!   stamp, `shipped_in` = the seq that first carried it, its `seen`); a
+//!   key with a pending image is re-sent as an image of its current content
+//!   **stamped now** and replaces the key's entries in the table
+//!   ([`crate::core::pending::PendingWrites::forget_elements`], then
+//!   `record_key`): its content already holds the peer's later changes,
+//!   which a recorded stamp would make the peer apply twice.
+//! - Protocol: bump [`crate::core::protocol::PROTOCOL_VERSION`] when it
+//!   sends these records; until then `decide` refuses them.
 
 pub mod counter;
 pub mod entry;

@@ -75,8 +75,10 @@ pub enum Outcome<'r> {
 }
 
 /// Merge `remote`, stamped `stamp`, into the key `view` shows, given this
-/// node's pending entries on the key (`pending`, in execution order, a
-/// pending flush of the db included as an image).
+/// node's pending entries on the key that the record had not seen
+/// (`pending`, in execution order, a pending flush of the db included as an
+/// image; [`super::entry::plan_entry`] drops those the record's `seen`
+/// position covers).
 pub fn merge_record<'r>(
     pending: &[PendingChange],
     remote: Remote<'r>,
