@@ -22,7 +22,7 @@
 //! and a write of another type). The type is last-writer-wins: a set or
 //! increment whose type differs from the key's or from an earlier pending
 //! set or increment acts as an image of just that change (it replaces the
-//! key, re-applies later pending changes, prunes earlier ones); a remote
+//! key and re-applies later pending changes, but prunes nothing); a remote
 //! set or increment is ignored when a later pending one has another type,
 //! as under a later pending image; a delete of another type removes
 //! nothing. An image of another type against element changes is checked by
@@ -127,9 +127,13 @@ pub fn merge_record<'r>(
             }
         }
     }
+    // A type change replaces the key but prunes nothing: the entries it
+    // cancelled here must still reach the peer (its origin does not hold
+    // the change as an image, so nothing there would cancel them).
+    let prune = matches!(remote, Remote::Image(_) | Remote::Flush);
     Outcome::Apply {
         plan: key.finish(),
-        prune: replaces,
+        prune,
     }
 }
 
