@@ -23,7 +23,23 @@
 //!
 //! Pairing (`core::pairing`) always decides `Role::Stream` here (both nodes
 //! start empty and never restart), so full resyncs are not modelled; nor
-//! are TTLs or non-string types (images are opaque to the core).
+//! are TTLs.
+//!
+//! Two modes ([`Mode`]) run the same schedules (same link faults, resyncs
+//! and overflows):
+//! - `Keys`: string keys shipped as whole-key images and planned by
+//!   `core::decide` — what the glue does today;
+//! - `Elements`: hashes, sets, sorted sets and counters shipped as element
+//!   changes (and whole-key images for unmatched writes and type changes),
+//!   planned entry by entry by `core::merge` (DESIGN §11) against a
+//!   `MemoryKey` store. What the glue must add around the core to ship them
+//!   is mirrored here: `Node::element_write` (capture: one record per write,
+//!   with the peer position it had seen), `Node::build_element_resync`
+//!   (dirty-key resync) and `Node::apply_element_batch` (apply). Besides
+//!   convergence, db 1's keys (no images, no flushes there) are checked
+//!   against the semantics on the whole history (`simulation/elements.rs`):
+//!   no increment lost unless a delete had seen it, and an element added
+//!   concurrently with the other side's removes is present.
 //!
 //! A schedule is a few hundred random steps (local writes, FLUSHDB/FLUSHALL,
 //! flush points, writer pumps, deliveries, clock advances and backward jumps,
@@ -36,7 +52,9 @@
 //!
 //! [`SimRules`] switches in the two mistakes DESIGN §3 warns about, to prove the
 //! simulation notices them: fresh stamps in a dirty-key resync, and
-//! acknowledgements that overtake batches already in flight. A mutation counts
+//! acknowledgements that overtake batches already in flight; and, in element
+//! mode, re-sent changes that do not say which batch first carried them, and
+//! changes that do not say which of the receiver's batches they had seen. A mutation counts
 //! as caught by a schedule that diverges under it but converges under the
 //! correct rules.
 //!
@@ -49,6 +67,7 @@
 //! SIM_SEED=<seed> SIM_TRACE=1 cargo test --release --test simulation converges -- --nocapture
 //! SIM_SEED=<seed> SIM_STEPS=<n> ...      # only the first n random steps (shrinks a failure)
 //! SIM_SCHEDULES=100000 cargo test --release --test simulation converges   # a longer run
+//! SIM_SCHEDULES=100000 cargo test --release --test simulation elements    # element mode
 //! ```
 
 use std::collections::{BTreeMap, VecDeque};
@@ -64,12 +83,19 @@ use redis_bisync::core::config::defaults::MAX_CLOCK_SKEW_MS;
 use redis_bisync::core::decide::{check_seq, plan_batch, Action, SeqCheck};
 use redis_bisync::core::dirty::{reduce, Dirty, DirtyLog};
 use redis_bisync::core::hlc::{stamp_ms, Hlc, COUNTER_BITS};
+use redis_bisync::core::merge::entry::{entry_key, plan_entry, BatchPosition, Step};
+use redis_bisync::core::merge::memory::MemoryKey;
+use redis_bisync::core::merge::rule::Nodes;
 use redis_bisync::core::outbox::{Item, Outbox, ResumePlan};
 use redis_bisync::core::pending::PendingWrites;
 use redis_bisync::core::protocol::{
-    Batch, Entry, Frame, Hello, Op, Resume, Stamp, Value, PROTOCOL_VERSION,
+    Batch, ElementChange, Entry, Frame, Hello, Op, Resume, Stamp, Value, PROTOCOL_VERSION,
 };
 use redis_bisync::link::handshake::peer_position;
+
+#[path = "simulation/elements.rs"]
+mod elements;
+use elements::{Captured, History};
 
 /// Seeds of the schedules are derived from this one.
 const BASE_SEED: u64 = 0x00b1_5eed_2024;
@@ -97,16 +123,40 @@ const MAX_APPEND_LEN: usize = 16;
 const BIG_BACKLOG: usize = 1 << 20;
 /// Heal rounds before a schedule counts as not quiescing.
 const HEAL_ROUNDS: usize = 100;
+/// `shipped_in` of a re-sent change under the `resend_without_origin`
+/// mutation: shipped as if first sent in the resync batch.
+const RESENT_AS_NEW: u64 = u64::MAX;
 /// Node ids; index 0 is `a`, index 1 is `b`.
 const IDS: [&str; 2] = ["a", "b"];
 
 /// Which of DESIGN §3's two rules to break on purpose.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct SimRules {
+    /// What is written and planned.
+    mode: Mode,
+    /// A dirty-key resync re-sends element changes as new records (the
+    /// receiver cannot tell whether it applied them already).
+    resend_without_origin: bool,
+    /// Element changes do not say which of the receiver's batches they had
+    /// seen (the receiver then relies on acks, which resyncs do not re-send).
+    forget_seen: bool,
     /// A dirty-key resync stamps images with a fresh `hlc.now()`.
     fresh_resync_stamps: bool,
     /// Acknowledgements skip the outbox FIFO and overtake batches in flight.
     ack_bypasses_fifo: bool,
+}
+
+impl SimRules {
+    /// The correct rules in `mode`.
+    fn correct(mode: Mode) -> Self {
+        SimRules {
+            mode,
+            resend_without_origin: false,
+            forget_seen: false,
+            fresh_resync_stamps: false,
+            ack_bypasses_fifo: false,
+        }
+    }
 }
 
 /// Per-schedule knobs, drawn from the schedule's seed.
@@ -194,8 +244,22 @@ impl StepKind {
     }
 }
 
-/// The stand-in for a Redis keyspace.
+/// The stand-in for a Redis keyspace (strings, key-level mode).
 type Store = BTreeMap<(u32, Vec<u8>), Vec<u8>>;
+
+/// The stand-in for a Redis keyspace of typed keys (element mode).
+type ElementStore = BTreeMap<(u32, Vec<u8>), MemoryKey>;
+
+/// What the schedule writes and which core plans it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// String keys shipped as whole-key images, planned by `decide` (what
+    /// the glue runs today).
+    Keys,
+    /// Hashes, sets, sorted sets and counters shipped as element changes
+    /// (and images for type changes), planned by `merge` (DESIGN §11).
+    Elements,
+}
 
 /// What applying one remote batch did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,6 +292,12 @@ struct Node {
     writes: u64,
     /// Pushes that dropped an un-acknowledged batch from the backlog.
     overflows: u64,
+    /// Element mode: the typed keyspace.
+    elements: ElementStore,
+    /// Element mode: writes since the last flush point, in order.
+    captured: Vec<Captured>,
+    /// Element mode: every local write, for the semantic checks.
+    history: History,
 }
 
 impl Node {
@@ -246,6 +316,9 @@ impl Node {
             clock_offset_ms,
             writes: 0,
             overflows: 0,
+            elements: ElementStore::new(),
+            captured: Vec::new(),
+            history: History::default(),
         }
     }
 
@@ -306,6 +379,15 @@ impl Node {
 
     /// Mirror of `glue::flush::flush`.
     fn flush(&mut self, wall: u64) {
+        if !self.captured.is_empty() {
+            let captured = std::mem::take(&mut self.captured);
+            let ids: Vec<u64> = captured.iter().map(|c| c.op_id).collect();
+            let ops = captured.into_iter().map(|c| (c.db, c.op)).collect();
+            let stamps = self.enqueue_batch(ops, None, false, wall);
+            for (stamp, id) in stamps.into_iter().zip(ids) {
+                self.history.stamp_op(stamp, id);
+            }
+        }
         let log = self.dirty.take();
         if log.is_empty() {
             return;
@@ -330,12 +412,13 @@ impl Node {
         recorded: Option<Vec<Stamp>>,
         resync: bool,
         wall: u64,
-    ) {
+    ) -> Vec<Stamp> {
         let n = ops.len();
+        let mut stamps = Vec::with_capacity(n);
         let seq = self.outbox.next_seq();
         let hlc = self.hlc.now(wall);
         let mut entries = Vec::with_capacity(n);
-        for (i, (db, op)) in ops.into_iter().enumerate() {
+        for (i, (db, mut op)) in ops.into_iter().enumerate() {
             let fresh = Stamp {
                 hlc,
                 index: i as u32,
@@ -344,13 +427,30 @@ impl Node {
                 .as_ref()
                 .and_then(|st| st.get(i).copied())
                 .unwrap_or(fresh);
-            match &op {
+            match &mut op {
                 Op::FlushDb => self.pending.record_flush(db, stamp, seq),
                 Op::Set { key, .. } | Op::Delete { key } => {
                     self.pending.record_key(db, key, stamp, seq)
                 }
+                Op::Element {
+                    key,
+                    change,
+                    shipped_in,
+                    seen,
+                } => {
+                    // A fresh change is recorded; a re-sent one is in the
+                    // table already, under the seq that first carried it.
+                    if *shipped_in == RESENT_AS_NEW {
+                        *shipped_in = seq;
+                    } else if *shipped_in == 0 {
+                        *shipped_in = seq;
+                        self.pending
+                            .record_element(db, key, stamp, seq, *seen, change.clone());
+                    }
+                }
                 Op::FullSyncBegin | Op::FullSyncEnd => {}
             }
+            stamps.push(stamp);
             entries.push(Entry { db, stamp, op });
         }
         let frame = Frame::Batch(Batch {
@@ -371,10 +471,14 @@ impl Node {
                 self.drop_requested = true;
             }
         }
+        stamps
     }
 
     /// Mirror of `glue::flush::build_dirty_key_resync`.
     fn build_dirty_key_resync(&mut self, wall: u64, rules: SimRules) {
+        if rules.mode == Mode::Elements {
+            return self.build_element_resync(wall, rules);
+        }
         let mut ops = Vec::new();
         let mut stamps = Vec::new();
         for (db, key, e) in self.pending.entries_by_stamp() {
@@ -386,6 +490,104 @@ impl Node {
         }
         let recorded = (!rules.fresh_resync_stamps).then_some(stamps);
         self.enqueue_batch(ops, recorded, true, wall);
+    }
+
+    /// What the glue must do for a dirty-key resync once it ships element
+    /// changes: re-send every pending element change exactly, with its
+    /// stamp and the seq that first carried it (the receiver skips those it
+    /// applied: increments are not idempotent); a key that also has a
+    /// pending image is re-sent as one image of its current content,
+    /// stamped now (a new write), which replaces its entries in the table
+    /// (the table holds what was shipped); images and flushes as in key
+    /// mode.
+    fn build_element_resync(&mut self, wall: u64, rules: SimRules) {
+        let changes = self.pending.element_changes();
+        let key_entries = self.pending.entries_by_stamp();
+        let imaged: std::collections::BTreeSet<(u32, Vec<u8>)> = key_entries
+            .iter()
+            .filter_map(|(db, k, _)| k.clone().map(|k| (*db, k)))
+            .collect();
+        let mut out: Vec<(Stamp, u32, Op)> = Vec::new();
+        let mut converted = std::collections::BTreeSet::new();
+        let fresh_hlc = self.hlc.now(wall);
+        for (tk, list) in changes {
+            let (db, key) = tk.parts();
+            let key = key.to_vec();
+            if imaged.contains(&(db, key.clone())) {
+                // Its content includes what was applied since, so it is a
+                // new write: stamped now (stamped earlier, the peer would
+                // re-apply its own later increments on top of content
+                // that has them already).
+                let stamp = Stamp {
+                    hlc: fresh_hlc,
+                    index: u32::try_from(out.len()).unwrap_or(u32::MAX),
+                };
+                converted.insert((db, key.clone()));
+                out.push((stamp, db, self.element_image(db, key)));
+                continue;
+            }
+            for p in list {
+                let redis_bisync::core::pending_elements::LocalWrite::Change(change) = p.write
+                else {
+                    continue;
+                };
+                // The mutation: the receiver is told the change is new.
+                let shipped_in = if rules.resend_without_origin {
+                    RESENT_AS_NEW
+                } else {
+                    p.seq
+                };
+                out.push((
+                    p.stamp,
+                    db,
+                    Op::Element {
+                        key: key.clone(),
+                        change,
+                        shipped_in,
+                        seen: p.seen,
+                    },
+                ));
+            }
+        }
+        for (db, key, e) in key_entries {
+            match key {
+                None => out.push((e.stamp, db, Op::FlushDb)),
+                Some(key) if converted.contains(&(db, key.clone())) => {}
+                Some(key) => {
+                    // Stamped now, as above: its content may include the
+                    // peer's later changes.
+                    let stamp = Stamp {
+                        hlc: fresh_hlc,
+                        index: u32::try_from(out.len()).unwrap_or(u32::MAX),
+                    };
+                    out.push((stamp, db, self.element_image(db, key)))
+                }
+            }
+        }
+        for (db, key) in &converted {
+            self.pending.forget_elements(*db, key);
+        }
+        out.sort_by_key(|(stamp, _, _)| *stamp);
+        let (stamps, ops): (Vec<Stamp>, Vec<(u32, Op)>) =
+            out.into_iter().map(|(s, db, op)| (s, (db, op))).unzip();
+        let recorded = (!rules.fresh_resync_stamps).then_some(stamps);
+        self.enqueue_batch(ops, recorded, true, wall);
+    }
+
+    /// The current image of a typed key.
+    fn element_image(&self, db: u32, key: Vec<u8>) -> Op {
+        match self
+            .elements
+            .get(&(db, key.clone()))
+            .and_then(MemoryKey::to_value)
+        {
+            Some(value) => Op::Set {
+                key,
+                value,
+                expire_at_ms: None,
+            },
+            None => Op::Delete { key },
+        }
     }
 
     /// Mirror of `link::session::our_hello`.
@@ -405,7 +607,7 @@ impl Node {
             // Pairing (`core::pairing::decide`) always says `Role::Stream`
             // here: both nodes start empty and never restart.
             fresh: self.peer_stream_id == 0,
-            empty: self.store.is_empty(),
+            empty: self.store.is_empty() && self.elements.is_empty(),
             source: false,
             overflowed: false,
         }
@@ -437,6 +639,20 @@ impl Node {
         if self.hlc.observe(max_hlc, wall, MAX_CLOCK_SKEW_MS).is_err() {
             return Applied::Broken;
         }
+        if rules.mode == Mode::Elements {
+            let Some(lost) = self.apply_element_batch(origin, batch) else {
+                return Applied::Broken;
+            };
+            if rules.ack_bypasses_fifo {
+                self.outbox.set_applied(batch.seq);
+            } else {
+                self.outbox.push_ack(batch.seq);
+            }
+            return Applied::Done {
+                seq: batch.seq,
+                lost,
+            };
+        }
         let plan = plan_batch(&mut self.pending, batch, origin, self.id);
         let mut lost = 0;
         for action in plan {
@@ -445,8 +661,8 @@ impl Node {
                 Action::Flush { db, survivors } => self.flush_keeping(db, &survivors),
                 Action::Write(entry) => self.write(entry),
                 Action::Duplicate => {}
-                Action::FullSyncBegin | Action::FullSyncEnd => {
-                    panic!("the sim never runs a full resync")
+                Action::FullSyncBegin | Action::FullSyncEnd | Action::Unsupported(_) => {
+                    panic!("the sim never runs a full resync nor ships element records")
                 }
             }
         }
@@ -459,6 +675,55 @@ impl Node {
             seq: batch.seq,
             lost,
         }
+    }
+
+    /// What the glue's apply must do once it plans with `merge`: one step
+    /// per entry, each executed before the next is planned (it reads the
+    /// key). `None`: a record the rule refuses (the session ends).
+    fn apply_element_batch(&mut self, origin: &str, batch: &Batch) -> Option<u64> {
+        let at = BatchPosition {
+            seq: batch.seq,
+            applied_before: self.outbox.applied_seq(),
+        };
+        let nodes = Nodes {
+            remote: origin,
+            local: self.id,
+        };
+        let mut lost = 0;
+        for entry in &batch.entries {
+            let view = entry_key(entry)
+                .and_then(|k| self.elements.get(&(entry.db, k.to_vec())))
+                .cloned()
+                .unwrap_or(MemoryKey::Missing);
+            match plan_entry(&mut self.pending, entry, at, nodes, &view).ok()? {
+                Step::Key { db, key, plan } => {
+                    let mut k = view;
+                    k.execute(&plan);
+                    if k == MemoryKey::Missing {
+                        self.elements.remove(&(db, key.to_vec()));
+                    } else {
+                        self.elements.insert((db, key.to_vec()), k);
+                    }
+                }
+                Step::Lost => lost += 1,
+                Step::Duplicate => {}
+                Step::Flush { db, keep, rebuild } => {
+                    self.elements
+                        .retain(|(d, k), _| *d != db || keep.contains(k));
+                    for (key, plan) in rebuild {
+                        let mut k = MemoryKey::Missing;
+                        k.execute(&plan);
+                        if k != MemoryKey::Missing {
+                            self.elements.insert((db, key), k);
+                        }
+                    }
+                }
+                Step::FullSyncBegin | Step::FullSyncEnd => {
+                    panic!("the sim never runs a full resync")
+                }
+            }
+        }
+        Some(lost)
     }
 
     /// Mirror of `write_image` / `DEL` for one remote entry (applied writes
@@ -474,7 +739,7 @@ impl Node {
             Op::Delete { key } => {
                 self.store.remove(&(entry.db, key.clone()));
             }
-            Op::FlushDb | Op::FullSyncBegin | Op::FullSyncEnd => {}
+            Op::FlushDb | Op::FullSyncBegin | Op::FullSyncEnd | Op::Element { .. } => {}
         }
     }
 
@@ -513,6 +778,10 @@ struct Counters {
     partial: u64,
     dirty_key: u64,
     overflows: u64,
+    /// Element mode: counters checked against their increments.
+    counters_checked: u64,
+    /// Element mode: concurrently added elements checked for presence.
+    adds_checked: u64,
 }
 
 impl Counters {
@@ -523,6 +792,8 @@ impl Counters {
         self.partial += o.partial;
         self.dirty_key += o.dirty_key;
         self.overflows += o.overflows;
+        self.counters_checked += o.counters_checked;
+        self.adds_checked += o.adds_checked;
     }
 }
 
@@ -663,10 +934,18 @@ impl Sim {
     fn congestion(&mut self) {
         let w = self.rng.gen_range(0..2);
         let starve_acks = self.rng.gen_bool(0.5);
-        let flushed = self.rng.gen_range(0..DBS);
+        let flushed = if self.rules.mode == Mode::Elements {
+            0
+        } else {
+            self.rng.gen_range(0..DBS)
+        };
         if self.rng.gen_bool(0.8) {
-            self.log(|| format!("{} flush [{flushed}]", IDS[w]));
-            self.nodes[w].flush_dbs(vec![flushed]);
+            if self.rules.mode == Mode::Elements {
+                self.element_flush(w);
+            } else {
+                self.log(|| format!("{} flush [{flushed}]", IDS[w]));
+                self.nodes[w].flush_dbs(vec![flushed]);
+            }
         }
         if starve_acks {
             self.crossing_writes(w, flushed);
@@ -737,6 +1016,9 @@ impl Sim {
 
     /// SET, APPEND or DEL of a random key of `db` on node `i`.
     fn write_in(&mut self, i: usize, db: u32) {
+        if self.rules.mode == Mode::Elements {
+            return self.element_write(i, db);
+        }
         let key = KEYS[self.rng.gen_range(0..KEYS.len())];
         let op = self.rng.gen_range(0..10);
         let node = &mut self.nodes[i];
@@ -757,7 +1039,44 @@ impl Sim {
         });
     }
 
+    /// An element-level client write on node `i` (see `elements`).
+    fn element_write(&mut self, i: usize, db: u32) {
+        let k = self.rng.gen_range(0..KEYS.len());
+        let node = &mut self.nodes[i];
+        node.writes += 1;
+        let Some((mut op, did)) = elements::write(
+            &mut self.rng,
+            &mut node.elements,
+            db,
+            k,
+            KEYS[k],
+            node.writes,
+        ) else {
+            return;
+        };
+        if let Op::Element { seen, .. } = &mut op {
+            if !self.rules.forget_seen {
+                *seen = node.outbox.applied_seq();
+            }
+        }
+        let seen = node.history.seen;
+        node.history.done.push(elements::Done {
+            db,
+            key: Some(KEYS[k].to_vec()),
+            did,
+            seen,
+        });
+        let op_id = node.history.done.len() as u64;
+        let shown = show_op(&op);
+        node.captured.push(Captured { db, op, op_id });
+        let now = node.elements.get(&(db, KEYS[k].to_vec())).cloned();
+        self.log(|| format!("{} write db{db} {shown} -> {now:?}", IDS[i]));
+    }
+
     fn local_flush(&mut self, i: usize) {
+        if self.rules.mode == Mode::Elements {
+            return self.element_flush(i);
+        }
         let dbs = if self.rng.gen_bool(0.2) {
             (0..DBS).collect()
         } else {
@@ -765,6 +1084,27 @@ impl Sim {
         };
         self.log(|| format!("{} flush {dbs:?}", IDS[i]));
         self.nodes[i].flush_dbs(dbs);
+    }
+
+    /// FLUSHDB in element mode: only db 0 (db 1's keys are checked against
+    /// the semantics).
+    fn element_flush(&mut self, i: usize) {
+        self.log(|| format!("{} flush [0]", IDS[i]));
+        let node = &mut self.nodes[i];
+        node.elements.retain(|(d, _), _| *d != 0);
+        let seen = node.history.seen;
+        node.history.done.push(elements::Done {
+            db: 0,
+            key: None,
+            did: elements::Did::Image,
+            seen,
+        });
+        let op_id = node.history.done.len() as u64;
+        node.captured.push(Captured {
+            db: 0,
+            op: Op::FlushDb,
+            op_id,
+        });
     }
 
     /// A node's wall clock steps back a little (NTP correction).
@@ -955,6 +1295,17 @@ impl Sim {
         let rules = self.rules;
         let origin = IDS[1 - to];
         let outcome = self.nodes[to].apply_batch(origin, batch, wall, rules);
+        if let Applied::Done { .. } = outcome {
+            // What the receiver has now seen of the sender's writes.
+            let from = &self.nodes[1 - to].history;
+            let seen = batch
+                .entries
+                .iter()
+                .filter_map(|e| from.op_of(&e.stamp))
+                .max();
+            let h = &mut self.nodes[to].history;
+            h.seen = h.seen.max(seen.unwrap_or(0));
+        }
         self.log(|| format!("{} applies {}: {outcome:?}", IDS[to], show_batch(batch)));
         match outcome {
             Applied::Duplicate => {}
@@ -1052,11 +1403,21 @@ impl Sim {
             })
     }
 
-    /// Both stores identical, both tables empty.
-    fn check(&self) -> Result<(), Failure> {
+    /// Both stores identical, both tables empty; in element mode, the
+    /// semantics hold too.
+    fn check(&mut self) -> Result<(), Failure> {
         let [a, b] = &self.nodes;
         if a.store != b.store {
             return Err(Failure::Diverged(diff(&a.store, &b.store)));
+        }
+        if a.elements != b.elements {
+            return Err(Failure::Diverged(diff_elements(&a.elements, &b.elements)));
+        }
+        let (errs, checked) = elements::check([&a.history, &b.history], &a.elements);
+        self.counters.counters_checked += checked.counters;
+        self.counters.adds_checked += checked.concurrent_adds;
+        if !errs.is_empty() {
+            return Err(Failure::Semantics(errs.join("\n")));
         }
         for n in &self.nodes {
             if !n.pending.is_empty() {
@@ -1092,21 +1453,65 @@ fn show_batch(b: &Batch) -> String {
         .iter()
         .map(|e| {
             let op = match &e.op {
-                Op::Set { key, value, .. } => {
-                    let Value::String(v) = value else {
-                        unreachable!()
-                    };
-                    format!("{}={}", show(key), show(v))
-                }
+                Op::Set {
+                    key,
+                    value: Value::String(v),
+                    ..
+                } => format!("{}={}", show(key), show(v)),
                 Op::Delete { key } => format!("del {}", show(key)),
                 Op::FlushDb => "FLUSHDB".to_string(),
-                other => format!("{other:?}"),
+                other => show_op(other),
             };
             format!("db{} {op} @{}", e.db, show_stamp(e.stamp))
         })
         .collect();
     let kind = if b.resync { " resync" } else { "" };
     format!("batch {}{kind} [{}]", b.seq, entries.join(", "))
+}
+
+/// An element-mode record, readably.
+fn show_op(op: &Op) -> String {
+    match op {
+        Op::Element {
+            key,
+            change,
+            shipped_in,
+            ..
+        } => {
+            let c = match change {
+                ElementChange::Set { elem, value, .. } => {
+                    format!("set {}={}", show(elem), show(value))
+                }
+                ElementChange::Del { elem, .. } => format!("del {}", show(elem)),
+                ElementChange::Incr { elem, delta, .. } => format!("incr {} {delta:+}", show(elem)),
+                ElementChange::DelKey => "delkey".to_string(),
+            };
+            format!("{} {c} (first in {shipped_in})", show(key))
+        }
+        Op::Set { key, value, .. } => format!("image {}={value:?}", show(key)),
+        other => format!("{other:?}"),
+    }
+}
+
+/// A short listing of the typed keys that differ.
+fn diff_elements(a: &ElementStore, b: &ElementStore) -> String {
+    let mut keys: Vec<_> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .take(10)
+        .map(|k| {
+            format!(
+                "  db{} {}: a={:?} b={:?}",
+                k.0,
+                show(&k.1),
+                a.get(k),
+                b.get(k)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A short listing of the keys whose values differ.
@@ -1155,6 +1560,8 @@ enum Failure {
     Diverged(String),
     /// Quiet and equal, but an un-acknowledged table is not empty.
     TableLeft(String),
+    /// Equal, but not what the element semantics demand.
+    Semantics(String),
 }
 
 impl std::fmt::Display for Failure {
@@ -1163,6 +1570,7 @@ impl std::fmt::Display for Failure {
             Failure::NoQuiesce(s) => write!(f, "did not quiesce: {s}"),
             Failure::Diverged(s) => write!(f, "stores differ:\n{s}"),
             Failure::TableLeft(s) => write!(f, "table not empty: {s}"),
+            Failure::Semantics(s) => write!(f, "semantics violated:\n{s}"),
         }
     }
 }
@@ -1208,20 +1616,24 @@ impl Outcome {
     fn report(&self, name: &str, started: Instant) {
         let c = &self.counters;
         println!(
-            "{name}: {} schedules in {:.1} s: {} diverged, {} did not quiesce, {} left a table; \
-             conflicts lost {}, link drops {}, broken streams {}, partial starts {}, \
-             dirty-key resyncs {}, backlog overflows {}",
+            "{name}: {} schedules in {:.1} s: {} diverged, {} did not quiesce, {} left a table, \
+             {} broke the semantics; conflicts lost {}, link drops {}, broken streams {}, \
+             partial starts {}, dirty-key resyncs {}, backlog overflows {}, counters checked {}, \
+             concurrent adds checked {}",
             self.run,
             started.elapsed().as_secs_f64(),
             self.count(|f| matches!(f, Failure::Diverged(_))),
             self.count(|f| matches!(f, Failure::NoQuiesce(_))),
             self.count(|f| matches!(f, Failure::TableLeft(_))),
+            self.count(|f| matches!(f, Failure::Semantics(_))),
             c.lost,
             c.drops,
             c.broken,
             c.partial,
             c.dirty_key,
             c.overflows,
+            c.counters_checked,
+            c.adds_checked,
         );
     }
 
@@ -1260,7 +1672,7 @@ fn replay_hint(seed: u64, test: &str) -> String {
 fn converges_under_correct_rules() {
     let started = Instant::now();
     let n = env_u64("SIM_SCHEDULES").unwrap_or(DEFAULT_SCHEDULES);
-    let out = run_schedules(SimRules::default(), n);
+    let out = run_schedules(SimRules::correct(Mode::Keys), n);
     out.report("correct rules", started);
     if let Some((seed, _)) = out.failures.first() {
         panic!(
@@ -1279,6 +1691,43 @@ fn converges_under_correct_rules() {
     }
 }
 
+/// Element mode (DESIGN §11): hashes, sets, sorted sets and counters
+/// written on both sides with element changes and type-changing images,
+/// through drops, resyncs and backlog overflows, converge; and db 1's keys
+/// keep the semantics (no increment lost unless a delete saw it; an add
+/// concurrent with removes survives).
+#[test]
+fn elements_converge_and_keep_their_semantics() {
+    let started = Instant::now();
+    let n = env_u64("SIM_SCHEDULES").unwrap_or(DEFAULT_SCHEDULES);
+    let out = run_schedules(SimRules::correct(Mode::Elements), n);
+    out.report("element merge", started);
+    if let Some((seed, _)) = out.failures.first() {
+        panic!(
+            "{} of {} schedules failed:\n{}\nreplay the first: {}",
+            out.failures.len(),
+            out.run,
+            out.listing(8),
+            replay_hint(*seed, "elements_converge")
+        );
+    }
+    if env_u64("SIM_SEED").is_none() {
+        let c = &out.counters;
+        assert!(
+            c.lost > 0,
+            "no remote record ever lost to a later local image"
+        );
+        assert!(
+            c.counters_checked > 0 && c.adds_checked > 0,
+            "the semantic checks never ran: {c:?}"
+        );
+        assert!(
+            c.dirty_key > 0 && c.overflows > 0,
+            "no dirty-key resync after an overflow: {c:?}"
+        );
+    }
+}
+
 /// Run a mutation and require that it makes some schedule diverge that
 /// converges under the correct rules (so the mutation, not some other
 /// fault, is what the simulation caught).
@@ -1291,9 +1740,9 @@ fn assert_mutation_caught(name: &str, test: &str, rules: SimRules) {
     let caught: Vec<u64> = out
         .failures
         .iter()
-        .filter(|(_, f)| matches!(f, Failure::Diverged(_)))
+        .filter(|(_, f)| matches!(f, Failure::Diverged(_) | Failure::Semantics(_)))
         .map(|(seed, _)| *seed)
-        .filter(|seed| run_one(*seed, SimRules::default(), &mut control).is_ok())
+        .filter(|seed| run_one(*seed, SimRules::correct(rules.mode), &mut control).is_ok())
         .collect();
     println!(
         "{name}: {} of {} schedules diverged where the correct rules converge{}",
@@ -1320,7 +1769,7 @@ fn catches_fresh_resync_stamps() {
         "catches_fresh_resync_stamps",
         SimRules {
             fresh_resync_stamps: true,
-            ..SimRules::default()
+            ..SimRules::correct(Mode::Keys)
         },
     );
 }
@@ -1332,7 +1781,43 @@ fn catches_ack_overtaking_batches() {
         "catches_ack_overtaking_batches",
         SimRules {
             ack_bypasses_fifo: true,
-            ..SimRules::default()
+            ..SimRules::correct(Mode::Keys)
+        },
+    );
+}
+
+#[test]
+fn catches_element_resend_without_its_first_seq() {
+    assert_mutation_caught(
+        "element resend without first seq",
+        "catches_element_resend",
+        SimRules {
+            resend_without_origin: true,
+            ..SimRules::correct(Mode::Elements)
+        },
+    );
+}
+
+#[test]
+fn catches_element_ack_overtaking_batches() {
+    assert_mutation_caught(
+        "element ack bypasses the FIFO",
+        "catches_element_ack",
+        SimRules {
+            ack_bypasses_fifo: true,
+            ..SimRules::correct(Mode::Elements)
+        },
+    );
+}
+
+#[test]
+fn catches_element_changes_without_their_seen_position() {
+    assert_mutation_caught(
+        "element changes without seen position",
+        "catches_element_changes_without",
+        SimRules {
+            forget_seen: true,
+            ..SimRules::correct(Mode::Elements)
         },
     );
 }

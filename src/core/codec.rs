@@ -207,6 +207,38 @@ mod tests {
     }
 
     #[test]
+    fn element_records_round_trip_without_changing_existing_encodings() {
+        let before = encode(&sample_batch()).unwrap();
+        let Frame::Batch(mut b) = sample_batch() else {
+            unreachable!()
+        };
+        b.entries.push(Entry {
+            db: 1,
+            stamp: Stamp {
+                hlc: 1 << 40,
+                index: 3,
+            },
+            op: Op::Element {
+                key: b"h".to_vec(),
+                change: crate::core::protocol::ElementChange::Incr {
+                    shape: crate::core::protocol::Shape::Hash,
+                    elem: b"f".to_vec(),
+                    delta: -7,
+                },
+                shipped_in: 42,
+                seen: 9,
+            },
+        });
+        let f = Frame::Batch(b);
+        let bytes = encode(&f).unwrap();
+        assert_eq!(read_frame(&mut &bytes[..], 1 << 20).unwrap(), f);
+        // The variants protocol 1 sends keep their bytes (the new variant
+        // is appended): only the length prefix and the entry count differ.
+        assert_eq!(bytes[4..7], before[4..7]);
+        assert_eq!(bytes[8..before.len()], before[8..]);
+    }
+
+    #[test]
     fn round_trip() {
         let f = sample_batch();
         let bytes = encode(&f).unwrap();

@@ -55,6 +55,9 @@ pub enum Action<'a> {
     FullSyncBegin,
     /// The peer's full resync has sent every key.
     FullSyncEnd,
+    /// An element-level record: protocol 1 does not carry them (the glue
+    /// ships whole-key images), so a peer sending one is refused.
+    Unsupported(&'a Entry),
 }
 
 /// Plan every entry of a remote batch from `origin` against the local table
@@ -83,6 +86,7 @@ pub fn plan_batch<'a>(
                     }
                 }
             }
+            Op::Element { .. } => Action::Unsupported(e),
             Op::Set { key, .. } | Op::Delete { key } => {
                 match table.decide_key(e.db, key, e.stamp, origin, local) {
                     Decision::Apply => Action::Write(e),

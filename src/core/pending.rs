@@ -5,13 +5,15 @@
 //! peer acknowledges the batch that carried the write (in its own ordered
 //! stream, see DESIGN §3), the entry leaves the table and, in steady state,
 //! the table is empty. A pending local FLUSHDB acts as a tombstone over its
-//! whole db.
+//! whole db. Element-level changes (DESIGN §11) are held in full, in
+//! execution order, by [`ElementLog`], under the same acknowledgement rule.
 
 use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap as HashMap;
 
-use super::protocol::Stamp;
+use super::pending_elements::{ElementLog, LocalWrite, PendingChange};
+use super::protocol::{ElementChange, Stamp};
 use super::table_key::TableKey;
 
 /// Where a pending write sits in the order and which batch carried it.
@@ -66,6 +68,8 @@ pub struct PendingWrites {
     /// re-send a flush the receiver already applied, and unlike a key image a
     /// flush is not idempotent (it would delete keys it spared the first time).
     seen_remote_flushes: HashMap<u32, Stamp>,
+    /// Element-level changes, every one of them until acknowledged.
+    elements: ElementLog,
 }
 
 impl PendingWrites {
@@ -78,12 +82,15 @@ impl PendingWrites {
     /// keys, except that a key written again in a batch not yet indexed
     /// counts once per batch until [`PendingWrites::index_all`] runs.
     pub fn len(&self) -> usize {
-        self.keys.len() + self.log_entries
+        self.keys.len() + self.log_entries + self.elements.len()
     }
 
     /// True when nothing is pending (no keys, no flushes).
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty() && self.log.is_empty() && self.flushes.is_empty()
+        self.keys.is_empty()
+            && self.log.is_empty()
+            && self.flushes.is_empty()
+            && self.elements.is_empty()
     }
 
     /// Record a local write of `key` in batch `seq` (batches are recorded
@@ -242,6 +249,90 @@ impl PendingWrites {
         if !self.flushes.is_empty() {
             self.flushes.retain(|_, e| e.seq > seq);
         }
+        self.elements.acknowledge(seq);
+    }
+
+    /// Record a shipped element-level change of `key` in batch `seq`, in
+    /// execution order (one entry per shipped record, DESIGN §11); `seen`
+    /// is the peer's seq applied here when the change was made.
+    pub fn record_element(
+        &mut self,
+        db: u32,
+        key: &[u8],
+        stamp: Stamp,
+        seq: u64,
+        seen: u64,
+        change: ElementChange,
+    ) {
+        self.elements
+            .record(TableKey::new(db, key), stamp, seq, seen, change);
+    }
+
+    /// Every pending local write on `key`, in execution order, as the merge
+    /// rule reads them: its element changes, its pending image and a pending
+    /// flush of its db (both as images).
+    pub fn changes_of(&mut self, db: u32, key: &[u8]) -> Vec<PendingChange> {
+        self.index_all();
+        let k = TableKey::new(db, key);
+        let mut out = self.elements.of_key(&k);
+        let images = [self.keys.get(&k), self.flushes.get(&db)];
+        for e in images.into_iter().flatten() {
+            out.push(PendingChange {
+                stamp: e.stamp,
+                seq: e.seq,
+                seen: 0,
+                write: LocalWrite::Image,
+            });
+        }
+        // Own stamps grow in execution order.
+        out.sort_by_key(|p| p.stamp);
+        out
+    }
+
+    /// Drop the pending writes of `key` stamped before a remote record
+    /// `(remote, remote_node)` that acted as an image: it cancelled them.
+    pub fn prune_before(
+        &mut self,
+        db: u32,
+        key: &[u8],
+        remote: Stamp,
+        remote_node: &str,
+        local_node: &str,
+    ) {
+        self.index_all();
+        let k = TableKey::new(db, key);
+        let older = |s: Stamp| remote_wins(remote, remote_node, s, local_node);
+        self.elements.prune(&k, older);
+        if self.keys.get(&k).is_some_and(|e| older(e.stamp)) {
+            self.keys.remove(&k);
+        }
+    }
+
+    /// Keys of `db` with a pending write of their own, in key order.
+    pub fn keys_of_db(&mut self, db: u32) -> Vec<Vec<u8>> {
+        self.index_all();
+        let mut out: Vec<Vec<u8>> = self
+            .keys
+            .keys()
+            .chain(self.elements.all().iter().map(|(k, _)| k))
+            .filter(|k| k.db() == db)
+            .map(|k| k.key().to_vec())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Every key with pending element changes, with its changes in
+    /// execution order (what a dirty-key resync re-sends exactly).
+    pub fn element_changes(&mut self) -> Vec<(TableKey, Vec<PendingChange>)> {
+        self.elements.all()
+    }
+
+    /// Forget the element changes of `key` (a resync re-sent the key as one
+    /// image instead, recorded with [`PendingWrites::record_key`]).
+    pub fn forget_elements(&mut self, db: u32, key: &[u8]) {
+        self.elements.forget_key(&TableKey::new(db, key));
     }
 
     /// Every pending entry, oldest first: what a dirty-key resync re-sends,
@@ -276,6 +367,7 @@ impl PendingWrites {
             .chain(self.flushes.values())
             .map(|e| e.stamp)
             .chain(logged)
+            .chain(self.elements.oldest_stamp())
             .min()
     }
 
@@ -285,6 +377,7 @@ impl PendingWrites {
         self.log.clear();
         self.log_entries = 0;
         self.flushes.clear();
+        self.elements.clear();
     }
 }
 

@@ -125,6 +125,82 @@ pub enum Op {
     /// The full resync sent every key: the receiver deletes the keys the
     /// sender did not send, except its own un-acknowledged writes.
     FullSyncEnd,
+    /// One element-level change of a key (DESIGN §11), merged element by
+    /// element instead of last-writer-wins on the whole key. Not sent by
+    /// protocol 1: the glue refuses it until the capture side exists and
+    /// [`PROTOCOL_VERSION`] is bumped with it.
+    Element {
+        /// The key.
+        key: Vec<u8>,
+        /// The change, exactly as the sender's pending table holds it.
+        change: ElementChange,
+        /// Seq of the batch that first carried this change. A dirty-key
+        /// resync re-sends pending changes with their first seq, so a
+        /// receiver that already applied that batch skips them: unlike an
+        /// image, an increment is not idempotent.
+        shipped_in: u64,
+        /// Highest seq of the receiver's stream the sender had applied when
+        /// it made the change: the receiver's pending entries up to it were
+        /// seen by the change, the others are concurrent with it. Carried by
+        /// the record because a partial or dirty-key resync re-sends records
+        /// without the acknowledgements that stood between them (found by
+        /// the simulation: observed-remove needs exactly this set).
+        seen: u64,
+    },
+}
+
+/// The family of a key whose elements merge one by one.
+///
+/// Why part of every element change: two sides can give a key different
+/// types concurrently (after a `DEL`); the merge rule must see the clash to
+/// resolve it the same way on both sides (see [`crate::core::merge`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Shape {
+    /// A string: one element, named by the empty string, holding the value;
+    /// a counter while the value is an integer.
+    Str,
+    /// A hash: field, value.
+    Hash,
+    /// A set: member, empty value.
+    Set,
+    /// A sorted set: member, score as Redis prints it.
+    ZSet,
+}
+
+/// One element-level change, as shipped and as the sender's pending table
+/// holds it (the same form on both: mixing forms diverges, DESIGN §11).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ElementChange {
+    /// The element now holds `value` (HSET, SADD with an empty value, ZADD,
+    /// SET of a string key).
+    Set {
+        /// The key's family.
+        shape: Shape,
+        /// The element.
+        elem: Vec<u8>,
+        /// Its value.
+        value: Vec<u8>,
+    },
+    /// The element is gone (HDEL, SREM, ZREM).
+    Del {
+        /// The key's family.
+        shape: Shape,
+        /// The element.
+        elem: Vec<u8>,
+    },
+    /// The element's integer value grew by `delta` (INCRBY, HINCRBY,
+    /// integral ZINCRBY); increments from both sides add up.
+    Incr {
+        /// The key's family.
+        shape: Shape,
+        /// The element.
+        elem: Vec<u8>,
+        /// The increment.
+        delta: i64,
+    },
+    /// The whole key was deleted (DEL, UNLINK): removes what this side had
+    /// seen, not the other side's concurrent additions.
+    DelKey,
 }
 
 /// One change inside a batch.
@@ -214,4 +290,26 @@ pub enum Frame {
     /// on, or another connection is deciding): both sides retry with fresh
     /// hellos. The text says why, for the verbose log.
     Retry(#[serde(deserialize_with = "borrowed_string")] String),
+}
+
+impl ElementChange {
+    /// The key's family the change belongs to (`None` for a key delete).
+    pub fn shape(&self) -> Option<Shape> {
+        match self {
+            ElementChange::Set { shape, .. }
+            | ElementChange::Del { shape, .. }
+            | ElementChange::Incr { shape, .. } => Some(*shape),
+            ElementChange::DelKey => None,
+        }
+    }
+
+    /// The element it names (`None` for a key delete).
+    pub fn elem(&self) -> Option<&[u8]> {
+        match self {
+            ElementChange::Set { elem, .. }
+            | ElementChange::Del { elem, .. }
+            | ElementChange::Incr { elem, .. } => Some(elem),
+            ElementChange::DelKey => None,
+        }
+    }
 }

@@ -199,6 +199,13 @@ fn apply_batch(
             Action::Duplicate => {}
             Action::FullSyncBegin => fullsync::target_begin(),
             Action::FullSyncEnd => fullsync::target_end(),
+            Action::Unsupported(entry) => {
+                return Err(format!(
+                    "element-level record in db {} needs a newer protocol than {}",
+                    entry.db,
+                    crate::core::protocol::PROTOCOL_VERSION
+                ))
+            }
             Action::Flush { db, survivors } => {
                 flush_keeping(ctx, db, &survivors, propagate)?;
                 applied += 1;

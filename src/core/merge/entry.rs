@@ -1,0 +1,172 @@
+//! One entry of a remote batch, planned against the pending table.
+//!
+//! Why a step per entry rather than a plan per batch (as `decide` does):
+//! the rule reads the key (an increment adds to what is there), so each
+//! entry must see the effect of the ones before it; the caller executes a
+//! step before planning the next.
+
+use super::rule::{merge_record, Nodes, Outcome, Remote};
+use super::view::{KeyPlan, KeyShape, KeyView};
+use super::{check, ElementError};
+use crate::core::pending::PendingWrites;
+use crate::core::pending_elements::PendingChange;
+use crate::core::protocol::{Entry, Op};
+
+/// What to do for one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step<'r> {
+    /// Execute `plan` on `key` of `db`.
+    Key {
+        /// The db.
+        db: u32,
+        /// The key.
+        key: &'r [u8],
+        /// Its writes.
+        plan: KeyPlan<'r>,
+    },
+    /// A later local write wins: count it in `conflicts_lost`.
+    Lost,
+    /// Already applied (re-sent by a resync): skip it.
+    Duplicate,
+    /// Empty `db` except `keep` (current values stay: a later local image
+    /// won), then execute each `rebuild` plan (later local element changes
+    /// re-applied onto the emptied key).
+    Flush {
+        /// The db.
+        db: u32,
+        /// Keys to keep as they are.
+        keep: Vec<Vec<u8>>,
+        /// Keys to rebuild after the flush.
+        rebuild: Vec<(Vec<u8>, KeyPlan<'static>)>,
+    },
+    /// A full resync from the peer starts.
+    FullSyncBegin,
+    /// The peer's full resync has sent every key.
+    FullSyncEnd,
+}
+
+/// Where the batch sits in the sender's stream.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchPosition {
+    /// The batch's seq.
+    pub seq: u64,
+    /// The highest seq applied from that stream before this batch.
+    pub applied_before: u64,
+}
+
+/// The view of a key that is not read (a flush rebuilds from nothing).
+pub struct NoKey;
+
+impl KeyView for NoKey {
+    fn shape(&self) -> KeyShape {
+        KeyShape::Missing
+    }
+    fn element_count(&self) -> usize {
+        0
+    }
+    fn get(&self, _: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+/// The key an entry writes, which the caller must show through a view.
+pub fn entry_key(entry: &Entry) -> Option<&[u8]> {
+    match &entry.op {
+        Op::Set { key, .. } | Op::Delete { key } | Op::Element { key, .. } => Some(key),
+        Op::FlushDb | Op::FullSyncBegin | Op::FullSyncEnd => None,
+    }
+}
+
+/// Plan one entry; `view` shows the entry's key ([`entry_key`]) as it is now.
+pub fn plan_entry<'r>(
+    table: &mut PendingWrites,
+    entry: &'r Entry,
+    at: BatchPosition,
+    nodes: Nodes<'_>,
+    view: &dyn KeyView,
+) -> Result<Step<'r>, ElementError> {
+    let (key, remote) = match &entry.op {
+        Op::FullSyncBegin => return Ok(Step::FullSyncBegin),
+        Op::FullSyncEnd => return Ok(Step::FullSyncEnd),
+        Op::FlushDb => return Ok(plan_flush(table, entry, nodes)),
+        Op::Set { key, .. } | Op::Delete { key } => (key, Remote::Image(&entry.op)),
+        Op::Element {
+            key,
+            change,
+            shipped_in,
+            seen,
+        } => {
+            check(change)?;
+            if *shipped_in < at.seq && *shipped_in <= at.applied_before {
+                return Ok(Step::Duplicate);
+            }
+            let mut pending = table.changes_of(entry.db, key);
+            // What the change had seen is not concurrent with it.
+            pending.retain(|p| p.seq > *seen);
+            let remote = Remote::Change(change);
+            return Ok(merge(table, entry, key, remote, &pending, nodes, view));
+        }
+    };
+    let pending = table.changes_of(entry.db, key);
+    Ok(merge(table, entry, key, remote, &pending, nodes, view))
+}
+
+/// Run the rule; prune what a record that replaced the key cancelled.
+fn merge<'r>(
+    table: &mut PendingWrites,
+    entry: &'r Entry,
+    key: &'r [u8],
+    remote: Remote<'r>,
+    pending: &[PendingChange],
+    nodes: Nodes<'_>,
+    view: &dyn KeyView,
+) -> Step<'r> {
+    match merge_record(pending, remote, entry.stamp, nodes, view) {
+        Outcome::Ignored => Step::Lost,
+        Outcome::Apply { plan, prune } => {
+            if prune {
+                table.prune_before(entry.db, key, entry.stamp, nodes.remote, nodes.local);
+            }
+            Step::Key {
+                db: entry.db,
+                key,
+                plan,
+            }
+        }
+    }
+}
+
+/// A remote flush: an image of nothing on every key of the db.
+fn plan_flush<'r>(table: &mut PendingWrites, entry: &'r Entry, nodes: Nodes<'_>) -> Step<'r> {
+    let db = entry.db;
+    if !table.first_sight_of_remote_flush(db, entry.stamp) {
+        return Step::Duplicate;
+    }
+    if table.flush_covers(db, entry.stamp, nodes.remote, nodes.local) {
+        return Step::Lost;
+    }
+    let mut keep = Vec::new();
+    let mut rebuild = Vec::new();
+    for key in table.keys_of_db(db) {
+        let pending = table.changes_of(db, &key);
+        match merge_record(&pending, Remote::Flush, entry.stamp, nodes, &NoKey) {
+            Outcome::Ignored => keep.push(key),
+            Outcome::Apply { plan, .. } => {
+                table.prune_before(db, &key, entry.stamp, nodes.remote, nodes.local);
+                if !plan.writes.is_empty() {
+                    rebuild.push((key, owned(plan)));
+                }
+            }
+        }
+    }
+    Step::Flush { db, keep, rebuild }
+}
+
+/// A plan that refers to no record (a flush's rebuild resets by clearing).
+fn owned(plan: KeyPlan<'_>) -> KeyPlan<'static> {
+    KeyPlan {
+        reset: super::view::Reset::Clear,
+        shape: plan.shape,
+        writes: plan.writes,
+    }
+}

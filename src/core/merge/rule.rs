@@ -1,0 +1,268 @@
+//! The merge rule of DESIGN §11 for one remote record on one key.
+//!
+//! Why these steps: they are the model's (`../shared/models/elem_merge/`),
+//! which converged in 1.58M schedules where the literal reading of the
+//! semantics did not. The marked points (*) are the ones the model found
+//! necessary:
+//!
+//! - (*) a remote record stamped earlier than a pending local image is
+//!   ignored: the image already overwrote everything older;
+//! - a remote image replaces the key, then the pending local changes stamped
+//!   after it are re-applied in order, and (*) the pending entries stamped
+//!   before it are pruned: the image cancelled them, so they must not count
+//!   against what the peer sends next;
+//! - increments add (missing = 0, a non-integer absorbs them);
+//! - a remote set or delete of an element, and a remote key delete for each
+//!   element, is resolved from the pending entries: the last local overwrite
+//!   of the element and the local increments after it (each one a separate,
+//!   stamped entry (*): one sum per element diverges).
+//!
+//! Types, which the model (one hash) does not have: two sides can give a
+//! key different types concurrently (an image of another type, or a `DEL`
+//! and a write of another type). The type is last-writer-wins: a set or
+//! increment whose type differs from the key's or from an earlier pending
+//! set or increment acts as an image of just that change (it replaces the
+//! key and re-applies later pending changes, but prunes nothing); a remote
+//! set or increment is ignored when a later pending one has another type,
+//! as under a later pending image; a delete of another type removes
+//! nothing. An image of another type against element changes is checked by
+//! the property tests and the simulation; two sides *creating* one key with
+//! two different element families at once is not (the model has one hash),
+//! and a schedule that does it can diverge.
+
+use std::collections::BTreeSet;
+
+use super::counter;
+use super::view::{KeyPlan, KeyView, Planned};
+use crate::core::pending::remote_wins;
+use crate::core::pending_elements::{LocalWrite, PendingChange};
+use crate::core::protocol::{ElementChange, Op, Shape, Stamp};
+
+/// The remote record to merge.
+#[derive(Debug, Clone, Copy)]
+pub enum Remote<'r> {
+    /// An element-level change.
+    Change(&'r ElementChange),
+    /// A whole-key image (`Op::Set` or `Op::Delete`).
+    Image(&'r Op),
+    /// A remote flush of the key's db: an image of nothing.
+    Flush,
+}
+
+/// Node ids, for ordering stamps of the two sides.
+#[derive(Debug, Clone, Copy)]
+pub struct Nodes<'a> {
+    /// The sender of the record.
+    pub remote: &'a str,
+    /// This node.
+    pub local: &'a str,
+}
+
+/// What to do with one remote record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome<'r> {
+    /// A later local image (or type change) wins: change nothing; count it
+    /// in `conflicts_lost`.
+    Ignored,
+    /// Execute the plan; if `prune`, drop this key's pending entries stamped
+    /// before the record (it acted as an image and cancelled them).
+    Apply {
+        /// The writes.
+        plan: KeyPlan<'r>,
+        /// Prune the key's older pending entries.
+        prune: bool,
+    },
+}
+
+/// Merge `remote`, stamped `stamp`, into the key `view` shows, given this
+/// node's pending entries on the key that the record had not seen
+/// (`pending`, in execution order, a pending flush of the db included as an
+/// image; [`super::entry::plan_entry`] drops those the record's `seen`
+/// position covers).
+pub fn merge_record<'r>(
+    pending: &[PendingChange],
+    remote: Remote<'r>,
+    stamp: Stamp,
+    nodes: Nodes<'_>,
+    view: &dyn KeyView,
+) -> Outcome<'r> {
+    let later = |p: &PendingChange| remote_wins(p.stamp, nodes.local, stamp, nodes.remote);
+    let shape = match remote {
+        Remote::Change(c) => establishes(c),
+        Remote::Image(_) | Remote::Flush => None,
+    };
+    if pending
+        .iter()
+        .any(|p| later(p) && (p.write == LocalWrite::Image || other_type(p, shape)))
+    {
+        return Outcome::Ignored;
+    }
+    let mut key = Planned::new(view);
+    let replaces = match remote {
+        Remote::Image(op) => {
+            key.image(op);
+            true
+        }
+        Remote::Flush => {
+            key.clear();
+            true
+        }
+        Remote::Change(c) => {
+            let changes_type = shape.is_some_and(|s| {
+                !key.fits(s) || pending.iter().any(|p| !later(p) && other_type(p, Some(s)))
+            });
+            if changes_type {
+                key.clear();
+                effect(&mut key, c);
+            } else {
+                merge_change(&mut key, pending, c, &later);
+            }
+            changes_type
+        }
+    };
+    if replaces {
+        for p in pending.iter().filter(|p| later(p)) {
+            if let LocalWrite::Change(c) = &p.write {
+                effect(&mut key, c);
+            }
+        }
+    }
+    // A type change replaces the key but prunes nothing: the entries it
+    // cancelled here must still reach the peer (its origin does not hold
+    // the change as an image, so nothing there would cancel them).
+    let prune = matches!(remote, Remote::Image(_) | Remote::Flush);
+    Outcome::Apply {
+        plan: key.finish(),
+        prune,
+    }
+}
+
+/// The type a change gives its key: a set or an increment creates the key
+/// if needed; a delete only removes what is there (of another type, it
+/// removes nothing: it did not see that type).
+fn establishes(c: &ElementChange) -> Option<Shape> {
+    match c {
+        ElementChange::Set { shape, .. } | ElementChange::Incr { shape, .. } => Some(*shape),
+        ElementChange::Del { .. } | ElementChange::DelKey => None,
+    }
+}
+
+/// Does pending entry `p` give the key a type other than `shape`?
+fn other_type(p: &PendingChange, shape: Option<Shape>) -> bool {
+    match (&p.write, shape) {
+        (LocalWrite::Change(c), Some(s)) => establishes(c).is_some_and(|ps| ps != s),
+        _ => false,
+    }
+}
+
+/// The plain local effect of a change (re-applying a pending one, or a
+/// remote one that replaces the key).
+fn effect(key: &mut Planned<'_, '_>, c: &ElementChange) {
+    match c {
+        ElementChange::Set { shape, elem, value } => key.set(*shape, elem, value.clone()),
+        ElementChange::Del { shape, elem } => key.delete(*shape, elem),
+        ElementChange::Incr { shape, elem, delta } => key.increment(*shape, elem, *delta),
+        ElementChange::DelKey => key.clear(),
+    }
+}
+
+/// A remote change of the key's own type.
+fn merge_change(
+    key: &mut Planned<'_, '_>,
+    pending: &[PendingChange],
+    c: &ElementChange,
+    later: &dyn Fn(&PendingChange) -> bool,
+) {
+    match c {
+        ElementChange::Incr { shape, elem, delta } => key.increment(*shape, elem, *delta),
+        ElementChange::Set { elem, .. } | ElementChange::Del { elem, .. } => {
+            resolve(key, pending, elem, Some(c), later)
+        }
+        ElementChange::DelKey => {
+            let named: BTreeSet<&[u8]> = pending
+                .iter()
+                .filter_map(|p| match &p.write {
+                    LocalWrite::Change(c) => c.elem(),
+                    LocalWrite::Image => None,
+                })
+                .collect();
+            key.clear();
+            for elem in named {
+                resolve(key, pending, elem, None, later);
+            }
+        }
+    }
+}
+
+/// Does `p` overwrite `elem` (a set or delete of it, a key delete, an image)?
+fn overwrites(p: &PendingChange, elem: &[u8]) -> bool {
+    match &p.write {
+        LocalWrite::Image => true,
+        LocalWrite::Change(ElementChange::DelKey) => true,
+        LocalWrite::Change(
+            ElementChange::Set { elem: e, .. } | ElementChange::Del { elem: e, .. },
+        ) => e == elem,
+        LocalWrite::Change(ElementChange::Incr { .. }) => false,
+    }
+}
+
+/// `resolve(e)` of DESIGN §11, for a remote set or delete of `elem`
+/// (`remote`), or for a remote key delete (`None`).
+fn resolve(
+    key: &mut Planned<'_, '_>,
+    pending: &[PendingChange],
+    elem: &[u8],
+    remote: Option<&ElementChange>,
+    later: &dyn Fn(&PendingChange) -> bool,
+) {
+    let mut last_overwrite: Option<&PendingChange> = None;
+    let mut deltas: Vec<(Shape, i64)> = Vec::new();
+    for p in pending {
+        if overwrites(p, elem) {
+            last_overwrite = Some(p);
+            deltas.clear();
+        } else if let LocalWrite::Change(ElementChange::Incr {
+            shape,
+            elem: e,
+            delta,
+        }) = &p.write
+        {
+            if e == elem {
+                deltas.push((*shape, *delta));
+            }
+        }
+    }
+    let local_set = last_overwrite.and_then(|p| match &p.write {
+        LocalWrite::Change(ElementChange::Set { shape, value, .. }) => {
+            Some((*shape, value, later(p)))
+        }
+        _ => None,
+    });
+    let base: Option<(Shape, &Vec<u8>)> = match remote {
+        Some(ElementChange::Set { shape, value, .. }) => match local_set {
+            Some((s, v, true)) => Some((s, v)),
+            _ => Some((*shape, value)),
+        },
+        _ => local_set.map(|(s, v, _)| (s, v)),
+    };
+    let shape = base
+        .map(|(s, _)| s)
+        .or(deltas.first().map(|(s, _)| *s))
+        .or(remote.and_then(ElementChange::shape));
+    let Some(shape) = shape else {
+        return;
+    };
+    match base {
+        None if deltas.is_empty() => key.delete(shape, elem),
+        Some((_, v)) if counter::parse(shape, v).is_none() => key.set(shape, elem, v.clone()),
+        _ => {
+            let start = base
+                .and_then(|(_, v)| counter::parse(shape, v))
+                .unwrap_or(0);
+            let sum = deltas
+                .iter()
+                .fold(start, |a, (_, d)| counter::add(shape, a, *d));
+            key.set(shape, elem, counter::format(sum));
+        }
+    }
+}

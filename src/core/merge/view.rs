@@ -1,0 +1,201 @@
+//! The key as the merge rule sees it: a read-only view of what Redis holds,
+//! and the planned state on top of it.
+//!
+//! Why a view and not a copy: the rule reads a handful of elements (the one
+//! a record names, those the pending entries name) of keys that can hold
+//! millions; the glue answers those reads through the key API, the
+//! simulation from its map. The rule never writes: it builds a [`KeyPlan`]
+//! that the caller executes, as `decide` does for key images.
+
+use std::collections::BTreeMap;
+
+use super::counter;
+use crate::core::protocol::{Op, Shape, Value};
+
+/// What a key holds, as far as the merge cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyShape {
+    /// No such key.
+    Missing,
+    /// A key whose elements merge one by one.
+    Elements(Shape),
+    /// A type only whole-key images carry (list, stream, module type).
+    Other,
+}
+
+/// Read access to one key, answered by the glue (Redis) or the simulation.
+pub trait KeyView {
+    /// Its type.
+    fn shape(&self) -> KeyShape;
+    /// Number of elements (0 for a missing key or another type).
+    fn element_count(&self) -> usize;
+    /// One element's value (a set member's value is empty).
+    fn get(&self, elem: &[u8]) -> Option<Vec<u8>>;
+}
+
+/// The elements of a key image, for the rule to read after applying it.
+pub fn image_elements(op: &Op) -> (KeyShape, BTreeMap<Vec<u8>, Vec<u8>>) {
+    let pairs = |items: &[(Vec<u8>, Vec<u8>)]| items.iter().cloned().collect();
+    match op {
+        Op::Set { value, .. } => match value {
+            Value::String(v) => (
+                KeyShape::Elements(Shape::Str),
+                BTreeMap::from([(Vec::new(), v.clone())]),
+            ),
+            Value::Hash(items) => (KeyShape::Elements(Shape::Hash), pairs(items)),
+            Value::ZSet(items) => (KeyShape::Elements(Shape::ZSet), pairs(items)),
+            Value::Set(members) => (
+                KeyShape::Elements(Shape::Set),
+                members.iter().map(|m| (m.clone(), Vec::new())).collect(),
+            ),
+            // A hash with field TTLs stays a whole-key value until field
+            // TTLs are part of the element rule (they are not modelled yet).
+            Value::List(_) | Value::Stream(_) | Value::Dump(_) | Value::HashTtl(_) => {
+                (KeyShape::Other, BTreeMap::new())
+            }
+        },
+        _ => (KeyShape::Missing, BTreeMap::new()),
+    }
+}
+
+/// What the key is reset to before the element writes of a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reset<'r> {
+    /// Nothing: the writes go onto the key as it is.
+    Keep,
+    /// Delete the key first.
+    Clear,
+    /// Write this whole-key image first (an `Op::Set` or `Op::Delete`).
+    Image(&'r Op),
+}
+
+/// The net effect of one remote record on one key: reset, then set or
+/// delete single elements. Executing it in this order yields the state the
+/// rule computed; a write of an element into a missing key creates the key
+/// with `shape`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPlan<'r> {
+    /// First step.
+    pub reset: Reset<'r>,
+    /// The key's family for the writes (meaningless when there are none).
+    pub shape: Option<Shape>,
+    /// Element, new value (`None`: delete it), in element order.
+    pub writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+/// Where unchanged elements are read from.
+enum Base<'v> {
+    View(&'v dyn KeyView),
+    Image(BTreeMap<Vec<u8>, Vec<u8>>),
+    Empty,
+}
+
+/// The key as planned so far: a base and the element writes on top.
+pub(super) struct Planned<'v, 'r> {
+    base: Base<'v>,
+    reset: Reset<'r>,
+    shape: KeyShape,
+    len: usize,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl<'v, 'r> Planned<'v, 'r> {
+    /// Start from what the key holds now.
+    pub fn new(view: &'v dyn KeyView) -> Self {
+        Planned {
+            shape: view.shape(),
+            len: view.element_count(),
+            base: Base::View(view),
+            reset: Reset::Keep,
+            writes: BTreeMap::new(),
+        }
+    }
+
+    /// Does a change of `shape` fit the key without changing its type?
+    pub fn fits(&self, shape: Shape) -> bool {
+        match self.shape {
+            KeyShape::Missing => true,
+            KeyShape::Elements(s) => s == shape,
+            KeyShape::Other => false,
+        }
+    }
+
+    /// One element's planned value.
+    pub fn get(&self, elem: &[u8]) -> Option<Vec<u8>> {
+        if let Some(v) = self.writes.get(elem) {
+            return v.clone();
+        }
+        match &self.base {
+            Base::View(v) => v.get(elem),
+            Base::Image(m) => m.get(elem).cloned(),
+            Base::Empty => None,
+        }
+    }
+
+    /// Delete the key.
+    pub fn clear(&mut self) {
+        self.reset = Reset::Clear;
+        self.base = Base::Empty;
+        self.shape = KeyShape::Missing;
+        self.len = 0;
+        self.writes.clear();
+    }
+
+    /// Replace the key with a whole-key image.
+    pub fn image(&mut self, op: &'r Op) {
+        let (shape, elements) = image_elements(op);
+        self.reset = Reset::Image(op);
+        self.shape = shape;
+        self.len = elements.len();
+        self.base = Base::Image(elements);
+        self.writes.clear();
+    }
+
+    /// Set an element; a key of another type is replaced by one of `shape`.
+    pub fn set(&mut self, shape: Shape, elem: &[u8], value: Vec<u8>) {
+        if !self.fits(shape) {
+            self.clear();
+        }
+        if self.get(elem).is_none() {
+            self.len += 1;
+        }
+        self.shape = KeyShape::Elements(shape);
+        self.writes.insert(elem.to_vec(), Some(value));
+    }
+
+    /// Delete an element (of a key of `shape`; another type has none).
+    pub fn delete(&mut self, shape: Shape, elem: &[u8]) {
+        if !self.fits(shape) || self.get(elem).is_none() {
+            return;
+        }
+        self.writes.insert(elem.to_vec(), None);
+        self.len = self.len.saturating_sub(1);
+        if self.len == 0 {
+            // Redis deletes a collection with its last element.
+            self.clear();
+        }
+    }
+
+    /// Add `delta` to an element (missing = 0, a non-integer absorbs it).
+    pub fn increment(&mut self, shape: Shape, elem: &[u8], delta: i64) {
+        let current = if self.fits(shape) {
+            self.get(elem)
+        } else {
+            None
+        };
+        let value = counter::increment(shape, current.as_deref(), delta);
+        self.set(shape, elem, value);
+    }
+
+    /// The plan: reset, then the writes.
+    pub fn finish(self) -> KeyPlan<'r> {
+        KeyPlan {
+            reset: self.reset,
+            shape: match self.shape {
+                KeyShape::Elements(s) => Some(s),
+                _ => None,
+            },
+            writes: self.writes.into_iter().collect(),
+        }
+    }
+}

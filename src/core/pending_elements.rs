@@ -1,0 +1,278 @@
+//! The element entries of the un-acknowledged writes table.
+//!
+//! Why every entry and not the latest per element: the merge rule
+//! (DESIGN §11) needs, per key, the exact sequence of what this node shipped
+//! and the peer has not acknowledged: the last overwrite of an element and
+//! every increment after it, each with its own stamp (one sum per element
+//! diverges). Why the same log in front of an index as
+//! [`crate::core::pending::PendingWrites`]: recording is the hot path and
+//! most batches are acknowledged before any remote record asks about their
+//! key, so a batch's entries are appended to a FIFO log and an
+//! acknowledgement drops whole batches from its front; only a question
+//! moves batches, oldest first, into the per-key index. Once everything is
+//! acknowledged, both are empty: no per-key or per-element metadata stays.
+
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap as HashMap;
+
+use super::protocol::{ElementChange, Stamp};
+use super::table_key::TableKey;
+
+/// A pending local write on one key, as the merge rule reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingChange {
+    /// Its order stamp.
+    pub stamp: Stamp,
+    /// The batch that first carried it.
+    pub seq: u64,
+    /// The peer's seq this node had applied when it made the write (what
+    /// a re-sent change carries as `seen`).
+    pub seen: u64,
+    /// What it did.
+    pub write: LocalWrite,
+}
+
+/// What a pending local write did to its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalWrite {
+    /// An element-level change, exactly as shipped.
+    Change(ElementChange),
+    /// A whole-key image or a flush of the key's db (no content needed:
+    /// the rule only asks when it was).
+    Image,
+}
+
+/// One element entry as stored: no key, the log or index holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stored {
+    stamp: Stamp,
+    seq: u64,
+    seen: u64,
+    change: ElementChange,
+}
+
+/// One batch's element entries, not yet in the index.
+#[derive(Debug)]
+struct LoggedBatch {
+    seq: u64,
+    entries: Vec<(TableKey, Stamp, u64, ElementChange)>,
+}
+
+/// Un-acknowledged element changes per key, in execution order.
+#[derive(Debug, Default)]
+pub struct ElementLog {
+    index: HashMap<TableKey, Vec<Stored>>,
+    indexed: usize,
+    log: VecDeque<LoggedBatch>,
+    logged: usize,
+}
+
+impl ElementLog {
+    /// Number of entries (every shipped change counts).
+    pub fn len(&self) -> usize {
+        self.indexed + self.logged
+    }
+
+    /// True when nothing is pending.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Record a shipped change of `key` in batch `seq` (batches recorded in
+    /// increasing `seq`, changes of a batch in execution order).
+    pub fn record(
+        &mut self,
+        key: TableKey,
+        stamp: Stamp,
+        seq: u64,
+        seen: u64,
+        change: ElementChange,
+    ) {
+        match self.log.back_mut() {
+            Some(b) if b.seq == seq => b.entries.push((key, stamp, seen, change)),
+            Some(b) if b.seq > seq => {
+                // Out of order (a caller's mistake): index so the order of
+                // what is already there is kept.
+                self.index_all();
+                self.index.entry(key).or_default().push(Stored {
+                    stamp,
+                    seq,
+                    seen,
+                    change,
+                });
+                self.indexed += 1;
+                return;
+            }
+            _ => self.log.push_back(LoggedBatch {
+                seq,
+                entries: vec![(key, stamp, seen, change)],
+            }),
+        }
+        self.logged += 1;
+    }
+
+    /// Move every logged batch into the index, oldest first.
+    pub fn index_all(&mut self) {
+        while let Some(batch) = self.log.pop_front() {
+            self.logged -= batch.entries.len();
+            self.indexed += batch.entries.len();
+            for (key, stamp, seen, change) in batch.entries {
+                self.index.entry(key).or_default().push(Stored {
+                    stamp,
+                    seq: batch.seq,
+                    seen,
+                    change,
+                });
+            }
+        }
+    }
+
+    /// The pending changes of `key`, in execution order.
+    pub fn of_key(&mut self, key: &TableKey) -> Vec<PendingChange> {
+        self.index_all();
+        self.index.get(key).map_or_else(Vec::new, |v| {
+            v.iter()
+                .map(|s| PendingChange {
+                    stamp: s.stamp,
+                    seq: s.seq,
+                    seen: s.seen,
+                    write: LocalWrite::Change(s.change.clone()),
+                })
+                .collect()
+        })
+    }
+
+    /// Drop the changes of `key` for which `cancelled(stamp)` holds (a
+    /// remote image stamped after them cancelled them).
+    pub fn prune(&mut self, key: &TableKey, cancelled: impl Fn(Stamp) -> bool) {
+        self.index_all();
+        if let Some(v) = self.index.get_mut(key) {
+            let before = v.len();
+            v.retain(|s| !cancelled(s.stamp));
+            self.indexed -= before - v.len();
+            if v.is_empty() {
+                self.index.remove(key);
+            }
+        }
+    }
+
+    /// Forget the changes of `key` (a resync replaced them by an image).
+    pub fn forget_key(&mut self, key: &TableKey) {
+        self.prune(key, |_| true);
+    }
+
+    /// The peer acknowledged every batch up to `seq`.
+    pub fn acknowledge(&mut self, seq: u64) {
+        while self.log.front().is_some_and(|b| b.seq <= seq) {
+            if let Some(b) = self.log.pop_front() {
+                self.logged -= b.entries.len();
+            }
+        }
+        if self.indexed > 0 {
+            let mut dropped = 0;
+            self.index.retain(|_, v| {
+                let before = v.len();
+                v.retain(|s| s.seq > seq);
+                dropped += before - v.len();
+                !v.is_empty()
+            });
+            self.indexed -= dropped;
+        }
+    }
+
+    /// Keys with pending changes, and each key's changes in execution order
+    /// (what a dirty-key resync re-sends).
+    pub fn all(&mut self) -> Vec<(TableKey, Vec<PendingChange>)> {
+        self.index_all();
+        let keys: Vec<TableKey> = self.index.keys().cloned().collect();
+        keys.into_iter()
+            .map(|k| {
+                let v = self.of_key(&k);
+                (k, v)
+            })
+            .collect()
+    }
+
+    /// The smallest stamp still pending.
+    pub fn oldest_stamp(&self) -> Option<Stamp> {
+        let logged = self
+            .log
+            .iter()
+            .flat_map(|b| b.entries.iter().map(|(_, s, _, _)| *s));
+        self.index
+            .values()
+            .flatten()
+            .map(|s| s.stamp)
+            .chain(logged)
+            .min()
+    }
+
+    /// Forget everything.
+    pub fn clear(&mut self) {
+        self.index.clear();
+        self.log.clear();
+        self.indexed = 0;
+        self.logged = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::protocol::Shape;
+
+    fn st(hlc: u64) -> Stamp {
+        Stamp { hlc, index: 0 }
+    }
+
+    fn incr(d: i64) -> ElementChange {
+        ElementChange::Incr {
+            shape: Shape::Hash,
+            elem: b"f".to_vec(),
+            delta: d,
+        }
+    }
+
+    #[test]
+    fn keeps_every_change_in_order_until_acknowledged() {
+        let mut l = ElementLog::default();
+        let k = TableKey::new(0, b"h");
+        l.record(k.clone(), st(1), 1, 0, incr(1));
+        l.record(k.clone(), st(2), 1, 0, incr(2));
+        l.record(k.clone(), st(3), 2, 0, incr(3));
+        let got: Vec<i64> = l
+            .of_key(&k)
+            .iter()
+            .map(|p| match &p.write {
+                LocalWrite::Change(ElementChange::Incr { delta, .. }) => *delta,
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(got, [1, 2, 3]);
+        l.record(k.clone(), st(4), 3, 0, incr(4));
+        l.acknowledge(2);
+        assert_eq!(l.len(), 1);
+        assert_eq!(l.of_key(&k)[0].seq, 3);
+        l.acknowledge(3);
+        assert!(l.is_empty());
+        assert!(
+            l.index.is_empty() && l.log.is_empty(),
+            "no per-key metadata once acknowledged"
+        );
+    }
+
+    #[test]
+    fn prune_drops_only_cancelled_entries() {
+        let mut l = ElementLog::default();
+        let k = TableKey::new(0, b"h");
+        for i in 1..=4 {
+            l.record(k.clone(), st(i), i, 0, incr(i as i64));
+        }
+        l.prune(&k, |s| s.hlc < 3);
+        assert_eq!(l.len(), 2);
+        assert_eq!(l.oldest_stamp(), Some(st(3)));
+        l.forget_key(&k);
+        assert!(l.is_empty());
+    }
+}
