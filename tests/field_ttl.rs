@@ -14,15 +14,6 @@ use common::*;
 
 const T: Duration = Duration::from_secs(20);
 
-fn cmd(c: &mut redis::Connection, args: &[&str]) -> redis::Value {
-    let mut q = redis::cmd(args[0]);
-    for a in &args[1..] {
-        q.arg(*a);
-    }
-    q.query(c)
-        .unwrap_or_else(|e| panic!("{args:?} failed: {e}"))
-}
-
 /// Fails the test unless `server` has hash field expiration.
 fn require_field_ttls(server: &Server) {
     let mut c = server.conn();

@@ -13,15 +13,6 @@ use redis::Commands;
 
 const T: Duration = Duration::from_secs(20);
 
-fn cmd(c: &mut redis::Connection, args: &[&str]) -> redis::Value {
-    let mut q = redis::cmd(args[0]);
-    for a in &args[1..] {
-        q.arg(*a);
-    }
-    q.query(c)
-        .unwrap_or_else(|e| panic!("{args:?} failed: {e}"))
-}
-
 /// Writes of every type on one side; the caller writes them on A or B.
 fn write_every_type(c: &mut redis::Connection, p: &str) {
     let k = |s: &str| format!("{p}:{s}");

@@ -1613,6 +1613,19 @@ impl Outcome {
         self.failures.iter().filter(|(_, f)| pick(f)).count()
     }
 
+    /// Fail with the first failures and the command that replays one.
+    fn assert_no_failures(&self, test: &str) {
+        if let Some((seed, _)) = self.failures.first() {
+            panic!(
+                "{} of {} schedules failed:\n{}\nreplay the first: {}",
+                self.failures.len(),
+                self.run,
+                self.listing(8),
+                replay_hint(*seed, test)
+            );
+        }
+    }
+
     fn report(&self, name: &str, started: Instant) {
         let c = &self.counters;
         println!(
@@ -1674,15 +1687,7 @@ fn converges_under_correct_rules() {
     let n = env_u64("SIM_SCHEDULES").unwrap_or(DEFAULT_SCHEDULES);
     let out = run_schedules(SimRules::correct(Mode::Keys), n);
     out.report("correct rules", started);
-    if let Some((seed, _)) = out.failures.first() {
-        panic!(
-            "{} of {} schedules failed:\n{}\nreplay the first: {}",
-            out.failures.len(),
-            out.run,
-            out.listing(8),
-            replay_hint(*seed, "converges")
-        );
-    }
+    out.assert_no_failures("converges");
     if env_u64("SIM_SEED").is_none() {
         assert!(
             out.counters.lost > 0,
@@ -1702,15 +1707,7 @@ fn elements_converge_and_keep_their_semantics() {
     let n = env_u64("SIM_SCHEDULES").unwrap_or(DEFAULT_SCHEDULES);
     let out = run_schedules(SimRules::correct(Mode::Elements), n);
     out.report("element merge", started);
-    if let Some((seed, _)) = out.failures.first() {
-        panic!(
-            "{} of {} schedules failed:\n{}\nreplay the first: {}",
-            out.failures.len(),
-            out.run,
-            out.listing(8),
-            replay_hint(*seed, "elements_converge")
-        );
-    }
+    out.assert_no_failures("elements_converge");
     if env_u64("SIM_SEED").is_none() {
         let c = &out.counters;
         assert!(

@@ -1183,6 +1183,16 @@ pub fn try_status(conn: &mut redis::Connection) -> Result<HashMap<String, String
         .collect())
 }
 
+/// Run one command given as words; a failure fails the test, naming the command.
+pub fn cmd(c: &mut redis::Connection, args: &[&str]) -> redis::Value {
+    let mut q = redis::cmd(args[0]);
+    for a in &args[1..] {
+        q.arg(*a);
+    }
+    q.query(c)
+        .unwrap_or_else(|e| panic!("{args:?} failed: {e}"))
+}
+
 /// `SYNC.STATUS` as a field -> value map; panics if the command fails (e.g. module not loaded).
 pub fn status(conn: &mut redis::Connection) -> HashMap<String, String> {
     try_status(conn).unwrap_or_else(|e| panic!("{e}"))
