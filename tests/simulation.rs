@@ -1408,10 +1408,14 @@ impl Sim {
     fn check(&mut self) -> Result<(), Failure> {
         let [a, b] = &self.nodes;
         if a.store != b.store {
-            return Err(Failure::Diverged(diff(&a.store, &b.store)));
+            return Err(Failure::Diverged(diff(&a.store, &b.store, |v| {
+                show_opt(&v.cloned())
+            })));
         }
         if a.elements != b.elements {
-            return Err(Failure::Diverged(diff_elements(&a.elements, &b.elements)));
+            return Err(Failure::Diverged(diff(&a.elements, &b.elements, |v| {
+                format!("{v:?}")
+            })));
         }
         let (errs, checked) = elements::check([&a.history, &b.history], &a.elements);
         self.counters.counters_checked += checked.counters;
@@ -1493,29 +1497,13 @@ fn show_op(op: &Op) -> String {
     }
 }
 
-/// A short listing of the typed keys that differ.
-fn diff_elements(a: &ElementStore, b: &ElementStore) -> String {
-    let mut keys: Vec<_> = a.keys().chain(b.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    keys.into_iter()
-        .filter(|k| a.get(*k) != b.get(*k))
-        .take(10)
-        .map(|k| {
-            format!(
-                "  db{} {}: a={:?} b={:?}",
-                k.0,
-                show(&k.1),
-                a.get(k),
-                b.get(k)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// A short listing of the keys whose values differ.
-fn diff(a: &Store, b: &Store) -> String {
+/// A short listing of the keys whose values differ, each side's value
+/// shown by `show_value`.
+fn diff<V: PartialEq>(
+    a: &BTreeMap<(u32, Vec<u8>), V>,
+    b: &BTreeMap<(u32, Vec<u8>), V>,
+    show_value: impl Fn(Option<&V>) -> String,
+) -> String {
     let mut keys: Vec<_> = a.keys().chain(b.keys()).collect();
     keys.sort();
     keys.dedup();
@@ -1527,8 +1515,8 @@ fn diff(a: &Store, b: &Store) -> String {
                 "  db{} {}: a={} b={}",
                 k.0,
                 show(&k.1),
-                show_opt(&a.get(k).cloned()),
-                show_opt(&b.get(k).cloned())
+                show_value(a.get(k)),
+                show_value(b.get(k))
             )
         })
         .collect::<Vec<_>>()
