@@ -87,7 +87,7 @@ pub struct Shared {
     /// Whether the dataset held no keys when the main thread last counted,
     /// packed with `local_writes` at that moment (see [`Shared::dataset_empty`]).
     empty_mark: AtomicU64,
-    /// Writes captured from this node's clients since it started.
+    /// Times a client write made the dirty log non-empty since this node started.
     local_writes: AtomicU64,
     /// Seq of the batch that ended the last full resync this node sent
     /// (0: none pending): its acknowledgement ends `force_source`.
@@ -220,13 +220,17 @@ impl Shared {
         *self.peer_node_id.lock().unwrap_or_else(|p| p.into_inner()) = id.to_string();
     }
 
-    /// Count a captured client write (the keyspace handler; one relaxed add).
+    /// Count a client write that made the dirty log non-empty (the keyspace
+    /// handler, once per event-loop iteration at most). Any write after a
+    /// moment when the log was empty bumps it, which is all
+    /// [`Shared::dataset_empty`] needs.
     pub fn note_local_write(&self) {
         self.local_writes.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Record the main thread's count of the dataset (empty or not), as of
-    /// the writes captured so far.
+    /// the writes captured so far. `empty` must be false while the dirty log
+    /// holds a change (a later write would not bump the count).
     pub fn set_dataset_empty(&self, empty: bool) {
         let w = self.local_writes.load(Ordering::Relaxed) & !EMPTY_BIT;
         let mark = if empty { w | EMPTY_BIT } else { w };

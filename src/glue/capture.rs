@@ -138,17 +138,22 @@ fn note_key(db: u32, key: &[u8]) {
 
 /// Record a change in the dirty log; wake the loop if it was empty.
 fn note(record: impl FnOnce(&mut DirtyLog)) {
-    if let Some(s) = Shared::get() {
-        s.note_local_write();
-    }
     let was_empty = {
         let mut d = dirty();
         let e = d.is_empty();
         record(&mut d);
         e
     };
-    if was_empty && AFTER_FLUSH_POINT.load(Ordering::Relaxed) {
-        ffi::wake_event_loop();
+    if was_empty {
+        // Counting the log's first change is enough for "written since"
+        // (see `Shared::dataset_empty`), and keeps the atomic off the
+        // per-write path.
+        if let Some(s) = Shared::get() {
+            s.note_local_write();
+        }
+        if AFTER_FLUSH_POINT.load(Ordering::Relaxed) {
+            ffi::wake_event_loop();
+        }
     }
 }
 

@@ -98,7 +98,7 @@ fn refresh_empty(ctx: &Context, shared: &Shared) {
         }
     }
     ffi::select_db(ctx, saved);
-    shared.set_dataset_empty(empty);
+    shared.set_dataset_empty(empty && super::capture::dirty().is_empty());
 }
 
 /// Role change: a replica keeps the module passive; a promoted replica takes over.
