@@ -450,7 +450,10 @@ unsafe fn arm_hint(fctx: *mut raw::RedisModuleCommandFilterCtx, argc: usize) {
 /// cheap test, so other commands cost no argument copy.
 fn hintable(name: &[u8]) -> bool {
     (3..=7).contains(&name.len())
-        && matches!(name[0] | 0x20, b'i' | b'd' | b's' | b'h' | b'z' | b'u')
+        && matches!(
+            name[0] | 0x20,
+            b'i' | b'd' | b'g' | b's' | b'h' | b'z' | b'u'
+        )
 }
 
 /// Arm the element hint of the command, if it has one.
