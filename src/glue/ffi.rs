@@ -46,10 +46,11 @@ pub fn read_key(ctx: &Context, key: &[u8]) -> Option<KeyRead> {
     read_key_with(ctx, key, true)
 }
 
-/// A key's kind and its number of elements (a string's byte length), read
+/// A key's kind, its number of elements (a string's byte length) and whether
+/// it has a TTL, read
 /// through the key API as quietly as [`read_key`]: what the element merge
 /// needs before it reads single elements.
-pub fn key_shape(ctx: &Context, key: &[u8]) -> Option<(KeyKind, usize)> {
+pub fn key_shape(ctx: &Context, key: &[u8]) -> Option<(KeyKind, usize, bool)> {
     // SAFETY: as in `read_key_with`: main thread, live context; the name and
     // the key handle are created and released here.
     unsafe {
@@ -59,6 +60,7 @@ pub fn key_shape(ctx: &Context, key: &[u8]) -> Option<(KeyKind, usize)> {
         let free = raw::RedisModule_FreeString?;
         let ktype = raw::RedisModule_KeyType?;
         let vlen = raw::RedisModule_ValueLength?;
+        let expire = raw::RedisModule_GetExpire?;
         let name = create(ctx.ctx, key.as_ptr().cast::<c_char>(), key.len());
         if name.is_null() {
             return None;
@@ -66,12 +68,13 @@ pub fn key_shape(ctx: &Context, key: &[u8]) -> Option<(KeyKind, usize)> {
         let mode = raw::REDISMODULE_READ as c_int | super::server::quiet_open_flags();
         let k = open(ctx.ctx, name, mode);
         let out = if k.is_null() {
-            (KeyKind::Missing, 0)
+            (KeyKind::Missing, 0, false)
         } else {
             let kind = kind_of(ktype(k) as isize);
             let len = if kind == KeyKind::Missing { 0 } else { vlen(k) };
+            let ttl = kind != KeyKind::Missing && expire(k) >= 0;
             close(k);
-            (kind, len)
+            (kind, len, ttl)
         };
         free(ctx.ctx, name);
         Some(out)
