@@ -74,6 +74,9 @@ pub struct Shared {
     pub wake: fn(),
     /// The peer's node id, once a handshake told it.
     peer_node_id: Mutex<String>,
+    /// The RDB version the peer's server speaks (its hello): the element
+    /// self-check compares digests only between servers of one version.
+    pub peer_rdb_version: std::sync::atomic::AtomicU32,
     /// The settings as changed at run time (CONFIG SET).
     settings: Mutex<Config>,
     max_pending_keys: AtomicU64,
@@ -146,6 +149,7 @@ impl Shared {
             table_overflowed: AtomicBool::new(false),
             wake,
             peer_node_id: Mutex::new(String::new()),
+            peer_rdb_version: std::sync::atomic::AtomicU32::new(0),
             drop_session: AtomicBool::new(false),
             fresh: AtomicBool::new(true),
             ready: AtomicBool::new(false),

@@ -33,8 +33,7 @@ use redis_module::{raw, Context};
 use super::ffi;
 use super::guard::guarded;
 use crate::core::dirty::{DirtyLog, Expiry};
-use crate::core::merge::counter;
-use crate::core::protocol::{ElementChange, Shape};
+use crate::core::protocol::ElementChange;
 use crate::core::write_hint::{describe, EventFit, KeyHint};
 use crate::state::Shared;
 
@@ -163,22 +162,22 @@ fn break_elem_hint(key: &[u8]) {
     }
 }
 
-/// A `ZINCRBY` adds exactly only while the score stays an integer in the
-/// exact range: read the score it left, else `None` (the key is imaged).
+/// A `ZINCRBY` ships the member's new score: read it now (`None`: the
+/// member is gone, the key is imaged).
 ///
 /// # Safety
 /// `ctx` is the live context of a keyspace notification.
 unsafe fn confirm_score(
     ctx: *mut raw::RedisModuleCtx,
     key: &[u8],
-    changes: Vec<ElementChange>,
+    mut changes: Vec<ElementChange>,
 ) -> Option<Vec<ElementChange>> {
-    let Some(ElementChange::Incr { elem, .. }) = changes.first() else {
+    let Some(ElementChange::Set { elem, value, .. }) = changes.first_mut() else {
         return None;
     };
     let c = Context::new(ctx);
-    let score = super::flush::zscore(&c, key, elem)?;
-    counter::parse(Shape::ZSet, &score).map(|_| changes)
+    *value = super::flush::zscore(&c, key, elem)?;
+    Some(changes)
 }
 
 /// Keys touched by commands that change a stream without a keyspace event

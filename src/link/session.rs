@@ -530,6 +530,9 @@ fn session(shared: &Arc<Shared>, stream: &TcpStream, done: Handshaken) {
     };
     let peer = theirs.node_id.clone();
     shared.set_peer_node_id(&peer);
+    shared
+        .peer_rdb_version
+        .store(theirs.rdb_version, Ordering::Relaxed);
     shared.drop_session.store(false, Ordering::Relaxed);
     // The main thread learns of the session before any of its frames.
     let _ = shared.inbound_tx.send(Inbound::SessionStart {
