@@ -818,7 +818,8 @@ impl Writer {
                 }
             }
             "zadd_flags" => {
-                // ZADD with flags is not described per element: an image.
+                // ZADD with NX/XX/GT/LT/INCR is not described per element: an image (CH alone
+                // does not change what is written).
                 let k = self.key(C_ZSET);
                 c = redis::cmd("ZADD");
                 c.arg(k);
