@@ -54,7 +54,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -402,12 +402,52 @@ const BLOCK_TIMEOUT: &str = "0.05";
 /// A waiter is served once it has been waiting this long (so that it really is blocked).
 const SERVE_AFTER_MS: u64 = 1;
 
-/// Writers announce here that they are blocked on a queue key (slot `2 * db index + 0` for
-/// [`QUEUE_ZSET`], `+ 1` for [`QUEUE_LIST`]; the value is the time in ms it started waiting,
-/// 0 if nobody waits). Any other writer, on either side, serves it with one ZADD/RPUSH at
-/// its next step: a push from the same side serves it in that push's own command; one from
-/// the other side serves it when the module applies the push.
+/// Writers announce here that they are blocked on a queue key: one slot per writer (the a
+/// writers first), holding a [`Wait`] packed by [`Wait::pack`], 0 while it does not wait.
+/// Any other writer, on either side, serves it with one ZADD/RPUSH at its next step: a push
+/// from the same side serves it in that push's own command; one from the other side serves
+/// it when the module applies the push (unless a waiter on the pushing side would take the
+/// element first: then only a push on the waiter's side serves it). When a burst is due, the
+/// coordinator serves the writers still blocked, on their side.
 type Waiting = Arc<Vec<AtomicU64>>;
+
+/// What a blocked writer waits for.
+#[derive(Clone, Copy, PartialEq, Debug)]
+struct Wait {
+    /// When it started waiting (ms).
+    since_ms: u64,
+    /// Index in [`DBS`].
+    db_index: usize,
+    /// [`QUEUE_LIST`] (BLMOVE), else [`QUEUE_ZSET`] (BZPOPMIN).
+    list: bool,
+}
+
+impl Wait {
+    fn pack(self) -> u64 {
+        (self.since_ms << 3) | ((self.db_index as u64) << 1) | u64::from(self.list)
+    }
+
+    fn unpack(v: u64) -> Option<Wait> {
+        (v != 0).then_some(Wait {
+            since_ms: v >> 3,
+            db_index: ((v >> 1) & 3) as usize,
+            list: v & 1 == 1,
+        })
+    }
+
+    /// The push that serves it.
+    fn push(&self, member: String) -> redis::Cmd {
+        let mut c;
+        if self.list {
+            c = redis::cmd("RPUSH");
+            c.arg(QUEUE_LIST).arg(member);
+        } else {
+            c = redis::cmd("ZADD");
+            c.arg(QUEUE_ZSET).arg(0).arg(member);
+        }
+        c
+    }
+}
 
 /// What one writer did.
 #[derive(Default, Debug)]
@@ -426,6 +466,9 @@ struct WriterStats {
     block_served: u64,
     block_timeouts: u64,
     block_time: Duration,
+    /// Pushes made to serve a blocked writer of the same side / of the other side.
+    serves_same_side: u64,
+    serves_other_side: u64,
 }
 
 impl WriterStats {
@@ -441,6 +484,8 @@ impl WriterStats {
         self.block_served += o.block_served;
         self.block_timeouts += o.block_timeouts;
         self.block_time += o.block_time;
+        self.serves_same_side += o.serves_same_side;
+        self.serves_other_side += o.serves_other_side;
         for u in o.unexpected {
             if self.unexpected.len() < 20 {
                 self.unexpected.push(u);
@@ -493,8 +538,10 @@ struct Writer {
     total_weight: u32,
     /// Shared by all writers: who waits in a blocking op.
     waiting: Waiting,
-    /// The waiter slot the current `qserve` op serves.
-    serve_slot: usize,
+    /// This writer's slot in `waiting`.
+    slot: usize,
+    /// What the current `qserve` op serves.
+    serving: Option<Wait>,
     stats: WriterStats,
 }
 
@@ -506,6 +553,7 @@ impl Writer {
         shape: &Shape,
         filter: OpFilter,
         waiting: Waiting,
+        slot: usize,
     ) -> Writer {
         let kinds: Vec<(&'static str, u32)> =
             OPS.iter().copied().filter(|(n, _)| filter.has(n)).collect();
@@ -522,7 +570,8 @@ impl Writer {
             kinds,
             total_weight,
             waiting,
-            serve_slot: 0,
+            slot,
+            serving: None,
             stats: WriterStats::default(),
         }
     }
@@ -1054,40 +1103,43 @@ impl Writer {
         self.step_kind(kind, None)
     }
 
-    /// Before a burst: serves every writer still blocked (the others stopped writing, so
-    /// nobody else would), until no one waits. Returns false if the connection broke.
-    fn serve_all_waiters(&mut self) -> bool {
-        let start = Instant::now();
-        while self.waiting.iter().any(|w| w.load(Ordering::Acquire) != 0)
-            && start.elapsed() < Duration::from_millis(200)
-        {
-            match self.serve_waiter() {
-                Some(false) => return false,
-                Some(true) => {}
-                None => thread::sleep(Duration::from_micros(200)),
-            }
-        }
-        true
-    }
-
     /// If a writer (of either side) has been blocked on a queue key for [`SERVE_AFTER_MS`],
     /// serves it with one push (op `qserve`); returns what [`Writer::step_kind`] returned.
     fn serve_waiter(&mut self) -> Option<bool> {
         let now = now_ms() as u64;
         let waiting = Arc::clone(&self.waiting);
+        let half = waiting.len() / 2;
+        let my_side = self.slot / half;
         for (slot, w) in waiting.iter().enumerate() {
-            let since = w.load(Ordering::Acquire);
-            if since != 0
-                && now >= since + SERVE_AFTER_MS
-                && w.compare_exchange(since, 0, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-            {
-                self.serve_slot = slot;
-                let focus = self.focus.replace((DBS[slot / 2], self.keys_per_db));
-                let ok = self.step_kind("qserve", None);
-                self.focus = focus;
-                return Some(ok);
+            let v = w.load(Ordering::Acquire);
+            let Some(wait) = Wait::unpack(v) else {
+                continue;
+            };
+            if now < wait.since_ms + SERVE_AFTER_MS {
+                continue;
             }
+            // From the other side, only if no waiter here would take the element first.
+            let stolen = slot / half != my_side
+                && waiting[my_side * half..(my_side + 1) * half]
+                    .iter()
+                    .filter_map(|o| Wait::unpack(o.load(Ordering::Acquire)))
+                    .any(|o| o.db_index == wait.db_index && o.list == wait.list);
+            if stolen
+                || w.compare_exchange(v, 0, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_err()
+            {
+                continue;
+            }
+            if slot / half == my_side {
+                self.stats.serves_same_side += 1;
+            } else {
+                self.stats.serves_other_side += 1;
+            }
+            self.serving = Some(wait);
+            let focus = self.focus.replace((DBS[wait.db_index], self.keys_per_db));
+            let ok = self.step_kind("qserve", None);
+            self.focus = focus;
+            return Some(ok);
         }
         None
     }
@@ -1193,22 +1245,11 @@ impl Writer {
                 }
             }
             "qserve" => {
-                let slot = self.serve_slot;
-                let mut c;
-                if slot % 2 == 1 {
-                    c = redis::cmd(if self.rng.gen_bool(0.5) {
-                        "RPUSH"
-                    } else {
-                        "LPUSH"
-                    });
-                    c.arg(QUEUE_LIST)
-                        .arg(format!("q{}", self.rng.gen_range(0..1000)));
-                } else {
-                    c = redis::cmd("ZADD");
-                    c.arg(QUEUE_ZSET)
-                        .arg(self.rng.gen_range(-100..100))
-                        .arg(format!("q{}", self.rng.gen_range(0..1000)));
-                }
+                let wait = self
+                    .serving
+                    .take()
+                    .expect("serve_waiter sets what to serve");
+                let c = wait.push(format!("q{}", self.rng.gen_range(0..1000)));
                 *desc = describe(&c);
                 c.query::<Value>(&mut self.conn).map(|_| ())
             }
@@ -1216,13 +1257,17 @@ impl Writer {
                 // Announce the wait, so that another writer serves it (see `Waiting`).
                 let db = self.cur_db.expect("the db was selected");
                 let db_index = DBS.iter().position(|&d| d == db).expect("a known db");
-                let slot = 2 * db_index + usize::from(kind == "blmove");
+                let wait = Wait {
+                    since_ms: now_ms() as u64,
+                    db_index,
+                    list: kind == "blmove",
+                };
                 let c = self.simple(kind);
                 *desc = describe(&c);
                 let start = Instant::now();
-                self.waiting[slot].store(now_ms() as u64, Ordering::Release);
+                self.waiting[self.slot].store(wait.pack(), Ordering::Release);
                 let result = c.query::<Value>(&mut self.conn);
-                self.waiting[slot].store(0, Ordering::Release);
+                self.waiting[self.slot].store(0, Ordering::Release);
                 self.stats.block_time += start.elapsed();
                 match &result {
                     Ok(Value::Nil) => self.stats.block_timeouts += 1,
@@ -1384,6 +1429,9 @@ struct Control {
     burst_db: AtomicI64,
     /// Writers only: the burst starts when all have stopped their random ops.
     start_burst: Barrier,
+    /// How many writers have stopped their random ops for the burst (the coordinator serves
+    /// blocked writers until all have).
+    arrived: AtomicUsize,
     /// Writers and coordinator: every burst is done.
     burst_done: Barrier,
     /// Writers and coordinator: the checkpoint is done, go on (or stop).
@@ -1441,7 +1489,11 @@ fn run_seed(seed: u64) {
             .unwrap_or_else(|e| panic!("FUNCTION LOAD on {}: {e}", server.name()));
     }
     let setup = t0.elapsed();
-    let waiting: Waiting = Arc::new((0..2 * DBS.len()).map(|_| AtomicU64::new(0)).collect());
+    let waiting: Waiting = Arc::new(
+        (0..2 * threads_per_side)
+            .map(|_| AtomicU64::new(0))
+            .collect(),
+    );
 
     let writers = 2 * threads_per_side;
     let ctl = Arc::new(Control {
@@ -1449,6 +1501,7 @@ fn run_seed(seed: u64) {
         stop: AtomicBool::new(false),
         burst_db: AtomicI64::new(0),
         start_burst: Barrier::new(writers),
+        arrived: AtomicUsize::new(0),
         burst_done: Barrier::new(writers + 1),
         resume: Barrier::new(writers + 1),
         burst_log: Mutex::new(Vec::new()),
@@ -1468,6 +1521,7 @@ fn run_seed(seed: u64) {
                 &shape,
                 filter.clone(),
                 Arc::clone(&waiting),
+                side_no as usize * threads_per_side + t,
             );
             let ctl = Arc::clone(&ctl);
             handles.push(
@@ -1485,9 +1539,7 @@ fn run_seed(seed: u64) {
                                     broken = true;
                                 }
                             }
-                            if !broken {
-                                broken = !w.serve_all_waiters();
-                            }
+                            ctl.arrived.fetch_add(1, Ordering::AcqRel);
                             ctl.start_burst.wait();
                             if !broken {
                                 let mut log = Vec::new();
@@ -1514,6 +1566,7 @@ fn run_seed(seed: u64) {
     let mut burst_time = Duration::ZERO;
     let mut slowest_burst = Duration::ZERO;
     let mut failure: Option<String> = None;
+    let mut queue_conns = [pair.a.conn(), pair.b.conn()];
     let run_start = Instant::now();
     loop {
         let phase = Instant::now();
@@ -1522,6 +1575,28 @@ fn run_seed(seed: u64) {
         ctl.burst_db.store(db, Ordering::Release);
         let burst_start = Instant::now();
         ctl.burst.store(true, Ordering::Release);
+        // Writers finish their current op first: serve those blocked in BZPOPMIN/BLMOVE (no
+        // other writer will), on their own side so that it is quick.
+        while ctl.arrived.load(Ordering::Acquire) < writers {
+            for (slot, w) in waiting.iter().enumerate() {
+                let v = w.load(Ordering::Acquire);
+                let Some(wait) = Wait::unpack(v) else {
+                    continue;
+                };
+                if w.compare_exchange(v, 0, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    let conn = &mut queue_conns[slot / threads_per_side];
+                    let mut p = redis::pipe();
+                    p.cmd("SELECT").arg(DBS[wait.db_index]).ignore();
+                    p.add_command(wait.push(format!("c{slot}"))).ignore();
+                    p.query::<()>(conn)
+                        .unwrap_or_else(|e| panic!("serving a blocked writer: {e}"));
+                }
+            }
+            thread::sleep(Duration::from_micros(100));
+        }
+        ctl.arrived.store(0, Ordering::Release);
         ctl.burst_done.wait();
         let bt = burst_start.elapsed();
         slowest_burst = slowest_burst.max(bt);
@@ -1574,10 +1649,13 @@ fn run_seed(seed: u64) {
     eprintln!("seed {seed}: ops per kind {:?}", stats.by_kind);
     eprintln!(
         "seed {seed}: blocking ops (BZPOPMIN/BLMOVE outside MULTI): {} got an element, {} timed \
-         out, {:.1} s spent blocked in all writers",
+         out, {:.1} s spent blocked in all writers; served by a push from a writer of the same \
+         side {} times, of the other side {} times",
         stats.block_served,
         stats.block_timeouts,
-        stats.block_time.as_secs_f64()
+        stats.block_time.as_secs_f64(),
+        stats.serves_same_side,
+        stats.serves_other_side
     );
     // The test hooks' own checks: a shipped SET value that differs from the stored one
     // ("set-hint mismatch"), and a peer whose digest of a key differs from the origin's after
