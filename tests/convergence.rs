@@ -951,8 +951,16 @@ impl Writer {
                 }
             }
             "bzpopmin" => {
+                // Half the time also on a hot sorted set: if it is empty too, a writer's
+                // element ZADD to it can wake this pop, whose change of that key then comes
+                // from another client than the command its events follow.
                 c = redis::cmd("BZPOPMIN");
-                c.arg(QUEUE_ZSET).arg(BLOCK_TIMEOUT);
+                c.arg(QUEUE_ZSET);
+                if self.rng.gen_bool(0.5) {
+                    let k = self.key(C_ZSET);
+                    c.arg(k);
+                }
+                c.arg(BLOCK_TIMEOUT);
             }
             "blmove" => {
                 let to = self.key(C_LIST);
