@@ -9,10 +9,10 @@
 //!
 //! The element commands (issue 10: those the capture ships per element — INCR/INCRBY/DECR/
 //! DECRBY, SET of an integer with or without NX/XX/GET, HSET/HMSET/HSETNX/HDEL/HINCRBY,
-//! SADD/SREM, ZADD without flags, ZREM, integral ZINCRBY, DEL/UNLINK of counters and
-//! collections) run next to their whole-key neighbours on the same keys: INCRBYFLOAT,
-//! HINCRBYFLOAT, non-integral ZINCRBY, ZADD with NX/XX/GT/LT/CH/INCR, SET of a non-canonical
-//! integer; deltas near the 64-bit range (overflow on one side or when added on the other) and
+//! SADD/SREM, ZADD without NX/XX/GT/LT/INCR, ZREM, integral ZINCRBY, DEL/UNLINK of counters
+//! and collections) run next to their whole-key neighbours on the same keys: INCRBYFLOAT,
+//! HINCRBYFLOAT, non-integral ZINCRBY, ZADD with NX/XX/GT/LT/INCR (some with CH), SET of a
+//! non-canonical integer; deltas near the 64-bit range (overflow on one side or when added on the other) and
 //! ZINCRBYs near 2^53. The hint matching is exercised where it must give up or stay exact:
 //! element commands queued in MULTI (`multi_elem`), several element commands in one EVAL
 //! (`eval_elem`, some through `redis.pcall` around errors, one next to a ZPOPMIN of the same
