@@ -33,8 +33,10 @@
 //! caught 1 of 24 such runs.
 //!
 //! At the end: [`assert_converged`], at least [`MIN_CONFLICTS`] `conflicts_lost` on each node
-//! (the last-writer-wins rule really ran), and `pending_keys` 0 on both (the table of
-//! un-acknowledged writes drains once the pair is quiet).
+//! (the last-writer-wins rule really ran) and, from a module that reports it, as many
+//! `conflicts_merged` (the element rule merged concurrent changes of one key), and
+//! `pending_keys` 0 on both (the table of un-acknowledged writes drains once the pair is
+//! quiet).
 //!
 //! Errors that random ops legitimately cause (WRONGTYPE, RENAME of a missing key, INCRBY on a
 //! non-integer, an increment that would overflow, a float increment of a non-float) are
@@ -1731,9 +1733,11 @@ fn run_seed(seed: u64) {
     for (n, c) in [("a", &mut ca), ("b", &mut cb)] {
         let s = status(c);
         eprintln!(
-            "seed {seed}: node {n}: conflicts_lost {} ops_captured {} ops_applied {} link {} \
-             link_errors {} partial/dirty-key/full syncs {}/{}/{} last_error {:?}",
+            "seed {seed}: node {n}: conflicts_lost {} conflicts_merged {} ops_captured {} \
+             ops_applied {} link {} link_errors {} partial/dirty-key/full syncs {}/{}/{} \
+             last_error {:?}",
             field(&s, "conflicts_lost"),
+            field(&s, "conflicts_merged"),
             field(&s, "ops_captured"),
             field(&s, "ops_applied"),
             field(&s, "link"),
@@ -1746,9 +1750,18 @@ fn run_seed(seed: u64) {
     }
     let lost_a = status_u64(&mut ca, "conflicts_lost");
     let lost_b = status_u64(&mut cb, "conflicts_lost");
+    // Remote changes merged with a concurrent local change of the same key (element rule);
+    // `None` from a module without element-level changes.
+    let merged = |c: &mut redis::Connection| {
+        status(c)
+            .get("conflicts_merged")
+            .map(|v| v.parse::<u64>().expect("conflicts_merged is a number"))
+    };
+    let (merged_a, merged_b) = (merged(&mut ca), merged(&mut cb));
     eprintln!(
         "seed {seed}: CONVERGED at all {rounds} checkpoints; setup {:.1} s, total {:.1} s; keys \
-         per db at the end {keys:?}; conflicts_lost a={lost_a} b={lost_b}",
+         per db at the end {keys:?}; conflicts_lost a={lost_a} b={lost_b}; conflicts_merged \
+         a={merged_a:?} b={merged_b:?}",
         setup.as_secs_f64(),
         t0.elapsed().as_secs_f64()
     );
@@ -1757,6 +1770,13 @@ fn run_seed(seed: u64) {
         "seed {seed}: the conflict rule was not exercised enough: conflicts_lost a={lost_a} \
          b={lost_b}, want >= {MIN_CONFLICTS} each"
     );
+    if let (Some(ma), Some(mb)) = (merged_a, merged_b) {
+        assert!(
+            ma >= MIN_CONFLICTS && mb >= MIN_CONFLICTS,
+            "seed {seed}: the element merge rule was not exercised enough: conflicts_merged \
+             a={ma} b={mb}, want >= {MIN_CONFLICTS} each"
+        );
+    }
 
     // The table of un-acknowledged writes is the only per-key metadata: empty once quiet
     // (DESIGN §3), which also means every batch was acknowledged (SYNC.WAIT relies on it).
