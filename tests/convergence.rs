@@ -55,7 +55,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
@@ -81,6 +81,8 @@ const ROUND_MS: u64 = 300;
 /// chance of 1 in `BURST_FLUSH_ONE_IN`.
 const BURST_KEYS: usize = CLASSES;
 const BURST_FLUSH_ONE_IN: u32 = 12;
+/// Each writer keeps its last this many ops, to print the history of a key that fails.
+const RECENT_OPS: usize = 3000;
 /// Poll interval while waiting for a checkpoint to converge.
 const CHECK_POLL: Duration = Duration::from_millis(5);
 /// How long the pair gets to converge once the writers stop.
@@ -471,6 +473,9 @@ struct WriterStats {
     /// Pushes made to serve a blocked writer of the same side / of the other side.
     serves_same_side: u64,
     serves_other_side: u64,
+    /// The last [`RECENT_OPS`] ops of this writer (ms, description and outcome): the history
+    /// of a key that fails a check.
+    recent: VecDeque<(i64, String)>,
 }
 
 impl WriterStats {
@@ -488,6 +493,7 @@ impl WriterStats {
         self.block_time += o.block_time;
         self.serves_same_side += o.serves_same_side;
         self.serves_other_side += o.serves_other_side;
+        self.recent.extend(o.recent);
         for u in o.unexpected {
             if self.unexpected.len() < 20 {
                 self.unexpected.push(u);
@@ -1199,12 +1205,17 @@ impl Writer {
             .and_then(|()| self.run_kind(kind, &mut desc));
         self.stats.ops += 1;
         *self.stats.by_kind.entry(kind).or_default() += 1;
+        let outcome = match &result {
+            Ok(()) => "ok".to_string(),
+            Err(e) => format!("error: {e}"),
+        };
+        let line = format!("{} db {db}: {desc} -> {outcome}", self.name);
+        if self.stats.recent.len() >= RECENT_OPS {
+            self.stats.recent.pop_front();
+        }
+        self.stats.recent.push_back((now_ms(), line.clone()));
         if let Some(log) = log {
-            let outcome = match &result {
-                Ok(()) => "ok".to_string(),
-                Err(e) => format!("error: {e}"),
-            };
-            log.push(format!("{} db {db}: {desc} -> {outcome}", self.name));
+            log.push(line);
         }
         match result {
             Ok(()) => true,
@@ -1698,8 +1709,47 @@ fn run_seed(seed: u64) {
     if failure.is_some() || !log_problems.is_empty() {
         let (mut ca, mut cb) = pair.conns();
         let sorted = |s: HashMap<String, String>| s.into_iter().collect::<BTreeMap<_, _>>();
+        // The keys to explain: those that differ now, and those named by a self-check.
+        let mut keys: BTreeSet<(Option<i64>, String)> = differing_keys(&pair)
+            .into_iter()
+            .map(|(db, k)| (Some(db), k))
+            .collect();
+        for p in &log_problems {
+            let mut rest = p.as_str();
+            while let Some(i) = rest.find("for key \"") {
+                rest = &rest[i + 9..];
+                if let Some(j) = rest.find('"') {
+                    keys.insert((None, rest[..j].to_string()));
+                    rest = &rest[j..];
+                }
+            }
+        }
+        let mut recent: Vec<&(i64, String)> = stats.recent.iter().collect();
+        recent.sort_by_key(|(t, _)| *t);
+        let mut explained = String::new();
+        for (db, key) in keys.iter().take(6) {
+            if let Some(db) = db {
+                for (name, c) in [("a", &mut ca), ("b", &mut cb)] {
+                    explained.push_str(&format!(
+                        "  {name} db {db} {key:?}: {}\n",
+                        dump_key(c, *db, key)
+                    ));
+                }
+            }
+            // Key names are k00..k99, qz, ql: a substring match finds the ops on the key.
+            let history: Vec<String> = recent
+                .iter()
+                .filter(|(_, l)| l.contains(key.as_str()))
+                .map(|(t, l)| format!("    {} {l}", t % 100_000))
+                .collect();
+            explained.push_str(&format!(
+                "  last {} ops naming {key:?} (ms mod 100000, writer, db the op started in):\n{}\n",
+                history.len().min(60),
+                history[history.len().saturating_sub(60)..].join("\n")
+            ));
+        }
         panic!(
-            "{}{}\nstatus a: {:?}\nstatus b: {:?}",
+            "{}{}\nstatus a: {:?}\nstatus b: {:?}\nthe keys in question:\n{explained}",
             failure.map(|f| f + "\n").unwrap_or_default(),
             log_problems.join("\n"),
             sorted(status(&mut ca)),
@@ -1808,6 +1858,52 @@ fn run_seed(seed: u64) {
             Err(text)
         },
     );
+}
+
+/// The (db, key) pairs whose state differs between the two servers now.
+fn differing_keys(pair: &Pair) -> Vec<(i64, String)> {
+    let (mut ca, mut cb) = pair.conns();
+    let (Ok(sa), Ok(sb)) = (try_snapshot(&mut ca, &DBS), try_snapshot(&mut cb, &DBS)) else {
+        return Vec::new();
+    };
+    let all: BTreeSet<&(i64, Vec<u8>)> = sa.keys().chain(sb.keys()).collect();
+    all.into_iter()
+        .filter(|k| sa.get(*k) != sb.get(*k))
+        .map(|(db, k)| (*db, String::from_utf8_lossy(k).into_owned()))
+        .collect()
+}
+
+/// A key's type, TTL and content, as text (for a failure report).
+fn dump_key(c: &mut redis::Connection, db: i64, key: &str) -> String {
+    let read = |c: &mut redis::Connection| -> redis::RedisResult<String> {
+        redis::cmd("SELECT").arg(db).query::<()>(c)?;
+        let t: String = redis::cmd("TYPE").arg(key).query(c)?;
+        let ttl: i64 = redis::cmd("PEXPIRETIME").arg(key).query(c)?;
+        let content: Value = match t.as_str() {
+            "string" => redis::cmd("GET").arg(key).query(c)?,
+            "hash" => redis::cmd("HGETALL").arg(key).query(c)?,
+            "set" => redis::cmd("SORT").arg(key).arg("ALPHA").query(c)?,
+            "zset" => redis::cmd("ZRANGE")
+                .arg(key)
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .query(c)?,
+            "list" => redis::cmd("LRANGE").arg(key).arg(0).arg(-1).query(c)?,
+            "stream" => redis::cmd("XRANGE")
+                .arg(key)
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(10)
+                .query(c)?,
+            _ => Value::Nil,
+        };
+        let mut text = format!("{content:?}");
+        text.truncate(1500);
+        Ok(format!("{t} pexpiretime={ttl} {text}"))
+    };
+    read(c).unwrap_or_else(|e| format!("(cannot read: {e})"))
 }
 
 /// Locks a mutex even if a writer panicked while holding it.
