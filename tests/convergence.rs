@@ -518,6 +518,8 @@ fn legit_error(e: &redis::RedisError) -> Option<&'static str> {
         Some("overflow")
     } else if s.contains("not a valid float") || s.contains("not a float") {
         Some("not a float")
+    } else if s.contains("not a number (NaN)") {
+        Some("NaN score")
     } else {
         None
     }
@@ -845,12 +847,35 @@ impl Writer {
                 }
             }
             "zadd" => {
+                // Mostly integral scores; now and then one in another form or out of the
+                // exact range of a double (the rule must keep what Redis stores).
                 let k = self.key(C_ZSET);
                 c = redis::cmd("ZADD");
                 c.arg(k);
+                if self.rng.gen_bool(0.1) {
+                    c.arg("CH");
+                }
                 for _ in 0..self.rng.gen_range(1..=3) {
-                    c.arg(self.rng.gen_range(-100..100))
-                        .arg(format!("z{}", self.rng.gen_range(0..30)));
+                    let score = if self.rng.gen_bool(0.15) {
+                        [
+                            "1.5",
+                            "-0.25",
+                            "0.1",
+                            "-0",
+                            "+7",
+                            "1e2",
+                            "2E-3",
+                            "inf",
+                            "-inf",
+                            "9007199254740993",
+                            "-9007199254740992",
+                            "1e300",
+                        ][self.rng.gen_range(0..12)]
+                        .to_string()
+                    } else {
+                        self.rng.gen_range(-100..100).to_string()
+                    };
+                    c.arg(score).arg(format!("z{}", self.rng.gen_range(0..30)));
                 }
             }
             "zincrby" => {
