@@ -82,7 +82,7 @@ const ROUND_MS: u64 = 300;
 const BURST_KEYS: usize = CLASSES;
 const BURST_FLUSH_ONE_IN: u32 = 12;
 /// Each writer keeps its last this many ops, to print the history of a key that fails.
-const RECENT_OPS: usize = 3000;
+const RECENT_OPS: usize = 150_000;
 /// Poll interval while waiting for a checkpoint to converge.
 const CHECK_POLL: Duration = Duration::from_millis(5);
 /// How long the pair gets to converge once the writers stop.
@@ -473,8 +473,8 @@ struct WriterStats {
     /// Pushes made to serve a blocked writer of the same side / of the other side.
     serves_same_side: u64,
     serves_other_side: u64,
-    /// The last [`RECENT_OPS`] ops of this writer (ms, description and outcome): the history
-    /// of a key that fails a check.
+    /// The last [`RECENT_OPS`] ops of this writer (epoch ms, description and outcome): the
+    /// history of a key that fails a check.
     recent: VecDeque<(i64, String)>,
 }
 
@@ -1734,26 +1734,20 @@ fn run_seed(seed: u64) {
     if failure.is_some() || !log_problems.is_empty() {
         let (mut ca, mut cb) = pair.conns();
         let sorted = |s: HashMap<String, String>| s.into_iter().collect::<BTreeMap<_, _>>();
-        // The keys to explain: those that differ now, and those named by a self-check.
-        let mut keys: BTreeSet<(Option<i64>, String)> = differing_keys(&pair)
+        // The keys to explain: those that differ now (with their last ops), and those named
+        // by a mismatch line (with the ops of the 2 s before it).
+        let mut keys: Vec<(i64, String, Option<i64>)> = differing_keys(&pair)
             .into_iter()
-            .map(|(db, k)| (Some(db), k))
+            .map(|(db, k)| (db, k, None))
             .collect();
         for p in &log_problems {
-            let mut rest = p.as_str();
-            while let Some(i) = rest.find("for key \"") {
-                rest = &rest[i + 9..];
-                if let Some(j) = rest.find('"') {
-                    keys.insert((None, rest[..j].to_string()));
-                    rest = &rest[j..];
-                }
-            }
+            keys.extend(p.lines().filter_map(mismatch_key));
         }
         let mut recent: Vec<&(i64, String)> = stats.recent.iter().collect();
         recent.sort_by_key(|(t, _)| *t);
         let mut explained = String::new();
-        for (db, key) in keys.iter().take(6) {
-            if let Some(db) = db {
+        for (db, key, at) in keys.iter().take(6) {
+            if at.is_none() {
                 for (name, c) in [("a", &mut ca), ("b", &mut cb)] {
                     explained.push_str(&format!(
                         "  {name} db {db} {key:?}: {}\n",
@@ -1761,14 +1755,23 @@ fn run_seed(seed: u64) {
                     ));
                 }
             }
-            // Key names are k00..k99, qz, ql: a substring match finds the ops on the key.
+            // Key names are k00..k99, qz, ql: a substring match finds the ops on the key; an op
+            // in another db counts only if it may have switched db (MULTI with SELECT).
             let history: Vec<String> = recent
                 .iter()
-                .filter(|(_, l)| l.contains(key.as_str()))
-                .map(|(t, l)| format!("    {} {l}", t % 100_000))
+                .filter(|(t, l)| {
+                    l.contains(key.as_str())
+                        && (l.contains(&format!(" db {db}: ")) || l.contains("SELECT"))
+                        && at.is_none_or(|at| (at - 2000..=at + 20).contains(&day_ms(*t)))
+                })
+                .map(|(t, l)| format!("    {} {l}", clock(day_ms(*t))))
                 .collect();
+            let what = match at {
+                Some(at) => format!("before the mismatch at {}", clock(*at)),
+                None => "last".to_string(),
+            };
             explained.push_str(&format!(
-                "  last {} ops naming {key:?} (ms mod 100000, writer, db the op started in):\n{}\n",
+                "  db {db} {key:?}: {what}, {} ops naming it (time, writer, db the op started in):\n{}\n",
                 history.len().min(60),
                 history[history.len().saturating_sub(60)..].join("\n")
             ));
@@ -1883,6 +1886,37 @@ fn run_seed(seed: u64) {
             Err(text)
         },
     );
+}
+
+/// The db, key and time (ms of the day) of an "element self-check mismatch" log line.
+fn mismatch_key(line: &str) -> Option<(i64, String, Option<i64>)> {
+    // `<pid>:M 01 Dec 2026 07:37:36.868 # <module> bisync: element self-check mismatch #1 in
+    // db 2 for key "k12": …`
+    let clock_text = line.split_whitespace().nth(4)?;
+    let mut hms = clock_text.split([':', '.']).map(|p| p.parse::<i64>().ok());
+    let (h, m, s, ms) = (hms.next()??, hms.next()??, hms.next()??, hms.next()??);
+    let at = ((h * 60 + m) * 60 + s) * 1000 + ms;
+    let rest = &line[line.find(" in db ")? + 7..];
+    let db = rest.split_whitespace().next()?.parse().ok()?;
+    let rest = &rest[rest.find("for key \"")? + 9..];
+    let key = rest[..rest.find('"')?].to_string();
+    Some((db, key, Some(at)))
+}
+
+/// Epoch ms as ms of the (UTC) day, the clock of the server logs on these machines.
+fn day_ms(epoch_ms: i64) -> i64 {
+    epoch_ms.rem_euclid(86_400_000)
+}
+
+/// Ms of the day as `HH:MM:SS.mmm`.
+fn clock(ms: i64) -> String {
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
 }
 
 /// The (db, key) pairs whose state differs between the two servers now.
