@@ -1722,11 +1722,23 @@ fn run_seed(seed: u64) {
         ] {
             let bad: Vec<&str> = log.lines().filter(|l| l.contains(needle)).collect();
             if !bad.is_empty() {
+                // The first line of each key, up to 10 keys.
+                let mut shown: Vec<&str> = Vec::new();
+                for l in &bad {
+                    let key = mismatch_key(l).map(|(db, k, _)| (db, k));
+                    if key.is_none()
+                        || !shown
+                            .iter()
+                            .any(|s| mismatch_key(s).map(|(db, k, _)| (db, k)) == key)
+                    {
+                        shown.push(l);
+                    }
+                }
                 log_problems.push(format!(
-                    "seed {seed}: {} {what} ({} log lines), first ones:\n{}",
+                    "seed {seed}: {} {what} ({} log lines), the first of each key:\n{}",
                     server.name(),
                     bad.len(),
-                    bad[..bad.len().min(10)].join("\n")
+                    shown[..shown.len().min(10)].join("\n")
                 ));
             }
         }
@@ -1740,13 +1752,18 @@ fn run_seed(seed: u64) {
             .into_iter()
             .map(|(db, k)| (db, k, None))
             .collect();
+        // The first mismatch of each key (later ones usually follow from it).
         for p in &log_problems {
-            keys.extend(p.lines().filter_map(mismatch_key));
+            for (db, key, at) in p.lines().filter_map(mismatch_key) {
+                if !keys.iter().any(|(d, k, _)| *d == db && *k == key) {
+                    keys.push((db, key, at));
+                }
+            }
         }
         let mut recent: Vec<&(i64, String)> = stats.recent.iter().collect();
         recent.sort_by_key(|(t, _)| *t);
         let mut explained = String::new();
-        for (db, key, at) in keys.iter().take(6) {
+        for (db, key, at) in keys.iter().take(8) {
             if at.is_none() {
                 for (name, c) in [("a", &mut ca), ("b", &mut cb)] {
                     explained.push_str(&format!(
