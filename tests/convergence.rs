@@ -8,12 +8,13 @@
 //! FLUSHDB (alone, ASYNC, or inside a MULTI between two SETs).
 //!
 //! The element commands (issue 10: those the capture ships per element — INCR/INCRBY/DECR/
-//! DECRBY, SET of an integer with or without NX/XX/GET, HSET/HMSET/HSETNX/HDEL/HINCRBY,
-//! SADD/SREM, ZADD without NX/XX/GT/LT/INCR, ZREM, integral ZINCRBY, DEL/UNLINK of counters
-//! and collections) run next to their whole-key neighbours on the same keys: INCRBYFLOAT,
-//! HINCRBYFLOAT, non-integral ZINCRBY, ZADD with NX/XX/GT/LT/INCR (some with CH), SET of a
-//! non-canonical integer; deltas near the 64-bit range (overflow on one side or when added on the other) and
-//! ZINCRBYs near 2^53. The hint matching is exercised where it must give up or stay exact:
+//! DECRBY, SET of an integer with or without NX/XX/GET, GETSET of an integer, GETDEL,
+//! HSET/HMSET/HSETNX/HDEL/HINCRBY, SADD/SREM/SMOVE, ZADD without NX/XX/GT/LT/INCR, ZREM,
+//! integral ZINCRBY, DEL/UNLINK of counters and collections) run next to their whole-key
+//! neighbours on the same keys: INCRBYFLOAT, HINCRBYFLOAT, non-integral ZINCRBY, ZADD with
+//! NX/XX/GT/LT/INCR (some with CH), SET or GETSET of a non-canonical integer, scores in other
+//! forms (floats, `inf`, beyond 2^53); deltas near the 64-bit range (overflow on one side or
+//! when added on the other) and ZINCRBYs near 2^53. The hint matching is exercised where it must give up or stay exact:
 //! element commands queued in MULTI (`multi_elem`), several element commands in one EVAL
 //! (`eval_elem`, some through `redis.pcall` around errors, one next to a ZPOPMIN of the same
 //! key) and in functions (`fcall`, library loaded once on each side), blocking ops served by a
@@ -169,6 +170,9 @@ const OPS: &[(&str, u32)] = &[
     ("sadd", 5),
     ("srem", 2),
     ("spop", 2),
+    ("smove", 2),
+    ("getset", 2),
+    ("getdel", 1),
     ("zadd", 5),
     ("zadd_flags", 1),
     ("zincrby", 3),
@@ -211,6 +215,9 @@ const SIMPLE_OPS: &[&str] = &[
     "sadd",
     "srem",
     "spop",
+    "smove",
+    "getset",
+    "getdel",
     "zadd",
     "zadd_flags",
     "zincrby",
@@ -837,6 +844,35 @@ impl Writer {
                 for _ in 0..self.rng.gen_range(1..=3) {
                     c.arg(format!("m{}", self.rng.gen_range(0..40)));
                 }
+            }
+            "smove" => {
+                // Between two sets (sometimes the same one, or a key of another class).
+                let (from, to) = (self.key(C_SET), self.key(C_SET));
+                c = redis::cmd("SMOVE");
+                c.arg(from)
+                    .arg(to)
+                    .arg(format!("m{}", self.rng.gen_range(0..40)));
+            }
+            "getset" => {
+                // An integer (a counter's new value) or, now and then, another value.
+                let k = self.key(C_COUNTER);
+                let v = if self.rng.gen_bool(0.8) {
+                    self.rng.gen_range(-1000..1000).to_string()
+                } else {
+                    self.value()
+                };
+                c = redis::cmd("GETSET");
+                c.arg(k).arg(v);
+            }
+            "getdel" => {
+                let class = if self.rng.gen_bool(0.7) {
+                    C_COUNTER
+                } else {
+                    C_STRING
+                };
+                let k = self.key(class);
+                c = redis::cmd("GETDEL");
+                c.arg(k);
             }
             "spop" => {
                 let k = self.key(C_SET);
