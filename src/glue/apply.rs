@@ -237,10 +237,7 @@ impl KeyView for RedisView<'_> {
                 Reply::Bytes(b) => Some(b),
                 _ => None,
             },
-            KeyKind::Hash => match self.query("HGET", &[self.key, elem])? {
-                Reply::Bytes(b) => Some(b),
-                _ => None,
-            },
+            KeyKind::Hash => ffi::hash_get(self.ctx, self.key, elem),
             KeyKind::Set => match self.query("SISMEMBER", &[self.key, elem])? {
                 Reply::Int(1) => Some(Vec::new()),
                 _ => None,

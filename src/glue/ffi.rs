@@ -111,6 +111,51 @@ pub fn zset_score(ctx: &Context, key: &[u8], member: &[u8]) -> Option<f64> {
     }
 }
 
+/// A hash field's value through the key API (no command call: the element
+/// merge reads a field per applied change). `None`: no such key or field.
+pub fn hash_get(ctx: &Context, key: &[u8], field: &[u8]) -> Option<Vec<u8>> {
+    // SAFETY: main thread, live context; the strings and the key handle are
+    // created and released here; HashGet is given one field, its output
+    // pointer and the terminating NULL, and the value it returns is copied
+    // and freed before the key is closed.
+    unsafe {
+        let create = raw::RedisModule_CreateString?;
+        let open = raw::RedisModule_OpenKey?;
+        let close = raw::RedisModule_CloseKey?;
+        let free = raw::RedisModule_FreeString?;
+        let get = raw::RedisModule_HashGet?;
+        let name = create(ctx.ctx, key.as_ptr().cast::<c_char>(), key.len());
+        if name.is_null() {
+            return None;
+        }
+        let f = create(ctx.ctx, field.as_ptr().cast::<c_char>(), field.len());
+        let mode = raw::REDISMODULE_READ as c_int | super::server::quiet_open_flags();
+        let k = open(ctx.ctx, name, mode);
+        let mut value: *mut raw::RedisModuleString = std::ptr::null_mut();
+        if !k.is_null() && !f.is_null() {
+            get(
+                k,
+                raw::REDISMODULE_HASH_NONE as c_int,
+                f,
+                &mut value as *mut *mut raw::RedisModuleString,
+                std::ptr::null_mut::<c_void>(),
+            );
+        }
+        let out = (!value.is_null()).then(|| string_bytes(value).to_vec());
+        if !value.is_null() {
+            free(ctx.ctx, value);
+        }
+        if !k.is_null() {
+            close(k);
+        }
+        if !f.is_null() {
+            free(ctx.ctx, f);
+        }
+        free(ctx.ctx, name);
+        out
+    }
+}
+
 fn kind_of(t: isize) -> KeyKind {
     match t {
         raw::REDISMODULE_KEYTYPE_EMPTY => KeyKind::Missing,
