@@ -6,7 +6,7 @@
 //! replication reach this server's AOF and replicas wrapped as one
 //! transaction when the callback returns.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use redis_module::{CallOptions, CallOptionsBuilder, CallReply, CallResult, Context};
 
@@ -23,7 +23,7 @@ use crate::core::image::Reply;
 use crate::core::merge::entry::{entry_key, family_clash, plan_entry, BatchPosition, Step};
 use crate::core::merge::rule::Nodes;
 use crate::core::merge::view::{KeyPlan, KeyShape, KeyView, Reset};
-use crate::core::protocol::{Batch, Op, Shape, Value};
+use crate::core::protocol::{Batch, Entry, Op, Shape, Value};
 use crate::core::stats::Stats;
 use crate::log;
 use crate::state::{Inbound, Shared};
@@ -378,13 +378,20 @@ fn was_retyped(db: u32, key: &[u8]) -> bool {
     r.iter().any(|(d, k)| *d == db && k == key)
 }
 
+/// Set once this node's table of un-acknowledged writes was dropped
+/// (overflow, or reset for a full resync): from then on it may hold local
+/// changes the peer has not seen without knowing it, and the self-check
+/// (test builds) would report those as mismatches. Convergence tests still
+/// compare the end state.
+pub static UNTRACKED_SINCE_START: AtomicBool = AtomicBool::new(false);
+
 /// Element self-checks that failed (test builds; see `Op::Check`).
 static CHECK_MISMATCHES: AtomicU64 = AtomicU64::new(0);
 
 /// Compare the peer's digest of a key with ours (test builds only: the
 /// proof that a capture hint described its write exactly).
 fn self_check(ctx: &Context, shared: &Shared, db: u32, key: &[u8], theirs: &[u8]) {
-    if !super::guard::test_hooks() || shared.table_overflowed.load(Ordering::Relaxed) {
+    if !super::guard::test_hooks() || UNTRACKED_SINCE_START.load(Ordering::Relaxed) {
         return;
     }
     // `DEBUG DIGEST-VALUE` formats sorted-set scores differently before and
@@ -449,8 +456,28 @@ fn apply_batch(
     let mut applied = 0usize;
     let mut lost = 0u64;
     let mut merged = 0u64;
-    let mut reship: Vec<(u32, &[u8])> = Vec::new();
+    let mut reship: Vec<(u32, Vec<u8>)> = Vec::new();
+    let now = wall_ms() as i64;
     for entry in &batch.entries {
+        // An image already past its expiry is a delete: planned as one, a
+        // key's pending changes made after it restart from nothing, as they
+        // did on the side where the key had expired.
+        let expired;
+        let entry = match &entry.op {
+            Op::Set {
+                key,
+                expire_at_ms: Some(at),
+                ..
+            } if *at <= now => {
+                expired = Entry {
+                    db: entry.db,
+                    stamp: entry.stamp,
+                    op: Op::Delete { key: key.clone() },
+                };
+                &expired
+            }
+            _ => entry,
+        };
         if !ffi::select_db(ctx, entry.db as i32) {
             return Err(format!("cannot select db {}", entry.db));
         }
@@ -462,12 +489,12 @@ fn apply_batch(
             let (v, ttl_clash) = drop_stale_incarnation(ctx, shared, entry.db, view)?;
             view = v;
             if ttl_clash {
-                reship.push((entry.db, key.as_slice()));
+                reship.push((entry.db, key.clone()));
             }
         }
         if let Op::Element { key, .. } = &entry.op {
             if with_node(|n| family_clash(&mut n.pending, entry, &view)) {
-                reship.push((entry.db, key.as_slice()));
+                reship.push((entry.db, key.clone()));
                 if super::guard::test_hooks() {
                     note_retyped(entry.db, key);
                 }
@@ -520,7 +547,7 @@ fn apply_batch(
     Stats::add(&shared.stats.conflicts_lost, lost);
     Stats::add(&shared.stats.conflicts_merged, merged);
     for (db, key) in reship {
-        super::capture::note_reship(db, key);
+        super::capture::note_reship(db, &key);
     }
     Ok(applied)
 }

@@ -51,6 +51,7 @@ pub unsafe extern "C" fn on_event_loop(
             // Writes made before the full resync began lose to the source's data.
             shared.resync_requested.store(false, Ordering::Release);
             with_node(|n| n.pending.clear());
+            super::apply::UNTRACKED_SINCE_START.store(true, std::sync::atomic::Ordering::Relaxed);
             shared.table_overflowed.store(false, Ordering::Release);
             fullsync::forget_local_writes();
             {

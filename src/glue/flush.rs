@@ -388,6 +388,7 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
             super::fullsync::note_local_writes(with_node(|n| n.pending.keys()));
         }
         with_node(|n| n.pending.clear());
+        super::apply::UNTRACKED_SINCE_START.store(true, std::sync::atomic::Ordering::Relaxed);
         log::warning("max-pending-keys exceeded: the peer will get a full resync");
         shared.set_error("pending-keys table overflow: full resync needed");
         shared.request_drop_session();

@@ -123,6 +123,7 @@ pub fn start_source(shared: &Shared) {
     if shared.table_overflowed.swap(false, Ordering::Relaxed) {
         // The table is incomplete: drop it; the full resync carries everything.
         with_node(|n| n.pending.clear());
+        super::apply::UNTRACKED_SINCE_START.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     source(|s| {
         *s = Source {
