@@ -1,0 +1,1020 @@
+//! Element-level changes (issue 10, item 1): one test per row of the semantics table, each
+//! showing the *concurrent* case with real servers: the link is cut, both sides write, the
+//! link is healed, and then both sides must hold exactly the value the table gives, and be
+//! converged (`DEBUG DIGEST-VALUE`, `PEXPIRETIME`: [`Pair::assert_converged`]) with nothing
+//! left un-acknowledged.
+//!
+//! | row | tests |
+//! |---|---|
+//! | string (LWW) | [`string_writes_stay_last_writer_wins`] |
+//! | string counter | [`counter_increments_from_both_sides_add_up`], [`counter_increments_add_up_with_the_link_up`], [`counter_increments_add_up_across_a_dirty_key_resync`], [`counter_set_or_del_keeps_the_increment_its_side_had_not_seen`], [`counter_sum_that_overflows_wraps_the_same_on_both_sides`] |
+//! | hash | [`hash_fields_set_on_both_sides_merge`], [`hash_hincrby_adds_and_a_remove_only_removes_what_its_side_had_seen`], [`hash_del_of_the_key_keeps_a_field_set_concurrently`] |
+//! | set | [`set_members_added_on_both_sides_merge`], [`set_add_wins_over_a_concurrent_remove`] |
+//! | sorted set | [`zset_zincrby_adds_zadd_sets_and_add_wins_over_zrem`] |
+//! | float increments | [`float_increments_that_are_not_integral_stay_last_writer_wins`], [`float_increments_with_integral_delta_and_result_add_exactly`] |
+//! | any type | [`type_change_on_one_side_is_whole_key_last_writer_wins`] |
+//!
+//! Plus the no-conflict fast path: [`one_element_write_into_a_big_key_ships_only_that_element`]
+//! (link bytes of one write into a 10,000-element key stay small), and
+//! [`incr_does_not_turn_a_counter_into_a_raw_string`] (issue item 5: a counter is not read
+//! back through `StringDMA`).
+//!
+//! Every pair runs with `BISYNC_TEST_HOOKS=1`, so every partial image or delta carries the
+//! origin's digest and the peer checks it; each test ends by asserting that neither log holds
+//! `self-check mismatch` or `set-hint mismatch`.
+//!
+//! Waiting is always by polling with a deadline; the only sleeps are the few milliseconds
+//! that make one write clearly later than another on the wall clock, where a test asserts
+//! which of two concurrent writes is the last writer.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+use redis::{Connection, RedisResult, Value};
+
+/// Deadline of every wait (link up/down, values, convergence, quiet).
+const T: Duration = Duration::from_secs(30);
+
+/// Log lines that mean the test hooks caught a wrong partial image, delta or SET hint.
+const MISMATCH_MARKERS: &[&str] = &["self-check mismatch", "set-hint mismatch"];
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+fn try_run(c: &mut Connection, args: &[&str]) -> RedisResult<Value> {
+    let mut q = redis::cmd(args[0]);
+    for a in &args[1..] {
+        q.arg(*a);
+    }
+    q.query(c)
+}
+
+/// Runs one command; a failure fails the test, naming the command.
+fn run(c: &mut Connection, args: &[&str]) -> Value {
+    try_run(c, args).unwrap_or_else(|e| panic!("{args:?} failed: {e}"))
+}
+
+/// A proxied pair with the test hooks on, linked.
+fn hooked_pair() -> Pair {
+    hooked_pair_with(&[])
+}
+
+/// Like [`hooked_pair`], with extra module args.
+fn hooked_pair_with(module_args: &[&str]) -> Pair {
+    let pair = Pair::builder()
+        .proxied()
+        .env("BISYNC_TEST_HOOKS", "1")
+        .module_args(module_args.iter().copied())
+        .start();
+    pair.wait_link_up(T);
+    pair
+}
+
+fn try_status_of(s: &Server) -> Result<HashMap<String, String>, String> {
+    s.try_conn()
+        .map_err(|e| e.to_string())
+        .and_then(|mut c| try_status(&mut c))
+}
+
+/// `SYNC.STATUS` fields shown in failure messages.
+const BRIEF_FIELDS: &[&str] = &[
+    "link",
+    "sent_seq",
+    "acked_seq",
+    "applied_seq",
+    "backlog_bytes",
+    "pending_keys",
+    "ops_captured",
+    "ops_sent",
+    "ops_applied",
+    "conflicts_lost",
+    "partial_syncs",
+    "dirty_key_syncs",
+    "full_syncs",
+    "bytes_sent",
+    "bytes_received",
+    "next_resync",
+    "last_error",
+];
+
+/// One line with the sync state of `s`, for messages.
+fn brief(s: &Server) -> String {
+    match try_status_of(s) {
+        Ok(m) => BRIEF_FIELDS
+            .iter()
+            .map(|f| format!("{f}={}", m.get(*f).map(String::as_str).unwrap_or("?")))
+            .collect::<Vec<_>>()
+            .join(" "),
+        Err(e) => format!("<{e}>"),
+    }
+}
+
+fn stat(s: &Server, field: &str) -> u64 {
+    status_u64(&mut s.conn(), field)
+}
+
+fn stat_str(s: &Server, field: &str) -> String {
+    status(&mut s.conn())
+        .get(field)
+        .cloned()
+        .unwrap_or_else(|| panic!("SYNC.STATUS of `{}` has no field {field:?}", s.name()))
+}
+
+/// Waits until both sides are linked and nothing is left un-acknowledged
+/// (`pending_keys` and `backlog_bytes` are 0 on both).
+fn wait_quiet(pair: &Pair) {
+    let quiet = |s: &Server| {
+        try_status_of(s).is_ok_and(|m| {
+            let f = |k: &str| m.get(k).map(String::as_str).unwrap_or("?").to_string();
+            f("link") == "up" && f("pending_keys") == "0" && f("backlog_bytes") == "0"
+        })
+    };
+    wait_for_state("both sides linked with nothing un-acknowledged", T, || {
+        if quiet(&pair.a) && quiet(&pair.b) {
+            Ok(())
+        } else {
+            Err(format!("a: {}\nb: {}", brief(&pair.a), brief(&pair.b)))
+        }
+    });
+}
+
+/// Waits until `s` reports `link` other than `up`.
+fn wait_link_not_up(s: &Server) {
+    wait_for_state(&format!("link of `{}` to leave `up`", s.name()), T, || {
+        let m = try_status_of(s)?;
+        match m.get("link").map(String::as_str) {
+            Some("up") => Err(brief(s)),
+            _ => Ok(()),
+        }
+    });
+}
+
+/// The initial state written before the cut is on both sides and acknowledged, so each side's
+/// later writes are made having seen it.
+fn synced(pair: &Pair) {
+    wait_quiet(pair);
+    pair.assert_converged(&[0], T);
+}
+
+/// Cuts the link and waits until both sides know it is down: from now on, what one side
+/// writes is concurrent with what the other writes.
+fn cut(pair: &Pair) {
+    pair.partition();
+    wait_link_not_up(&pair.a);
+    wait_link_not_up(&pair.b);
+}
+
+/// Heals the link and waits until it is up again.
+fn heal(pair: &Pair) {
+    pair.heal();
+    pair.wait_link_up(T);
+}
+
+/// Renders a reply scalar as text.
+fn text(v: &Value) -> String {
+    value_to_string(v)
+}
+
+/// The logical value of `key` as one line: `none`, `string <value>`, `hash {f=v, ..}`,
+/// `set {m, ..}`, `zset {m=score, ..}` (sorted by member), `list [..]`; errors as `<error ..>`.
+fn show(c: &mut Connection, key: &str) -> String {
+    let kind = match try_run(c, &["TYPE", key]) {
+        Ok(v) => text(&v),
+        Err(e) => return format!("<error TYPE: {e}>"),
+    };
+    let items = |c: &mut Connection, args: &[&str]| -> Result<Vec<String>, String> {
+        match try_run(c, args) {
+            Ok(Value::Array(items)) => Ok(items.iter().map(text).collect()),
+            Ok(Value::Set(items)) => Ok(items.iter().map(text).collect()),
+            Ok(Value::Map(pairs)) => {
+                Ok(pairs.iter().flat_map(|(k, v)| [text(k), text(v)]).collect())
+            }
+            Ok(other) => Err(format!("<unexpected {other:?}>")),
+            Err(e) => Err(format!("<error {args:?}: {e}>")),
+        }
+    };
+    let pairs = |flat: Vec<String>| -> String {
+        let m: BTreeMap<String, String> = flat
+            .chunks(2)
+            .map(|kv| (kv[0].clone(), kv.get(1).cloned().unwrap_or_default()))
+            .collect();
+        m.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let body = match kind.as_str() {
+        "none" => return "none".to_string(),
+        "string" => match try_run(c, &["GET", key]) {
+            Ok(v) => Ok(text(&v)),
+            Err(e) => Err(format!("<error GET: {e}>")),
+        },
+        "hash" => items(c, &["HGETALL", key]).map(|f| format!("{{{}}}", pairs(f))),
+        "zset" => {
+            items(c, &["ZRANGE", key, "0", "-1", "WITHSCORES"]).map(|f| format!("{{{}}}", pairs(f)))
+        }
+        "set" => items(c, &["SMEMBERS", key]).map(|mut m| {
+            m.sort();
+            format!("{{{}}}", m.join(", "))
+        }),
+        "list" => items(c, &["LRANGE", key, "0", "-1"]).map(|l| format!("[{}]", l.join(", "))),
+        _ => Ok("?".to_string()),
+    };
+    match body {
+        Ok(b) => format!("{kind} {b}"),
+        Err(e) => format!("{kind} {e}"),
+    }
+}
+
+/// What a key must hold on both sides at the end: one of `allowed` (exactly one entry for the
+/// merged rows; two for the last-writer-wins rows, where both sides must still agree).
+struct Expect {
+    key: String,
+    allowed: Vec<String>,
+}
+
+fn exactly(key: &str, value: &str) -> Expect {
+    Expect {
+        key: key.to_string(),
+        allowed: vec![value.to_string()],
+    }
+}
+
+fn one_of(key: &str, values: &[&str]) -> Expect {
+    Expect {
+        key: key.to_string(),
+        allowed: values.iter().map(|v| v.to_string()).collect(),
+    }
+}
+
+/// Checks every expectation once on both sides: `Ok` when each key holds an allowed value and
+/// the same on both sides, else a report of every key, `want / a / b`.
+fn check(pair: &Pair, expects: &[Expect]) -> Result<(), String> {
+    let (mut a, mut b) = (
+        pair.a
+            .try_conn()
+            .map_err(|e| format!("connecting to a: {e}"))?,
+        pair.b
+            .try_conn()
+            .map_err(|e| format!("connecting to b: {e}"))?,
+    );
+    let mut ok = true;
+    let mut report = String::new();
+    for e in expects {
+        let (va, vb) = (show(&mut a, &e.key), show(&mut b, &e.key));
+        let good = va == vb && e.allowed.contains(&va);
+        ok &= good;
+        report.push_str(&format!(
+            "  {} key {:?}\n    want: {}\n    a:    {va}\n    b:    {vb}\n",
+            if good { "ok " } else { "BAD" },
+            e.key,
+            e.allowed.join("  OR  ")
+        ));
+    }
+    if ok {
+        Ok(())
+    } else {
+        Err(report)
+    }
+}
+
+/// Fails the test if either server's log holds a mismatch found by the test hooks.
+fn assert_no_mismatch(pair: &Pair) {
+    let mut bad = Vec::new();
+    for s in [&pair.a, &pair.b] {
+        for line in s.log().lines() {
+            if MISMATCH_MARKERS.iter().any(|m| line.contains(m)) {
+                bad.push(format!("{}: {line}", s.name()));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "the test hooks found {} mismatches (first 10):\n{}",
+        bad.len(),
+        bad.iter().take(10).cloned().collect::<Vec<_>>().join("\n")
+    );
+}
+
+/// The end of every test: waits until both sides hold the expected values, then until nothing
+/// is un-acknowledged and the pair is converged; checks the values again (they must not have
+/// moved once quiet) and the logs.
+fn finish(pair: &Pair, expects: &[Expect]) {
+    let mut last = String::new();
+    let reached = (|| {
+        let deadline = std::time::Instant::now() + T;
+        loop {
+            match check(pair, expects) {
+                Ok(()) => return true,
+                Err(r) => last = r,
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    })();
+    if !reached {
+        // Say whether the pair at least converged, on something else.
+        let converged = compare_once(&pair.a, &pair.b, &[0]);
+        panic!(
+            "the expected values were not reached on both sides within {T:?}:\n{last}\
+             converged (digests) now: {}\nstatus a: {}\nstatus b: {}",
+            match converged {
+                Ok(()) => "yes".to_string(),
+                Err(d) => format!("no:\n{d}"),
+            },
+            brief(&pair.a),
+            brief(&pair.b)
+        );
+    }
+    wait_quiet(pair);
+    pair.assert_converged(&[0], T);
+    if let Err(r) = check(pair, expects) {
+        panic!("once quiet, the values moved away from the expected ones:\n{r}");
+    }
+    assert_no_mismatch(pair);
+}
+
+/// Makes the next write clearly later on the wall clock (and so on the hybrid logical clock of
+/// both servers, which share the host's clock) than the writes made before.
+fn later() {
+    thread::sleep(Duration::from_millis(20));
+}
+
+// ---------------------------------------------------------------------------------------------
+// string: last writer wins, as today
+// ---------------------------------------------------------------------------------------------
+
+/// Row "string": `SET`, `APPEND`, `SETRANGE`, `GETSET` written on both sides while cut stay
+/// whole-key last-writer-wins: the write made later on the clock wins on both sides.
+#[test]
+fn string_writes_stay_last_writer_wins() {
+    let pair = hooked_pair();
+    let (mut a, mut b) = pair.conns();
+    for k in ["s1", "s2", "s3"] {
+        run(&mut a, &["SET", k, "base"]);
+    }
+    synced(&pair);
+    cut(&pair);
+    // s1: a SETs, then b APPENDs (b later); s2: b SETRANGEs, then a GETSETs (a later).
+    run(&mut a, &["SET", "s1", "from-a"]);
+    run(&mut b, &["SETRANGE", "s2", "0", "XY"]);
+    later();
+    run(&mut b, &["APPEND", "s1", "+b"]);
+    run(&mut a, &["GETSET", "s2", "from-a"]);
+    // s3: a string that looks like a counter is still a string for SET/APPEND.
+    run(&mut a, &["SET", "s3", "12"]);
+    later();
+    run(&mut b, &["APPEND", "s3", "x"]);
+    heal(&pair);
+    finish(
+        &pair,
+        &[
+            exactly("s1", "string base+b"),
+            exactly("s2", "string from-a"),
+            exactly("s3", "string basex"),
+        ],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// string counter
+// ---------------------------------------------------------------------------------------------
+
+/// Row "string counter": increments made on both sides while cut add up, whether the key was
+/// absent, 0 or another number before, with `INCR`, `INCRBY`, `DECR` and `DECRBY`, and for
+/// many increments per side.
+#[test]
+fn counter_increments_from_both_sides_add_up() {
+    let pair = hooked_pair();
+    let (mut a, mut b) = pair.conns();
+    run(&mut a, &["SET", "zero", "0"]);
+    run(&mut a, &["SET", "hundred", "100"]);
+    run(&mut a, &["SET", "many", "0"]);
+    synced(&pair);
+    cut(&pair);
+    run(&mut a, &["INCRBY", "absent", "7"]);
+    run(&mut b, &["INCRBY", "absent", "3"]);
+    run(&mut a, &["INCRBY", "zero", "7"]);
+    run(&mut b, &["INCRBY", "zero", "3"]);
+    run(&mut a, &["DECR", "hundred"]);
+    run(&mut a, &["DECRBY", "hundred", "10"]);
+    run(&mut b, &["INCR", "hundred"]);
+    run(&mut b, &["DECRBY", "hundred", "4"]);
+    thread::scope(|s| {
+        for server in [&pair.a, &pair.b] {
+            s.spawn(move || {
+                let mut c = server.conn();
+                for _ in 0..200 {
+                    run(&mut c, &["INCR", "many"]);
+                }
+            });
+        }
+    });
+    heal(&pair);
+    finish(
+        &pair,
+        &[
+            exactly("absent", "string 10"),
+            exactly("zero", "string 10"),
+            exactly("hundred", "string 86"),
+            exactly("many", "string 400"),
+        ],
+    );
+}
+
+/// Row "string counter", with the link up: two clients per side increment the same counters
+/// at once while batches cross on the link; nothing is lost.
+#[test]
+fn counter_increments_add_up_with_the_link_up() {
+    let pair = hooked_pair();
+    const N: i64 = 500;
+    thread::scope(|s| {
+        for server in [&pair.a, &pair.a, &pair.b, &pair.b] {
+            s.spawn(move || {
+                let mut c = server.conn();
+                for i in 0..N {
+                    run(&mut c, &["INCR", "live1"]);
+                    if i % 2 == 0 {
+                        run(&mut c, &["INCRBY", "live2", "3"]);
+                    } else {
+                        run(&mut c, &["DECRBY", "live2", "1"]);
+                    }
+                }
+            });
+        }
+    });
+    finish(
+        &pair,
+        &[
+            exactly("live1", &format!("string {}", 4 * N)),
+            // Per client: N/2 times +3 and N/2 times -1.
+            exactly("live2", &format!("string {}", 4 * (N / 2 * 3 - N / 2))),
+        ],
+    );
+}
+
+/// Row "string counter", across a dirty-key resync: with a 4 KiB backlog, an outage with
+/// thousands of increments overflows the backlog on both sides, so the reconnect re-sends
+/// the recorded element entries from the pending table; the increments still add up.
+#[test]
+fn counter_increments_add_up_across_a_dirty_key_resync() {
+    let pair = hooked_pair_with(&["backlog-size", "4096"]);
+    let mut a = pair.a.conn();
+    run(&mut a, &["SET", "c", "5"]);
+    synced(&pair);
+    cut(&pair);
+    thread::scope(|s| {
+        for (server, n) in [(&pair.a, 2000), (&pair.b, 1500)] {
+            s.spawn(move || {
+                let mut c = server.conn();
+                for i in 0..n {
+                    if i % 10 == 0 {
+                        run(&mut c, &["INCRBY", "c", "2"]);
+                    } else {
+                        run(&mut c, &["INCR", "c"]);
+                    }
+                    // Other keys too, so the resync has more than one key to re-send.
+                    let k = format!("other:{}:{}", server.name(), i % 50);
+                    run(&mut c, &["INCR", &k]);
+                }
+            });
+        }
+    });
+    for s in [&pair.a, &pair.b] {
+        assert_eq!(
+            stat_str(s, "next_resync"),
+            "dirty-key",
+            "`{}`: a 4 KiB backlog must have dropped batches during the outage, or this test \
+             does not exercise the dirty-key resync: {}",
+            s.name(),
+            brief(s)
+        );
+    }
+    let dks0 = (
+        stat(&pair.a, "dirty_key_syncs"),
+        stat(&pair.b, "dirty_key_syncs"),
+    );
+    heal(&pair);
+    // a: 1800 INCR + 200 INCRBY 2 = 2200; b: 1350 + 150 * 2 = 1650.
+    let mut expects = vec![exactly("c", &format!("string {}", 5 + 2200 + 1650))];
+    for side in ["a", "b"] {
+        let per_key = if side == "a" { 2000 / 50 } else { 1500 / 50 };
+        for j in [0, 17, 49] {
+            expects.push(exactly(
+                &format!("other:{side}:{j}"),
+                &format!("string {per_key}"),
+            ));
+        }
+    }
+    finish(&pair, &expects);
+    assert!(
+        stat(&pair.a, "dirty_key_syncs") > dks0.0 || stat(&pair.b, "dirty_key_syncs") > dks0.1,
+        "no dirty-key resync happened: a: {}\nb: {}",
+        brief(&pair.a),
+        brief(&pair.b)
+    );
+}
+
+/// Row "string counter", observed-remove: a `SET` or a `DEL` (or `UNLINK`) on one side only
+/// cancels the increments its side had seen; an increment made concurrently on the other side
+/// is added on top of the value set (or of nothing, after a delete).
+#[test]
+fn counter_set_or_del_keeps_the_increment_its_side_had_not_seen() {
+    let pair = hooked_pair();
+    let (mut a, mut b) = pair.conns();
+    for k in ["set", "del", "unlink", "set-late"] {
+        run(&mut a, &["SET", k, "1"]);
+    }
+    synced(&pair);
+    cut(&pair);
+    run(&mut a, &["SET", "set", "100"]);
+    run(&mut b, &["INCRBY", "set", "5"]);
+    run(&mut a, &["DEL", "del"]);
+    run(&mut b, &["INCRBY", "del", "5"]);
+    run(&mut a, &["UNLINK", "unlink"]);
+    run(&mut b, &["INCRBY", "unlink", "5"]);
+    // The order on the clock does not matter: here the increment is the earlier write.
+    run(&mut b, &["INCRBY", "set-late", "5"]);
+    later();
+    run(&mut a, &["SET", "set-late", "100"]);
+    heal(&pair);
+    finish(
+        &pair,
+        &[
+            exactly("set", "string 105"),
+            exactly("del", "string 5"),
+            exactly("unlink", "string 5"),
+            exactly("set-late", "string 105"),
+        ],
+    );
+}
+
+/// Row "string counter", overflow: two increments that are each fine on their side but whose
+/// sum passes `i64::MAX` end the same on both sides. The rule chosen: the sum wraps around in
+/// two's complement (9223372036854775800 + 5 + 5 = -9223372036854775806), and the same going
+/// down past `i64::MIN`.
+#[test]
+fn counter_sum_that_overflows_wraps_the_same_on_both_sides() {
+    let pair = hooked_pair();
+    let (mut a, mut b) = pair.conns();
+    run(&mut a, &["SET", "up", "9223372036854775800"]);
+    run(&mut a, &["SET", "down", "-9223372036854775800"]);
+    synced(&pair);
+    cut(&pair);
+    run(&mut a, &["INCRBY", "up", "5"]);
+    run(&mut b, &["INCRBY", "up", "5"]);
+    run(&mut a, &["DECRBY", "down", "5"]);
+    run(&mut b, &["DECRBY", "down", "5"]);
+    heal(&pair);
+    let up = 9_223_372_036_854_775_800i64.wrapping_add(10);
+    let down = (-9_223_372_036_854_775_800i64).wrapping_sub(10);
+    assert_eq!(up, -9_223_372_036_854_775_806);
+    finish(
+        &pair,
+        &[
+            exactly("up", &format!("string {up}")),
+            exactly("down", &format!("string {down}")),
+        ],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// hash
+// ---------------------------------------------------------------------------------------------
+
+/// Row "hash", per field: fields set on both sides while cut are all there afterwards (with
+/// `HSET`, `HMSET`, `HSETNX`, into an existing hash and into one both sides create), and the
+/// same field set on both sides is last writer wins.
+#[test]
+fn hash_fields_set_on_both_sides_merge() {
+    let pair = hooked_pair();
+    let (mut a, mut b) = pair.conns();
+    run(&mut a, &["HSET", "old", "f0", "z"]);
+    run(&mut a, &["HSET", "same", "f", "base", "g", "base"]);
+    synced(&pair);
+    cut(&pair);
+    run(&mut a, &["HSET", "h", "f1", "x"]);
+    run(&mut b, &["HSET", "h", "f2", "y"]);
+    run(&mut a, &["HMSET", "old", "f1", "x", "g", "1"]);
+    run(&mut b, &["HSETNX", "old", "f2", "y"]);
+    // same: f is set by a then, later, by b; g by b then, later, by a.
+    run(&mut a, &["HSET", "same", "f", "from-a"]);
+    run(&mut b, &["HSET", "same", "g", "from-b"]);
+    later();
+    run(&mut b, &["HSET", "same", "f", "from-b"]);
+    run(&mut a, &["HSET", "same", "g", "from-a"]);
+    heal(&pair);
+    finish(
+        &pair,
+        &[
+            exactly("h", "hash {f1=x, f2=y}"),
+            exactly("old", "hash {f0=z, f1=x, f2=y, g=1}"),
+            exactly("same", "hash {f=from-b, g=from-a}"),
+        ],
+    );
+}
+
+/// Row "hash": `HINCRBY` on the same field from both sides adds; `HDEL` of a field on one side
+/// while the other side increments or sets it keeps the field, with the other side's change on
+/// top of nothing (a remove only removes what its side had seen: f=5, `HDEL f` on a,
+/// `HINCRBY f 1` on b gives f=1).
+#[test]
+fn hash_hincrby_adds_and_a_remove_only_removes_what_its_side_had_seen() {
+    let pair = hooked_pair();
+    let (mut a, mut b) = pair.conns();
+    run(&mut a, &["HSET", "inc", "n", "5", "keep", "k"]);
+    run(&mut a, &["HSET", "del-inc", "f", "5", "keep", "k"]);
+    run(&mut a, &["HSET", "del-set", "f", "5", "keep", "k"]);
+    run(&mut a, &["HSET", "set-inc", "f", "5"]);
+    synced(&pair);
+    cut(&pair);
+    run(&mut a, &["HINCRBY", "inc", "n", "2"]);
+    run(&mut b, &["HINCRBY", "inc", "n", "3"]);
+    run(&mut a, &["HINCRBY", "inc", "new", "4"]);
+    run(&mut b, &["HINCRBY", "inc", "new", "-1"]);
+    run(&mut a, &["HDEL", "del-inc", "f"]);
+    run(&mut b, &["HINCRBY", "del-inc", "f", "1"]);
+    run(&mut a, &["HDEL", "del-set", "f"]);
+    run(&mut b, &["HSET", "del-set", "f", "new"]);
+    // HSET of a field concurrent with HINCRBY of it: the set value plus the unseen increment.
+    run(&mut a, &["HSET", "set-inc", "f", "100"]);
+    run(&mut b, &["HINCRBY", "set-inc", "f", "5"]);
+    heal(&pair);
+    finish(
+        &pair,
+        &[
+            exactly("inc", "hash {keep=k, n=10, new=3}"),
+            exactly("del-inc", "hash {f=1, keep=k}"),
+            exactly("del-set", "hash {f=new, keep=k}"),
+            exactly("set-inc", "hash {f=105}"),
+        ],
+    );
+}
+
+/// Row "hash": `DEL` (or `UNLINK`) of the whole hash on one side while the other side sets a
+/// field: the field set concurrently survives, the fields the deleting side had seen are gone.
+#[test]
+fn hash_del_of_the_key_keeps_a_field_set_concurrently() {
+    let pair = hooked_pair();
+    let (mut a, mut b) = pair.conns();
+    run(&mut a, &["HSET", "h", "f1", "a", "f2", "b"]);
+    run(&mut a, &["HSET", "u", "f1", "a", "f2", "b"]);
+    run(&mut a, &["HSET", "upd", "f1", "a", "f2", "b"]);
+    synced(&pair);
+    cut(&pair);
+    run(&mut a, &["DEL", "h"]);
+    run(&mut b, &["HSET", "h", "f3", "v"]);
+    run(&mut a, &["UNLINK", "u"]);
+    run(&mut b, &["HSET", "u", "f3", "v"]);
+    // An update of a field the deleting side had seen survives too (it is a concurrent add).
+    run(&mut a, &["DEL", "upd"]);
+    run(&mut b, &["HSET", "upd", "f1", "new"]);
+    heal(&pair);
+    finish(
+        &pair,
+        &[
+            exactly("h", "hash {f3=v}"),
+            exactly("u", "hash {f3=v}"),
+            exactly("upd", "hash {f1=new}"),
+        ],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// set
+// ---------------------------------------------------------------------------------------------
+
+/// Row "set": members added on both sides while cut all end up on both sides, into an
+/// existing set and into one both sides create.
+#[test]
+fn set_members_added_on_both_sides_merge() {
+    let pair = hooked_pair();
+    let (mut a, mut b) = pair.conns();
+    run(&mut a, &["SADD", "old", "m0"]);
+    synced(&pair);
+    cut(&pair);
+    run(&mut a, &["SADD", "new", "a1", "a2"]);
+    run(&mut b, &["SADD", "new", "b1", "a2"]);
+    run(&mut a, &["SADD", "old", "a1"]);
+    run(&mut b, &["SADD", "old", "b1", "b2"]);
+    heal(&pair);
+    finish(
+        &pair,
+        &[
+            exactly("new", "set {a1, a2, b1}"),
+            exactly("old", "set {a1, b1, b2, m0}"),
+        ],
+    );
+}
+
+/// Row "set", OR-set: with s = {x} on both sides, b removes x while a removes and re-adds it:
+/// x is there on both sides (add wins over a concurrent remove). Also: a member added on one
+/// side while the other removes another member or deletes the whole set survives.
+#[test]
+fn set_add_wins_over_a_concurrent_remove() {
+    let pair = hooked_pair();
+    let (mut a, mut b) = pair.conns();
+    run(&mut a, &["SADD", "s", "x"]);
+    run(&mut a, &["SADD", "s2", "p", "keep"]);
+    run(&mut a, &["SADD", "gone", "p", "q"]);
+    synced(&pair);
+    cut(&pair);
+    run(&mut b, &["SREM", "s", "x"]);
+    run(&mut a, &["SREM", "s", "x"]);
+    run(&mut a, &["SADD", "s", "x"]);
+    run(&mut a, &["SREM", "s2", "p"]);
+    run(&mut b, &["SADD", "s2", "q"]);
+    run(&mut a, &["DEL", "gone"]);
+    run(&mut b, &["SADD", "gone", "r"]);
+    heal(&pair);
+    finish(
+        &pair,
+        &[
+            exactly("s", "set {x}"),
+            exactly("s2", "set {keep, q}"),
+            exactly("gone", "set {r}"),
+        ],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// sorted set
+// ---------------------------------------------------------------------------------------------
+
+/// Row "sorted set": per member as for sets, scores set by `ZADD` last writer wins, integral
+/// `ZINCRBY`s add: with m=1, `ZINCRBY 2` on a and `ZINCRBY 3` on b give 6; `ZADD 5 m` on a
+/// while b runs `ZINCRBY 2 m` gives 7; `ZREM m` on a while b runs `ZADD 3 m` keeps m (add
+/// wins); members added on both sides all end up there.
+#[test]
+fn zset_zincrby_adds_zadd_sets_and_add_wins_over_zrem() {
+    let pair = hooked_pair();
+    let (mut a, mut b) = pair.conns();
+    for k in ["inc", "set-inc", "rem-add", "lww"] {
+        run(&mut a, &["ZADD", k, "1", "m", "0", "keep"]);
+    }
+    synced(&pair);
+    cut(&pair);
+    run(&mut a, &["ZINCRBY", "inc", "2", "m"]);
+    run(&mut b, &["ZINCRBY", "inc", "3", "m"]);
+    run(&mut a, &["ZINCRBY", "inc", "4", "new"]);
+    run(&mut b, &["ZINCRBY", "inc", "-1", "new"]);
+    run(&mut a, &["ZADD", "set-inc", "5", "m"]);
+    run(&mut b, &["ZINCRBY", "set-inc", "2", "m"]);
+    run(&mut a, &["ZREM", "rem-add", "m"]);
+    run(&mut b, &["ZADD", "rem-add", "3", "m"]);
+    run(&mut a, &["ZADD", "union", "1", "a"]);
+    run(&mut b, &["ZADD", "union", "2", "b"]);
+    run(&mut a, &["ZADD", "lww", "10", "m"]);
+    later();
+    run(&mut b, &["ZADD", "lww", "20", "m"]);
+    heal(&pair);
+    finish(
+        &pair,
+        &[
+            exactly("inc", "zset {keep=0, m=6, new=3}"),
+            exactly("set-inc", "zset {keep=0, m=7}"),
+            exactly("rem-add", "zset {keep=0, m=3}"),
+            exactly("union", "zset {a=1, b=2}"),
+            exactly("lww", "zset {keep=0, m=20}"),
+        ],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// float increments
+// ---------------------------------------------------------------------------------------------
+
+/// Row "float increments", non-integral: `INCRBYFLOAT`, `HINCRBYFLOAT` and `ZINCRBY` with a
+/// fractional delta stay last-writer-wins on the value: both sides agree on one side's result.
+#[test]
+fn float_increments_that_are_not_integral_stay_last_writer_wins() {
+    let pair = hooked_pair();
+    let (mut a, mut b) = pair.conns();
+    run(&mut a, &["SET", "f", "1"]);
+    run(&mut a, &["HSET", "hf", "n", "1"]);
+    run(&mut a, &["ZADD", "zf", "1", "m"]);
+    synced(&pair);
+    cut(&pair);
+    run(&mut a, &["INCRBYFLOAT", "f", "0.5"]);
+    run(&mut a, &["HINCRBYFLOAT", "hf", "n", "0.5"]);
+    run(&mut a, &["ZINCRBY", "zf", "0.5", "m"]);
+    later();
+    run(&mut b, &["INCRBYFLOAT", "f", "0.25"]);
+    run(&mut b, &["HINCRBYFLOAT", "hf", "n", "0.25"]);
+    run(&mut b, &["ZINCRBY", "zf", "0.25", "m"]);
+    heal(&pair);
+    finish(
+        &pair,
+        &[
+            one_of("f", &["string 1.5", "string 1.25"]),
+            one_of("hf", &["hash {n=1.5}", "hash {n=1.25}"]),
+            one_of("zf", &["zset {m=1.5}", "zset {m=1.25}"]),
+        ],
+    );
+}
+
+/// Row "float increments", integral: when the delta and the result are integers below 2^53,
+/// `INCRBYFLOAT`, `HINCRBYFLOAT` and `ZINCRBY` add exactly, like counters.
+#[test]
+fn float_increments_with_integral_delta_and_result_add_exactly() {
+    let pair = hooked_pair();
+    let (mut a, mut b) = pair.conns();
+    run(&mut a, &["SET", "f", "10"]);
+    run(&mut a, &["HSET", "hf", "n", "10"]);
+    run(&mut a, &["ZADD", "zf", "10", "m"]);
+    synced(&pair);
+    cut(&pair);
+    run(&mut a, &["INCRBYFLOAT", "f", "2"]);
+    run(&mut b, &["INCRBYFLOAT", "f", "3"]);
+    run(&mut a, &["HINCRBYFLOAT", "hf", "n", "2"]);
+    run(&mut b, &["HINCRBYFLOAT", "hf", "n", "3"]);
+    run(&mut a, &["ZINCRBY", "zf", "2", "m"]);
+    run(&mut b, &["ZINCRBY", "zf", "3", "m"]);
+    heal(&pair);
+    finish(
+        &pair,
+        &[
+            exactly("f", "string 15"),
+            exactly("hf", "hash {n=15}"),
+            exactly("zf", "zset {m=15}"),
+        ],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// any type: a key changed to another type
+// ---------------------------------------------------------------------------------------------
+
+/// Row "any type": a key turned into another type on one side (`DEL k; RPUSH k a`) while the
+/// other side writes an element of the old type (`HSET k f v`, `SADD`, `INCR`) is whole-key
+/// last writer wins: both sides end equal, holding one side's version.
+#[test]
+fn type_change_on_one_side_is_whole_key_last_writer_wins() {
+    let pair = hooked_pair();
+    let (mut a, mut b) = pair.conns();
+    run(&mut a, &["HSET", "k1", "f0", "x"]);
+    run(&mut a, &["HSET", "k2", "f0", "x"]);
+    run(&mut a, &["SADD", "k3", "m0"]);
+    run(&mut a, &["SET", "k4", "1"]);
+    synced(&pair);
+    cut(&pair);
+    // k1: the type change is the earlier write; k2: the later one.
+    run(&mut a, &["DEL", "k1"]);
+    run(&mut a, &["RPUSH", "k1", "a"]);
+    run(&mut b, &["HSET", "k2", "f", "v"]);
+    later();
+    run(&mut b, &["HSET", "k1", "f", "v"]);
+    run(&mut a, &["DEL", "k2"]);
+    run(&mut a, &["RPUSH", "k2", "a"]);
+    // k3: a set turned into a string by SET; k4: a counter turned into a list.
+    run(&mut a, &["SET", "k3", "plain"]);
+    run(&mut b, &["SADD", "k3", "m1"]);
+    run(&mut b, &["INCR", "k4"]);
+    run(&mut a, &["DEL", "k4"]);
+    run(&mut a, &["LPUSH", "k4", "l"]);
+    heal(&pair);
+    // The element write of the old type may win as a whole hash/set/counter (with or without
+    // the elements the type-changing side had seen), or as only the element the other side
+    // wrote (observed-remove of the DEL); every version is accepted, provided both sides agree.
+    finish(
+        &pair,
+        &[
+            one_of("k1", &["list [a]", "hash {f=v}", "hash {f=v, f0=x}"]),
+            one_of("k2", &["list [a]", "hash {f=v}", "hash {f=v, f0=x}"]),
+            one_of("k3", &["string plain", "set {m0, m1}", "set {m1}"]),
+            one_of("k4", &["list [l]", "string 2", "string 1"]),
+        ],
+    );
+    let (mut a, _) = pair.conns();
+    for k in ["k1", "k2", "k3", "k4"] {
+        println!("type change: {k} = {}", show(&mut a, k));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// no-conflict fast path
+// ---------------------------------------------------------------------------------------------
+
+/// The no-conflict fast path: with the link up, one write that touches one element of a key
+/// holding 10,000 elements ships that element, not the key: a's `bytes_sent` grows by less
+/// than 500 bytes for it (the key itself is ~150 KB), for `HSET`, `HINCRBY`, `HDEL`, `SADD`,
+/// `SREM`, `ZADD`, `ZINCRBY`, `ZREM` and `INCR`.
+#[test]
+fn one_element_write_into_a_big_key_ships_only_that_element() {
+    const N: usize = 10_000;
+    const BOUND: u64 = 500;
+    let pair = hooked_pair();
+    let (mut a, mut b) = pair.conns();
+    for chunk in 0..N / 1000 {
+        let range = chunk * 1000..(chunk + 1) * 1000;
+        let mut hset = redis::cmd("HSET");
+        let mut sadd = redis::cmd("SADD");
+        let mut zadd = redis::cmd("ZADD");
+        hset.arg("big-hash");
+        sadd.arg("big-set");
+        zadd.arg("big-zset");
+        for i in range {
+            let e = format!("element-{i:06}");
+            hset.arg(&e).arg(format!("value-{i:06}"));
+            sadd.arg(&e);
+            zadd.arg(i).arg(&e);
+        }
+        for q in [&hset, &sadd, &zadd] {
+            let _: Value = q.query(&mut a).expect("filling a big key");
+        }
+    }
+    run(&mut a, &["SET", "counter", "12345"]);
+    synced(&pair);
+    let ops: &[(&[&str], &str)] = &[
+        (
+            &["HSET", "big-hash", "element-000007", "changed"],
+            "big-hash",
+        ),
+        (&["HSET", "big-hash", "brand-new", "v"], "big-hash"),
+        (&["HINCRBY", "big-hash", "n", "5"], "big-hash"),
+        (&["HDEL", "big-hash", "element-000008"], "big-hash"),
+        (&["SADD", "big-set", "brand-new"], "big-set"),
+        (&["SREM", "big-set", "element-000009"], "big-set"),
+        (&["ZADD", "big-zset", "3.5", "element-000010"], "big-zset"),
+        (&["ZINCRBY", "big-zset", "2", "element-000011"], "big-zset"),
+        (&["ZREM", "big-zset", "element-000012"], "big-zset"),
+        (&["INCR", "counter"], "counter"),
+    ];
+    let mut report = Vec::new();
+    let mut too_big = false;
+    for (args, key) in ops {
+        let before = stat(&pair.a, "bytes_sent");
+        run(&mut a, args);
+        // Wait until b holds the same key as a (digest), and nothing is un-acknowledged.
+        let want = show(&mut a, key);
+        wait_for_state(&format!("b to apply {args:?}"), T, || {
+            let got = show(&mut b, key);
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!(
+                    "b: {} chars of value (a: {}); status b: {}",
+                    got.len(),
+                    want.len(),
+                    brief(&pair.b)
+                ))
+            }
+        });
+        wait_quiet(&pair);
+        let delta = stat(&pair.a, "bytes_sent") - before;
+        too_big |= delta >= BOUND;
+        report.push(format!(
+            "  {:>7} bytes for {args:?}{}",
+            delta,
+            if delta >= BOUND { "   <-- TOO BIG" } else { "" }
+        ));
+    }
+    let report = report.join("\n");
+    println!("fast path, link bytes a sent per write into a {N}-element key:\n{report}");
+    assert!(
+        !too_big,
+        "a write touching one element of a {N}-element key shipped {BOUND} bytes or more \
+         (the whole key re-shipped?):\n{report}\nstatus a: {}",
+        brief(&pair.a)
+    );
+    pair.assert_converged(&[0], T);
+    assert_no_mismatch(&pair);
+}
+
+/// Issue 10, item 5: `INCR` with a live peer ships a delta and never reads the counter back
+/// through `StringDMA`, which would rewrite the stored integer as a raw string: the counter
+/// keeps Redis' `int` encoding on the side that incremented it.
+#[test]
+fn incr_does_not_turn_a_counter_into_a_raw_string() {
+    let pair = hooked_pair();
+    let (mut a, mut b) = pair.conns();
+    run(&mut a, &["SET", "c", "41"]);
+    synced(&pair);
+    for _ in 0..3 {
+        run(&mut a, &["INCR", "c"]);
+    }
+    run(&mut a, &["INCRBY", "c", "10"]);
+    wait_for_state("b to hold c = 54", T, || {
+        let v = show(&mut b, "c");
+        if v == "string 54" {
+            Ok(())
+        } else {
+            Err(v)
+        }
+    });
+    wait_quiet(&pair);
+    let enc = text(&run(&mut a, &["OBJECT", "ENCODING", "c"]));
+    assert_eq!(
+        enc, "int",
+        "a's counter lost its int encoding after INCR with a live peer (read back as a string?)"
+    );
+    pair.assert_converged(&[0], T);
+    assert_no_mismatch(&pair);
+}
