@@ -236,12 +236,23 @@ fn show(c: &mut Connection, key: &str) -> String {
 struct Expect {
     key: String,
     allowed: Vec<String>,
+    /// The `PEXPIRETIME` both sides must show, when the test cares.
+    expire_at: Option<i64>,
+}
+
+impl Expect {
+    /// Also wants this absolute expiry (ms) on both sides.
+    fn expiring_at(mut self, at: i64) -> Expect {
+        self.expire_at = Some(at);
+        self
+    }
 }
 
 fn exactly(key: &str, value: &str) -> Expect {
     Expect {
         key: key.to_string(),
         allowed: vec![value.to_string()],
+        expire_at: None,
     }
 }
 
@@ -249,6 +260,7 @@ fn one_of(key: &str, values: &[&str]) -> Expect {
     Expect {
         key: key.to_string(),
         allowed: values.iter().map(|v| v.to_string()).collect(),
+        expire_at: None,
     }
 }
 
@@ -266,14 +278,24 @@ fn check(pair: &Pair, expects: &[Expect]) -> Result<(), String> {
     let mut ok = true;
     let mut report = String::new();
     for e in expects {
-        let (va, vb) = (show(&mut a, &e.key), show(&mut b, &e.key));
-        let good = va == vb && e.allowed.contains(&va);
+        let (mut va, mut vb) = (show(&mut a, &e.key), show(&mut b, &e.key));
+        let mut want = e.allowed.join("  OR  ");
+        let mut good = va == vb && e.allowed.contains(&va);
+        if let Some(at) = e.expire_at {
+            let (ta, tb) = (
+                text(&run(&mut a, &["PEXPIRETIME", &e.key])),
+                text(&run(&mut b, &["PEXPIRETIME", &e.key])),
+            );
+            good &= ta == at.to_string() && tb == at.to_string();
+            want.push_str(&format!("  (pexpiretime {at})"));
+            va.push_str(&format!("  (pexpiretime {ta})"));
+            vb.push_str(&format!("  (pexpiretime {tb})"));
+        }
         ok &= good;
         report.push_str(&format!(
-            "  {} key {:?}\n    want: {}\n    a:    {va}\n    b:    {vb}\n",
+            "  {} key {:?}\n    want: {want}\n    a:    {va}\n    b:    {vb}\n",
             if good { "ok " } else { "BAD" },
             e.key,
-            e.allowed.join("  OR  ")
         ));
     }
     if ok {
@@ -397,8 +419,13 @@ fn counter_increments_from_both_sides_add_up() {
     run(&mut a, &["SET", "zero", "0"]);
     run(&mut a, &["SET", "hundred", "100"]);
     run(&mut a, &["SET", "many", "0"]);
+    // A counter with a TTL keeps it (INCR does not touch the TTL).
+    let at = now_ms() + 3_600_000;
+    run(&mut a, &["SET", "ttl", "1", "PXAT", &at.to_string()]);
     synced(&pair);
     cut(&pair);
+    run(&mut a, &["INCRBY", "ttl", "7"]);
+    run(&mut b, &["INCRBY", "ttl", "3"]);
     run(&mut a, &["INCRBY", "absent", "7"]);
     run(&mut b, &["INCRBY", "absent", "3"]);
     run(&mut a, &["INCRBY", "zero", "7"]);
@@ -425,6 +452,7 @@ fn counter_increments_from_both_sides_add_up() {
             exactly("zero", "string 10"),
             exactly("hundred", "string 86"),
             exactly("many", "string 400"),
+            exactly("ttl", "string 11").expiring_at(at),
         ],
     );
 }
@@ -598,12 +626,19 @@ fn hash_fields_set_on_both_sides_merge() {
     let (mut a, mut b) = pair.conns();
     run(&mut a, &["HSET", "old", "f0", "z"]);
     run(&mut a, &["HSET", "same", "f", "base", "g", "base"]);
+    // A hash with a TTL keeps it (HSET does not touch the TTL).
+    let at = now_ms() + 3_600_000;
+    run(&mut a, &["HSET", "ttl", "f0", "z", "keep", "k"]);
+    run(&mut a, &["PEXPIREAT", "ttl", &at.to_string()]);
     synced(&pair);
     cut(&pair);
     run(&mut a, &["HSET", "h", "f1", "x"]);
     run(&mut b, &["HSET", "h", "f2", "y"]);
     run(&mut a, &["HMSET", "old", "f1", "x", "g", "1"]);
     run(&mut b, &["HSETNX", "old", "f2", "y"]);
+    run(&mut a, &["HSET", "ttl", "f1", "x"]);
+    run(&mut b, &["HDEL", "ttl", "f0"]);
+    run(&mut b, &["HSET", "ttl", "f2", "y"]);
     // same: f is set by a then, later, by b; g by b then, later, by a.
     run(&mut a, &["HSET", "same", "f", "from-a"]);
     run(&mut b, &["HSET", "same", "g", "from-b"]);
@@ -617,6 +652,7 @@ fn hash_fields_set_on_both_sides_merge() {
             exactly("h", "hash {f1=x, f2=y}"),
             exactly("old", "hash {f0=z, f1=x, f2=y, g=1}"),
             exactly("same", "hash {f=from-b, g=from-a}"),
+            exactly("ttl", "hash {f1=x, f2=y, keep=k}").expiring_at(at),
         ],
     );
 }
