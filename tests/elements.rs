@@ -94,6 +94,7 @@ const BRIEF_FIELDS: &[&str] = &[
     "ops_sent",
     "ops_applied",
     "conflicts_lost",
+    "conflicts_merged",
     "partial_syncs",
     "dirty_key_syncs",
     "full_syncs",
