@@ -11,6 +11,8 @@
 //! | hash | [`hash_fields_set_on_both_sides_merge`], [`hash_hincrby_adds_and_a_remove_only_removes_what_its_side_had_seen`], [`hash_del_of_the_key_keeps_a_field_set_concurrently`] |
 //! | set | [`set_members_added_on_both_sides_merge`], [`set_add_wins_over_a_concurrent_remove`] |
 //! | sorted set | [`zset_zincrby_adds_zadd_sets_and_add_wins_over_zrem`] |
+//! | (keys with a TTL) | [`keys_with_a_ttl_merge_elements_and_keep_the_ttl`] |
+//! | (under cuts) | [`element_writes_count_once_across_repeated_cuts_with_partial_resyncs`], [`element_writes_count_once_across_repeated_cuts_with_dirty_key_resyncs`] |
 //! | float increments | [`float_increments_that_are_not_integral_stay_last_writer_wins`], [`float_increments_with_integral_delta_and_result_add_exactly`] |
 //! | any type | [`type_change_on_one_side_is_whole_key_last_writer_wins`] |
 //!
@@ -421,13 +423,8 @@ fn counter_increments_from_both_sides_add_up() {
     run(&mut a, &["SET", "zero", "0"]);
     run(&mut a, &["SET", "hundred", "100"]);
     run(&mut a, &["SET", "many", "0"]);
-    // A counter with a TTL keeps it (INCR does not touch the TTL).
-    let at = now_ms() + 3_600_000;
-    run(&mut a, &["SET", "ttl", "1", "PXAT", &at.to_string()]);
     synced(&pair);
     cut(&pair);
-    run(&mut a, &["INCRBY", "ttl", "7"]);
-    run(&mut b, &["INCRBY", "ttl", "3"]);
     run(&mut a, &["INCRBY", "absent", "7"]);
     run(&mut b, &["INCRBY", "absent", "3"]);
     run(&mut a, &["INCRBY", "zero", "7"]);
@@ -454,7 +451,6 @@ fn counter_increments_from_both_sides_add_up() {
             exactly("zero", "string 10"),
             exactly("hundred", "string 86"),
             exactly("many", "string 400"),
-            exactly("ttl", "string 11").expiring_at(at),
         ],
     );
 }
@@ -715,19 +711,12 @@ fn hash_fields_set_on_both_sides_merge() {
     let (mut a, mut b) = pair.conns();
     run(&mut a, &["HSET", "old", "f0", "z"]);
     run(&mut a, &["HSET", "same", "f", "base", "g", "base"]);
-    // A hash with a TTL keeps it (HSET does not touch the TTL).
-    let at = now_ms() + 3_600_000;
-    run(&mut a, &["HSET", "ttl", "f0", "z", "keep", "k"]);
-    run(&mut a, &["PEXPIREAT", "ttl", &at.to_string()]);
     synced(&pair);
     cut(&pair);
     run(&mut a, &["HSET", "h", "f1", "x"]);
     run(&mut b, &["HSET", "h", "f2", "y"]);
     run(&mut a, &["HMSET", "old", "f1", "x", "g", "1"]);
     run(&mut b, &["HSETNX", "old", "f2", "y"]);
-    run(&mut a, &["HSET", "ttl", "f1", "x"]);
-    run(&mut b, &["HDEL", "ttl", "f0"]);
-    run(&mut b, &["HSET", "ttl", "f2", "y"]);
     // same: f is set by a then, later, by b; g by b then, later, by a.
     run(&mut a, &["HSET", "same", "f", "from-a"]);
     run(&mut b, &["HSET", "same", "g", "from-b"]);
@@ -741,7 +730,6 @@ fn hash_fields_set_on_both_sides_merge() {
             exactly("h", "hash {f1=x, f2=y}"),
             exactly("old", "hash {f0=z, f1=x, f2=y, g=1}"),
             exactly("same", "hash {f=from-b, g=from-a}"),
-            exactly("ttl", "hash {f1=x, f2=y, keep=k}").expiring_at(at),
         ],
     );
 }
@@ -908,6 +896,50 @@ fn zset_zincrby_adds_zadd_sets_and_add_wins_over_zrem() {
             exactly("rem-add", "zset {keep=0, m=3}"),
             exactly("union", "zset {a=1, b=2}"),
             exactly("lww", "zset {keep=0, m=20}"),
+        ],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// keys with a TTL
+// ---------------------------------------------------------------------------------------------
+
+/// Rows "string counter", "hash", "set", "sorted set", for keys that have a TTL: the table
+/// makes no exception for them, so concurrent increments still add up and concurrent element
+/// writes still merge, and the TTL (which none of these writes touches) is kept, equal on both
+/// sides.
+#[test]
+fn keys_with_a_ttl_merge_elements_and_keep_the_ttl() {
+    let pair = hooked_pair();
+    let (mut a, mut b) = pair.conns();
+    let at = now_ms() + 3_600_000;
+    let at_s = at.to_string();
+    run(&mut a, &["SET", "c", "1", "PXAT", &at_s]);
+    run(&mut a, &["HSET", "h", "f0", "z", "keep", "k"]);
+    run(&mut a, &["SADD", "s", "m0"]);
+    run(&mut a, &["ZADD", "z", "1", "m"]);
+    for k in ["h", "s", "z"] {
+        run(&mut a, &["PEXPIREAT", k, &at_s]);
+    }
+    synced(&pair);
+    cut(&pair);
+    run(&mut a, &["INCRBY", "c", "7"]);
+    run(&mut b, &["INCRBY", "c", "3"]);
+    run(&mut a, &["HSET", "h", "f1", "x"]);
+    run(&mut b, &["HDEL", "h", "f0"]);
+    run(&mut b, &["HSET", "h", "f2", "y"]);
+    run(&mut a, &["SADD", "s", "a1"]);
+    run(&mut b, &["SADD", "s", "b1"]);
+    run(&mut a, &["ZINCRBY", "z", "2", "m"]);
+    run(&mut b, &["ZINCRBY", "z", "3", "m"]);
+    heal(&pair);
+    finish(
+        &pair,
+        &[
+            exactly("c", "string 11").expiring_at(at),
+            exactly("h", "hash {f1=x, f2=y, keep=k}").expiring_at(at),
+            exactly("s", "set {a1, b1, m0}").expiring_at(at),
+            exactly("z", "zset {m=6}").expiring_at(at),
         ],
     );
 }
