@@ -11,6 +11,7 @@
 //! | hash | [`hash_fields_set_on_both_sides_merge`], [`hash_hincrby_adds_and_a_remove_only_removes_what_its_side_had_seen`], [`hash_del_of_the_key_keeps_a_field_set_concurrently`] |
 //! | set | [`set_members_added_on_both_sides_merge`], [`set_add_wins_over_a_concurrent_remove`] |
 //! | sorted set | [`zset_zincrby_adds_zadd_sets_and_add_wins_over_zrem`] |
+//! | (other dbs) | [`element_merges_stay_in_their_db`] |
 //! | (keys with a TTL) | [`keys_with_a_ttl_merge_elements_and_keep_the_ttl`] |
 //! | (under cuts) | [`element_writes_count_once_across_repeated_cuts_with_partial_resyncs`], [`element_writes_count_once_across_repeated_cuts_with_dirty_key_resyncs`] |
 //! | float increments | [`float_increments_that_are_not_integral_stay_last_writer_wins`], [`float_increments_with_integral_delta_and_result_add_exactly`] |
@@ -165,6 +166,12 @@ fn synced(pair: &Pair) {
     pair.assert_converged(&[0], T);
 }
 
+/// [`synced`] for several dbs.
+fn synced_dbs(pair: &Pair, dbs: &[i64]) {
+    wait_quiet(pair);
+    pair.assert_converged(dbs, T);
+}
+
 /// Cuts the link and waits until both sides know it is down: from now on, what one side
 /// writes is concurrent with what the other writes.
 fn cut(pair: &Pair) {
@@ -242,12 +249,20 @@ struct Expect {
     allowed: Vec<String>,
     /// The `PEXPIRETIME` both sides must show, when the test cares.
     expire_at: Option<i64>,
+    /// The db of the key.
+    db: i64,
 }
 
 impl Expect {
     /// Also wants this absolute expiry (ms) on both sides.
     fn expiring_at(mut self, at: i64) -> Expect {
         self.expire_at = Some(at);
+        self
+    }
+
+    /// The key is in this db (default 0).
+    fn in_db(mut self, db: i64) -> Expect {
+        self.db = db;
         self
     }
 }
@@ -257,6 +272,7 @@ fn exactly(key: &str, value: &str) -> Expect {
         key: key.to_string(),
         allowed: vec![value.to_string()],
         expire_at: None,
+        db: 0,
     }
 }
 
@@ -265,6 +281,7 @@ fn one_of(key: &str, values: &[&str]) -> Expect {
         key: key.to_string(),
         allowed: values.iter().map(|v| v.to_string()).collect(),
         expire_at: None,
+        db: 0,
     }
 }
 
@@ -282,6 +299,9 @@ fn check(pair: &Pair, expects: &[Expect]) -> Result<(), String> {
     let mut ok = true;
     let mut report = String::new();
     for e in expects {
+        let db = e.db.to_string();
+        run(&mut a, &["SELECT", &db]);
+        run(&mut b, &["SELECT", &db]);
         let (mut va, mut vb) = (show(&mut a, &e.key), show(&mut b, &e.key));
         let mut want = e.allowed.join("  OR  ");
         let mut good = va == vb && e.allowed.contains(&va);
@@ -297,9 +317,14 @@ fn check(pair: &Pair, expects: &[Expect]) -> Result<(), String> {
         }
         ok &= good;
         report.push_str(&format!(
-            "  {} key {:?}\n    want: {want}\n    a:    {va}\n    b:    {vb}\n",
+            "  {} key {:?}{}\n    want: {want}\n    a:    {va}\n    b:    {vb}\n",
             if good { "ok " } else { "BAD" },
             e.key,
+            if e.db == 0 {
+                String::new()
+            } else {
+                format!(" in db {}", e.db)
+            },
         ));
     }
     if ok {
@@ -331,6 +356,9 @@ fn assert_no_mismatch(pair: &Pair) {
 /// is un-acknowledged and the pair is converged; checks the values again (they must not have
 /// moved once quiet) and the logs.
 fn finish(pair: &Pair, expects: &[Expect]) {
+    let mut dbs: Vec<i64> = expects.iter().map(|e| e.db).chain([0]).collect();
+    dbs.sort_unstable();
+    dbs.dedup();
     let mut last = String::new();
     let reached = (|| {
         let deadline = std::time::Instant::now() + T;
@@ -347,7 +375,7 @@ fn finish(pair: &Pair, expects: &[Expect]) {
     })();
     if !reached {
         // Say whether the pair at least converged, on something else.
-        let converged = compare_once(&pair.a, &pair.b, &[0]);
+        let converged = compare_once(&pair.a, &pair.b, &dbs);
         panic!(
             "the expected values were not reached on both sides within {T:?}:\n{last}\
              converged (digests) now: {}\nstatus a: {}\nstatus b: {}",
@@ -360,7 +388,7 @@ fn finish(pair: &Pair, expects: &[Expect]) {
         );
     }
     wait_quiet(pair);
-    pair.assert_converged(&[0], T);
+    pair.assert_converged(&dbs, T);
     if let Err(r) = check(pair, expects) {
         panic!("once quiet, the values moved away from the expected ones:\n{r}");
     }
@@ -642,11 +670,55 @@ fn repeated_cuts(module_args: &[&str]) {
 fn counter_set_or_del_keeps_the_increment_its_side_had_not_seen() {
     let pair = hooked_pair();
     let (mut a, mut b) = pair.conns();
-    for k in ["set", "del", "unlink", "set-late"] {
+    for k in [
+        "set",
+        "del",
+        "unlink",
+        "set-late",
+        "incr-then-set",
+        "set-set",
+        "set-vs-del",
+        "del-vs-set",
+        "m1",
+        "m2",
+        "m3",
+        "both-del",
+        "not-int",
+        "too-big",
+    ] {
         run(&mut a, &["SET", k, "1"]);
     }
     synced(&pair);
     cut(&pair);
+    // a sets after its own increment: only b's increment is added on top of a's SET.
+    run(&mut a, &["INCRBY", "incr-then-set", "3"]);
+    run(&mut a, &["SET", "incr-then-set", "50"]);
+    run(&mut b, &["INCRBY", "incr-then-set", "4"]);
+    // Two SETs of integers: last writer wins (b's is later).
+    run(&mut a, &["SET", "set-set", "10"]);
+    // A SET and a DEL: the DEL only removes the value its side had seen, so the SET survives,
+    // whichever is later.
+    run(&mut a, &["SET", "set-vs-del", "20"]);
+    run(&mut a, &["DEL", "del-vs-set"]);
+    // One DEL of several keys, each incremented on the other side.
+    run(&mut a, &["DEL", "m1", "m2", "m3"]);
+    for k in ["m1", "m2", "m3"] {
+        run(&mut b, &["INCRBY", k, "5"]);
+    }
+    // Both sides delete; b then increments.
+    run(&mut a, &["DEL", "both-del"]);
+    run(&mut b, &["DEL", "both-del"]);
+    run(&mut b, &["INCR", "both-del"]);
+    // A SET of a string that is not a canonical 64-bit integer, while b increments: the string
+    // absorbs the increment (it is not a number), on both sides.
+    run(&mut a, &["SET", "not-int", "007"]);
+    run(&mut b, &["INCRBY", "not-int", "5"]);
+    run(&mut a, &["SET", "too-big", "9223372036854775808"]);
+    run(&mut b, &["INCRBY", "too-big", "5"]);
+    later();
+    run(&mut b, &["SET", "set-set", "20"]);
+    run(&mut b, &["DEL", "set-vs-del"]);
+    run(&mut b, &["SET", "del-vs-set", "20"]);
     run(&mut a, &["SET", "set", "100"]);
     run(&mut b, &["INCRBY", "set", "5"]);
     run(&mut a, &["DEL", "del"]);
@@ -665,6 +737,16 @@ fn counter_set_or_del_keeps_the_increment_its_side_had_not_seen() {
             exactly("del", "string 5"),
             exactly("unlink", "string 5"),
             exactly("set-late", "string 105"),
+            exactly("incr-then-set", "string 54"),
+            exactly("set-set", "string 20"),
+            exactly("set-vs-del", "string 20"),
+            exactly("del-vs-set", "string 20"),
+            exactly("m1", "string 5"),
+            exactly("m2", "string 5"),
+            exactly("m3", "string 5"),
+            exactly("both-del", "string 1"),
+            exactly("not-int", "string 007"),
+            exactly("too-big", "string 9223372036854775808"),
         ],
     );
 }
@@ -715,6 +797,9 @@ fn hash_fields_set_on_both_sides_merge() {
     cut(&pair);
     run(&mut a, &["HSET", "h", "f1", "x"]);
     run(&mut b, &["HSET", "h", "f2", "y"]);
+    // One command setting the same field twice: the last value counts.
+    run(&mut a, &["HSET", "twice", "f", "1", "f", "2"]);
+    run(&mut b, &["HSET", "twice", "g", "1"]);
     run(&mut a, &["HMSET", "old", "f1", "x", "g", "1"]);
     run(&mut b, &["HSETNX", "old", "f2", "y"]);
     // same: f is set by a then, later, by b; g by b then, later, by a.
@@ -728,6 +813,7 @@ fn hash_fields_set_on_both_sides_merge() {
         &pair,
         &[
             exactly("h", "hash {f1=x, f2=y}"),
+            exactly("twice", "hash {f=2, g=1}"),
             exactly("old", "hash {f0=z, f1=x, f2=y, g=1}"),
             exactly("same", "hash {f=from-b, g=from-a}"),
         ],
@@ -746,6 +832,7 @@ fn hash_hincrby_adds_and_a_remove_only_removes_what_its_side_had_seen() {
     run(&mut a, &["HSET", "del-inc", "f", "5", "keep", "k"]);
     run(&mut a, &["HSET", "del-set", "f", "5", "keep", "k"]);
     run(&mut a, &["HSET", "set-inc", "f", "5"]);
+    run(&mut a, &["HSET", "not-int", "f", "5"]);
     synced(&pair);
     cut(&pair);
     run(&mut a, &["HINCRBY", "inc", "n", "2"]);
@@ -759,6 +846,9 @@ fn hash_hincrby_adds_and_a_remove_only_removes_what_its_side_had_seen() {
     // HSET of a field concurrent with HINCRBY of it: the set value plus the unseen increment.
     run(&mut a, &["HSET", "set-inc", "f", "100"]);
     run(&mut b, &["HINCRBY", "set-inc", "f", "5"]);
+    // A value that is not an integer absorbs a concurrent increment.
+    run(&mut a, &["HSET", "not-int", "f", "abc"]);
+    run(&mut b, &["HINCRBY", "not-int", "f", "1"]);
     heal(&pair);
     finish(
         &pair,
@@ -767,6 +857,7 @@ fn hash_hincrby_adds_and_a_remove_only_removes_what_its_side_had_seen() {
             exactly("del-inc", "hash {f=1, keep=k}"),
             exactly("del-set", "hash {f=new, keep=k}"),
             exactly("set-inc", "hash {f=105}"),
+            exactly("not-int", "hash {f=abc}"),
         ],
     );
 }
@@ -780,6 +871,7 @@ fn hash_del_of_the_key_keeps_a_field_set_concurrently() {
     run(&mut a, &["HSET", "h", "f1", "a", "f2", "b"]);
     run(&mut a, &["HSET", "u", "f1", "a", "f2", "b"]);
     run(&mut a, &["HSET", "upd", "f1", "a", "f2", "b"]);
+    run(&mut a, &["HSET", "last", "f", "a"]);
     synced(&pair);
     cut(&pair);
     run(&mut a, &["DEL", "h"]);
@@ -789,6 +881,9 @@ fn hash_del_of_the_key_keeps_a_field_set_concurrently() {
     // An update of a field the deleting side had seen survives too (it is a concurrent add).
     run(&mut a, &["DEL", "upd"]);
     run(&mut b, &["HSET", "upd", "f1", "new"]);
+    // HDEL of the last field deletes the key; a field set concurrently survives.
+    run(&mut a, &["HDEL", "last", "f"]);
+    run(&mut b, &["HSET", "last", "g", "v"]);
     heal(&pair);
     finish(
         &pair,
@@ -796,6 +891,7 @@ fn hash_del_of_the_key_keeps_a_field_set_concurrently() {
             exactly("h", "hash {f3=v}"),
             exactly("u", "hash {f3=v}"),
             exactly("upd", "hash {f1=new}"),
+            exactly("last", "hash {g=v}"),
         ],
     );
 }
@@ -837,6 +933,8 @@ fn set_add_wins_over_a_concurrent_remove() {
     run(&mut a, &["SADD", "s", "x"]);
     run(&mut a, &["SADD", "s2", "p", "keep"]);
     run(&mut a, &["SADD", "gone", "p", "q"]);
+    run(&mut a, &["SADD", "last", "x"]);
+    run(&mut a, &["SADD", "both-rem", "p", "q"]);
     synced(&pair);
     cut(&pair);
     run(&mut b, &["SREM", "s", "x"]);
@@ -846,6 +944,14 @@ fn set_add_wins_over_a_concurrent_remove() {
     run(&mut b, &["SADD", "s2", "q"]);
     run(&mut a, &["DEL", "gone"]);
     run(&mut b, &["SADD", "gone", "r"]);
+    // SREM of the last member deletes the key; a member added concurrently survives.
+    run(&mut a, &["SREM", "last", "x"]);
+    run(&mut b, &["SADD", "last", "y"]);
+    // The same member removed on both sides is gone; the same member added on both is there.
+    run(&mut a, &["SREM", "both-rem", "p"]);
+    run(&mut b, &["SREM", "both-rem", "p"]);
+    run(&mut a, &["SADD", "both-rem", "r"]);
+    run(&mut b, &["SADD", "both-rem", "r"]);
     heal(&pair);
     finish(
         &pair,
@@ -853,6 +959,8 @@ fn set_add_wins_over_a_concurrent_remove() {
             exactly("s", "set {x}"),
             exactly("s2", "set {keep, q}"),
             exactly("gone", "set {r}"),
+            exactly("last", "set {y}"),
+            exactly("both-rem", "set {q, r}"),
         ],
     );
 }
@@ -872,6 +980,7 @@ fn zset_zincrby_adds_zadd_sets_and_add_wins_over_zrem() {
     for k in ["inc", "set-inc", "rem-add", "lww"] {
         run(&mut a, &["ZADD", k, "1", "m", "0", "keep"]);
     }
+    run(&mut a, &["ZADD", "last", "1", "m"]);
     synced(&pair);
     cut(&pair);
     run(&mut a, &["ZINCRBY", "inc", "2", "m"]);
@@ -882,6 +991,9 @@ fn zset_zincrby_adds_zadd_sets_and_add_wins_over_zrem() {
     run(&mut b, &["ZINCRBY", "set-inc", "2", "m"]);
     run(&mut a, &["ZREM", "rem-add", "m"]);
     run(&mut b, &["ZADD", "rem-add", "3", "m"]);
+    // ZREM of the last member deletes the key; a member added concurrently survives.
+    run(&mut a, &["ZREM", "last", "m"]);
+    run(&mut b, &["ZADD", "last", "1", "n"]);
     run(&mut a, &["ZADD", "union", "1", "a"]);
     run(&mut b, &["ZADD", "union", "2", "b"]);
     run(&mut a, &["ZADD", "lww", "10", "m"]);
@@ -895,9 +1007,47 @@ fn zset_zincrby_adds_zadd_sets_and_add_wins_over_zrem() {
             exactly("set-inc", "zset {keep=0, m=7}"),
             exactly("rem-add", "zset {keep=0, m=3}"),
             exactly("union", "zset {a=1, b=2}"),
+            exactly("last", "zset {n=1}"),
             exactly("lww", "zset {keep=0, m=20}"),
         ],
     );
+}
+
+/// Every row, outside db 0: the same key name in db 0, db 3 and db 15 gets different
+/// concurrent element writes, and each db ends with its own merge.
+#[test]
+fn element_merges_stay_in_their_db() {
+    let pair = hooked_pair();
+    let (mut a, mut b) = pair.conns();
+    for (db, n) in [("0", "1"), ("3", "30"), ("15", "150")] {
+        for c in [&mut a, &mut b] {
+            run(c, &["SELECT", db]);
+        }
+        run(&mut a, &["SET", "c", n]);
+        run(&mut a, &["HSET", "h", "f0", n]);
+    }
+    synced_dbs(&pair, &[0, 3, 15]);
+    cut(&pair);
+    for (db, x, y) in [("0", "1", "2"), ("3", "3", "4"), ("15", "5", "6")] {
+        for c in [&mut a, &mut b] {
+            run(c, &["SELECT", db]);
+        }
+        run(&mut a, &["INCRBY", "c", x]);
+        run(&mut b, &["INCRBY", "c", y]);
+        run(&mut a, &["HSET", "h", "fa", x]);
+        run(&mut b, &["HDEL", "h", "f0"]);
+        run(&mut b, &["HSET", "h", "fb", y]);
+        run(&mut a, &["SADD", "s", x]);
+        run(&mut b, &["SADD", "s", y]);
+    }
+    heal(&pair);
+    let mut expects = Vec::new();
+    for (db, n, x, y) in [(0, 1, 1, 2), (3, 30, 3, 4), (15, 150, 5, 6)] {
+        expects.push(exactly("c", &format!("string {}", n + x + y)).in_db(db));
+        expects.push(exactly("h", &format!("hash {{fa={x}, fb={y}}}")).in_db(db));
+        expects.push(exactly("s", &format!("set {{{x}, {y}}}")).in_db(db));
+    }
+    finish(&pair, &expects);
 }
 
 // ---------------------------------------------------------------------------------------------
