@@ -17,7 +17,9 @@
 //! | float increments | [`float_increments_that_are_not_integral_stay_last_writer_wins`], [`float_increments_with_integral_delta_and_result_add_exactly`] |
 //! | any type | [`type_change_on_one_side_is_whole_key_last_writer_wins`] |
 //!
-//! Plus the no-conflict fast path: [`one_element_write_into_a_big_key_ships_only_that_element`]
+//! Plus every capture path with the link up (pipelines, MULTI, Lua, functions, expiry inside a
+//! command, blocked commands, SWAPDB): [`element_commands_through_every_path_converge_without_mismatch`];
+//! the no-conflict fast path: [`one_element_write_into_a_big_key_ships_only_that_element`]
 //! (link bytes of one write into a 10,000-element key stay small), and
 //! [`incr_does_not_turn_a_counter_into_a_raw_string`] (issue item 5: a counter is not read
 //! back through `StringDMA`).
@@ -1203,6 +1205,284 @@ fn type_change_on_one_side_is_whole_key_last_writer_wins() {
     for k in ["k1", "k2", "k3", "k4"] {
         println!("type change: {k} = {}", show(&mut a, k));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// capture paths
+// ---------------------------------------------------------------------------------------------
+
+/// Runs `cmds` as one pipeline (one event-loop iteration on the server), or as MULTI/EXEC.
+fn pipeline(c: &mut Connection, atomic: bool, cmds: &[&[&str]]) {
+    let mut p = redis::pipe();
+    if atomic {
+        p.atomic();
+    }
+    for args in cmds {
+        let mut q = redis::cmd(args[0]);
+        for x in &args[1..] {
+            q.arg(*x);
+        }
+        p.add_command(q);
+    }
+    p.query::<Value>(c)
+        .unwrap_or_else(|e| panic!("pipeline {cmds:?} failed: {e}"));
+}
+
+/// One server's share of [`element_commands_through_every_path_converge_without_mismatch`]:
+/// element commands mixed, on the same keys (prefixed `p`), with commands outside the element
+/// list, in one pipeline, in MULTI, in a Lua script and a function, on keys that expire just
+/// before the command, from blocked commands served later, and across SWAPDB.
+fn every_path(server: &Server, p: &str) {
+    let mut c = server.conn();
+    let k = |name: &str| format!("{p}{name}");
+    let (h, s1, s2, s3, z, n) = (k("h"), k("s1"), k("s2"), k("s3"), k("z"), k("n"));
+    // Same keys, several commands per iteration, element and non-element ones.
+    pipeline(
+        &mut c,
+        false,
+        &[
+            &["HSET", &h, "f", "1", "f", "3"],
+            &["HINCRBY", &h, "f", "2"],
+            &["HINCRBYFLOAT", &h, "f", "0.5"],
+            &["HDEL", &h, "g"],
+            &["HSET", &h, "g", "x"],
+            &["HSETNX", &h, "g", "y"],
+            &["HMSET", &h, "i", "1", "j", "2"],
+            &["HINCRBY", &h, "i", "-1"],
+        ],
+    );
+    pipeline(
+        &mut c,
+        false,
+        &[
+            &["SADD", &s1, "a", "b", "c"],
+            &["SREM", &s1, "b"],
+            &["SMOVE", &s1, &s2, "a"],
+            &["SPOP", &s1],
+            &["SADD", &s1, "d", "a"],
+            &["SINTERSTORE", &s3, &s1, &s2],
+            &["SADD", &s3, "e"],
+        ],
+    );
+    pipeline(
+        &mut c,
+        false,
+        &[
+            &["ZADD", &z, "1", "a", "2", "b"],
+            &["ZINCRBY", &z, "3", "a"],
+            &["ZPOPMIN", &z],
+            &["ZADD", &z, "GT", "10", "b"],
+            &["ZADD", &z, "INCR", "2", "c"],
+            &["ZREM", &z, "zz"],
+            &["ZADD", &z, "NX", "1", "b"],
+            &["ZINCRBY", &z, "0.5", "b"],
+            &["ZADD", &z, "7", "d"],
+        ],
+    );
+    pipeline(
+        &mut c,
+        false,
+        &[
+            &["INCR", &n],
+            &["APPEND", &n, "0"],
+            &["INCR", &n],
+            &["SET", &n, "7"],
+            &["INCRBY", &n, "3"],
+            &["GETDEL", &n],
+            &["INCR", &n],
+            &["SETRANGE", &n, "0", "9"],
+            &["INCR", &n],
+            &["SET", &n, "12", "GET"],
+            &["DECRBY", &n, "2"],
+        ],
+    );
+    // MULTI: element commands queued (EXEC passes the filter before its body runs), one of
+    // them in another db under the same name.
+    pipeline(
+        &mut c,
+        true,
+        &[
+            &["INCR", &k("m1")],
+            &["HSET", &k("m2"), "f", "1"],
+            &["SADD", &k("m3"), "x"],
+            &["ZADD", &k("m4"), "1", "a"],
+            &["INCRBY", &k("m1"), "5"],
+            &["HINCRBY", &k("m2"), "f", "2"],
+            &["SREM", &k("m3"), "x"],
+            &["SADD", &k("m3"), "y"],
+            &["SELECT", "1"],
+            &["INCR", &k("m1")],
+            &["HSET", &k("m2"), "f", "db1"],
+            &["SELECT", "0"],
+            &["DEL", &k("m4")],
+        ],
+    );
+    run(&mut c, &["SELECT", "0"]);
+    // Lua and a function.
+    let script = "redis.call('INCR', KEYS[1]); redis.call('HSET', KEYS[2], 'f', ARGV[1]); \
+                  redis.call('SADD', KEYS[3], ARGV[1]); redis.call('ZINCRBY', KEYS[4], 2, 'm'); \
+                  redis.call('HDEL', KEYS[2], 'f'); redis.call('HSET', KEYS[2], 'g', ARGV[1]); \
+                  redis.call('INCRBY', KEYS[1], 10); redis.call('DEL', KEYS[3]); \
+                  redis.call('SADD', KEYS[3], 'after-del'); return 1";
+    for round in 0..3 {
+        let v = format!("v{round}");
+        run(
+            &mut c,
+            &[
+                "EVAL",
+                script,
+                "4",
+                &k("l1"),
+                &k("l2"),
+                &k("l3"),
+                &k("l4"),
+                &v,
+            ],
+        );
+    }
+    run(
+        &mut c,
+        &[
+            "FUNCTION",
+            "LOAD",
+            "REPLACE",
+            "#!lua name=elemtest\n\
+             redis.register_function('elemf', function(keys, args) \
+             redis.call('HSET', keys[1], 'f', args[1]); \
+             redis.call('HINCRBY', keys[1], 'n', 1); \
+             redis.call('SADD', keys[2], args[1]); \
+             redis.call('ZADD', keys[3], 5, args[1]); \
+             redis.call('INCR', keys[4]); \
+             return 1 end)",
+        ],
+    );
+    for round in 0..3 {
+        let v = format!("v{round}");
+        run(
+            &mut c,
+            &[
+                "FCALL",
+                "elemf",
+                "4",
+                &k("f1"),
+                &k("f2"),
+                &k("f3"),
+                &k("f4"),
+                &v,
+            ],
+        );
+    }
+    // Keys that are logically expired when the next command touches them (active expiry off,
+    // so the command's own lookup expires them, inside the command).
+    run(&mut c, &["DEBUG", "SET-ACTIVE-EXPIRE", "0"]);
+    run(&mut c, &["SET", &k("e1"), "5", "PX", "30"]);
+    run(&mut c, &["HSET", &k("e2"), "f", "v"]);
+    run(&mut c, &["SADD", &k("e3"), "m"]);
+    run(&mut c, &["ZADD", &k("e4"), "1", "m"]);
+    for e in ["e2", "e3", "e4"] {
+        run(&mut c, &["PEXPIRE", &k(e), "30"]);
+    }
+    // Time passing, not synchronisation: the keys must be past their expiry.
+    thread::sleep(Duration::from_millis(80));
+    pipeline(
+        &mut c,
+        false,
+        &[
+            &["INCR", &k("e1")],
+            &["HSET", &k("e2"), "g", "w"],
+            &["SADD", &k("e3"), "n"],
+            &["ZINCRBY", &k("e4"), "2", "n"],
+        ],
+    );
+    run(&mut c, &["DEBUG", "SET-ACTIVE-EXPIRE", "1"]);
+    // Blocked commands served by another client's write in the same iteration as another
+    // element write to the same key: BZPOPMIN, BZPOPMAX and BLMOVE (keys of this server only,
+    // so a write replicated from the peer cannot serve them first).
+    let me = server.name().to_string();
+    let (bz1, bz2, bl, bl2) = (
+        k(&format!("{me}bz1")),
+        k(&format!("{me}bz2")),
+        k(&format!("{me}bl")),
+        k(&format!("{me}bl2")),
+    );
+    let rounds: [(Vec<&str>, Vec<&str>, Vec<&str>); 3] = [
+        (
+            vec!["BZPOPMIN", &bz1, "10"],
+            vec!["ZADD", &bz1, "1", "a", "2", "b"],
+            vec!["ZADD", &bz1, "9", "late"],
+        ),
+        (
+            vec!["BZPOPMAX", &bz2, "10"],
+            vec!["ZINCRBY", &bz2, "5", "c"],
+            vec!["ZINCRBY", &bz2, "1", "d"],
+        ),
+        (
+            vec!["BLMOVE", &bl, &bl2, "LEFT", "RIGHT", "10"],
+            vec!["RPUSH", &bl, "x", "y"],
+            vec!["RPUSH", &bl2, "z"],
+        ),
+    ];
+    for (block, feed, extra) in &rounds {
+        let blocked_before = blocked_clients(&mut c);
+        thread::scope(|sc| {
+            let waiter = sc.spawn(|| run(&mut server.conn(), block));
+            wait_for("the blocking command to block", T, || {
+                blocked_clients(&mut c) > blocked_before
+            });
+            pipeline(&mut c, false, &[feed, extra]);
+            waiter.join().expect("the blocked client panicked");
+        });
+    }
+    // SWAPDB of two dbs holding element-written keys, then more element writes there.
+    for db in ["4", "5"] {
+        run(&mut c, &["SELECT", db]);
+        run(&mut c, &["INCRBY", &k("sw"), db]);
+        run(&mut c, &["HSET", &k("swh"), "f", db]);
+    }
+    run(&mut c, &["SWAPDB", "4", "5"]);
+    run(&mut c, &["SELECT", "4"]);
+    run(&mut c, &["INCR", &k("sw")]);
+    run(&mut c, &["HSET", &k("swh"), "g", "after"]);
+    run(&mut c, &["SELECT", "0"]);
+}
+
+/// `INFO clients` `blocked_clients`.
+fn blocked_clients(c: &mut Connection) -> u64 {
+    let info = text(&run(c, &["INFO", "clients"]));
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix("blocked_clients:"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The capture must never ship an element change that differs from what the key holds: with
+/// the link up, every path a write can take (pipelines mixing element and other commands on one
+/// key, MULTI with SELECT, Lua, functions, keys expiring inside the command, blocked commands
+/// served later, SWAPDB) is run by a alone, then by both sides at once on their own keys,
+/// then by both at once on the same keys. The pair converges every time, and the self-check
+/// (the peer compares its digest after each partial image or delta) finds no mismatch.
+#[test]
+fn element_commands_through_every_path_converge_without_mismatch() {
+    let pair = hooked_pair();
+    let dbs = [0, 1, 4, 5];
+    every_path(&pair.a, "a1:");
+    wait_quiet(&pair);
+    pair.assert_converged(&dbs, T);
+    assert_no_mismatch(&pair);
+    thread::scope(|s| {
+        s.spawn(|| every_path(&pair.a, "a2:"));
+        s.spawn(|| every_path(&pair.b, "b2:"));
+    });
+    wait_quiet(&pair);
+    pair.assert_converged(&dbs, T);
+    assert_no_mismatch(&pair);
+    thread::scope(|s| {
+        s.spawn(|| every_path(&pair.a, "x:"));
+        s.spawn(|| every_path(&pair.b, "x:"));
+    });
+    wait_quiet(&pair);
+    pair.assert_converged(&dbs, T);
+    assert_no_mismatch(&pair);
 }
 
 // ---------------------------------------------------------------------------------------------
