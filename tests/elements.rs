@@ -7,7 +7,7 @@
 //! | row | tests |
 //! |---|---|
 //! | string (LWW) | [`string_writes_stay_last_writer_wins`] |
-//! | string counter | [`counter_increments_from_both_sides_add_up`], [`counter_increments_add_up_with_the_link_up`], [`counter_increments_add_up_across_a_dirty_key_resync`], [`counter_set_or_del_keeps_the_increment_its_side_had_not_seen`], [`counter_sum_that_overflows_wraps_the_same_on_both_sides`] |
+//! | string counter | [`counter_increments_from_both_sides_add_up`], [`counter_increments_add_up_with_the_link_up`], [`counter_increments_add_up_across_a_dirty_key_resync`], [`counter_set_or_del_keeps_the_increment_its_side_had_not_seen`], [`counter_sum_that_overflows_wraps_the_same_on_both_sides`], [`element_writes_after_a_key_expired_during_the_cut_merge_from_nothing`] |
 //! | hash | [`hash_fields_set_on_both_sides_merge`], [`hash_hincrby_adds_and_a_remove_only_removes_what_its_side_had_seen`], [`hash_del_of_the_key_keeps_a_field_set_concurrently`] |
 //! | set | [`set_members_added_on_both_sides_merge`], [`set_add_wins_over_a_concurrent_remove`] |
 //! | sorted set | [`zset_zincrby_adds_zadd_sets_and_add_wins_over_zrem`] |
@@ -753,6 +753,54 @@ fn counter_set_or_del_keeps_the_increment_its_side_had_not_seen() {
     );
 }
 
+/// Row "string counter" (and "hash"), with keys that expire during the cut: a key written
+/// with a short TTL (a whole-key image) expires, then both sides write it again as a counter
+/// or a hash. The expired value is gone on both sides, so the merge starts from nothing:
+/// each side's increment counts once (2), each side's field is there, and no TTL is left.
+#[test]
+fn element_writes_after_a_key_expired_during_the_cut_merge_from_nothing() {
+    let pair = hooked_pair();
+    let (mut a, mut b) = pair.conns();
+    synced(&pair);
+    cut(&pair);
+    // both: both sides wrote the short-lived value; one: only a did.
+    for c in [&mut a, &mut b] {
+        run(c, &["SET", "both", "5", "PX", "30"]);
+        run(c, &["HSET", "both-h", "old", "1"]);
+        run(c, &["PEXPIRE", "both-h", "30"]);
+    }
+    run(&mut a, &["SET", "one", "5", "PX", "30"]);
+    run(&mut a, &["HSET", "one-h", "old", "1"]);
+    run(&mut a, &["PEXPIRE", "one-h", "30"]);
+    for (c, name) in [(&mut a, "a"), (&mut b, "b")] {
+        wait_for(
+            &format!("the short-lived keys to expire on {name}"),
+            T,
+            || {
+                ["both", "both-h", "one", "one-h"]
+                    .iter()
+                    .all(|k| text(&run(c, &["EXISTS", k])) == "0")
+            },
+        );
+    }
+    for (c, f) in [(&mut a, "fa"), (&mut b, "fb")] {
+        run(c, &["INCR", "both"]);
+        run(c, &["INCR", "one"]);
+        run(c, &["HSET", "both-h", f, "1"]);
+        run(c, &["HSET", "one-h", f, "1"]);
+    }
+    heal(&pair);
+    finish(
+        &pair,
+        &[
+            exactly("both", "string 2").expiring_at(-1),
+            exactly("one", "string 2").expiring_at(-1),
+            exactly("both-h", "hash {fa=1, fb=1}").expiring_at(-1),
+            exactly("one-h", "hash {fa=1, fb=1}").expiring_at(-1),
+        ],
+    );
+}
+
 /// Row "string counter", overflow: two increments that are each fine on their side but whose
 /// sum passes `i64::MAX` end the same on both sides. The rule chosen: the sum wraps around in
 /// two's complement (9223372036854775800 + 5 + 5 = -9223372036854775806), and the same going
@@ -1459,7 +1507,7 @@ fn blocked_clients(c: &mut Connection) -> u64 {
 /// the link up, every path a write can take (pipelines mixing element and other commands on one
 /// key, MULTI with SELECT, Lua, functions, keys expiring inside the command, blocked commands
 /// served later, SWAPDB) is run by a alone, then by both sides at once on their own keys,
-/// then by both at once on the same keys. The pair converges every time, and the self-check
+/// then by both at once on the same keys, then by both on the same keys while cut. The pair converges every time, and the self-check
 /// (the peer compares its digest after each partial image or delta) finds no mismatch.
 #[test]
 fn element_commands_through_every_path_converge_without_mismatch() {
@@ -1480,6 +1528,16 @@ fn element_commands_through_every_path_converge_without_mismatch() {
         s.spawn(|| every_path(&pair.a, "x:"));
         s.spawn(|| every_path(&pair.b, "x:"));
     });
+    wait_quiet(&pair);
+    pair.assert_converged(&dbs, T);
+    assert_no_mismatch(&pair);
+    // And with the link cut: both sides on the same keys, then heal.
+    cut(&pair);
+    thread::scope(|s| {
+        s.spawn(|| every_path(&pair.a, "y:"));
+        s.spawn(|| every_path(&pair.b, "y:"));
+    });
+    heal(&pair);
     wait_quiet(&pair);
     pair.assert_converged(&dbs, T);
     assert_no_mismatch(&pair);
