@@ -28,14 +28,17 @@
 //! Two modes ([`Mode`]) run the same schedules (same link faults, resyncs
 //! and overflows):
 //! - `Keys`: string keys shipped as whole-key images and planned by
-//!   `core::decide` — what the glue does today;
-//! - `Elements`: hashes, sets, sorted sets and counters shipped as element
-//!   changes (and whole-key images for unmatched writes and type changes),
-//!   planned entry by entry by `core::merge` (DESIGN §11) against a
-//!   `MemoryKey` store. What the glue must add around the core to ship them
-//!   is mirrored here: `Node::element_write` (capture: one record per write,
-//!   with the peer position it had seen), `Node::build_element_resync`
-//!   (dirty-key resync) and `Node::apply_element_batch` (apply). Besides
+//!   `core::decide` — the key-level rule of protocol 2, kept as the
+//!   reference for key-level last-writer-wins;
+//! - `Elements`: what the glue does since protocol 3: hashes, sets, sorted
+//!   sets and counters shipped as element changes (and whole-key images for
+//!   unmatched writes and type changes, element writes that give a key
+//!   another family included), planned entry by entry by `core::merge`
+//!   (DESIGN §11) against a `MemoryKey` store. The glue is mirrored by
+//!   `Node::element_write` (capture: one record per write, with the peer
+//!   position it had seen), `Node::build_element_resync` (dirty-key
+//!   resync), `Node::apply_element_batch` (apply, with the re-ship of a key
+//!   where two element families met) and `Node::flush`. Besides
 //!   convergence, db 1's keys (no images, no flushes there) are checked
 //!   against the semantics on the whole history (`simulation/elements.rs`):
 //!   no increment lost unless a delete had seen it, and an element added
@@ -53,8 +56,9 @@
 //! [`SimRules`] switches in the two mistakes DESIGN §3 warns about, to prove the
 //! simulation notices them: fresh stamps in a dirty-key resync, and
 //! acknowledgements that overtake batches already in flight; and, in element
-//! mode, re-sent changes that do not say which batch first carried them, and
-//! changes that do not say which of the receiver's batches they had seen. A mutation counts
+//! mode, re-sent changes that do not say which batch first carried them,
+//! changes that do not say which of the receiver's batches they had seen,
+//! and a receiver that does not re-ship a family clash. A mutation counts
 //! as caught by a schedule that diverges under it but converges under the
 //! correct rules.
 //!
@@ -257,8 +261,11 @@ type ElementStore = BTreeMap<(u32, Vec<u8>), MemoryKey>;
 /// What the schedule writes and which core plans it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    /// String keys shipped as whole-key images, planned by `decide` (what
-    /// the glue runs today).
+    /// String keys shipped as whole-key images, planned by `decide`: the
+    /// key-level rule of protocol 2, kept as the reference for key-level
+    /// last-writer-wins. Since protocol 3 the glue plans every entry with
+    /// `merge` (the `Elements` mode, whose writes include string counters,
+    /// whole-key images, type changes and flushes).
     Keys,
     /// Hashes, sets, sorted sets and counters shipped as element changes
     /// (and images for type changes), planned by `merge` (DESIGN §11).

@@ -183,22 +183,9 @@ pub fn flush(ctx: &Context) -> usize {
         match t {
             Dirty::Flush(db) => ops.push((db, Op::FlushDb)),
             Dirty::Elements { db, key, changes } => {
-                // A key with a TTL travels whole, with its expiry: the two
-                // sides see it expire at slightly different moments, and an
-                // element change applied to the peer's copy after it expired
-                // here (or before it expires there) would live on one side
-                // only. Element records are for keys without a TTL.
-                ffi::select_db(ctx, db as i32);
-                if ffi::read_expiry(ctx, &key).is_some_and(|e| e.is_some()) {
-                    match key_op(ctx, db, key) {
-                        Ok(op) => ops.push((db, op)),
-                        Err(e) => {
-                            log::warning(&format!("cannot read key image in db {db}: {e}"));
-                            shared.set_error(format!("cannot read key image: {e}"));
-                        }
-                    }
-                    continue;
-                }
+                // Element records are only captured for keys without a TTL
+                // (capture checks at the event; a later EXPIRE in this
+                // window turned the key into an image in `reduce`).
                 let check = self_check
                     .then(|| {
                         ffi::select_db(ctx, db as i32);
