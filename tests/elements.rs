@@ -687,6 +687,8 @@ fn counter_set_or_del_keeps_the_increment_its_side_had_not_seen() {
         "both-del",
         "not-int",
         "too-big",
+        "getset",
+        "getdel",
     ] {
         run(&mut a, &["SET", k, "1"]);
     }
@@ -717,6 +719,11 @@ fn counter_set_or_del_keeps_the_increment_its_side_had_not_seen() {
     run(&mut b, &["INCRBY", "not-int", "5"]);
     run(&mut a, &["SET", "too-big", "9223372036854775808"]);
     run(&mut b, &["INCRBY", "too-big", "5"]);
+    // GETSET of an integer is a SET; GETDEL is a DEL.
+    run(&mut a, &["GETSET", "getset", "100"]);
+    run(&mut b, &["INCRBY", "getset", "5"]);
+    run(&mut a, &["GETDEL", "getdel"]);
+    run(&mut b, &["INCRBY", "getdel", "5"]);
     later();
     run(&mut b, &["SET", "set-set", "20"]);
     run(&mut b, &["DEL", "set-vs-del"]);
@@ -749,6 +756,8 @@ fn counter_set_or_del_keeps_the_increment_its_side_had_not_seen() {
             exactly("both-del", "string 1"),
             exactly("not-int", "string 007"),
             exactly("too-big", "string 9223372036854775808"),
+            exactly("getset", "string 105"),
+            exactly("getdel", "string 5"),
         ],
     );
 }
@@ -985,6 +994,8 @@ fn set_add_wins_over_a_concurrent_remove() {
     run(&mut a, &["SADD", "gone", "p", "q"]);
     run(&mut a, &["SADD", "last", "x"]);
     run(&mut a, &["SADD", "both-rem", "p", "q"]);
+    run(&mut a, &["SADD", "mv-src", "m", "k"]);
+    run(&mut a, &["SADD", "mv-dst", "d"]);
     synced(&pair);
     cut(&pair);
     run(&mut b, &["SREM", "s", "x"]);
@@ -1002,6 +1013,10 @@ fn set_add_wins_over_a_concurrent_remove() {
     run(&mut b, &["SREM", "both-rem", "p"]);
     run(&mut a, &["SADD", "both-rem", "r"]);
     run(&mut b, &["SADD", "both-rem", "r"]);
+    // SMOVE is a remove from the source and an add to the destination, merged as such.
+    run(&mut a, &["SMOVE", "mv-src", "mv-dst", "m"]);
+    run(&mut b, &["SADD", "mv-src", "n"]);
+    run(&mut b, &["SREM", "mv-dst", "d"]);
     heal(&pair);
     finish(
         &pair,
@@ -1011,6 +1026,8 @@ fn set_add_wins_over_a_concurrent_remove() {
             exactly("gone", "set {r}"),
             exactly("last", "set {y}"),
             exactly("both-rem", "set {q, r}"),
+            exactly("mv-src", "set {k, n}"),
+            exactly("mv-dst", "set {m}"),
         ],
     );
 }
@@ -1342,6 +1359,11 @@ fn every_path(server: &Server, p: &str) {
             &["INCR", &n],
             &["SET", &n, "12", "GET"],
             &["DECRBY", &n, "2"],
+            &["GETSET", &n, "4"],
+            &["INCR", &n],
+            &["GETSET", &n, "not-a-number"],
+            &["GETDEL", &n],
+            &["INCR", &n],
         ],
     );
     // MULTI: element commands queued (EXEC passes the filter before its body runs), one of
