@@ -13,7 +13,7 @@
 //! | sorted set | [`zset_zincrby_adds_zadd_sets_and_add_wins_over_zrem`] |
 //! | (other dbs) | [`element_merges_stay_in_their_db`] |
 //! | (keys with a TTL) | [`keys_with_a_ttl_merge_elements_and_keep_the_ttl`] |
-//! | (under cuts) | [`element_writes_count_once_across_repeated_cuts_with_partial_resyncs`], [`element_writes_count_once_across_repeated_cuts_with_dirty_key_resyncs`] |
+//! | (under cuts) | [`element_writes_count_once_across_repeated_cuts_with_partial_resyncs`], [`element_writes_count_once_across_repeated_cuts_with_dirty_key_resyncs`], [`element_writes_count_once_over_a_slow_link`] |
 //! | float increments | [`float_increments_that_are_not_integral_stay_last_writer_wins`], [`float_increments_with_integral_delta_and_result_add_exactly`] |
 //! | any type | [`type_change_on_one_side_is_whole_key_last_writer_wins`] |
 //!
@@ -584,7 +584,7 @@ fn counter_increments_add_up_across_a_dirty_key_resync() {
 /// acknowledgement was lost in the cut must not add twice.
 #[test]
 fn element_writes_count_once_across_repeated_cuts_with_partial_resyncs() {
-    repeated_cuts(&[]);
+    repeated_cuts(&[], false);
 }
 
 /// Like [`element_writes_count_once_across_repeated_cuts_with_partial_resyncs`], with a
@@ -592,13 +592,22 @@ fn element_writes_count_once_across_repeated_cuts_with_partial_resyncs() {
 /// resyncs, which re-send the pending element entries; none may be lost or doubled.
 #[test]
 fn element_writes_count_once_across_repeated_cuts_with_dirty_key_resyncs() {
-    repeated_cuts(&["backlog-size", "65536"]);
+    repeated_cuts(&["backlog-size", "65536"], false);
+}
+
+/// Like [`element_writes_count_once_across_repeated_cuts_with_partial_resyncs`], with no cut
+/// but a slow link (every chunk held 150 ms by the proxies): both sides keep many batches in
+/// flight towards each other, so nearly every remote change meets pending local changes of
+/// the same elements.
+#[test]
+fn element_writes_count_once_over_a_slow_link() {
+    repeated_cuts(&[], true);
 }
 
 /// Four writers (two per side) increment a counter, a hash field and a sorted-set member and
-/// add a distinct set member per round while the link is cut six times; then every total must
-/// be the number of rounds written.
-fn repeated_cuts(module_args: &[&str]) {
+/// add a distinct set member per round while the link is cut six times (or, `slow`, delayed
+/// by 150 ms each way for ~3 s); then every total must be the number of rounds written.
+fn repeated_cuts(module_args: &[&str], slow: bool) {
     let pair = hooked_pair_with(module_args);
     let stop = AtomicBool::new(false);
     let syncs = |s: &Server| {
@@ -626,12 +635,21 @@ fn repeated_cuts(module_args: &[&str]) {
                 n
             }));
         }
-        for round in 0..6u64 {
-            // Spacing of the cuts, not synchronisation: writes go on throughout.
-            thread::sleep(Duration::from_millis(150 + 70 * round));
-            cut(&pair);
-            thread::sleep(Duration::from_millis(100 + 60 * round));
-            heal(&pair);
+        if slow {
+            let (ab, ba) = pair.proxies();
+            ab.delay(Duration::from_millis(150));
+            ba.delay(Duration::from_millis(150));
+            // How long the writes go on over the slow link, not synchronisation.
+            thread::sleep(Duration::from_secs(3));
+            pair.heal();
+        } else {
+            for round in 0..6u64 {
+                // Spacing of the cuts, not synchronisation: writes go on throughout.
+                thread::sleep(Duration::from_millis(150 + 70 * round));
+                cut(&pair);
+                thread::sleep(Duration::from_millis(100 + 60 * round));
+                heal(&pair);
+            }
         }
         thread::sleep(Duration::from_millis(200));
         stop.store(true, Ordering::Relaxed);
@@ -642,9 +660,13 @@ fn repeated_cuts(module_args: &[&str]) {
     });
     let after = (syncs(&pair.a), syncs(&pair.b));
     println!(
-        "repeated cuts: {total} rounds of writes; (partial, dirty-key, full) syncs a: {:?} -> \
+        "{}: {total} rounds of writes; (partial, dirty-key, full) syncs a: {:?} -> \
          {:?}, b: {:?} -> {:?}",
-        before.0, after.0, before.1, after.1
+        if slow { "slow link" } else { "repeated cuts" },
+        before.0,
+        after.0,
+        before.1,
+        after.1
     );
     finish(
         &pair,
