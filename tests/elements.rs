@@ -7,7 +7,7 @@
 //! | row | tests |
 //! |---|---|
 //! | string (LWW) | [`string_writes_stay_last_writer_wins`] |
-//! | string counter | [`counter_increments_from_both_sides_add_up`], [`counter_increments_add_up_with_the_link_up`], [`counter_increments_add_up_across_a_dirty_key_resync`], [`counter_set_or_del_keeps_the_increment_its_side_had_not_seen`], [`counter_sum_that_overflows_wraps_the_same_on_both_sides`], [`element_writes_after_a_key_expired_during_the_cut_merge_from_nothing`] |
+//! | string counter | [`counter_increments_from_both_sides_add_up`], [`counter_increments_add_up_with_the_link_up`], [`counter_increments_add_up_across_a_dirty_key_resync`], [`counter_set_or_del_keeps_the_increment_its_side_had_not_seen`], [`counter_sum_that_overflows_wraps_the_same_on_both_sides`], [`element_writes_after_a_key_expired_during_the_cut_merge_from_nothing`], [`a_long_outage_on_one_hot_counter_merges_in_linear_time`] |
 //! | hash | [`hash_fields_set_on_both_sides_merge`], [`hash_hincrby_adds_and_a_remove_only_removes_what_its_side_had_seen`], [`hash_del_of_the_key_keeps_a_field_set_concurrently`] |
 //! | set | [`set_members_added_on_both_sides_merge`], [`set_add_wins_over_a_concurrent_remove`] |
 //! | sorted set | [`zset_zincrby_adds_zadd_sets_and_add_wins_over_zrem`] |
@@ -40,6 +40,8 @@ use std::thread;
 use std::time::Duration;
 
 use common::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use redis::{Connection, RedisResult, Value};
 
 /// Deadline of every wait (link up/down, values, convergence, quiet).
@@ -687,6 +689,97 @@ fn repeated_cuts(module_args: &[&str], slow: bool) {
     }
 }
 
+/// One random element (or whole-key) write on a few hot keys of every merged type.
+fn random_element_op(c: &mut Connection, rng: &mut StdRng) {
+    let k = rng.gen_range(0..4);
+    let e = format!("e{}", rng.gen_range(0..6));
+    let n = rng.gen_range(-5..10).to_string();
+    let (ck, hk, sk, zk) = (
+        format!("rc{k}"),
+        format!("rh{k}"),
+        format!("rs{k}"),
+        format!("rz{k}"),
+    );
+    let args: Vec<&str> = match rng.gen_range(0..20) {
+        0 => vec!["INCR", &ck],
+        1 => vec!["INCRBY", &ck, &n],
+        2 => vec!["DECRBY", &ck, &n],
+        3 => vec!["SET", &ck, &n],
+        4 => vec!["DEL", &ck],
+        5 => vec!["HSET", &hk, &e, &n],
+        6 => vec!["HINCRBY", &hk, &e, &n],
+        7 => vec!["HDEL", &hk, &e],
+        8 => vec!["HSETNX", &hk, &e, &n],
+        9 => vec!["DEL", &hk],
+        10 => vec!["SADD", &sk, &e],
+        11 => vec!["SREM", &sk, &e],
+        12 => vec!["SMOVE", &sk, "rs0", &e],
+        13 => vec!["ZADD", &zk, &n, &e],
+        14 => vec!["ZINCRBY", &zk, &n, &e],
+        15 => vec!["ZREM", &zk, &e],
+        16 => vec!["UNLINK", &zk],
+        17 => vec!["GETDEL", &ck],
+        // Whole-key writes on the same keys.
+        18 => vec!["SPOP", &sk],
+        _ => vec!["ZPOPMIN", &zk],
+    };
+    // Random ops legitimately fail sometimes (WRONGTYPE, not an integer, overflow).
+    let _ = try_run(c, &args);
+}
+
+/// Every merged type with random concurrent writes (increments, sets, deletes of elements and
+/// keys, SMOVE, and some whole-key writes) from two clients per side on a few hot keys, over a
+/// slow link and then across a cut: the pair converges, nothing stays un-acknowledged, and the
+/// test hooks find no mismatch. Seeded: `BISYNC_SEED=<n>` replays the op sequences.
+#[test]
+fn random_element_writes_on_hot_keys_converge() {
+    let seed = std::env::var("BISYNC_SEED")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    println!("random_element_writes_on_hot_keys_converge: seed {seed} (BISYNC_SEED={seed})");
+    let pair = hooked_pair();
+    for phase in ["slow", "cut"] {
+        let (ab, ba) = pair.proxies();
+        if phase == "slow" {
+            ab.delay(Duration::from_millis(100));
+            ba.delay(Duration::from_millis(100));
+        } else {
+            cut(&pair);
+        }
+        thread::scope(|s| {
+            for (w, server) in [&pair.a, &pair.a, &pair.b, &pair.b].into_iter().enumerate() {
+                s.spawn(move || {
+                    let mut c = server.conn();
+                    let mut rng = StdRng::seed_from_u64(
+                        seed ^ (w as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                            ^ u64::from(phase == "cut"),
+                    );
+                    // Writes go on for 2 s per phase (a time budget, not synchronisation).
+                    let end = std::time::Instant::now() + Duration::from_secs(2);
+                    while std::time::Instant::now() < end {
+                        random_element_op(&mut c, &mut rng);
+                    }
+                });
+            }
+        });
+        heal(&pair);
+        wait_quiet(&pair);
+        pair.assert_converged(&[0], T);
+        assert_no_mismatch(&pair);
+    }
+    let (mut a, _) = pair.conns();
+    println!(
+        "seed {seed}: rc0 = {}, rh0 = {}, rs0 = {}, rz0 = {}; conflicts_merged a={} b={}",
+        show(&mut a, "rc0"),
+        show(&mut a, "rh0"),
+        show(&mut a, "rs0"),
+        show(&mut a, "rz0"),
+        stat(&pair.a, "conflicts_merged"),
+        stat(&pair.b, "conflicts_merged")
+    );
+}
+
 /// Element writes and a pending-table overflow: with `max-pending-keys 50`, a writes 300
 /// keys during the cut (its table overflows, it becomes the source of a full resync) while b
 /// writes 10 (tracked). Whatever the resync keeps, the pair converges, nothing stays
@@ -735,6 +828,76 @@ fn element_writes_converge_after_a_pending_table_overflow() {
         stat(&pair.a, "full_syncs"),
         stat(&pair.b, "full_syncs")
     );
+}
+
+/// Row "string counter", at scale: a long outage on one hot counter (40,000 `INCR`s per side
+/// on the same key) merges in time linear in the writes: both sides are quiet within 20 s of
+/// the link coming back (a few seconds is what it takes when each remote increment costs the
+/// same; a merge that walks the key's pending entries for every remote entry takes minutes),
+/// and the server answers PING promptly meanwhile.
+#[test]
+fn a_long_outage_on_one_hot_counter_merges_in_linear_time() {
+    const N: u64 = 40_000;
+    let pair = hooked_pair();
+    let (mut a, mut b) = pair.conns();
+    cut(&pair);
+    for c in [&mut a, &mut b] {
+        let mut p = redis::pipe();
+        for _ in 0..N {
+            p.cmd("INCR").arg("hot").ignore();
+        }
+        p.query::<()>(c).expect("pipelined INCRs");
+    }
+    // From the heal on, a prober PINGs a every 10 ms and records the slowest answer.
+    let done = AtomicBool::new(false);
+    let t0 = std::time::Instant::now();
+    let bound = Duration::from_secs(20);
+    let slowest_ping = thread::scope(|s| {
+        let prober = s.spawn(|| {
+            let mut c = pair.a.conn();
+            let mut slowest = Duration::ZERO;
+            while !done.load(Ordering::Relaxed) {
+                let p0 = std::time::Instant::now();
+                run(&mut c, &["PING"]);
+                slowest = slowest.max(p0.elapsed());
+                thread::sleep(Duration::from_millis(10));
+            }
+            slowest
+        });
+        pair.heal();
+        let quiet = |s: &Server| {
+            try_status_of(s).is_ok_and(|m| {
+                m.get("link").map(String::as_str) == Some("up")
+                    && m.get("pending_keys").map(String::as_str) == Some("0")
+                    && m.get("backlog_bytes").map(String::as_str) == Some("0")
+            })
+        };
+        let mut last = String::new();
+        while !(quiet(&pair.a) && quiet(&pair.b)) && t0.elapsed() < bound {
+            thread::sleep(Duration::from_millis(20));
+            last = format!("a: {}\nb: {}", brief(&pair.a), brief(&pair.b));
+        }
+        let took = t0.elapsed();
+        done.store(true, Ordering::Relaxed);
+        let slowest = prober.join().expect("the PING prober panicked");
+        println!(
+            "hot counter: {N} INCRs per side merged {:.2} s after the heal; slowest PING on \
+             a {slowest:?}",
+            took.as_secs_f64()
+        );
+        assert!(
+            took < bound,
+            "{N} INCRs per side on one key were not merged within {bound:?} of the heal \
+             (took {:.1} s; slowest PING on a meanwhile {slowest:?}); last state:\n{last}",
+            took.as_secs_f64()
+        );
+        slowest
+    });
+    assert!(
+        slowest_ping < Duration::from_secs(1),
+        "a PING took {slowest_ping:?} while the merge ran"
+    );
+    finish(&pair, &[exactly("hot", &format!("string {}", 2 * N))]);
 }
 
 /// Row "string counter", observed-remove: a `SET` or a `DEL` (or `UNLINK`) on one side only
