@@ -19,6 +19,7 @@ use crate::core::codec;
 use crate::core::dirty::{reduce, Dirty, Expiry};
 use crate::core::hlc::wall_ms;
 use crate::core::image::{self, Reply};
+use crate::core::merge::coalesce::coalesce;
 use crate::core::pending_elements::LocalWrite;
 use crate::core::protocol::{Batch, Entry, Frame, Op, Stamp, Value};
 use crate::core::stats::{LinkState, Stats};
@@ -192,7 +193,8 @@ pub fn flush(ctx: &Context) -> usize {
                         digest(ctx, &key)
                     })
                     .flatten();
-                for change in changes {
+                // Folded: a pipeline of INCRs of one key ships as one record.
+                for change in coalesce(changes) {
                     let op = Op::Element {
                         key: key.clone(),
                         change,
