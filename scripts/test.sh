@@ -49,7 +49,7 @@ run() {
 # Unit, property, simulation and fuzz-corpus tests do not start servers: run them once.
 run "unit+simulation" --lib --test simulation --test fuzz_corpus --test harness_selftest
 
-integration=(--test replication --test convergence --test resilience --test fullsync --test hostile --test tls --test operator)
+integration=(--test replication --test convergence --test resilience --test fullsync --test hostile --test tls --test operator --test elements)
 
 # server LABEL → path of its binary (empty if the label is unknown).
 server_path() {
@@ -82,7 +82,7 @@ for label in ${MATRIX:-system redis-7.2.6 redis-7.4.1 valkey-8.0.1 system+redis-
       a="${label%%+*}"; b="${label#*+}"
       check_server "$a" && check_server "$b" || continue
       BISYNC_REDIS_SERVER="$(server_path "$a")" BISYNC_REDIS_SERVER_B="$(server_path "$b")" \
-        run "$label (node a: $a, node b: $b)" --test replication --test convergence --test crossversion
+        run "$label (node a: $a, node b: $b)" --test replication --test convergence --test crossversion --test elements
       ;;
     *)
       check_server "$label" || continue
