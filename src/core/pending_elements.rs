@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap as HashMap;
 
-use super::protocol::{ElementChange, Stamp};
+use super::protocol::{ElementChange, Shape, Stamp};
 use super::table_key::TableKey;
 
 /// A pending local write on one key, as the merge rule reads it.
@@ -43,6 +43,16 @@ pub enum LocalWrite {
     Image,
 }
 
+/// The bit of a family in [`ElementLog::shapes_of`].
+pub fn shape_bit(shape: Shape) -> u8 {
+    match shape {
+        Shape::Str => 1,
+        Shape::Hash => 2,
+        Shape::Set => 4,
+        Shape::ZSet => 8,
+    }
+}
+
 /// One element entry as stored: no key, the log or index holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Stored {
@@ -64,6 +74,10 @@ struct LoggedBatch {
 pub struct ElementLog {
     index: HashMap<TableKey, Vec<Stored>>,
     indexed: usize,
+    /// Keys of each batch moved into the index, oldest first: an
+    /// acknowledgement visits only the keys of the batches it covers, so its
+    /// cost is what it acknowledges, not everything still pending.
+    indexed_batches: VecDeque<(u64, Vec<TableKey>)>,
     log: VecDeque<LoggedBatch>,
     logged: usize,
 }
@@ -95,6 +109,8 @@ impl ElementLog {
                 // Out of order (a caller's mistake): index so the order of
                 // what is already there is kept.
                 self.index_all();
+                let pos = self.indexed_batches.partition_point(|(s, _)| *s <= seq);
+                self.indexed_batches.insert(pos, (seq, vec![key.clone()]));
                 self.index.entry(key).or_default().push(Stored {
                     stamp,
                     seq,
@@ -117,7 +133,11 @@ impl ElementLog {
         while let Some(batch) = self.log.pop_front() {
             self.logged -= batch.entries.len();
             self.indexed += batch.entries.len();
+            let mut keys: Vec<TableKey> = Vec::new();
             for (key, stamp, seen, change) in batch.entries {
+                if keys.last() != Some(&key) {
+                    keys.push(key.clone());
+                }
                 self.index.entry(key).or_default().push(Stored {
                     stamp,
                     seq: batch.seq,
@@ -125,7 +145,25 @@ impl ElementLog {
                     change,
                 });
             }
+            self.indexed_batches.push_back((batch.seq, keys));
         }
+    }
+
+    /// The element families of `key`'s pending changes, as a bit mask
+    /// (`1 << shape`), read without copying them.
+    pub fn shapes_of(&mut self, key: &TableKey) -> u8 {
+        self.index_all();
+        self.index.get(key).map_or(0, |v| {
+            v.iter()
+                .filter_map(|s| s.change.shape())
+                .fold(0, |m, s| m | shape_bit(s))
+        })
+    }
+
+    /// Does `key` have any pending change?
+    pub fn has_key(&mut self, key: &TableKey) -> bool {
+        self.index_all();
+        self.index.contains_key(key)
     }
 
     /// The pending changes of `key`, in execution order.
@@ -169,15 +207,22 @@ impl ElementLog {
                 self.logged -= b.entries.len();
             }
         }
-        if self.indexed > 0 {
-            let mut dropped = 0;
-            self.index.retain(|_, v| {
-                let before = v.len();
-                v.retain(|s| s.seq > seq);
-                dropped += before - v.len();
-                !v.is_empty()
-            });
-            self.indexed -= dropped;
+        while self.indexed_batches.front().is_some_and(|(s, _)| *s <= seq) {
+            let Some((_, keys)) = self.indexed_batches.pop_front() else {
+                break;
+            };
+            for key in keys {
+                let Some(v) = self.index.get_mut(&key) else {
+                    continue;
+                };
+                // Each key's changes are in seq order (prune only removes).
+                let n = v.iter().take_while(|s| s.seq <= seq).count();
+                v.drain(..n);
+                self.indexed -= n;
+                if v.is_empty() {
+                    self.index.remove(&key);
+                }
+            }
         }
     }
 
@@ -211,6 +256,7 @@ impl ElementLog {
     /// Forget everything.
     pub fn clear(&mut self) {
         self.index.clear();
+        self.indexed_batches.clear();
         self.log.clear();
         self.indexed = 0;
         self.logged = 0;

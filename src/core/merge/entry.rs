@@ -9,8 +9,8 @@ use super::rule::{merge_record, Nodes, Outcome, Remote};
 use super::view::{KeyPlan, KeyShape, KeyView};
 use super::{check, ElementError};
 use crate::core::pending::PendingWrites;
-use crate::core::pending_elements::{LocalWrite, PendingChange};
-use crate::core::protocol::{Entry, Op};
+use crate::core::pending_elements::{shape_bit, PendingChange};
+use crate::core::protocol::{ElementChange, Entry, Op};
 
 /// What to do for one entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,13 +114,7 @@ pub fn family_clash(table: &mut PendingWrites, entry: &Entry, view: &dyn KeyView
         KeyShape::Elements(s) => s != theirs,
         KeyShape::Other => true,
     };
-    here || table
-        .changes_of(entry.db, key)
-        .iter()
-        .any(|p| match &p.write {
-            LocalWrite::Change(c) => c.shape().is_some_and(|s| s != theirs),
-            LocalWrite::Image => false,
-        })
+    here || table.element_shapes(entry.db, key) & !shape_bit(theirs) != 0
 }
 
 /// Plan one entry; `view` shows the entry's key ([`entry_key`]) as it is now.
@@ -154,6 +148,31 @@ pub fn plan_entry<'r>(
             check(change)?;
             if *shipped_in < at.seq && *shipped_in <= at.applied_before {
                 return Ok(Step::Duplicate);
+            }
+            if let ElementChange::Incr { shape, .. } = change {
+                // Pending changes of the same family only: the rule adds
+                // whatever they are, so they are not read (or copied).
+                let fits = match view.shape() {
+                    KeyShape::Missing => true,
+                    KeyShape::Elements(s) => s == *shape,
+                    KeyShape::Other => false,
+                };
+                if let Some(concurrent) = fits
+                    .then(|| table.increment_fast_path(entry.db, key, *shape))
+                    .flatten()
+                {
+                    let remote = Remote::Change(change);
+                    if let Outcome::Apply { plan, .. } =
+                        merge_record(&[], remote, entry.stamp, nodes, view)
+                    {
+                        return Ok(Step::Key {
+                            db: entry.db,
+                            key,
+                            plan,
+                            concurrent,
+                        });
+                    }
+                }
             }
             let mut pending = table.changes_of(entry.db, key);
             // What the change had seen is not concurrent with it.
