@@ -473,6 +473,68 @@ class Proxy:
             pass
 
 
+class BusySampler:
+    """Every 5 s: the load average, and which processes not started by this run used ≥ 20 % of a
+    core over those 5 s (from /proc/<pid>/stat), so the report can say what else was running."""
+
+    def __init__(self, h):
+        self.h = h
+        self.loads = []
+        self.busy = {}  # comm -> samples it was busy in
+        self.samples = 0
+        self.stop = False
+        self.ticks = os.sysconf("SC_CLK_TCK")
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _read(self):
+        out = {}
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    raw = f.read()
+            except OSError:
+                continue
+            comm = raw[raw.index("(") + 1:raw.rindex(")")]
+            fields = raw.rsplit(")", 1)[1].split()
+            out[int(d)] = (comm, int(fields[11]) + int(fields[12]), int(fields[1]))
+        return out
+
+    def _ours(self, pid, snap):
+        # this harness, its servers, redis-benchmark and its writers: descendants of our process
+        me = os.getpid()
+        for _ in range(20):
+            if pid == me:
+                return True
+            if pid not in snap:
+                return False
+            pid = snap[pid][2]
+        return False
+
+    def _run(self):
+        prev, t_prev = self._read(), time.time()
+        while not self.stop:
+            time.sleep(5)
+            cur, t = self._read(), time.time()
+            self.samples += 1
+            self.loads.append(os.getloadavg()[0])
+            seen = set()
+            for pid, (comm, ticks, _) in cur.items():
+                if pid in prev and prev[pid][0] == comm:
+                    share = (ticks - prev[pid][1]) / self.ticks / max(t - t_prev, 0.1)
+                    if share >= 0.2 and not self._ours(pid, cur):
+                        seen.add(comm)
+            for comm in seen:
+                self.busy[comm] = self.busy.get(comm, 0) + 1
+            prev, t_prev = cur, t
+
+    def summary(self):
+        top = sorted(self.busy.items(), key=lambda kv: -kv[1])[:8]
+        return {"samples": self.samples, "load1_median": median(self.loads), "load1_max": max(self.loads) if self.loads else None,
+                "busy": top}
+
+
 # ----------------------------------------------------------------------------
 # topologies
 
@@ -1516,6 +1578,12 @@ def write_report(h, out, meta, t_start):
     w(f"| kernel | {m['kernel']} |")
     w(f"| load average at start | {' / '.join(f'{x:.2f}' for x in m['loadavg'])} |")
     w(f"| load average at end | {' / '.join(f'{x:.2f}' for x in meta['loadavg_end'])} |")
+    ol = meta.get("other_load")
+    if ol and ol["samples"]:
+        busy = ", ".join(f"`{c}` in {n}" for c, n in ol["busy"]) or "none"
+        w(f"| other work during the run | 1-min load average median {ol['load1_median']:.2f}, max "
+          f"{ol['load1_max']:.2f} ({ol['samples']} samples, 5 s apart); processes not started by this run that used "
+          f"≥ 20 % of a core in a sample: {busy} (of {ol['samples']} samples) |")
     w(f"| Redis | {m['redis']} |")
     w(f"| module | `{meta['module']}` |")
     w(f"| module version (SYNC.STATUS) | {meta.get('module_version', '?')} |")
@@ -2071,6 +2139,7 @@ def main():
     if not os.path.exists(a.module):
         sys.exit(f"module not found: {a.module}")
     h = Harness(a.work, os.path.abspath(a.module))
+    sampler = BusySampler(h)
     t_start = time.time()
     meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine_info(h), "module": a.module,
             "git": a.git, "bisync_args": BISYNC_ARGS + (["secret-file", "<file>"] if BISYNC_SECRET else []),
@@ -2106,6 +2175,8 @@ def main():
         h.stop_all()
     meta["duration_s"] = time.time() - t_start
     meta["loadavg_end"] = os.getloadavg()
+    sampler.stop = True
+    meta["other_load"] = sampler.summary()
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps({"meta": meta, "results": RESULTS, "notes": h.notes}, indent=1, default=str))
     write_report(h, a.out, meta, t_start)
