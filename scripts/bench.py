@@ -83,6 +83,10 @@ DRAIN_TIMEOUT = setting("DRAIN_TIMEOUT", 90.0, 30.0, float)
 ACK_TIMEOUT = setting("ACK_TIMEOUT", 5.0, 3.0, float)
 BISYNC_ARGS = os.environ.get("BISYNC_ARGS", "backlog-size 2gb max-pending-keys 100000000").split()
 BISYNC_SECRET = os.environ.get("BISYNC_SECRET", "1") not in ("", "0", "no")
+# A second build of the module (e.g. the previous commit): B1, B7S and B8 then also run it as
+# "bisync-before", interleaved with the others, so before and after come from the same run.
+MODULE_BEFORE = os.path.abspath(os.environ["BISYNC_MODULE_BEFORE"]) if os.environ.get("BISYNC_MODULE_BEFORE") else None
+B8_BEFORE = os.environ.get("B8_BEFORE", "1") not in ("", "0", "no")
 
 HOST = "127.0.0.1"
 
@@ -271,9 +275,9 @@ class Harness:
         s.close()
         return port
 
-    def server(self, name, extra=(), module_args=None):
+    def server(self, name, extra=(), module_args=None, module=None):
         self.counter += 1
-        srv = Server(self, f"{self.counter:03d}-{name}", list(extra), module_args)
+        srv = Server(self, f"{self.counter:03d}-{name}", list(extra), module_args, module)
         self.servers.append(srv)
         return srv
 
@@ -291,7 +295,7 @@ class Harness:
 
 
 class Server:
-    def __init__(self, h, name, extra, module_args):
+    def __init__(self, h, name, extra, module_args, module=None):
         self.h = h
         self.name = name
         self.port = h.free_port()
@@ -302,7 +306,7 @@ class Server:
                "--logfile", str(self.log), "--save", "", "--appendonly", "no", "--daemonize", "no",
                "--enable-debug-command", "yes"] + extra
         if module_args is not None:
-            cmd += ["--loadmodule", h.module] + module_args
+            cmd += ["--loadmodule", module or h.module] + module_args
         self.cmdline = cmd
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.dir / "stderr", "wb"),
                                      start_new_session=True)
@@ -588,13 +592,14 @@ class Bisync:
     link address goes through a Proxy, so the link can be cut."""
     kind = "bisync"
 
-    def __init__(self, h, name="bisync", peer=True, proxy=False, extra=()):
+    def __init__(self, h, name="bisync", peer=True, proxy=False, extra=(), module=None):
         self.h = h
+        self.module = module
         la, lb = h.free_port(), h.free_port()
         self.proxies = []
         if not peer:
             dead = h.free_port()
-            self.a = h.server(name + "-a", module_args=h.bisync_args("a", la, dead, extra))
+            self.a = h.server(name + "-a", module_args=h.bisync_args("a", la, dead, extra), module=module)
             self.b = None
             st = self.a.status()
             return
@@ -604,8 +609,8 @@ class Bisync:
             peer_of_a, peer_of_b = pb.port, pa.port
         else:
             peer_of_a, peer_of_b = lb, la
-        self.a = h.server(name + "-a", module_args=h.bisync_args("a", la, peer_of_a, extra))
-        self.b = h.server(name + "-b", module_args=h.bisync_args("b", lb, peer_of_b, extra))
+        self.a = h.server(name + "-a", module_args=h.bisync_args("a", la, peer_of_a, extra), module=module)
+        self.b = h.server(name + "-b", module_args=h.bisync_args("b", lb, peer_of_b, extra), module=module)
         ok, _ = wait_until(lambda: self.a.status()["link"] == "up" and self.b.status()["link"] == "up", 20, 0.05)
         if not ok:
             raise RuntimeError(f"bisync link {name} did not come up: A={self.a.status()} B={self.b.status()}\n"
@@ -776,12 +781,14 @@ def rotated(items, rep):
 
 
 def fig_b1(h):
-    configs = ["plain", "bisync", "native", "bisync-unreachable"]
+    configs = ["plain", "bisync", "native", "bisync-unreachable"] + (["bisync-before"] if MODULE_BEFORE else [])
     runs = RESULTS.setdefault("B1", [])
     for rep in range(REPEATS):
         log(f"B1 rep {rep + 1}/{REPEATS}")
         topo = {"plain": Plain(h, "b1-plain"), "bisync": Bisync(h, "b1-bisync"),
                 "native": Native(h, "b1-native"), "bisync-unreachable": Bisync(h, "b1-unreach", peer=False)}
+        if MODULE_BEFORE:
+            topo["bisync-before"] = Bisync(h, "b1-before", module=MODULE_BEFORE)
         try:
             for mode in B1_MODES:
                 for test in B1_TESTS:
@@ -806,7 +813,7 @@ def fig_b1(h):
                             row["backlog_bytes"] = st1["backlog_bytes"]
                             row["pending_keys"] = st1["pending_keys"]
                             row["link"] = st1["link"]
-                        if cfg == "bisync" and drain is None:
+                        if cfg in ("bisync", "bisync-before") and drain is None:
                             h.note("B1", f"peer did not apply everything within {DRAIN_TIMEOUT}s after {mode} {test}")
                         runs.append(row)
                         log(f"  B1 {mode} {test:6s} {cfg:18s} {rps:10.0f} rps  drain={rnd(drain, 2)} s")
@@ -1310,10 +1317,13 @@ def fig_b7s(h):
     """B7 by key size: the key is created with S elements in one command (one write, replicated
     once), the peer/replica has applied it, then B7S_WRITES writes with -r 1000000 go into it."""
     runs = RESULTS.setdefault("B7S", [])
-    configs = ["plain", "bisync", "native"]
+    configs = ["plain", "bisync", "native"] + (["bisync-before"] if MODULE_BEFORE else [])
+    modules = {"bisync": None, "bisync-before": MODULE_BEFORE}
     for rep in range(REPEATS):
         log(f"B7S rep {rep + 1}/{REPEATS}")
         topo = {"plain": Plain(h, "b7s-plain"), "bisync": Bisync(h, "b7s-bisync"), "native": Native(h, "b7s-native")}
+        if MODULE_BEFORE:
+            topo["bisync-before"] = Bisync(h, "b7s-before", module=MODULE_BEFORE)
         try:
             for size in B7S_SIZES:
                 for test in B7S_TESTS:
@@ -1331,7 +1341,7 @@ def fig_b7s(h):
                                           f"within {DRAIN_TIMEOUT:g}s")
                         size0 = t.a.c.cmd(card, key)
                         calls0 = cmdstat_calls(t.a.c, test)
-                        s0 = t.a.status() if cfg == "bisync" else None
+                        s0 = t.a.status() if cfg.startswith("bisync") else None
                         o0 = t.offsets()[0] if cfg == "native" else None
                         args = ["-n", str(B7S_WRITES), "-P", str(B7_PIPELINE), "-c", "50", "-r", "1000000"] + cmd
                         rps, el, completed = redis_benchmark(t.a.port, args, timeout=B7_TIMEOUT)
@@ -1341,10 +1351,11 @@ def fig_b7s(h):
                         row = {"rep": rep, "size": size, "test": test, "config": cfg, "rps": rps,
                                "completed": completed, "writes": writes, "size_before": size0,
                                "size_after": size1, "seconds": el, "drain_s": drain, "prefill_s": pre}
-                        if cfg == "bisync":
+                        if cfg.startswith("bisync"):
                             s1 = t.a.status()
                             row["bytes_sent"] = s1["bytes_sent"] - s0["bytes_sent"]
                             row["ops_captured"] = s1["ops_captured"] - s0["ops_captured"]
+                            row["ops_sent"] = s1["ops_sent"] - s0["ops_sent"]
                         if cfg == "native":
                             row["bytes_sent"] = t.offsets()[0] - o0
                         if "bytes_sent" in row:
@@ -1356,11 +1367,11 @@ def fig_b7s(h):
                             if da != db:
                                 h.note("B7S", f"{cfg} {test} at {size}: the key differs between the two sides "
                                               f"after the drain (DEBUG DIGEST-VALUE)")
-                        if cfg == "bisync" and drain is None:
-                            h.note("B7S", f"module peer did not catch up within {B7_DRAIN_TIMEOUT:g}s after "
+                        if cfg.startswith("bisync") and drain is None:
+                            h.note("B7S", f"{cfg}: module peer did not catch up within {B7_DRAIN_TIMEOUT:g}s after "
                                           f"{test} at {size}; pair restarted")
                             t.stop()
-                            topo["bisync"] = Bisync(h, "b7s-bisync")
+                            topo[cfg] = Bisync(h, "b7s-" + cfg, module=modules[cfg])
                         if not completed:
                             h.note("B7S", f"{cfg} {test} at {size} hit the {B7_TIMEOUT:g}s cap before "
                                           f"{B7S_WRITES} writes")
@@ -1409,6 +1420,8 @@ def fig_b8(h):
     runs = RESULTS.setdefault("B8", [])
     keys = b8_keys()
     configs = ["plain", "native"] + [f"bisync-{v}" for v in B8_VARIANTS]
+    if MODULE_BEFORE and B8_BEFORE:
+        configs += [f"bisync-before-{v}" for v in B8_VARIANTS]
     for rep in range(REPEATS):
         log(f"B8 rep {rep + 1}/{REPEATS}")
         for cfg in rotated(configs, rep):
@@ -1417,14 +1430,15 @@ def fig_b8(h):
             elif cfg == "native":
                 t = Native(h, "b8-native")
             else:
-                t = Bisync(h, "b8-" + cfg, proxy=(cfg == "bisync-partitioned"))
+                t = Bisync(h, "b8-" + cfg, proxy=cfg.endswith("-partitioned"),
+                           module=MODULE_BEFORE if cfg.startswith("bisync-before") else None)
             try:
                 seed_a, seed_b = 1000 * rep + 1, 1000 * rep + 2
                 row = {"rep": rep, "config": cfg, "keys": B8_KEYS}
                 bisync = cfg.startswith("bisync")
                 if bisync:
                     s0 = (t.a.status(), t.b.status())
-                if cfg == "bisync-partitioned":
+                if cfg.endswith("-partitioned"):
                     t.cut()
                     ok, _ = wait_until(lambda: t.a.status()["link"] != "up" and t.b.status()["link"] != "up", 15, 0.02)
                     if not ok:
@@ -1439,7 +1453,7 @@ def fig_b8(h):
                 expected = [x + y for x, y in zip(sa, sb)]
                 row["expected_total"] = sum(expected)
                 t0 = time.perf_counter()
-                if cfg == "bisync-partitioned":
+                if cfg.endswith("-partitioned"):
                     t.heal()
                     ok, _ = wait_until(lambda: t.a.status()["link"] == "up" and t.b.status()["link"] == "up",
                                        B8_CONVERGE_TIMEOUT, 0.02)
@@ -1587,6 +1601,9 @@ def write_report(h, out, meta, t_start):
     w(f"| Redis | {m['redis']} |")
     w(f"| module | `{meta['module']}` |")
     w(f"| module version (SYNC.STATUS) | {meta.get('module_version', '?')} |")
+    if MODULE_BEFORE:
+        w(f"| **bisync-before** module (B1, B7S, B8) | `{MODULE_BEFORE}`, version {meta.get('module_before_version', '?')}: "
+          f"run as an extra configuration interleaved with the others, so before and after share the same run |")
     w(f"| repository HEAD | {meta['git']} |")
     w(f"| module arguments | `{' '.join(meta['bisync_args'])}` |")
     w(f"| settings | {', '.join(f'{k}={v}' for k, v in ENV.items())} |")
@@ -1633,7 +1650,8 @@ def write_report(h, out, meta, t_start):
     if RESULTS.get("B1"):
         runs = RESULTS["B1"]
         w("## B1 — write cost\n")
-        w(f"redis-benchmark for {B1_SECONDS:g} s per run (rate measured on the server, see Method), `-r 1000000`, `-P 16 -c 50` (P16) and `-P 1 -c 50` (P1), "
+        w(f"redis-benchmark for {B1_SECONDS:g} s per run (rate measured on the server, see Method), `-r 1000000`, "
+          f"{' and '.join(f'`{chr(32).join(B1_MODE_ARGS[m])}` ({m})' for m in B1_MODES)}, "
           "against: **plain** Redis; **bisync** = Redis with the module and a live peer (the peer is a second "
           "module server on the same machine, applying everything); **native** = Redis with one native replica "
           "attached; **bisync-unreachable** = the module with its peer address pointing at a port where nothing "
@@ -1644,7 +1662,7 @@ def write_report(h, out, meta, t_start):
         w("|---|---|---|---|---|---|---|")
         for mode in B1_MODES:
             for test in B1_TESTS:
-                for cfg in ["plain", "bisync", "native", "bisync-unreachable"]:
+                for cfg in ["plain", "bisync", "native", "bisync-unreachable", "bisync-before"]:
                     rs = [r for r in runs if r["mode"] == mode and r["test"] == test and r["config"] == cfg]
                     if not rs:
                         continue
@@ -1653,8 +1671,8 @@ def write_report(h, out, meta, t_start):
                     bpw = [r["bytes_sent"] / r["writes"] for r in rs if r.get("bytes_sent") and r.get("writes")]
                     w(f"| {mode} | {test} | {cfg} | {mmm([r['rps'] for r in rs])} | "
                       f"{mmm(ratios, 2) if cfg != 'plain' else '1'} | "
-                      f"{mmm([r['drain_s'] for r in rs], 2) if cfg in ('bisync', 'native') else ''} | "
-                      f"{mmm(bpw, 1) if cfg == 'bisync' else ''} |")
+                      f"{mmm([r['drain_s'] for r in rs], 2) if cfg in ('bisync', 'native', 'bisync-before') else ''} | "
+                      f"{mmm(bpw, 1) if cfg in ('bisync', 'bisync-before') else ''} |")
         w("")
         sub = [r for r in runs if r["mode"] == "P16" and r["test"] == "set"]
         if sub:
@@ -1672,9 +1690,11 @@ def write_report(h, out, meta, t_start):
             sub = [r for r in runs if r["mode"] == "P16" and r["test"] == test]
             rb = median(ratio_list(sub, "rps", "plain", "bisync"))
             rn = median(ratio_list(sub, "rps", "plain", "native"))
+            rbb = median(ratio_list(sub, "rps", "plain", "bisync-before"))
             if rb is not None and rn is not None:
                 lines.append(f"- {test.upper()}: {rb:.2f} vs 0.9 × {rn:.2f} = {0.9 * rn:.2f} — "
-                             f"{target_mark(rb >= 0.9 * rn)}")
+                             f"{target_mark(rb >= 0.9 * rn)}"
+                             + (f" (bisync-before: {rbb:.2f})" if rbb is not None else ""))
         if lines:
             w("Targets (issue 10, P16, live peer ≥ 0.9 × native replication's ratio):\n")
             L.extend(lines)
@@ -1914,13 +1934,13 @@ def write_report(h, out, meta, t_start):
         for size in sizes:
             for test in tests:
                 sub = [r for r in runs if r["size"] == size and r["test"] == test]
-                for cfg in ("plain", "native", "bisync"):
+                for cfg in ("plain", "native", "bisync", "bisync-before"):
                     rs = [r for r in sub if r["config"] == cfg]
                     if not rs:
                         continue
                     rat = ratio_list(sub, "rps", "plain", cfg) if cfg != "plain" else []
-                    vsn = ratio_list(sub, "rps", "native", cfg) if cfg == "bisync" else []
-                    bvn = ratio_list(sub, "b", "native", cfg, value="bytes_per_write") if cfg == "bisync" else []
+                    vsn = ratio_list(sub, "rps", "native", cfg) if cfg.startswith("bisync") else []
+                    bvn = ratio_list(sub, "b", "native", cfg, value="bytes_per_write") if cfg.startswith("bisync") else []
                     w(f"| {size:,} | {test} | {cfg} | {mmm([r['rps'] for r in rs])} | "
                       f"{mmm(rat, 3) if rat else '1'} | {mmm(vsn, 2) if vsn else ''} | "
                       f"{fmt(median([r['size_before'] for r in rs]))} → {fmt(median([r['size_after'] for r in rs]))} | "
@@ -1978,7 +1998,7 @@ def write_report(h, out, meta, t_start):
         w("| config | INCRBY/s (both writers) | ratio to plain | writes A + B | converged after s | keys = exact sum "
           "| sum of increments missing (on A / on B) | keys holding one side's sum only | link bytes per write | sum check |")
         w("|---|---|---|---|---|---|---|---|---|---|")
-        for cfg in ["plain", "native"] + [f"bisync-{v}" for v in B8_VARIANTS]:
+        for cfg in ["plain", "native"] + [f"bisync-{v}" for v in B8_VARIANTS] + [f"bisync-before-{v}" for v in B8_VARIANTS]:
             rs = [r for r in runs if r["config"] == cfg]
             if not rs:
                 continue
@@ -2155,6 +2175,10 @@ def main():
         probe = Bisync(h, "probe", peer=False)
         meta["module_version"] = probe.a.status().get("version", "?")
         probe.stop()
+        if MODULE_BEFORE:
+            probe = Bisync(h, "probe-before", peer=False, module=MODULE_BEFORE)
+            meta["module_before_version"] = probe.a.status().get("version", "?")
+            probe.stop()
         log(f"module {meta['module_version']}; figures {FIGURES}; repeats {REPEATS}; quick={QUICK}")
         for fig, fn in (("B1", fig_b1), ("B2", fig_b2), ("B3", fig_b3), ("B4", fig_b4), ("B5", fig_b5),
                         ("B6", fig_b6), ("B7", fig_b7), ("B7S", fig_b7s), ("B8", fig_b8)):
