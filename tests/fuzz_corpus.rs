@@ -28,8 +28,8 @@ use redis_bisync::core::auth::{self, SessionKeys, NONCE_LEN};
 use redis_bisync::core::codec;
 use redis_bisync::core::fuzzing;
 use redis_bisync::core::protocol::{
-    Batch, Entry, Frame, Hello, Op, Resume, Stamp, StreamConsumer, StreamGroup, StreamImage, Value,
-    PROTOCOL_VERSION,
+    Batch, ElementChange, Entry, Frame, Hello, Op, Resume, Shape, Stamp, StreamConsumer,
+    StreamGroup, StreamImage, Value, PROTOCOL_VERSION,
 };
 
 /// The secret `fuzzing::frames` and `fuzzing::handshake` use.
@@ -176,6 +176,52 @@ fn batch_ops() -> Frame {
             e(0, 1, Op::Delete { key: vec![0, 255] }),
             e(7, 2, Op::FlushDb),
             e(0, 3, Op::FullSyncEnd),
+            e(
+                1,
+                4,
+                Op::Element {
+                    key: b"h".to_vec(),
+                    change: ElementChange::Incr {
+                        shape: Shape::Hash,
+                        elem: b"f".to_vec(),
+                        delta: i64::MIN,
+                    },
+                    shipped_in: u64::MAX,
+                    seen: 7,
+                },
+            ),
+            e(
+                1,
+                5,
+                Op::Element {
+                    key: b"s".to_vec(),
+                    change: ElementChange::Set {
+                        shape: Shape::ZSet,
+                        elem: b"m".to_vec(),
+                        value: b"5e-1".to_vec(),
+                    },
+                    shipped_in: 3,
+                    seen: 0,
+                },
+            ),
+            e(
+                1,
+                6,
+                Op::Element {
+                    key: b"s".to_vec(),
+                    change: ElementChange::DelKey,
+                    shipped_in: 3,
+                    seen: 0,
+                },
+            ),
+            e(
+                1,
+                7,
+                Op::Check {
+                    key: b"s".to_vec(),
+                    digest: b"0000".to_vec(),
+                },
+            ),
         ],
     })
 }
@@ -834,7 +880,33 @@ fn random_frame(rng: &mut StdRng) -> Frame {
                 .map(|i| Entry {
                     db: rng.gen_range(0..17),
                     stamp: stamp(random_u64(rng), i),
-                    op: match rng.gen_range(0..6) {
+                    op: match rng.gen_range(0..8) {
+                        6 => Op::Element {
+                            key: random_bytes(rng, 8),
+                            change: match rng.gen_range(0..4) {
+                                0 => ElementChange::DelKey,
+                                1 => ElementChange::Del {
+                                    shape: Shape::Set,
+                                    elem: random_bytes(rng, 4),
+                                },
+                                2 => ElementChange::Incr {
+                                    shape: Shape::Str,
+                                    elem: random_bytes(rng, 1),
+                                    delta: rng.gen(),
+                                },
+                                _ => ElementChange::Set {
+                                    shape: Shape::Hash,
+                                    elem: random_bytes(rng, 4),
+                                    value: random_bytes(rng, 4),
+                                },
+                            },
+                            shipped_in: random_u64(rng),
+                            seen: random_u64(rng),
+                        },
+                        7 => Op::Check {
+                            key: random_bytes(rng, 8),
+                            digest: random_bytes(rng, 8),
+                        },
                         0 => Op::Delete {
                             key: random_bytes(rng, 8),
                         },

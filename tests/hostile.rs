@@ -515,6 +515,7 @@ fn a_panic_inside_a_callback_is_caught_and_logged() {
     s.wait_log_contains("panic at", Duration::from_secs(5));
     // Without the hook the command is refused.
     let plain = ServerBuilder::new()
+        .without_test_hooks()
         .module_args([
             "node-id",
             "b",

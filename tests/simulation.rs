@@ -83,7 +83,7 @@ use redis_bisync::core::config::defaults::MAX_CLOCK_SKEW_MS;
 use redis_bisync::core::decide::{check_seq, plan_batch, Action, SeqCheck};
 use redis_bisync::core::dirty::{reduce, Dirty, DirtyLog};
 use redis_bisync::core::hlc::{stamp_ms, Hlc, COUNTER_BITS};
-use redis_bisync::core::merge::entry::{entry_key, plan_entry, BatchPosition, Step};
+use redis_bisync::core::merge::entry::{entry_key, family_clash, plan_entry, BatchPosition, Step};
 use redis_bisync::core::merge::memory::MemoryKey;
 use redis_bisync::core::merge::rule::Nodes;
 use redis_bisync::core::outbox::{Item, Outbox, ResumePlan};
@@ -144,6 +144,9 @@ struct SimRules {
     fresh_resync_stamps: bool,
     /// Acknowledgements skip the outbox FIFO and overtake batches in flight.
     ack_bypasses_fifo: bool,
+    /// A receiver does not re-ship a key where two element families met
+    /// (`merge::entry::family_clash`).
+    no_reship: bool,
 }
 
 impl SimRules {
@@ -155,6 +158,7 @@ impl SimRules {
             forget_seen: false,
             fresh_resync_stamps: false,
             ack_bypasses_fifo: false,
+            no_reship: false,
         }
     }
 }
@@ -298,6 +302,9 @@ struct Node {
     captured: Vec<Captured>,
     /// Element mode: every local write, for the semantic checks.
     history: History,
+    /// Element mode: keys where two element families met, to re-ship as
+    /// images at the next flush (mirror of the glue's apply).
+    reship: Vec<(u32, Vec<u8>)>,
 }
 
 impl Node {
@@ -319,6 +326,7 @@ impl Node {
             elements: ElementStore::new(),
             captured: Vec::new(),
             history: History::default(),
+            reship: Vec::new(),
         }
     }
 
@@ -379,6 +387,19 @@ impl Node {
 
     /// Mirror of `glue::flush::flush`.
     fn flush(&mut self, wall: u64) {
+        // Keys where two element families met: their image, read now.
+        for (db, key) in std::mem::take(&mut self.reship) {
+            let op = self.element_image(db, key.clone());
+            let seen = self.history.seen;
+            self.history.done.push(elements::Done {
+                db,
+                key: Some(key),
+                did: elements::Did::Image,
+                seen,
+            });
+            let op_id = self.history.done.len() as u64;
+            self.captured.push(Captured { db, op, op_id });
+        }
         if !self.captured.is_empty() {
             let captured = std::mem::take(&mut self.captured);
             let ids: Vec<u64> = captured.iter().map(|c| c.op_id).collect();
@@ -397,7 +418,9 @@ impl Node {
             .map(|t| match t {
                 Dirty::Flush(db) => (db, Op::FlushDb),
                 // The simulation records no known values; read them back.
-                Dirty::Key(db, key) | Dirty::Value { db, key, .. } => (db, self.image(db, key)),
+                Dirty::Key(db, key)
+                | Dirty::Value { db, key, .. }
+                | Dirty::Elements { db, key, .. } => (db, self.image(db, key)),
             })
             .collect();
         if !ops.is_empty() {
@@ -448,7 +471,7 @@ impl Node {
                             .record_element(db, key, stamp, seq, *seen, change.clone());
                     }
                 }
-                Op::FullSyncBegin | Op::FullSyncEnd => {}
+                Op::FullSyncBegin | Op::FullSyncEnd | Op::Check { .. } => {}
             }
             stamps.push(stamp);
             entries.push(Entry { db, stamp, op });
@@ -640,7 +663,7 @@ impl Node {
             return Applied::Broken;
         }
         if rules.mode == Mode::Elements {
-            let Some(lost) = self.apply_element_batch(origin, batch) else {
+            let Some(lost) = self.apply_element_batch(origin, batch, rules) else {
                 return Applied::Broken;
             };
             if rules.ack_bypasses_fifo {
@@ -680,7 +703,7 @@ impl Node {
     /// What the glue's apply must do once it plans with `merge`: one step
     /// per entry, each executed before the next is planned (it reads the
     /// key). `None`: a record the rule refuses (the session ends).
-    fn apply_element_batch(&mut self, origin: &str, batch: &Batch) -> Option<u64> {
+    fn apply_element_batch(&mut self, origin: &str, batch: &Batch, rules: SimRules) -> Option<u64> {
         let at = BatchPosition {
             seq: batch.seq,
             applied_before: self.outbox.applied_seq(),
@@ -695,8 +718,13 @@ impl Node {
                 .and_then(|k| self.elements.get(&(entry.db, k.to_vec())))
                 .cloned()
                 .unwrap_or(MemoryKey::Missing);
+            if !rules.no_reship && family_clash(&mut self.pending, entry, &view) {
+                if let Some(key) = entry_key(entry) {
+                    self.reship.push((entry.db, key.to_vec()));
+                }
+            }
             match plan_entry(&mut self.pending, entry, at, nodes, &view).ok()? {
-                Step::Key { db, key, plan } => {
+                Step::Key { db, key, plan, .. } => {
                     let mut k = view;
                     k.execute(&plan);
                     if k == MemoryKey::Missing {
@@ -706,7 +734,7 @@ impl Node {
                     }
                 }
                 Step::Lost => lost += 1,
-                Step::Duplicate => {}
+                Step::Duplicate | Step::Check { .. } => {}
                 Step::Flush { db, keep, rebuild } => {
                     self.elements
                         .retain(|(d, k), _| *d != db || keep.contains(k));
@@ -739,7 +767,11 @@ impl Node {
             Op::Delete { key } => {
                 self.store.remove(&(entry.db, key.clone()));
             }
-            Op::FlushDb | Op::FullSyncBegin | Op::FullSyncEnd | Op::Element { .. } => {}
+            Op::FlushDb
+            | Op::FullSyncBegin
+            | Op::FullSyncEnd
+            | Op::Element { .. }
+            | Op::Check { .. } => {}
         }
     }
 
@@ -1767,6 +1799,18 @@ fn catches_ack_overtaking_batches() {
         SimRules {
             ack_bypasses_fifo: true,
             ..SimRules::correct(Mode::Keys)
+        },
+    );
+}
+
+#[test]
+fn catches_family_clash_without_reship() {
+    assert_mutation_caught(
+        "family clash not re-shipped",
+        "catches_family_clash",
+        SimRules {
+            no_reship: true,
+            ..SimRules::correct(Mode::Elements)
         },
     );
 }

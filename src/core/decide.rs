@@ -74,6 +74,7 @@ pub fn plan_batch<'a>(
         .map(|e| match &e.op {
             Op::FullSyncBegin => Action::FullSyncBegin,
             Op::FullSyncEnd => Action::FullSyncEnd,
+            Op::Check { .. } => Action::Duplicate,
             Op::FlushDb => {
                 if !table.first_sight_of_remote_flush(e.db, e.stamp) {
                     Action::Duplicate

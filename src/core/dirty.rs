@@ -7,7 +7,10 @@
 //! (its current value is the value after its last change), and a key whose
 //! last change came before a flush of its db is dropped (the flush covers it).
 
+use rustc_hash::FxHashMap as HashMap;
 use rustc_hash::FxHashSet as HashSet;
+
+use super::protocol::ElementChange;
 
 /// What a captured `SET` did to the key's expiry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +38,16 @@ pub enum Dirty {
         /// What became of its expiry.
         expiry: Expiry,
     },
+    /// Element changes a write hint described and its event confirmed
+    /// (see `core::write_hint`): shipped as they are, no read needed.
+    Elements {
+        /// Its db.
+        db: u32,
+        /// The key.
+        key: Vec<u8>,
+        /// The changes, in execution order.
+        changes: Vec<ElementChange>,
+    },
     /// A db was emptied.
     Flush(u32),
 }
@@ -43,7 +56,9 @@ impl Dirty {
     /// The `(db, key)` a key change is about.
     pub fn key_of(&self) -> Option<(u32, &[u8])> {
         match self {
-            Dirty::Key(db, k) | Dirty::Value { db, key: k, .. } => Some((*db, k.as_slice())),
+            Dirty::Key(db, k)
+            | Dirty::Value { db, key: k, .. }
+            | Dirty::Elements { db, key: k, .. } => Some((*db, k.as_slice())),
             Dirty::Flush(_) => None,
         }
     }
@@ -88,6 +103,27 @@ impl DirtyLog {
             key,
             value,
             expiry,
+        });
+    }
+
+    /// Record element changes of `key` confirmed by their command's event
+    /// (consecutive changes of one key share one item).
+    pub fn elements(&mut self, db: u32, key: &[u8], changes: Vec<ElementChange>) {
+        if let Some(Dirty::Elements {
+            db: d,
+            key: k,
+            changes: c,
+        }) = self.items.last_mut()
+        {
+            if *d == db && k.as_slice() == key {
+                c.extend(changes);
+                return;
+            }
+        }
+        self.items.push(Dirty::Elements {
+            db,
+            key: key.to_vec(),
+            changes,
         });
     }
 
@@ -137,9 +173,15 @@ impl DirtyLog {
 }
 
 /// Reduce a log to what a batch must carry, in order.
+///
+/// A key appears once, at its last position. Its element changes since the
+/// last flush of its db travel as one [`Dirty::Elements`] when nothing else
+/// changed it; a change the capture could not describe (a [`Dirty::Key`])
+/// turns the key into an image, which carries the element changes too.
 pub fn reduce(log: Vec<Dirty>) -> Vec<Dirty> {
-    let mut seen_keys: HashSet<(u32, &[u8])> = HashSet::default();
     let mut flushed_after: HashSet<u32> = HashSet::default();
+    // Per key, the positions of its changes no later flush covers (last first).
+    let mut positions: HashMap<(u32, &[u8]), Vec<usize>> = HashMap::default();
     let mut keep = vec![false; log.len()];
     for (i, d) in log.iter().enumerate().rev() {
         match d {
@@ -149,16 +191,45 @@ pub fn reduce(log: Vec<Dirty>) -> Vec<Dirty> {
             }
             key_change => {
                 if let Some((db, k)) = key_change.key_of() {
-                    if !flushed_after.contains(&db) && seen_keys.insert((db, k)) {
-                        keep[i] = true;
+                    if !flushed_after.contains(&db) {
+                        let p = positions.entry((db, k)).or_default();
+                        keep[i] = p.is_empty();
+                        p.push(i);
                     }
                 }
             }
         }
     }
+    // Keys whose last change is an element change: all-element or image.
+    let mut merged: HashMap<usize, Dirty> = HashMap::default();
+    for ((db, key), pos) in &positions {
+        if !matches!(log[pos[0]], Dirty::Elements { .. }) || pos.len() == 1 {
+            continue;
+        }
+        let mut changes = Vec::new();
+        let mut described = true;
+        for &i in pos.iter().rev() {
+            match &log[i] {
+                Dirty::Elements { changes: c, .. } => changes.extend(c.iter().cloned()),
+                _ => described = false,
+            }
+        }
+        let d = if described {
+            Dirty::Elements {
+                db: *db,
+                key: key.to_vec(),
+                changes,
+            }
+        } else {
+            Dirty::Key(*db, key.to_vec())
+        };
+        merged.insert(pos[0], d);
+    }
+    drop(positions);
     log.into_iter()
+        .enumerate()
         .zip(keep)
-        .filter_map(|(d, k)| k.then_some(d))
+        .filter_map(|((i, d), k)| k.then(|| merged.remove(&i).unwrap_or(d)))
         .collect()
 }
 
@@ -168,6 +239,70 @@ mod tests {
 
     fn k(db: u32, s: &str) -> Dirty {
         Dirty::Key(db, s.as_bytes().to_vec())
+    }
+
+    fn incr(d: i64) -> ElementChange {
+        ElementChange::Incr {
+            shape: crate::core::protocol::Shape::Str,
+            elem: Vec::new(),
+            delta: d,
+        }
+    }
+
+    fn el(db: u32, s: &str, changes: Vec<ElementChange>) -> Dirty {
+        Dirty::Elements {
+            db,
+            key: s.as_bytes().to_vec(),
+            changes,
+        }
+    }
+
+    #[test]
+    fn element_changes_of_a_key_travel_together_in_order() {
+        let log = vec![
+            el(0, "c", vec![incr(1)]),
+            k(0, "b"),
+            el(0, "c", vec![incr(2), incr(3)]),
+        ];
+        assert_eq!(
+            reduce(log),
+            vec![k(0, "b"), el(0, "c", vec![incr(1), incr(2), incr(3)])]
+        );
+    }
+
+    #[test]
+    fn an_undescribed_change_turns_element_changes_into_an_image() {
+        let log = vec![k(0, "c"), el(0, "c", vec![incr(1)])];
+        assert_eq!(reduce(log), vec![k(0, "c")]);
+        let log = vec![el(0, "c", vec![incr(1)]), k(0, "c")];
+        assert_eq!(reduce(log), vec![k(0, "c")]);
+    }
+
+    #[test]
+    fn a_flush_drops_the_element_changes_before_it() {
+        let log = vec![
+            el(0, "c", vec![incr(1)]),
+            Dirty::Flush(0),
+            el(0, "c", vec![incr(5)]),
+            el(1, "c", vec![incr(7)]),
+        ];
+        assert_eq!(
+            reduce(log),
+            vec![
+                Dirty::Flush(0),
+                el(0, "c", vec![incr(5)]),
+                el(1, "c", vec![incr(7)])
+            ]
+        );
+    }
+
+    #[test]
+    fn consecutive_element_records_of_one_key_share_an_item() {
+        let mut d = DirtyLog::new();
+        d.elements(0, b"c", vec![incr(1)]);
+        d.elements(0, b"c", vec![incr(2)]);
+        d.elements(1, b"c", vec![incr(3)]);
+        assert_eq!(d.len(), 2);
     }
 
     #[test]

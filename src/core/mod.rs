@@ -21,3 +21,4 @@ pub mod protocol;
 pub mod restart;
 pub mod stats;
 pub mod table_key;
+pub mod write_hint;

@@ -170,9 +170,11 @@ impl PendingWrites {
     /// pending flush of its db.
     pub fn local_stamp(&mut self, db: u32, key: &[u8]) -> Option<Stamp> {
         self.index_all();
-        let own = self.keys.get(&TableKey::new(db, key)).map(|e| e.stamp);
+        let k = TableKey::new(db, key);
+        let own = self.keys.get(&k).map(|e| e.stamp);
+        let elements = self.elements.of_key(&k).iter().map(|p| p.stamp).max();
         let flush = self.flushes.get(&db).map(|e| e.stamp);
-        own.max(flush)
+        own.max(elements).max(flush)
     }
 
     /// The rule of DESIGN §3 for a remote key image.
@@ -353,7 +355,11 @@ impl PendingWrites {
     /// sweep must spare).
     pub fn keys(&mut self) -> Vec<TableKey> {
         self.index_all();
-        self.keys.keys().cloned().collect()
+        let mut out: Vec<TableKey> = self.keys.keys().cloned().collect();
+        out.extend(self.elements.all().into_iter().map(|(k, _)| k));
+        out.sort_unstable_by(|a, b| (a.db(), a.key()).cmp(&(b.db(), b.key())));
+        out.dedup();
+        out
     }
 
     /// Age reference: the smallest stamp still pending, if any.
@@ -387,6 +393,20 @@ mod tests {
 
     fn st(hlc: u64, index: u32) -> Stamp {
         Stamp { hlc, index }
+    }
+
+    #[test]
+    fn element_writes_count_as_local_writes_for_a_full_resync() {
+        let mut t = PendingWrites::new();
+        t.record_key(0, b"img", st(5, 0), 1);
+        let change = crate::core::protocol::ElementChange::DelKey;
+        t.record_element(0, b"el", st(9, 1), 2, 0, change.clone());
+        t.record_element(0, b"img", st(11, 0), 3, 0, change);
+        let keys: Vec<Vec<u8>> = t.keys().iter().map(|k| k.key().to_vec()).collect();
+        assert_eq!(keys, vec![b"el".to_vec(), b"img".to_vec()]);
+        assert_eq!(t.local_stamp(0, b"el"), Some(st(9, 1)));
+        assert_eq!(t.local_stamp(0, b"img"), Some(st(11, 0)));
+        assert_eq!(t.local_stamp(0, b"other"), None);
     }
 
     #[test]

@@ -17,7 +17,7 @@ fn borrowed_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::
 }
 
 /// Bumped whenever a message shape or its meaning changes.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Orders one entry among every write of both nodes: the batch's clock
 /// stamp, then the origin node id, then the index inside the batch (a
@@ -126,9 +126,7 @@ pub enum Op {
     /// sender did not send, except its own un-acknowledged writes.
     FullSyncEnd,
     /// One element-level change of a key (DESIGN §11), merged element by
-    /// element instead of last-writer-wins on the whole key. Not sent by
-    /// protocol 1: the glue refuses it until the capture side exists and
-    /// [`PROTOCOL_VERSION`] is bumped with it.
+    /// element instead of last-writer-wins on the whole key (protocol 3+).
     Element {
         /// The key.
         key: Vec<u8>,
@@ -146,6 +144,16 @@ pub enum Op {
         /// without the acknowledgements that stood between them (found by
         /// the simulation: observed-remove needs exactly this set).
         seen: u64,
+    },
+    /// Test builds only: the sender's `DEBUG DIGEST-VALUE` of the key after
+    /// the element changes before this entry. A receiver that holds no
+    /// concurrent change of the key compares its own and logs a mismatch:
+    /// the proof that a capture hint described the write exactly.
+    Check {
+        /// The key.
+        key: Vec<u8>,
+        /// The sender's digest of it (empty: the key does not exist).
+        digest: Vec<u8>,
     },
 }
 

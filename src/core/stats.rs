@@ -54,6 +54,9 @@ pub struct Stats {
     pub ops_applied: AtomicU64,
     /// Remote entries dropped because a newer local write won.
     pub conflicts_lost: AtomicU64,
+    /// Remote entries merged with a concurrent local change of their key
+    /// (element merge: both sides' changes kept by the rules of DESIGN §11).
+    pub conflicts_merged: AtomicU64,
     /// Bytes written to the peer.
     pub bytes_sent: AtomicU64,
     /// Bytes read from the peer.

@@ -14,7 +14,15 @@
 //! is the largest part of the module's cost per `SET`. The hint is dropped
 //! by the next command the filter sees, and used only by a `set` event for
 //! the same key name; a `SET` inside MULTI never uses it (EXEC passes the
-//! filter first). Every other change is read back at flush time as before.
+//! filter first).
+//!
+//! The same mechanism, generalised, describes element writes: the filter
+//! asks `core::write_hint` what a command will do to the elements of its
+//! keys (`HSET h f v` sets field `f`), and the event that same command
+//! fires on a key confirms it; the change is then recorded as element
+//! changes and shipped without any read. An event the hint did not predict,
+//! a key that expired or was evicted while the command ran, or a command
+//! with no hint leaves the key to be read back whole at flush time.
 
 use std::os::raw::{c_char, c_int, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +33,9 @@ use redis_module::{raw, Context};
 use super::ffi;
 use super::guard::guarded;
 use crate::core::dirty::{DirtyLog, Expiry};
+use crate::core::merge::counter;
+use crate::core::protocol::{ElementChange, Shape};
+use crate::core::write_hint::{describe, EventFit, KeyHint};
 use crate::state::Shared;
 
 /// Set while this module applies remote changes on the main thread: the
@@ -104,6 +115,72 @@ fn set_options_expiry<'a>(mut opts: impl Iterator<Item = &'a [u8]>) -> Option<Ex
     Some(expiry)
 }
 
+/// The element hint of the command the filter saw last (see the module
+/// doc); empty when there is none.
+static ELEM_HINT: Mutex<Vec<KeyHint>> = Mutex::new(Vec::new());
+/// Cheap check for "is there an element hint" on every event.
+static ELEM_ARMED: AtomicBool = AtomicBool::new(false);
+
+fn elem_hint() -> MutexGuard<'static, Vec<KeyHint>> {
+    ELEM_HINT.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn disarm_elem_hint() {
+    if ELEM_ARMED.swap(false, Ordering::Relaxed) {
+        elem_hint().clear();
+    }
+}
+
+/// Drop every hint (the before-sleep event: no command's events follow).
+pub fn disarm_hints() {
+    disarm_hint();
+    disarm_elem_hint();
+}
+
+/// What the element hint says about an event on `key`: `None` when no hint
+/// names the key (the event is noted as usual).
+fn elem_event(key: &[u8], event: &[u8]) -> Option<(EventFit, Vec<ElementChange>, bool)> {
+    if !ELEM_ARMED.load(Ordering::Relaxed) {
+        return None;
+    }
+    let mut hints = elem_hint();
+    let h = hints.iter_mut().find(|h| h.key == key)?;
+    let fit = h.on_event(event);
+    let changes = if fit == EventFit::Record {
+        std::mem::take(&mut h.changes)
+    } else {
+        Vec::new()
+    };
+    Some((fit, changes, h.read_score))
+}
+
+/// A hinted key expired or was evicted while its command ran.
+fn break_elem_hint(key: &[u8]) {
+    if ELEM_ARMED.load(Ordering::Relaxed) {
+        if let Some(h) = elem_hint().iter_mut().find(|h| h.key == key) {
+            h.break_it();
+        }
+    }
+}
+
+/// A `ZINCRBY` adds exactly only while the score stays an integer in the
+/// exact range: read the score it left, else `None` (the key is imaged).
+///
+/// # Safety
+/// `ctx` is the live context of a keyspace notification.
+unsafe fn confirm_score(
+    ctx: *mut raw::RedisModuleCtx,
+    key: &[u8],
+    changes: Vec<ElementChange>,
+) -> Option<Vec<ElementChange>> {
+    let Some(ElementChange::Incr { elem, .. }) = changes.first() else {
+        return None;
+    };
+    let c = Context::new(ctx);
+    let score = super::flush::zscore(&c, key, elem)?;
+    counter::parse(Shape::ZSet, &score).map(|_| changes)
+}
+
 /// Keys touched by commands that change a stream without a keyspace event
 /// (XACK, XCLAIM, XAUTOCLAIM, XREADGROUP); the db is unknown in a filter.
 static STREAM_TOUCHED: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
@@ -168,6 +245,9 @@ pub unsafe extern "C" fn on_keyspace_event(
     key: *mut raw::RedisModuleString,
 ) -> c_int {
     guarded("keyspace event", 0, || {
+        if class & (raw::REDISMODULE_NOTIFY_EXPIRED | raw::REDISMODULE_NOTIFY_EVICTED) != 0 {
+            break_elem_hint(ffi::string_bytes(key));
+        }
         if class & raw::REDISMODULE_NOTIFY_EXPIRED != 0 {
             return 0;
         }
@@ -187,6 +267,31 @@ pub unsafe extern "C" fn on_keyspace_event(
         } else {
             std::ffi::CStr::from_ptr(event).to_bytes()
         };
+        match elem_event(key, event) {
+            Some((EventFit::Record, changes, read_score)) => {
+                // Only a key without a TTL ships element records (see
+                // `flush`); asked now, while the change is the last one.
+                let c = Context::new(ctx);
+                let confirmed = if ffi::read_expiry(&c, key).is_some_and(|e| e.is_some()) {
+                    None
+                } else if read_score {
+                    confirm_score(ctx, key, changes)
+                } else {
+                    Some(changes)
+                };
+                match confirmed {
+                    Some(changes) => note(|d| d.elements(db, key, changes)),
+                    None => note_key(db, key),
+                }
+                return 0;
+            }
+            Some((EventFit::Covered, _, _)) => return 0,
+            Some((EventFit::Unexpected, _, _)) => {
+                note_key(db, key);
+                return 0;
+            }
+            None => {}
+        }
         match event {
             b"set" => match take_hint(key) {
                 Some(h) => {
@@ -206,6 +311,15 @@ pub unsafe extern "C" fn on_keyspace_event(
         }
         0
     })
+}
+
+/// A key where two element families met while applying the peer's batch
+/// (`core::merge::entry::family_clash`): the next flush re-ships its whole
+/// image, stamped then, so both sides settle on one image. Called by the
+/// apply (not a client write, so it does not count as one).
+pub fn note_reship(db: u32, key: &[u8]) {
+    dirty().key(db, key);
+    ffi::wake_event_loop();
 }
 
 /// FLUSHDB / FLUSHALL server event: note the flush (START sub-event only).
@@ -328,6 +442,27 @@ unsafe fn arm_hint(fctx: *mut raw::RedisModuleCommandFilterCtx, argc: usize) {
     HINT_ARMED.store(true, Ordering::Relaxed);
 }
 
+/// Could `name` have an element hint (`core::write_hint::describe`)? A
+/// cheap test, so other commands cost no argument copy.
+fn hintable(name: &[u8]) -> bool {
+    (3..=7).contains(&name.len())
+        && matches!(name[0] | 0x20, b'i' | b'd' | b's' | b'h' | b'z' | b'u')
+}
+
+/// Arm the element hint of the command, if it has one.
+///
+/// # Safety
+/// `fctx` is the live filter context.
+unsafe fn arm_elem_hint(fctx: *mut raw::RedisModuleCommandFilterCtx, argc: usize) -> bool {
+    let argv: Vec<&[u8]> = (0..argc).map(|i| ffi::filter_arg(fctx, i)).collect();
+    let Some(hints) = describe(&argv) else {
+        return false;
+    };
+    *elem_hint() = hints;
+    ELEM_ARMED.store(true, Ordering::Relaxed);
+    true
+}
+
 /// Command filter: note streams changed by commands that fire no keyspace
 /// event. Runs for client and script calls; inside MULTI it runs at queue
 /// time (documented limitation).
@@ -342,18 +477,25 @@ pub unsafe extern "C" fn on_command_filter(fctx: *mut raw::RedisModuleCommandFil
         } else {
             &[][..]
         };
+        // Every command drops the hints of the one before, EXEC and MULTI
+        // included (a hint armed by a command queued in MULTI must not meet
+        // that transaction's events).
+        disarm_elem_hint();
+        // Not while nothing is captured (a passive replica sees every
+        // replicated write here, and our own applies pass through here).
+        let capture = capturing();
+        if capture && hintable(name) && arm_elem_hint(fctx, argc) {
+            disarm_hint();
+            return;
+        }
         if name.len() == 3 && is_cmd(name, "set") {
-            // Not while nothing is captured (a passive replica sees every
-            // replicated SET here).
-            if capturing() {
+            if capture {
                 arm_hint(fctx, argc);
             } else {
                 disarm_hint();
             }
             return;
         }
-        // Every other command, EXEC and MULTI included (a hint armed by a
-        // SET queued in MULTI must not meet that transaction's events).
         disarm_hint();
         if argc < 2 || name.is_empty() || name[0] | 0x20 != b'x' {
             return;

@@ -97,6 +97,7 @@ pub fn status_fields(shared: &Shared) -> Vec<(&'static str, Field)> {
         ("ops_sent", Num(Stats::get(&s.ops_sent))),
         ("ops_applied", Num(Stats::get(&s.ops_applied))),
         ("conflicts_lost", Num(Stats::get(&s.conflicts_lost))),
+        ("conflicts_merged", Num(Stats::get(&s.conflicts_merged))),
         ("lag_ms", Num(lag)),
         ("bytes_sent", Num(Stats::get(&s.bytes_sent))),
         ("bytes_received", Num(Stats::get(&s.bytes_received))),

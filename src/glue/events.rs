@@ -39,6 +39,8 @@ pub unsafe extern "C" fn on_event_loop(
         if sub != raw::REDISMODULE_SUBEVENT_EVENTLOOP_BEFORE_SLEEP {
             return;
         }
+        // No command's events follow until the next command passes the filter.
+        super::capture::disarm_hints();
         let Some(shared) = Shared::get() else { return };
         // First thing: what arrived before this event (and its command clock) began.
         let queued = shared.inbound_rx.len();

@@ -46,6 +46,84 @@ pub fn read_key(ctx: &Context, key: &[u8]) -> Option<KeyRead> {
     read_key_with(ctx, key, true)
 }
 
+/// A key's kind and its number of elements (a string's byte length), read
+/// through the key API as quietly as [`read_key`]: what the element merge
+/// needs before it reads single elements.
+pub fn key_shape(ctx: &Context, key: &[u8]) -> Option<(KeyKind, usize)> {
+    // SAFETY: as in `read_key_with`: main thread, live context; the name and
+    // the key handle are created and released here.
+    unsafe {
+        let create = raw::RedisModule_CreateString?;
+        let open = raw::RedisModule_OpenKey?;
+        let close = raw::RedisModule_CloseKey?;
+        let free = raw::RedisModule_FreeString?;
+        let ktype = raw::RedisModule_KeyType?;
+        let vlen = raw::RedisModule_ValueLength?;
+        let name = create(ctx.ctx, key.as_ptr().cast::<c_char>(), key.len());
+        if name.is_null() {
+            return None;
+        }
+        let mode = raw::REDISMODULE_READ as c_int | super::server::quiet_open_flags();
+        let k = open(ctx.ctx, name, mode);
+        let out = if k.is_null() {
+            (KeyKind::Missing, 0)
+        } else {
+            let kind = kind_of(ktype(k) as isize);
+            let len = if kind == KeyKind::Missing { 0 } else { vlen(k) };
+            close(k);
+            (kind, len)
+        };
+        free(ctx.ctx, name);
+        Some(out)
+    }
+}
+
+/// A sorted-set member's score through the key API (no command call, so
+/// no command filter runs: safe inside a keyspace notification).
+pub fn zset_score(ctx: &Context, key: &[u8], member: &[u8]) -> Option<f64> {
+    // SAFETY: main thread, live context; the strings and the key handle are
+    // created and released here.
+    unsafe {
+        let create = raw::RedisModule_CreateString?;
+        let open = raw::RedisModule_OpenKey?;
+        let close = raw::RedisModule_CloseKey?;
+        let free = raw::RedisModule_FreeString?;
+        let score_of = raw::RedisModule_ZsetScore?;
+        let name = create(ctx.ctx, key.as_ptr().cast::<c_char>(), key.len());
+        if name.is_null() {
+            return None;
+        }
+        let ele = create(ctx.ctx, member.as_ptr().cast::<c_char>(), member.len());
+        let mode = raw::REDISMODULE_READ as c_int | super::server::quiet_open_flags();
+        let k = open(ctx.ctx, name, mode);
+        let mut score = 0f64;
+        let found = !k.is_null()
+            && !ele.is_null()
+            && score_of(k, ele, &mut score) == raw::REDISMODULE_OK as c_int;
+        if !k.is_null() {
+            close(k);
+        }
+        if !ele.is_null() {
+            free(ctx.ctx, ele);
+        }
+        free(ctx.ctx, name);
+        found.then_some(score)
+    }
+}
+
+fn kind_of(t: isize) -> KeyKind {
+    match t {
+        raw::REDISMODULE_KEYTYPE_EMPTY => KeyKind::Missing,
+        raw::REDISMODULE_KEYTYPE_STRING => KeyKind::String,
+        raw::REDISMODULE_KEYTYPE_HASH => KeyKind::Hash,
+        raw::REDISMODULE_KEYTYPE_LIST => KeyKind::List,
+        raw::REDISMODULE_KEYTYPE_SET => KeyKind::Set,
+        raw::REDISMODULE_KEYTYPE_ZSET => KeyKind::ZSet,
+        raw::REDISMODULE_KEYTYPE_STREAM => KeyKind::Stream,
+        _ => KeyKind::Module,
+    }
+}
+
 /// [`read_key`]; `with_string` false leaves a string's value unread.
 fn read_key_with(ctx: &Context, key: &[u8], with_string: bool) -> Option<KeyRead> {
     // SAFETY: called on the main thread with a live context; the string and
@@ -73,17 +151,7 @@ fn read_key_with(ctx: &Context, key: &[u8], with_string: bool) -> Option<KeyRead
                 expire_at_ms: None,
             }
         } else {
-            let t = ktype(k) as isize;
-            let kind = match t {
-                raw::REDISMODULE_KEYTYPE_EMPTY => KeyKind::Missing,
-                raw::REDISMODULE_KEYTYPE_STRING => KeyKind::String,
-                raw::REDISMODULE_KEYTYPE_HASH => KeyKind::Hash,
-                raw::REDISMODULE_KEYTYPE_LIST => KeyKind::List,
-                raw::REDISMODULE_KEYTYPE_SET => KeyKind::Set,
-                raw::REDISMODULE_KEYTYPE_ZSET => KeyKind::ZSet,
-                raw::REDISMODULE_KEYTYPE_STREAM => KeyKind::Stream,
-                _ => KeyKind::Module,
-            };
+            let kind = kind_of(ktype(k) as isize);
             let mut string = None;
             if kind == KeyKind::String && with_string {
                 if let Some(dma) = raw::RedisModule_StringDMA {

@@ -13,12 +13,16 @@ use redis_module::{CallOptionsBuilder, CallReply, CallResult, Context};
 use super::capture;
 use super::ffi::{self, KeyKind};
 use super::node::with_node;
+use rustc_hash::FxHashSet as HashSet;
+
 use crate::core::codec;
 use crate::core::dirty::{reduce, Dirty, Expiry};
 use crate::core::hlc::wall_ms;
 use crate::core::image::{self, Reply};
+use crate::core::pending_elements::LocalWrite;
 use crate::core::protocol::{Batch, Entry, Frame, Op, Stamp, Value};
 use crate::core::stats::{LinkState, Stats};
+use crate::core::write_hint::format_score;
 use crate::log;
 use crate::state::Shared;
 
@@ -105,6 +109,23 @@ fn read_hash(ctx: &Context, key: &[u8]) -> Result<Value, String> {
     image::hash_with_ttls(items, &ttls)
 }
 
+/// A sorted-set member's score in the form the element rule holds it.
+pub fn zscore(ctx: &Context, key: &[u8], member: &[u8]) -> Option<Vec<u8>> {
+    ffi::zset_score(ctx, key, member).map(format_score)
+}
+
+/// The server's `DEBUG DIGEST-VALUE` of `key` in the selected db (test
+/// builds: the element self-check); `None` if the server refuses it.
+pub fn digest(ctx: &Context, key: &[u8]) -> Option<Vec<u8>> {
+    match query(ctx, "DEBUG", &[b"DIGEST-VALUE", key]) {
+        Ok(Reply::Array(mut a)) if a.len() == 1 => match a.pop() {
+            Some(Reply::Bytes(b)) => Some(b),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 fn stream_keys_in_dbs(ctx: &Context, keys: Vec<Vec<u8>>, databases: u32) -> Vec<Dirty> {
     let mut out = Vec::new();
     for key in keys {
@@ -154,9 +175,49 @@ pub fn flush(ctx: &Context) -> usize {
     // Read every image first (reading may fire events back into capture,
     // which only appends to the now-empty dirty log).
     let mut ops: Vec<(u32, Op)> = Vec::with_capacity(targets.len());
+    // Element changes were all made since the last apply (this flush runs
+    // before it): they had seen the peer's stream up to here.
+    let seen = shared.outbox().applied_seq();
+    let self_check = super::guard::test_hooks();
     for t in targets {
         match t {
             Dirty::Flush(db) => ops.push((db, Op::FlushDb)),
+            Dirty::Elements { db, key, changes } => {
+                // A key with a TTL travels whole, with its expiry: the two
+                // sides see it expire at slightly different moments, and an
+                // element change applied to the peer's copy after it expired
+                // here (or before it expires there) would live on one side
+                // only. Element records are for keys without a TTL.
+                ffi::select_db(ctx, db as i32);
+                if ffi::read_expiry(ctx, &key).is_some_and(|e| e.is_some()) {
+                    match key_op(ctx, db, key) {
+                        Ok(op) => ops.push((db, op)),
+                        Err(e) => {
+                            log::warning(&format!("cannot read key image in db {db}: {e}"));
+                            shared.set_error(format!("cannot read key image: {e}"));
+                        }
+                    }
+                    continue;
+                }
+                let check = self_check
+                    .then(|| {
+                        ffi::select_db(ctx, db as i32);
+                        digest(ctx, &key)
+                    })
+                    .flatten();
+                for change in changes {
+                    let op = Op::Element {
+                        key: key.clone(),
+                        change,
+                        shipped_in: 0,
+                        seen,
+                    };
+                    ops.push((db, op));
+                }
+                if let Some(digest) = check {
+                    ops.push((db, Op::Check { key, digest }));
+                }
+            }
             Dirty::Value {
                 db,
                 key,
@@ -207,7 +268,7 @@ pub fn flush(ctx: &Context) -> usize {
         shared.fresh.load(Ordering::Relaxed) && shared.table_overflowed.load(Ordering::Relaxed);
     if fresh_untracked || super::fullsync::target_receiving() {
         for (db, op) in &ops {
-            if let Op::Set { key, .. } = op {
+            if let Op::Set { key, .. } | Op::Element { key, .. } = op {
                 super::fullsync::note_local_write(*db, key);
             }
         }
@@ -245,18 +306,41 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
     let (entries, table_over) = with_node(|node| {
         let hlc = node.hlc.now(wall_ms());
         let mut entries = Vec::with_capacity(n);
-        for (i, (db, op)) in ops.into_iter().enumerate() {
+        for (i, (db, mut op)) in ops.into_iter().enumerate() {
             let index = i as u32;
-            let key = match &op {
-                Op::Set { key, .. } | Op::Delete { key } => Some(key),
+            let image_key = |op: &Op| match op {
+                Op::Set { key, .. } | Op::Delete { key } => Some(key.clone()),
                 _ => None,
             };
             let stamp = match &stamping {
                 Stamping::Fresh => Stamp { hlc, index },
                 Stamping::Recorded(st) => st.get(i).copied().unwrap_or(Stamp { hlc, index }),
-                Stamping::FullSync { .. } => key
-                    .and_then(|k| node.pending.key_stamp(db, k))
+                Stamping::FullSync { .. } => image_key(&op)
+                    .and_then(|k| node.pending.key_stamp(db, &k))
                     .unwrap_or(Stamp { hlc: 0, index }),
+            };
+            if let Op::Element {
+                key,
+                change,
+                shipped_in,
+                seen,
+            } = &mut op
+            {
+                // A fresh change is recorded under this batch; a re-sent one
+                // is in the table already, under the seq that first carried it.
+                if *shipped_in == 0 {
+                    *shipped_in = seq;
+                    if !untracked {
+                        let c = change.clone();
+                        node.pending.record_element(db, key, stamp, seq, *seen, c);
+                    }
+                }
+                entries.push(Entry { db, stamp, op });
+                continue;
+            }
+            let key = match &op {
+                Op::Set { key, .. } | Op::Delete { key } => Some(key),
+                _ => None,
             };
             match (&stamping, &op, key) {
                 (Stamping::FullSync { .. }, _, Some(k)) => {
@@ -324,28 +408,72 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
     n
 }
 
-/// Re-image every key of the un-acknowledged table with its recorded stamp
-/// (dirty-key resync, DESIGN §3 rule 2). Returns the seq of the batch.
+/// Re-send what the peer has not acknowledged (dirty-key resync, DESIGN §3
+/// rule 2 and §11). Returns the seq of the batch.
+///
+/// Every pending element change goes again exactly as first shipped (its
+/// stamp, the seq that first carried it, its `seen`): the receiver skips
+/// those it applied, since an increment is not idempotent. A key with a
+/// pending image is re-sent as an image of its current content **stamped
+/// now**, which replaces the key's entries in the table: that content holds
+/// the peer's later changes, which an earlier stamp would make the peer
+/// apply a second time (found by the simulation). Flushes keep their stamps.
 pub fn build_dirty_key_resync(ctx: &Context) -> Option<u64> {
     let shared = Shared::get()?;
-    let entries = with_node(|n| n.pending.entries_by_stamp());
+    let (changes, key_entries) =
+        with_node(|n| (n.pending.element_changes(), n.pending.entries_by_stamp()));
+    let imaged: HashSet<(u32, Vec<u8>)> = key_entries
+        .iter()
+        .filter_map(|(db, k, _)| k.clone().map(|k| (*db, k)))
+        .collect();
     let saved_db = ffi::selected_db(ctx);
-    let mut ops = Vec::with_capacity(entries.len());
-    let mut stamps = Vec::with_capacity(entries.len());
-    for (db, key, e) in entries {
+    let fresh_hlc = with_node(|n| n.hlc.now(wall_ms()));
+    let mut out: Vec<(Stamp, u32, Op)> = Vec::new();
+    let now = |out: &Vec<(Stamp, u32, Op)>| Stamp {
+        hlc: fresh_hlc,
+        index: u32::try_from(out.len()).unwrap_or(u32::MAX),
+    };
+    let mut converted: Vec<(u32, Vec<u8>)> = Vec::new();
+    for (tk, list) in changes {
+        let (db, key) = tk.parts();
+        if imaged.contains(&(db, key.to_vec())) {
+            converted.push((db, key.to_vec()));
+            continue;
+        }
+        for p in list {
+            let LocalWrite::Change(change) = p.write else {
+                continue;
+            };
+            let op = Op::Element {
+                key: key.to_vec(),
+                change,
+                shipped_in: p.seq,
+                seen: p.seen,
+            };
+            out.push((p.stamp, db, op));
+        }
+    }
+    for (db, key, e) in key_entries {
         match key {
-            None => ops.push((db, Op::FlushDb)),
+            None => out.push((e.stamp, db, Op::FlushDb)),
             Some(key) => match key_op(ctx, db, key) {
-                Ok(op) => ops.push((db, op)),
-                Err(err) => {
-                    log::warning(&format!("dirty-key resync cannot read a key: {err}"));
-                    continue;
+                Ok(op) => {
+                    let stamp = now(&out);
+                    out.push((stamp, db, op));
                 }
+                Err(err) => log::warning(&format!("dirty-key resync cannot read a key: {err}")),
             },
         }
-        stamps.push(e.stamp);
     }
     ffi::select_db(ctx, saved_db);
+    with_node(|n| {
+        for (db, key) in &converted {
+            n.pending.forget_elements(*db, key);
+        }
+    });
+    out.sort_by_key(|(stamp, _, _)| *stamp);
+    let (stamps, ops): (Vec<Stamp>, Vec<(u32, Op)>) =
+        out.into_iter().map(|(s, db, op)| (s, (db, op))).unzip();
     let seq = shared.outbox().next_seq();
     enqueue_batch(shared, ops, Stamping::Recorded(stamps));
     Some(seq)

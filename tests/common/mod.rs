@@ -370,6 +370,12 @@ impl ServerBuilder {
         self
     }
 
+    /// Start the server without the module's test hooks (they are on by default).
+    pub fn without_test_hooks(mut self) -> Self {
+        self.env.retain(|(k, _)| k != "BISYNC_TEST_HOOKS");
+        self
+    }
+
     /// A builder for a server that loads the module (found by [`module_path`]) with no args.
     pub fn new() -> Self {
         ServerBuilder {
@@ -379,7 +385,11 @@ impl ServerBuilder {
             with_module: true,
             module: None,
             module_args: Vec::new(),
-            env: Vec::new(),
+            // Test hooks on for every test server: each shortcut that ships
+            // a write without reading it back is checked against the truth
+            // (the set hint, the element self-check), and a mismatch fails
+            // the test when the server is dropped.
+            env: vec![("BISYNC_TEST_HOOKS".to_string(), "1".to_string())],
             extra: Vec::new(),
             ready_timeout: READY_TIMEOUT,
         }
@@ -816,9 +826,31 @@ impl Server {
     }
 }
 
+/// Log lines by which the module's test hooks report a shortcut that
+/// shipped something other than what the server holds.
+const HOOK_FAILURES: &[&str] = &["self-check mismatch", "set-hint mismatch"];
+
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
+        if !thread::panicking() {
+            let log = self.log();
+            let bad: Vec<&str> = log
+                .lines()
+                .filter(|l| HOOK_FAILURES.iter().any(|h| l.contains(h)))
+                .take(5)
+                .collect();
+            if !bad.is_empty() {
+                let msg = format!(
+                    "server `{}` (dir kept: {}): the module's test hooks found a write shipped \
+                     differently from what the server holds:\n{}",
+                    self.name,
+                    self.dir.display(),
+                    bad.join("\n")
+                );
+                panic!("{msg}");
+            }
+        }
         if thread::panicking() {
             let out = read_from(&self.stdout_path(), 0);
             eprintln!(

@@ -116,8 +116,14 @@ pub fn write(
     } else {
         format!("e{}", rng.gen_range(1..=3)).into_bytes()
     };
-    let other = matches!(cur, MemoryKey::Other(_));
-    let roll = rng.gen_range(0..20);
+    // A key of another type (a list, or another element family after a
+    // type-changing write): Redis refuses this family's commands on it.
+    let other = match &cur {
+        MemoryKey::Missing => false,
+        MemoryKey::Elements(s, _) => *s != shape,
+        MemoryKey::Other(_) => true,
+    };
+    let roll = rng.gen_range(0..23);
     let change = match roll {
         0..=5 if !other && !counter_only => {
             let value = match shape {
@@ -139,9 +145,39 @@ pub fn write(
                 delta: rng.gen_range(-5..=20),
             }
         }
-        12..=14 if cur.get(&elem).is_some() => ElementChange::Del { shape, elem },
+        12..=14 if !other && cur.get(&elem).is_some() => ElementChange::Del { shape, elem },
         15..=16 if cur != MemoryKey::Missing => ElementChange::DelKey,
         17..=19 if !checked => return Some(image(rng, store, db, key, shape, unique)),
+        // Element writes that give the key another family: creating a
+        // missing key with any family, or `SET` (which overwrites any type).
+        20..=22 if !checked => {
+            let families = [Shape::Str, Shape::Hash, Shape::Set, Shape::ZSet];
+            let other = families[rng.gen_range(0..families.len())];
+            let elem = if other == Shape::Str {
+                Vec::new()
+            } else {
+                format!("e{}", rng.gen_range(1..=3)).into_bytes()
+            };
+            let value = match other {
+                Shape::Set => Vec::new(),
+                _ => (unique % 1000).to_string().into_bytes(),
+            };
+            if cur == MemoryKey::Missing && other != Shape::Set && rng.gen_bool(0.5) {
+                ElementChange::Incr {
+                    shape: other,
+                    elem,
+                    delta: rng.gen_range(-5..=20),
+                }
+            } else if cur == MemoryKey::Missing || other == Shape::Str {
+                ElementChange::Set {
+                    shape: other,
+                    elem,
+                    value,
+                }
+            } else {
+                return None;
+            }
+        }
         _ => return None,
     };
     let did = match &change {
@@ -217,6 +253,7 @@ fn apply_locally(
         reset: Reset::Keep,
         shape: Some(shape),
         writes: vec![(elem.to_vec(), value)],
+        keep_ttl: true,
     };
     match change {
         ElementChange::Set { shape, elem, value } => {

@@ -9,7 +9,7 @@ use super::rule::{merge_record, Nodes, Outcome, Remote};
 use super::view::{KeyPlan, KeyShape, KeyView};
 use super::{check, ElementError};
 use crate::core::pending::PendingWrites;
-use crate::core::pending_elements::PendingChange;
+use crate::core::pending_elements::{LocalWrite, PendingChange};
 use crate::core::protocol::{Entry, Op};
 
 /// What to do for one entry.
@@ -23,6 +23,9 @@ pub enum Step<'r> {
         key: &'r [u8],
         /// Its writes.
         plan: KeyPlan<'r>,
+        /// This node holds a change of the key the record had not seen:
+        /// the two were merged (`conflicts_merged`).
+        concurrent: bool,
     },
     /// A later local write wins: count it in `conflicts_lost`.
     Lost,
@@ -43,6 +46,18 @@ pub enum Step<'r> {
     FullSyncBegin,
     /// The peer's full resync has sent every key.
     FullSyncEnd,
+    /// Compare the key's digest with the sender's (test builds), unless
+    /// this node holds a concurrent change of it (then they may differ).
+    Check {
+        /// The db.
+        db: u32,
+        /// The key.
+        key: &'r [u8],
+        /// The sender's digest.
+        digest: &'r [u8],
+        /// This node has a pending change of the key.
+        concurrent: bool,
+    },
 }
 
 /// Where the batch sits in the sender's stream.
@@ -73,8 +88,39 @@ impl KeyView for NoKey {
 pub fn entry_key(entry: &Entry) -> Option<&[u8]> {
     match &entry.op {
         Op::Set { key, .. } | Op::Delete { key } | Op::Element { key, .. } => Some(key),
-        Op::FlushDb | Op::FullSyncBegin | Op::FullSyncEnd => None,
+        Op::FlushDb | Op::FullSyncBegin | Op::FullSyncEnd | Op::Check { .. } => None,
     }
+}
+
+/// Does this entry bring a second element family onto its key: an element
+/// change of one family meeting a key of another type here, or this node's
+/// pending changes of another family?
+///
+/// Why it matters: the merge rule settles such a clash by stamps, and the
+/// two sides can settle it differently (they may disagree on which record
+/// changed the key's type: one that only added to an existing key on its
+/// origin can meet another type on the peer). The receiver then re-ships
+/// its resulting key as a whole-key image, stamped now, so both sides end
+/// on one image by last-writer-wins; ask before [`plan_entry`].
+pub fn family_clash(table: &mut PendingWrites, entry: &Entry, view: &dyn KeyView) -> bool {
+    let Op::Element { key, change, .. } = &entry.op else {
+        return false;
+    };
+    let Some(theirs) = change.shape() else {
+        return false;
+    };
+    let here = match view.shape() {
+        KeyShape::Missing => false,
+        KeyShape::Elements(s) => s != theirs,
+        KeyShape::Other => true,
+    };
+    here || table
+        .changes_of(entry.db, key)
+        .iter()
+        .any(|p| match &p.write {
+            LocalWrite::Change(c) => c.shape().is_some_and(|s| s != theirs),
+            LocalWrite::Image => false,
+        })
 }
 
 /// Plan one entry; `view` shows the entry's key ([`entry_key`]) as it is now.
@@ -89,6 +135,15 @@ pub fn plan_entry<'r>(
         Op::FullSyncBegin => return Ok(Step::FullSyncBegin),
         Op::FullSyncEnd => return Ok(Step::FullSyncEnd),
         Op::FlushDb => return Ok(plan_flush(table, entry, nodes)),
+        Op::Check { key, digest } => {
+            let concurrent = !table.changes_of(entry.db, key).is_empty();
+            return Ok(Step::Check {
+                db: entry.db,
+                key,
+                digest,
+                concurrent,
+            });
+        }
         Op::Set { key, .. } | Op::Delete { key } => (key, Remote::Image(&entry.op)),
         Op::Element {
             key,
@@ -121,6 +176,7 @@ fn merge<'r>(
     nodes: Nodes<'_>,
     view: &dyn KeyView,
 ) -> Step<'r> {
+    let concurrent = !pending.is_empty();
     match merge_record(pending, remote, entry.stamp, nodes, view) {
         Outcome::Ignored => Step::Lost,
         Outcome::Apply { plan, prune } => {
@@ -131,6 +187,7 @@ fn merge<'r>(
                 db: entry.db,
                 key,
                 plan,
+                concurrent,
             }
         }
     }
@@ -168,5 +225,6 @@ fn owned(plan: KeyPlan<'_>) -> KeyPlan<'static> {
         reset: super::view::Reset::Clear,
         shape: plan.shape,
         writes: plan.writes,
+        keep_ttl: false,
     }
 }

@@ -62,6 +62,7 @@ fn local_effect(key: &mut MemoryKey, w: &W) {
         reset: super::view::Reset::Keep,
         shape: Some(shape),
         writes: vec![(elem.as_bytes().to_vec(), value)],
+        keep_ttl: true,
     };
     match w {
         W::Set(s, e, v) => key.execute(&plan(*s, e, Some(v.as_bytes().to_vec()))),

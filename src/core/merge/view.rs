@@ -48,9 +48,18 @@ pub fn image_elements(op: &Op) -> (KeyShape, BTreeMap<Vec<u8>, Vec<u8>>) {
                 KeyShape::Elements(Shape::Set),
                 members.iter().map(|m| (m.clone(), Vec::new())).collect(),
             ),
-            // A hash with field TTLs stays a whole-key value until field
-            // TTLs are part of the element rule (they are not modelled yet).
-            Value::List(_) | Value::Stream(_) | Value::Dump(_) | Value::HashTtl(_) => {
+            // A hash with field TTLs is a hash to the rule: element writes
+            // on it are `HSET`/`HDEL`, which the server executes the same
+            // on both sides (an `HSET` clears that field's TTL); the TTLs
+            // themselves only travel with whole-key images.
+            Value::HashTtl(items) => (
+                KeyShape::Elements(Shape::Hash),
+                items
+                    .iter()
+                    .map(|(f, v, _)| (f.clone(), v.clone()))
+                    .collect(),
+            ),
+            Value::List(_) | Value::Stream(_) | Value::Dump(_) => {
                 (KeyShape::Other, BTreeMap::new())
             }
         },
@@ -81,6 +90,10 @@ pub struct KeyPlan<'r> {
     pub shape: Option<Shape>,
     /// Element, new value (`None`: delete it), in element order.
     pub writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// A string's write keeps the key's expiry (only increments changed it
+    /// since the reset); false when a `SET` of a value or a re-creation is
+    /// part of it, which clears the expiry as on the side that made it.
+    pub keep_ttl: bool,
 }
 
 /// Where unchanged elements are read from.
@@ -97,6 +110,7 @@ pub(super) struct Planned<'v, 'r> {
     shape: KeyShape,
     len: usize,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    keep_ttl: bool,
 }
 
 impl<'v, 'r> Planned<'v, 'r> {
@@ -108,6 +122,7 @@ impl<'v, 'r> Planned<'v, 'r> {
             base: Base::View(view),
             reset: Reset::Keep,
             writes: BTreeMap::new(),
+            keep_ttl: true,
         }
     }
 
@@ -139,6 +154,12 @@ impl<'v, 'r> Planned<'v, 'r> {
         self.shape = KeyShape::Missing;
         self.len = 0;
         self.writes.clear();
+        self.keep_ttl = false;
+    }
+
+    /// A string's value was overwritten (a `SET`): its expiry is cleared.
+    pub fn drop_ttl(&mut self) {
+        self.keep_ttl = false;
     }
 
     /// Replace the key with a whole-key image.
@@ -149,6 +170,7 @@ impl<'v, 'r> Planned<'v, 'r> {
         self.len = elements.len();
         self.base = Base::Image(elements);
         self.writes.clear();
+        self.keep_ttl = true;
     }
 
     /// Set an element; a key of another type is replaced by one of `shape`.
@@ -196,6 +218,7 @@ impl<'v, 'r> Planned<'v, 'r> {
                 _ => None,
             },
             writes: self.writes.into_iter().collect(),
+            keep_ttl: self.keep_ttl,
         }
     }
 }

@@ -1,0 +1,462 @@
+//! What a client command will do to the elements of its keys, decided from
+//! its arguments alone (the command filter's view, before it runs).
+//!
+//! Why a guess and what makes it safe: reading a big hash back to ship one
+//! field costs the whole hash; the arguments of `HSET h f v` already say
+//! what changed. A hint is only used when the keyspace event that the very
+//! same command fires confirms it (see [`KeyHint::on_event`]); anything the
+//! hint did not predict leaves the key on a whole-key image. The commands
+//! here are those whose effect, once their event fired, is exactly the
+//! hint: all-or-nothing writes of the named elements. A command not listed
+//! gets no hint.
+//!
+//! Test builds check every confirmed hint against the truth (the peer
+//! compares the origin's digest of the key, `Op::Check`).
+
+use super::merge::counter;
+use super::protocol::{ElementChange, Shape};
+
+/// What one command will do to one key, if its event confirms it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyHint {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The event the command fires on the key when it wrote.
+    pub event: &'static [u8],
+    /// The command may delete the key after `event` (its last element was
+    /// removed): a `del` event may follow.
+    pub then_del: bool,
+    /// The changes, in execution order.
+    pub changes: Vec<ElementChange>,
+    /// The changed score must be read after the command (a `ZINCRBY`: an
+    /// increment only adds exactly while the result is an integer).
+    pub read_score: bool,
+    /// Where the key stands in the events of the command.
+    pub state: HintState,
+}
+
+/// Progress of a key's hint through the command's events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HintState {
+    /// No event yet.
+    Waiting,
+    /// The expected event came: the changes are recorded.
+    Confirmed,
+    /// Something unexpected happened to the key: it ships an image.
+    Broken,
+}
+
+/// What an event on a hinted key means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventFit {
+    /// The confirming event: record the hint's changes.
+    Record,
+    /// Part of what the hint predicted, already recorded: nothing to note.
+    Covered,
+    /// Not predicted: note the key for a whole-key image.
+    Unexpected,
+}
+
+impl KeyHint {
+    fn new(key: &[u8], event: &'static [u8], then_del: bool, changes: Vec<ElementChange>) -> Self {
+        KeyHint {
+            key: key.to_vec(),
+            event,
+            then_del,
+            changes,
+            read_score: false,
+            state: HintState::Waiting,
+        }
+    }
+
+    /// Match one keyspace event of this key against the hint. Any event
+    /// beyond what the command predicts breaks the hint for good (the
+    /// same command cannot fire it; something else changed the key).
+    pub fn on_event(&mut self, event: &[u8]) -> EventFit {
+        let fit = match self.state {
+            HintState::Waiting if event == self.event => EventFit::Record,
+            HintState::Confirmed if self.then_del && event == b"del" => {
+                self.then_del = false;
+                EventFit::Covered
+            }
+            _ => EventFit::Unexpected,
+        };
+        self.state = match fit {
+            EventFit::Record | EventFit::Covered => HintState::Confirmed,
+            EventFit::Unexpected => HintState::Broken,
+        };
+        fit
+    }
+
+    /// The key expired or was evicted while the command ran: what the
+    /// command did then depends on timing the peer does not share.
+    pub fn break_it(&mut self) {
+        self.state = HintState::Broken;
+    }
+}
+
+fn is(name: &[u8], want: &str) -> bool {
+    name.eq_ignore_ascii_case(want.as_bytes())
+}
+
+/// The hint for a command, or `None` when it is not one whose effect the
+/// arguments fully describe. `argv[0]` is the command name.
+pub fn describe(argv: &[&[u8]]) -> Option<Vec<KeyHint>> {
+    let (name, args) = argv.split_first()?;
+    let key = |i: usize| args.get(i).copied();
+    let hint =
+        |event, then_del, changes| Some(vec![KeyHint::new(key(0)?, event, then_del, changes)]);
+    let n = name.len();
+    if !(3..=7).contains(&n) {
+        return None;
+    }
+    if is(name, "incr") || is(name, "decr") {
+        if args.len() != 1 {
+            return None;
+        }
+        let delta = if is(name, "incr") { 1 } else { -1 };
+        return hint(b"incrby", false, vec![str_incr(delta)]);
+    }
+    if is(name, "incrby") || is(name, "decrby") {
+        if args.len() != 2 {
+            return None;
+        }
+        let d = integer(args[1])?;
+        let delta = if is(name, "incrby") {
+            d
+        } else {
+            d.checked_neg()?
+        };
+        return hint(b"incrby", false, vec![str_incr(delta)]);
+    }
+    if is(name, "set") {
+        return describe_set(args);
+    }
+    if is(name, "hset") || is(name, "hmset") {
+        if args.len() < 3 || args.len() % 2 == 0 {
+            return None;
+        }
+        let changes = args[1..]
+            .chunks(2)
+            .map(|p| ElementChange::Set {
+                shape: Shape::Hash,
+                elem: p[0].to_vec(),
+                value: p[1].to_vec(),
+            })
+            .collect();
+        return hint(b"hset", false, changes);
+    }
+    if is(name, "hsetnx") {
+        if args.len() != 3 {
+            return None;
+        }
+        let change = ElementChange::Set {
+            shape: Shape::Hash,
+            elem: args[1].to_vec(),
+            value: args[2].to_vec(),
+        };
+        return hint(b"hset", false, vec![change]);
+    }
+    if is(name, "hincrby") {
+        if args.len() != 3 {
+            return None;
+        }
+        let change = ElementChange::Incr {
+            shape: Shape::Hash,
+            elem: args[1].to_vec(),
+            delta: integer(args[2])?,
+        };
+        return hint(b"hincrby", false, vec![change]);
+    }
+    if is(name, "hdel") || is(name, "srem") || is(name, "zrem") {
+        if args.len() < 2 {
+            return None;
+        }
+        let (shape, event): (Shape, &'static [u8]) = if is(name, "hdel") {
+            (Shape::Hash, b"hdel")
+        } else if is(name, "srem") {
+            (Shape::Set, b"srem")
+        } else {
+            (Shape::ZSet, b"zrem")
+        };
+        let changes = args[1..]
+            .iter()
+            .map(|e| ElementChange::Del {
+                shape,
+                elem: e.to_vec(),
+            })
+            .collect();
+        return hint(event, true, changes);
+    }
+    if is(name, "sadd") {
+        if args.len() < 2 {
+            return None;
+        }
+        let changes = args[1..]
+            .iter()
+            .map(|m| ElementChange::Set {
+                shape: Shape::Set,
+                elem: m.to_vec(),
+                value: Vec::new(),
+            })
+            .collect();
+        return hint(b"sadd", false, changes);
+    }
+    if is(name, "zadd") {
+        return describe_zadd(args);
+    }
+    if is(name, "zincrby") {
+        if args.len() != 3 {
+            return None;
+        }
+        let delta = counter::parse(Shape::ZSet, args[1])?;
+        let mut h = hint(
+            b"zincr",
+            false,
+            vec![ElementChange::Incr {
+                shape: Shape::ZSet,
+                elem: args[2].to_vec(),
+                delta,
+            }],
+        )?;
+        h[0].read_score = true;
+        return Some(h);
+    }
+    if is(name, "del") || is(name, "unlink") {
+        if args.is_empty() {
+            return None;
+        }
+        let mut keys: Vec<KeyHint> = Vec::with_capacity(args.len());
+        for k in args {
+            if !keys.iter().any(|h| h.key == *k) {
+                keys.push(KeyHint::new(k, b"del", false, vec![ElementChange::DelKey]));
+            }
+        }
+        return Some(keys);
+    }
+    None
+}
+
+fn str_incr(delta: i64) -> ElementChange {
+    ElementChange::Incr {
+        shape: Shape::Str,
+        elem: Vec::new(),
+        delta,
+    }
+}
+
+/// An integer argument as Redis's `string2ll` reads it.
+fn integer(arg: &[u8]) -> Option<i64> {
+    counter::parse(Shape::Str, arg)
+}
+
+/// `SET key <integer> [NX|XX|GET]`: a counter's new value, which clears the
+/// expiry. Other values and options travel as the set hint's image.
+fn describe_set(args: &[&[u8]]) -> Option<Vec<KeyHint>> {
+    if args.len() < 2 || integer(args[1]).is_none() {
+        return None;
+    }
+    if !args[2..]
+        .iter()
+        .all(|o| is(o, "nx") || is(o, "xx") || is(o, "get"))
+    {
+        return None;
+    }
+    let change = ElementChange::Set {
+        shape: Shape::Str,
+        elem: Vec::new(),
+        value: args[1].to_vec(),
+    };
+    Some(vec![KeyHint::new(args[0], b"set", false, vec![change])])
+}
+
+/// `ZADD key [CH] score member ...`: each member takes its score. The
+/// conditional forms (NX, XX, GT, LT) and INCR change members depending on
+/// what is there, so they get no hint.
+fn describe_zadd(args: &[&[u8]]) -> Option<Vec<KeyHint>> {
+    let mut rest = args.get(1..)?;
+    if rest.first().is_some_and(|o| is(o, "ch")) {
+        rest = &rest[1..];
+    }
+    if rest.is_empty() || rest.len() % 2 != 0 {
+        return None;
+    }
+    let mut changes = Vec::with_capacity(rest.len() / 2);
+    for p in rest.chunks(2) {
+        changes.push(ElementChange::Set {
+            shape: Shape::ZSet,
+            elem: p[1].to_vec(),
+            value: score_arg(p[0])?,
+        });
+    }
+    Some(vec![KeyHint::new(args[0], b"zadd", false, changes)])
+}
+
+/// A score argument in the form [`format_score`] gives, or `None` when
+/// this parser might read it differently from Redis's `strtod` (then the
+/// command gets no hint).
+fn score_arg(arg: &[u8]) -> Option<Vec<u8>> {
+    let s = std::str::from_utf8(arg).ok()?;
+    let plain = s
+        .bytes()
+        .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b));
+    let inf = s.eq_ignore_ascii_case("inf")
+        || s.eq_ignore_ascii_case("+inf")
+        || s.eq_ignore_ascii_case("-inf");
+    if !(plain || inf) {
+        return None;
+    }
+    let x: f64 = s.parse().ok()?;
+    (!x.is_nan()).then(|| format_score(x))
+}
+
+/// A sorted-set score as the element rule holds it: an integer in the
+/// exact range as its digits (so increments add), any other value in a
+/// form `strtod` reads back to the same double.
+pub fn format_score(x: f64) -> Vec<u8> {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    if x.is_infinite() {
+        return if x > 0.0 {
+            b"inf".to_vec()
+        } else {
+            b"-inf".to_vec()
+        };
+    }
+    if x.fract() == 0.0 && x.abs() < EXACT && !(x == 0.0 && x.is_sign_negative()) {
+        return format!("{}", x as i64).into_bytes();
+    }
+    format!("{x:e}").into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> Option<Vec<KeyHint>> {
+        let v: Vec<&[u8]> = s.split_whitespace().map(str::as_bytes).collect();
+        describe(&v)
+    }
+
+    fn changes(s: &str) -> Vec<ElementChange> {
+        let h = d(s).expect("a hint");
+        assert_eq!(h.len(), 1);
+        h[0].changes.clone()
+    }
+
+    #[test]
+    fn counters_are_increments() {
+        assert_eq!(changes("INCR c"), vec![str_incr(1)]);
+        assert_eq!(changes("decr c"), vec![str_incr(-1)]);
+        assert_eq!(changes("incrby c 7"), vec![str_incr(7)]);
+        assert_eq!(changes("DECRBY c -3"), vec![str_incr(3)]);
+        assert!(d("incrby c 07").is_none());
+        assert!(d("decrby c -9223372036854775808").is_none());
+        assert!(d("incr c extra").is_none());
+        assert_eq!(d("incr c").unwrap()[0].event, b"incrby");
+    }
+
+    #[test]
+    fn set_hints_only_plain_integers() {
+        assert!(d("set c 100").is_some());
+        assert!(d("set c 100 NX GET").is_some());
+        assert!(d("set c 100 EX 10").is_none());
+        assert!(d("set c 100 KEEPTTL").is_none());
+        assert!(d("set c abc").is_none());
+        assert!(d("set c 0100").is_none());
+    }
+
+    #[test]
+    fn hash_writes_name_their_fields() {
+        let c = changes("HSET h a 1 b 2");
+        assert_eq!(c.len(), 2);
+        assert!(d("hset h a").is_none());
+        assert!(d("hset h a 1 b").is_none());
+        assert_eq!(changes("hsetnx h a 1").len(), 1);
+        assert!(d("hincrby h a 1.5").is_none());
+        let h = d("hdel h a b").unwrap();
+        assert!(h[0].then_del);
+        assert_eq!(h[0].event, b"hdel");
+    }
+
+    #[test]
+    fn zadd_only_unconditional() {
+        assert_eq!(
+            changes("zadd z 1.0 a +inf b"),
+            vec![
+                ElementChange::Set {
+                    shape: Shape::ZSet,
+                    elem: b"a".to_vec(),
+                    value: b"1".to_vec()
+                },
+                ElementChange::Set {
+                    shape: Shape::ZSet,
+                    elem: b"b".to_vec(),
+                    value: b"inf".to_vec()
+                }
+            ]
+        );
+        assert!(d("zadd z CH 1 a").is_some());
+        for s in [
+            "zadd z NX 1 a",
+            "zadd z XX 1 a",
+            "zadd z GT 1 a",
+            "zadd z INCR 1 a",
+        ] {
+            assert!(d(s).is_none(), "{s}");
+        }
+        assert!(d("zadd z nan a").is_none());
+        assert!(d("zadd z 0x10 a").is_none());
+        assert!(d("zadd z 1 a 2").is_none());
+        assert!(d("zincrby z 1.5 m").is_none());
+        assert!(d("zincrby z 2 m").unwrap()[0].read_score);
+    }
+
+    #[test]
+    fn del_names_each_key_once() {
+        let h = d("DEL a b a").unwrap();
+        assert_eq!(h.len(), 2);
+        assert!(h.iter().all(|k| k.changes == vec![ElementChange::DelKey]));
+    }
+
+    #[test]
+    fn other_commands_get_no_hint() {
+        for s in [
+            "get a",
+            "lpush l a",
+            "hincrbyfloat h f 1",
+            "incrbyfloat c 1",
+            "exec",
+            "multi",
+        ] {
+            assert!(d(s).is_none(), "{s}");
+        }
+    }
+
+    #[test]
+    fn events_confirm_once_and_a_surprise_breaks() {
+        let mut h = d("hdel h a").unwrap().remove(0);
+        assert_eq!(h.on_event(b"hdel"), EventFit::Record);
+        assert_eq!(h.on_event(b"del"), EventFit::Covered);
+        assert_eq!(h.on_event(b"del"), EventFit::Unexpected);
+        assert_eq!(h.state, HintState::Broken);
+        let mut h = d("hset h a 1").unwrap().remove(0);
+        assert_eq!(h.on_event(b"zpopmin"), EventFit::Unexpected);
+        assert_eq!(h.on_event(b"hset"), EventFit::Unexpected);
+        let mut h = d("hset h a 1").unwrap().remove(0);
+        assert_eq!(h.on_event(b"hset"), EventFit::Record);
+        assert_eq!(h.on_event(b"hset"), EventFit::Unexpected);
+    }
+
+    #[test]
+    fn scores_format_for_exact_increments() {
+        assert_eq!(format_score(3.0), b"3");
+        assert_eq!(format_score(-0.0), b"-0e0");
+        assert_eq!(format_score(0.5), b"5e-1");
+        assert_eq!(format_score(f64::NEG_INFINITY), b"-inf");
+        assert_eq!(format_score(1e300), b"1e300");
+        for x in [0.1, 1e-300, 123.456, 2f64.powi(60)] {
+            let s = String::from_utf8(format_score(x)).unwrap();
+            assert_eq!(s.parse::<f64>().unwrap(), x);
+        }
+    }
+}
