@@ -28,14 +28,17 @@
 //! Two modes ([`Mode`]) run the same schedules (same link faults, resyncs
 //! and overflows):
 //! - `Keys`: string keys shipped as whole-key images and planned by
-//!   `core::decide` — what the glue does today;
-//! - `Elements`: hashes, sets, sorted sets and counters shipped as element
-//!   changes (and whole-key images for unmatched writes and type changes),
-//!   planned entry by entry by `core::merge` (DESIGN §11) against a
-//!   `MemoryKey` store. What the glue must add around the core to ship them
-//!   is mirrored here: `Node::element_write` (capture: one record per write,
-//!   with the peer position it had seen), `Node::build_element_resync`
-//!   (dirty-key resync) and `Node::apply_element_batch` (apply). Besides
+//!   `core::decide` — the key-level rule of protocol 2, kept as the
+//!   reference for key-level last-writer-wins;
+//! - `Elements`: what the glue does since protocol 3: hashes, sets, sorted
+//!   sets and counters shipped as element changes (and whole-key images for
+//!   unmatched writes and type changes, element writes that give a key
+//!   another family included), planned entry by entry by `core::merge`
+//!   (DESIGN §11) against a `MemoryKey` store. The glue is mirrored by
+//!   `Node::element_write` (capture: one record per write, with the peer
+//!   position it had seen), `Node::build_element_resync` (dirty-key
+//!   resync), `Node::apply_element_batch` (apply, with the re-ship of a key
+//!   where two element families met) and `Node::flush`. Besides
 //!   convergence, db 1's keys (no images, no flushes there) are checked
 //!   against the semantics on the whole history (`simulation/elements.rs`):
 //!   no increment lost unless a delete had seen it, and an element added
@@ -53,8 +56,9 @@
 //! [`SimRules`] switches in the two mistakes DESIGN §3 warns about, to prove the
 //! simulation notices them: fresh stamps in a dirty-key resync, and
 //! acknowledgements that overtake batches already in flight; and, in element
-//! mode, re-sent changes that do not say which batch first carried them, and
-//! changes that do not say which of the receiver's batches they had seen. A mutation counts
+//! mode, re-sent changes that do not say which batch first carried them,
+//! changes that do not say which of the receiver's batches they had seen,
+//! and a receiver that does not re-ship a family clash. A mutation counts
 //! as caught by a schedule that diverges under it but converges under the
 //! correct rules.
 //!
@@ -83,6 +87,7 @@ use redis_bisync::core::config::defaults::MAX_CLOCK_SKEW_MS;
 use redis_bisync::core::decide::{check_seq, plan_batch, Action, SeqCheck};
 use redis_bisync::core::dirty::{reduce, Dirty, DirtyLog};
 use redis_bisync::core::hlc::{stamp_ms, Hlc, COUNTER_BITS};
+use redis_bisync::core::merge::coalesce::coalesce;
 use redis_bisync::core::merge::entry::{entry_key, family_clash, plan_entry, BatchPosition, Step};
 use redis_bisync::core::merge::memory::MemoryKey;
 use redis_bisync::core::merge::rule::Nodes;
@@ -257,8 +262,11 @@ type ElementStore = BTreeMap<(u32, Vec<u8>), MemoryKey>;
 /// What the schedule writes and which core plans it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    /// String keys shipped as whole-key images, planned by `decide` (what
-    /// the glue runs today).
+    /// String keys shipped as whole-key images, planned by `decide`: the
+    /// key-level rule of protocol 2, kept as the reference for key-level
+    /// last-writer-wins. Since protocol 3 the glue plans every entry with
+    /// `merge` (the `Elements` mode, whose writes include string counters,
+    /// whole-key images, type changes and flushes).
     Keys,
     /// Hashes, sets, sorted sets and counters shipped as element changes
     /// (and images for type changes), planned by `merge` (DESIGN §11).
@@ -402,11 +410,14 @@ impl Node {
         }
         if !self.captured.is_empty() {
             let captured = std::mem::take(&mut self.captured);
-            let ids: Vec<u64> = captured.iter().map(|c| c.op_id).collect();
-            let ops = captured.into_iter().map(|c| (c.db, c.op)).collect();
+            // Every record of the batch stands for the batch's writes (a
+            // folded record for several): the newest one is what a receiver
+            // has seen once it applied any of them.
+            let last_id = captured.iter().map(|c| c.op_id).max().unwrap_or(0);
+            let ops = fold_runs(captured.into_iter().map(|c| (c.db, c.op)).collect());
             let stamps = self.enqueue_batch(ops, None, false, wall);
-            for (stamp, id) in stamps.into_iter().zip(ids) {
-                self.history.stamp_op(stamp, id);
+            for stamp in stamps {
+                self.history.stamp_op(stamp, last_id);
             }
         }
         let log = self.dirty.take();
@@ -780,6 +791,57 @@ impl Node {
         self.store
             .retain(|(d, k), _| *d != db || survivors.contains(k));
     }
+}
+
+/// Mirror of the glue's folding (`core::merge::coalesce`): each run of
+/// consecutive element changes of one key ships folded. (The glue folds all
+/// of a key's changes of a flush, which moves them past other keys' records;
+/// changes of different keys are independent.)
+fn fold_runs(ops: Vec<(u32, Op)>) -> Vec<(u32, Op)> {
+    /// db, key, `seen` (the same for every change of a flush), changes.
+    type Run = (u32, Vec<u8>, u64, Vec<ElementChange>);
+    fn end(run: &mut Option<Run>, out: &mut Vec<(u32, Op)>) {
+        if let Some((db, key, seen, changes)) = run.take() {
+            for change in coalesce(changes) {
+                let op = Op::Element {
+                    key: key.clone(),
+                    change,
+                    shipped_in: 0,
+                    seen,
+                };
+                out.push((db, op));
+            }
+        }
+    }
+    let mut out: Vec<(u32, Op)> = Vec::with_capacity(ops.len());
+    let mut run: Option<Run> = None;
+    for (db, op) in ops {
+        match op {
+            Op::Element {
+                key,
+                change,
+                shipped_in: 0,
+                seen,
+            } => {
+                let same = run
+                    .as_ref()
+                    .is_some_and(|(d, k, s, _)| *d == db && *k == key && *s == seen);
+                if !same {
+                    end(&mut run, &mut out);
+                    run = Some((db, key, seen, Vec::new()));
+                }
+                if let Some((_, _, _, changes)) = run.as_mut() {
+                    changes.push(change);
+                }
+            }
+            other => {
+                end(&mut run, &mut out);
+                out.push((db, other));
+            }
+        }
+    }
+    end(&mut run, &mut out);
+    out
 }
 
 /// Where a sender's writer thread stands.

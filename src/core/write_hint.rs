@@ -132,6 +132,45 @@ pub fn describe(argv: &[&[u8]]) -> Option<Vec<KeyHint>> {
     if is(name, "set") {
         return describe_set(args);
     }
+    if is(name, "getset") {
+        return if args.len() == 2 {
+            describe_set(args)
+        } else {
+            None
+        };
+    }
+    if is(name, "getdel") {
+        return hint(b"del", false, vec![ElementChange::DelKey]).filter(|_| args.len() == 1);
+    }
+    if is(name, "smove") {
+        // A member moves: removed from the source (which may then be
+        // deleted), added to the destination. Either event may not fire
+        // (not a member; already a member), and then that side did nothing.
+        if args.len() != 3 || args[0] == args[1] {
+            return None;
+        }
+        let member = args[2].to_vec();
+        let src = KeyHint::new(
+            args[0],
+            b"srem",
+            true,
+            vec![ElementChange::Del {
+                shape: Shape::Set,
+                elem: member.clone(),
+            }],
+        );
+        let dst = KeyHint::new(
+            args[1],
+            b"sadd",
+            false,
+            vec![ElementChange::Set {
+                shape: Shape::Set,
+                elem: member,
+                value: Vec::new(),
+            }],
+        );
+        return Some(vec![src, dst]);
+    }
     if is(name, "hset") || is(name, "hmset") {
         if args.len() < 3 || args.len() % 2 == 0 {
             return None;
@@ -409,6 +448,19 @@ mod tests {
         assert!(d("zadd z 1 a 2").is_none());
         assert!(d("zincrby z 1.5 m").is_none());
         assert!(d("zincrby z 2 m").unwrap()[0].read_score);
+    }
+
+    #[test]
+    fn smove_getdel_getset() {
+        let h = d("SMOVE a b m").unwrap();
+        assert_eq!((h[0].event, h[1].event), (&b"srem"[..], &b"sadd"[..]));
+        assert!(h[0].then_del && !h[1].then_del);
+        assert!(d("smove a a m").is_none());
+        assert_eq!(changes("getdel k"), vec![ElementChange::DelKey]);
+        assert!(d("getdel k x").is_none());
+        assert_eq!(changes("getset c 5").len(), 1);
+        assert!(d("getset c five").is_none());
+        assert!(d("getset c 5 nx").is_none());
     }
 
     #[test]

@@ -174,17 +174,19 @@ struct RedisView<'c> {
     key: &'c [u8],
     kind: KeyKind,
     len: usize,
+    ttl: bool,
 }
 
 impl<'c> RedisView<'c> {
     /// Look `key` up in the selected db.
     fn open(ctx: &'c Context, key: &'c [u8]) -> Result<Self, String> {
-        let (kind, len) = ffi::key_shape(ctx, key).ok_or("the key API is unavailable")?;
+        let (kind, len, ttl) = ffi::key_shape(ctx, key).ok_or("the key API is unavailable")?;
         Ok(RedisView {
             ctx,
             key,
             kind,
             len,
+            ttl,
         })
     }
 
@@ -195,6 +197,7 @@ impl<'c> RedisView<'c> {
             key: &[],
             kind: KeyKind::Missing,
             len: 0,
+            ttl: false,
         }
     }
 
@@ -237,10 +240,7 @@ impl KeyView for RedisView<'_> {
                 Reply::Bytes(b) => Some(b),
                 _ => None,
             },
-            KeyKind::Hash => match self.query("HGET", &[self.key, elem])? {
-                Reply::Bytes(b) => Some(b),
-                _ => None,
-            },
+            KeyKind::Hash => ffi::hash_get(self.ctx, self.key, elem),
             KeyKind::Set => match self.query("SISMEMBER", &[self.key, elem])? {
                 Reply::Int(1) => Some(Vec::new()),
                 _ => None,
@@ -336,21 +336,21 @@ fn execute(ctx: &Context, key: &[u8], plan: &KeyPlan<'_>, propagate: bool) -> Re
 /// `flush`). If ours has one and we hold no change of it the peer has not
 /// seen, it is the incarnation that expired on the peer before the peer
 /// wrote a new key of that name: delete it, as the peer's expiry did.
-fn drop_stale_incarnation(
-    ctx: &Context,
+/// Returns the view to plan with.
+fn drop_stale_incarnation<'c>(
+    ctx: &'c Context,
     shared: &Shared,
     db: u32,
-    key: &[u8],
-) -> Result<(), String> {
-    if ffi::read_expiry(ctx, key).is_none_or(|e| e.is_none()) {
-        return Ok(());
-    }
-    if shared.table_overflowed.load(Ordering::Relaxed)
-        || !with_node(|n| n.pending.changes_of(db, key).is_empty())
+    view: RedisView<'c>,
+) -> Result<RedisView<'c>, String> {
+    if !view.ttl
+        || shared.table_overflowed.load(Ordering::Relaxed)
+        || !with_node(|n| n.pending.changes_of(db, view.key).is_empty())
     {
-        return Ok(());
+        return Ok(view);
     }
-    run(ctx, "DEL", &[key])
+    run(ctx, "DEL", &[view.key])?;
+    RedisView::open(ctx, view.key)
 }
 
 /// Keys where two element families met (test builds): the self-check
@@ -445,13 +445,13 @@ fn apply_batch(
         if !ffi::select_db(ctx, entry.db as i32) {
             return Err(format!("cannot select db {}", entry.db));
         }
-        if let Op::Element { key, .. } = &entry.op {
-            drop_stale_incarnation(ctx, shared, entry.db, key)?;
-        }
-        let view = match entry_key(entry) {
+        let mut view = match entry_key(entry) {
             Some(key) => RedisView::open(ctx, key)?,
             None => RedisView::none(ctx),
         };
+        if let Op::Element { .. } = &entry.op {
+            view = drop_stale_incarnation(ctx, shared, entry.db, view)?;
+        }
         if let Op::Element { key, .. } = &entry.op {
             if with_node(|n| family_clash(&mut n.pending, entry, &view)) {
                 reship.push((entry.db, key.as_slice()));

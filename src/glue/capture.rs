@@ -269,8 +269,12 @@ pub unsafe extern "C" fn on_keyspace_event(
         };
         match elem_event(key, event) {
             Some((EventFit::Record, changes, read_score)) => {
-                // Only a key without a TTL ships element records (see
-                // `flush`); asked now, while the change is the last one.
+                // Only a key without a TTL ships element records: the two
+                // sides see a key expire at slightly different moments, and
+                // an element change applied to the peer's copy after it
+                // expired here (or before it expires there) would live on one
+                // side only. A key with a TTL travels whole, with its expiry.
+                // Asked now, while this change is the key's last one.
                 let c = Context::new(ctx);
                 let confirmed = if ffi::read_expiry(&c, key).is_some_and(|e| e.is_some()) {
                     None
@@ -446,7 +450,10 @@ unsafe fn arm_hint(fctx: *mut raw::RedisModuleCommandFilterCtx, argc: usize) {
 /// cheap test, so other commands cost no argument copy.
 fn hintable(name: &[u8]) -> bool {
     (3..=7).contains(&name.len())
-        && matches!(name[0] | 0x20, b'i' | b'd' | b's' | b'h' | b'z' | b'u')
+        && matches!(
+            name[0] | 0x20,
+            b'i' | b'd' | b'g' | b's' | b'h' | b'z' | b'u'
+        )
 }
 
 /// Arm the element hint of the command, if it has one.

@@ -46,10 +46,11 @@ pub fn read_key(ctx: &Context, key: &[u8]) -> Option<KeyRead> {
     read_key_with(ctx, key, true)
 }
 
-/// A key's kind and its number of elements (a string's byte length), read
+/// A key's kind, its number of elements (a string's byte length) and whether
+/// it has a TTL, read
 /// through the key API as quietly as [`read_key`]: what the element merge
 /// needs before it reads single elements.
-pub fn key_shape(ctx: &Context, key: &[u8]) -> Option<(KeyKind, usize)> {
+pub fn key_shape(ctx: &Context, key: &[u8]) -> Option<(KeyKind, usize, bool)> {
     // SAFETY: as in `read_key_with`: main thread, live context; the name and
     // the key handle are created and released here.
     unsafe {
@@ -59,6 +60,7 @@ pub fn key_shape(ctx: &Context, key: &[u8]) -> Option<(KeyKind, usize)> {
         let free = raw::RedisModule_FreeString?;
         let ktype = raw::RedisModule_KeyType?;
         let vlen = raw::RedisModule_ValueLength?;
+        let expire = raw::RedisModule_GetExpire?;
         let name = create(ctx.ctx, key.as_ptr().cast::<c_char>(), key.len());
         if name.is_null() {
             return None;
@@ -66,12 +68,13 @@ pub fn key_shape(ctx: &Context, key: &[u8]) -> Option<(KeyKind, usize)> {
         let mode = raw::REDISMODULE_READ as c_int | super::server::quiet_open_flags();
         let k = open(ctx.ctx, name, mode);
         let out = if k.is_null() {
-            (KeyKind::Missing, 0)
+            (KeyKind::Missing, 0, false)
         } else {
             let kind = kind_of(ktype(k) as isize);
             let len = if kind == KeyKind::Missing { 0 } else { vlen(k) };
+            let ttl = kind != KeyKind::Missing && expire(k) >= 0;
             close(k);
-            (kind, len)
+            (kind, len, ttl)
         };
         free(ctx.ctx, name);
         Some(out)
@@ -108,6 +111,51 @@ pub fn zset_score(ctx: &Context, key: &[u8], member: &[u8]) -> Option<f64> {
         }
         free(ctx.ctx, name);
         found.then_some(score)
+    }
+}
+
+/// A hash field's value through the key API (no command call: the element
+/// merge reads a field per applied change). `None`: no such key or field.
+pub fn hash_get(ctx: &Context, key: &[u8], field: &[u8]) -> Option<Vec<u8>> {
+    // SAFETY: main thread, live context; the strings and the key handle are
+    // created and released here; HashGet is given one field, its output
+    // pointer and the terminating NULL, and the value it returns is copied
+    // and freed before the key is closed.
+    unsafe {
+        let create = raw::RedisModule_CreateString?;
+        let open = raw::RedisModule_OpenKey?;
+        let close = raw::RedisModule_CloseKey?;
+        let free = raw::RedisModule_FreeString?;
+        let get = raw::RedisModule_HashGet?;
+        let name = create(ctx.ctx, key.as_ptr().cast::<c_char>(), key.len());
+        if name.is_null() {
+            return None;
+        }
+        let f = create(ctx.ctx, field.as_ptr().cast::<c_char>(), field.len());
+        let mode = raw::REDISMODULE_READ as c_int | super::server::quiet_open_flags();
+        let k = open(ctx.ctx, name, mode);
+        let mut value: *mut raw::RedisModuleString = std::ptr::null_mut();
+        if !k.is_null() && !f.is_null() {
+            get(
+                k,
+                raw::REDISMODULE_HASH_NONE as c_int,
+                f,
+                &mut value as *mut *mut raw::RedisModuleString,
+                std::ptr::null_mut::<c_void>(),
+            );
+        }
+        let out = (!value.is_null()).then(|| string_bytes(value).to_vec());
+        if !value.is_null() {
+            free(ctx.ctx, value);
+        }
+        if !k.is_null() {
+            close(k);
+        }
+        if !f.is_null() {
+            free(ctx.ctx, f);
+        }
+        free(ctx.ctx, name);
+        out
     }
 }
 

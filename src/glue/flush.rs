@@ -19,6 +19,7 @@ use crate::core::codec;
 use crate::core::dirty::{reduce, Dirty, Expiry};
 use crate::core::hlc::wall_ms;
 use crate::core::image::{self, Reply};
+use crate::core::merge::coalesce::coalesce;
 use crate::core::pending_elements::LocalWrite;
 use crate::core::protocol::{Batch, Entry, Frame, Op, Stamp, Value};
 use crate::core::stats::{LinkState, Stats};
@@ -183,29 +184,17 @@ pub fn flush(ctx: &Context) -> usize {
         match t {
             Dirty::Flush(db) => ops.push((db, Op::FlushDb)),
             Dirty::Elements { db, key, changes } => {
-                // A key with a TTL travels whole, with its expiry: the two
-                // sides see it expire at slightly different moments, and an
-                // element change applied to the peer's copy after it expired
-                // here (or before it expires there) would live on one side
-                // only. Element records are for keys without a TTL.
-                ffi::select_db(ctx, db as i32);
-                if ffi::read_expiry(ctx, &key).is_some_and(|e| e.is_some()) {
-                    match key_op(ctx, db, key) {
-                        Ok(op) => ops.push((db, op)),
-                        Err(e) => {
-                            log::warning(&format!("cannot read key image in db {db}: {e}"));
-                            shared.set_error(format!("cannot read key image: {e}"));
-                        }
-                    }
-                    continue;
-                }
+                // Element records are only captured for keys without a TTL
+                // (capture checks at the event; a later EXPIRE in this
+                // window turned the key into an image in `reduce`).
                 let check = self_check
                     .then(|| {
                         ffi::select_db(ctx, db as i32);
                         digest(ctx, &key)
                     })
                     .flatten();
-                for change in changes {
+                // Folded: a pipeline of INCRs of one key ships as one record.
+                for change in coalesce(changes) {
                     let op = Op::Element {
                         key: key.clone(),
                         change,

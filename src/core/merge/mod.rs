@@ -35,6 +35,7 @@
 //! - Protocol: bump [`crate::core::protocol::PROTOCOL_VERSION`] when it
 //!   sends these records; until then `decide` refuses them.
 
+pub mod coalesce;
 pub mod counter;
 pub mod entry;
 pub mod memory;

@@ -7,6 +7,7 @@ use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::coalesce::coalesce;
 use super::entry::{plan_entry, BatchPosition, Step};
 use super::memory::MemoryKey;
 use super::rule::Nodes;
@@ -41,6 +42,8 @@ struct Node {
 }
 
 struct Pair {
+    /// Ship each batch's element changes folded (`coalesce`), as the glue does.
+    fold: bool,
     nodes: [Node; 2],
     /// `wires[i]`: from node i.
     wires: [VecDeque<Msg>; 2],
@@ -130,6 +133,7 @@ impl Pair {
             lost: 0,
         };
         Pair {
+            fold: true,
             nodes: [node(), node()],
             wires: [VecDeque::new(), VecDeque::new()],
         }
@@ -140,14 +144,36 @@ impl Pair {
         let n = &mut self.nodes[i];
         n.clock += 1;
         n.seq += 1;
-        let mut entries = Vec::new();
-        for (index, w) in writes.iter().enumerate() {
+        let mut ops = Vec::new();
+        let mut run: Vec<ElementChange> = Vec::new();
+        let fold = self.fold;
+        let end_run = |run: &mut Vec<ElementChange>, ops: &mut Vec<Op>| {
+            let changes = std::mem::take(run);
+            let changes = if fold { coalesce(changes) } else { changes };
+            ops.extend(changes.into_iter().map(|change| Op::Element {
+                key: KEY.to_vec(),
+                change,
+                shipped_in: n.seq,
+                seen: n.applied,
+            }));
+        };
+        for w in writes {
             local_effect(&mut n.key, w);
+            match shipped(w, n.seq, n.applied) {
+                Op::Element { change, .. } => run.push(change),
+                image => {
+                    end_run(&mut run, &mut ops);
+                    ops.push(image);
+                }
+            }
+        }
+        end_run(&mut run, &mut ops);
+        let mut entries = Vec::new();
+        for (index, op) in ops.into_iter().enumerate() {
             let stamp = Stamp {
                 hlc: n.clock,
                 index: index as u32,
             };
-            let op = shipped(w, n.seq, n.applied);
             match &op {
                 Op::Element { change, .. } => {
                     n.table
@@ -406,9 +432,15 @@ fn trace(f: impl FnOnce() -> String) {
 /// A seeded schedule on one key: random batches, FIFO delivery with acks
 /// behind batches, random interleaving. Returns the pair after draining.
 fn run_schedule(seed: u64, workload: u8) -> (Pair, i64) {
+    run_schedule_folded(seed, workload, true)
+}
+
+/// [`run_schedule`], with batches shipped folded or not.
+fn run_schedule_folded(seed: u64, workload: u8, fold: bool) -> (Pair, i64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let shape = [Shape::Hash, Shape::Set, Shape::ZSet, Shape::Str][rng.gen_range(0..4)];
     let mut p = Pair::new(MemoryKey::Missing);
+    p.fold = fold;
     let mut left = [rng.gen_range(1..=6), rng.gen_range(1..=6)];
     let pdel = [0.2, 0.4, 0.6][rng.gen_range(0..3)];
     let mut n = 0;
@@ -420,7 +452,7 @@ fn run_schedule(seed: u64, workload: u8) -> (Pair, i64) {
             left[i] -= 1;
             let mut key = p.nodes[i].key.clone();
             let mut writes = Vec::new();
-            for _ in 0..rng.gen_range(1..=3) {
+            for _ in 0..rng.gen_range(1..=5) {
                 let w = random_write(&mut rng, &key, shape, workload, &mut n);
                 if let W::Incr(_, _, d) = &w {
                     total += d;
@@ -472,6 +504,16 @@ proptest! {
         let (p, _) = run_schedule(seed, 0);
         prop_assert_eq!(&p.nodes[0].key, &p.nodes[1].key, "seed {}", seed);
         prop_assert!(p.nodes[0].table.is_empty() && p.nodes[1].table.is_empty());
+    }
+
+    /// Folding a batch's element changes (`coalesce`) changes nothing: the
+    /// same schedule ends in the same state folded and unfolded.
+    #[test]
+    fn folded_batches_end_like_unfolded(seed in any::<u64>(), workload in 0u8..2) {
+        let (folded, _) = run_schedule_folded(seed, workload, true);
+        let (plain, _) = run_schedule_folded(seed, workload, false);
+        prop_assert_eq!(&folded.nodes[0].key, &plain.nodes[0].key, "seed {}", seed);
+        prop_assert_eq!(&folded.nodes[1].key, &plain.nodes[1].key, "seed {}", seed);
     }
 
     /// With only increments, no increment is lost: the counter ends at the

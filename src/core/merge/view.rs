@@ -108,7 +108,9 @@ pub(super) struct Planned<'v, 'r> {
     base: Base<'v>,
     reset: Reset<'r>,
     shape: KeyShape,
-    len: usize,
+    /// Elements of the base; the planned count is derived on demand (only a
+    /// delete needs it), so a plan of sets reads nothing from the key.
+    base_count: usize,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     keep_ttl: bool,
 }
@@ -118,7 +120,7 @@ impl<'v, 'r> Planned<'v, 'r> {
     pub fn new(view: &'v dyn KeyView) -> Self {
         Planned {
             shape: view.shape(),
-            len: view.element_count(),
+            base_count: view.element_count(),
             base: Base::View(view),
             reset: Reset::Keep,
             writes: BTreeMap::new(),
@@ -140,6 +142,10 @@ impl<'v, 'r> Planned<'v, 'r> {
         if let Some(v) = self.writes.get(elem) {
             return v.clone();
         }
+        self.base_get(elem)
+    }
+
+    fn base_get(&self, elem: &[u8]) -> Option<Vec<u8>> {
         match &self.base {
             Base::View(v) => v.get(elem),
             Base::Image(m) => m.get(elem).cloned(),
@@ -147,12 +153,22 @@ impl<'v, 'r> Planned<'v, 'r> {
         }
     }
 
+    /// The planned number of elements.
+    fn len(&self) -> usize {
+        let mut n = self.base_count as i64;
+        for (elem, after) in &self.writes {
+            let before = self.base_get(elem).is_some();
+            n += i64::from(after.is_some()) - i64::from(before);
+        }
+        n.max(0) as usize
+    }
+
     /// Delete the key.
     pub fn clear(&mut self) {
         self.reset = Reset::Clear;
         self.base = Base::Empty;
         self.shape = KeyShape::Missing;
-        self.len = 0;
+        self.base_count = 0;
         self.writes.clear();
         self.keep_ttl = false;
     }
@@ -167,7 +183,7 @@ impl<'v, 'r> Planned<'v, 'r> {
         let (shape, elements) = image_elements(op);
         self.reset = Reset::Image(op);
         self.shape = shape;
-        self.len = elements.len();
+        self.base_count = elements.len();
         self.base = Base::Image(elements);
         self.writes.clear();
         self.keep_ttl = true;
@@ -177,9 +193,6 @@ impl<'v, 'r> Planned<'v, 'r> {
     pub fn set(&mut self, shape: Shape, elem: &[u8], value: Vec<u8>) {
         if !self.fits(shape) {
             self.clear();
-        }
-        if self.get(elem).is_none() {
-            self.len += 1;
         }
         self.shape = KeyShape::Elements(shape);
         self.writes.insert(elem.to_vec(), Some(value));
@@ -191,8 +204,7 @@ impl<'v, 'r> Planned<'v, 'r> {
             return;
         }
         self.writes.insert(elem.to_vec(), None);
-        self.len = self.len.saturating_sub(1);
-        if self.len == 0 {
+        if self.len() == 0 {
             // Redis deletes a collection with its last element.
             self.clear();
         }
