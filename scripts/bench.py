@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Benchmark harness for redis-bisync (issue 6): figures B1-B7 against plain Redis
-and native replication, written to BENCHMARKS.md.
+"""Benchmark harness for redis-bisync (issues 6 and 10): figures B1-B8 against plain
+Redis and native replication, written to BENCHMARKS.md.
 
 Python 3.11 standard library only; drives redis-server, redis-benchmark and
 redis-cli. Run it through scripts/bench.sh, which builds the module, makes a work
@@ -8,7 +8,8 @@ directory and stops every server on exit. Every setting is an environment variab
 (see ENV below); QUICK=1 runs each figure once with small sizes (smoke test), and
 scripts/bench.sh then writes target/bench/BENCHMARKS-quick.md instead of BENCHMARKS.md.
 
-`python3 scripts/bench.py load PORT RATE` is the paced background writer used by B2.
+`python3 scripts/bench.py load PORT RATE` is the paced background writer used by B2;
+`python3 scripts/bench.py incr PORT KEYS SECONDS SEED CHUNK START_AT` is B8's INCRBY writer.
 """
 
 import json
@@ -47,9 +48,10 @@ def setting(name, full, quick, cast=int):
 
 
 REPEATS = setting("REPEATS", 5, 1)
-FIGURES = [f.strip().upper() for f in os.environ.get("FIGURES", "B1,B2,B3,B4,B5,B6,B7").split(",") if f.strip()]
+FIGURES = [f.strip().upper() for f in os.environ.get("FIGURES", "B1,B2,B3,B4,B5,B6,B7,B7S,B8").split(",")
+           if f.strip()]
 B1_SECONDS = setting("B1_SECONDS", 2.0, 1.0, float)
-B1_TESTS = [t.strip() for t in os.environ.get("B1_TESTS", "set,incr,hset,lpush,sadd").split(",") if t.strip()]
+B1_TESTS = [t.strip() for t in os.environ.get("B1_TESTS", "set,incr,hset,lpush,sadd,zadd").split(",") if t.strip()]
 B1_MODES = [m.strip() for m in os.environ.get("B1_MODES", "P16,P1").split(",") if m.strip()]
 B2_SAMPLES = setting("B2_SAMPLES", 1000, 200)
 B2_LOAD_RATE = setting("B2_LOAD_RATE", 30000, 30000)
@@ -66,10 +68,25 @@ B7_WRITES = setting("B7_WRITES", 200_000, 50_000)
 B7_TIMEOUT = setting("B7_TIMEOUT", 10.0, 5.0, float)
 B7_DRAIN_TIMEOUT = setting("B7_DRAIN_TIMEOUT", 20.0, 10.0, float)
 B7_PIPELINE = setting("B7_PIPELINE", 16, 16)
+# B7S: one key prefilled to each size, then B7S_WRITES writes with -r 1000000 (cost per write vs key size)
+B7S_SIZES = [int(x) for x in os.environ.get("B7S_SIZES", "10000,50000" if QUICK else "10000,200000").split(",") if x.strip()]
+ENV["B7S_SIZES"] = "/".join(str(x) for x in B7S_SIZES)
+B7S_TESTS = [t.strip() for t in os.environ.get("B7S_TESTS", "hset,sadd,zincrby").split(",") if t.strip()]
+B7S_WRITES = setting("B7S_WRITES", 30_000, 20_000)
+# B8: INCRBY on the same B8_KEYS keys from both sides at once for B8_SECONDS, then converge and check sums
+B8_KEYS = setting("B8_KEYS", 1000, 1000)
+B8_SECONDS = setting("B8_SECONDS", 10.0, 3.0, float)
+B8_CHUNK = setting("B8_CHUNK", 100, 100)
+B8_CONVERGE_TIMEOUT = setting("B8_CONVERGE_TIMEOUT", 60.0, 30.0, float)
+B8_VARIANTS = [v.strip() for v in os.environ.get("B8_VARIANTS", "live,partitioned").split(",") if v.strip()]
 DRAIN_TIMEOUT = setting("DRAIN_TIMEOUT", 90.0, 30.0, float)
 ACK_TIMEOUT = setting("ACK_TIMEOUT", 5.0, 3.0, float)
 BISYNC_ARGS = os.environ.get("BISYNC_ARGS", "backlog-size 2gb max-pending-keys 100000000").split()
 BISYNC_SECRET = os.environ.get("BISYNC_SECRET", "1") not in ("", "0", "no")
+# A second build of the module (e.g. the previous commit): B1, B7S and B8 then also run it as
+# "bisync-before", interleaved with the others, so before and after come from the same run.
+MODULE_BEFORE = os.path.abspath(os.environ["BISYNC_MODULE_BEFORE"]) if os.environ.get("BISYNC_MODULE_BEFORE") else None
+B8_BEFORE = os.environ.get("B8_BEFORE", "1") not in ("", "0", "no")
 
 HOST = "127.0.0.1"
 
@@ -258,9 +275,9 @@ class Harness:
         s.close()
         return port
 
-    def server(self, name, extra=(), module_args=None):
+    def server(self, name, extra=(), module_args=None, module=None):
         self.counter += 1
-        srv = Server(self, f"{self.counter:03d}-{name}", list(extra), module_args)
+        srv = Server(self, f"{self.counter:03d}-{name}", list(extra), module_args, module)
         self.servers.append(srv)
         return srv
 
@@ -278,7 +295,7 @@ class Harness:
 
 
 class Server:
-    def __init__(self, h, name, extra, module_args):
+    def __init__(self, h, name, extra, module_args, module=None):
         self.h = h
         self.name = name
         self.port = h.free_port()
@@ -289,7 +306,7 @@ class Server:
                "--logfile", str(self.log), "--save", "", "--appendonly", "no", "--daemonize", "no",
                "--enable-debug-command", "yes"] + extra
         if module_args is not None:
-            cmd += ["--loadmodule", h.module] + module_args
+            cmd += ["--loadmodule", module or h.module] + module_args
         self.cmdline = cmd
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.dir / "stderr", "wb"),
                                      start_new_session=True)
@@ -460,6 +477,68 @@ class Proxy:
             pass
 
 
+class BusySampler:
+    """Every 5 s: the load average, and which processes not started by this run used ≥ 20 % of a
+    core over those 5 s (from /proc/<pid>/stat), so the report can say what else was running."""
+
+    def __init__(self, h):
+        self.h = h
+        self.loads = []
+        self.busy = {}  # comm -> samples it was busy in
+        self.samples = 0
+        self.stop = False
+        self.ticks = os.sysconf("SC_CLK_TCK")
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _read(self):
+        out = {}
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    raw = f.read()
+            except OSError:
+                continue
+            comm = raw[raw.index("(") + 1:raw.rindex(")")]
+            fields = raw.rsplit(")", 1)[1].split()
+            out[int(d)] = (comm, int(fields[11]) + int(fields[12]), int(fields[1]))
+        return out
+
+    def _ours(self, pid, snap):
+        # this harness, its servers, redis-benchmark and its writers: descendants of our process
+        me = os.getpid()
+        for _ in range(20):
+            if pid == me:
+                return True
+            if pid not in snap:
+                return False
+            pid = snap[pid][2]
+        return False
+
+    def _run(self):
+        prev, t_prev = self._read(), time.time()
+        while not self.stop:
+            time.sleep(5)
+            cur, t = self._read(), time.time()
+            self.samples += 1
+            self.loads.append(os.getloadavg()[0])
+            seen = set()
+            for pid, (comm, ticks, _) in cur.items():
+                if pid in prev and prev[pid][0] == comm:
+                    share = (ticks - prev[pid][1]) / self.ticks / max(t - t_prev, 0.1)
+                    if share >= 0.2 and not self._ours(pid, cur):
+                        seen.add(comm)
+            for comm in seen:
+                self.busy[comm] = self.busy.get(comm, 0) + 1
+            prev, t_prev = cur, t
+
+    def summary(self):
+        top = sorted(self.busy.items(), key=lambda kv: -kv[1])[:8]
+        return {"samples": self.samples, "load1_median": median(self.loads), "load1_max": max(self.loads) if self.loads else None,
+                "busy": top}
+
+
 # ----------------------------------------------------------------------------
 # topologies
 
@@ -513,13 +592,14 @@ class Bisync:
     link address goes through a Proxy, so the link can be cut."""
     kind = "bisync"
 
-    def __init__(self, h, name="bisync", peer=True, proxy=False, extra=()):
+    def __init__(self, h, name="bisync", peer=True, proxy=False, extra=(), module=None):
         self.h = h
+        self.module = module
         la, lb = h.free_port(), h.free_port()
         self.proxies = []
         if not peer:
             dead = h.free_port()
-            self.a = h.server(name + "-a", module_args=h.bisync_args("a", la, dead, extra))
+            self.a = h.server(name + "-a", module_args=h.bisync_args("a", la, dead, extra), module=module)
             self.b = None
             st = self.a.status()
             return
@@ -529,8 +609,8 @@ class Bisync:
             peer_of_a, peer_of_b = pb.port, pa.port
         else:
             peer_of_a, peer_of_b = lb, la
-        self.a = h.server(name + "-a", module_args=h.bisync_args("a", la, peer_of_a, extra))
-        self.b = h.server(name + "-b", module_args=h.bisync_args("b", lb, peer_of_b, extra))
+        self.a = h.server(name + "-a", module_args=h.bisync_args("a", la, peer_of_a, extra), module=module)
+        self.b = h.server(name + "-b", module_args=h.bisync_args("b", lb, peer_of_b, extra), module=module)
         ok, _ = wait_until(lambda: self.a.status()["link"] == "up" and self.b.status()["link"] == "up", 20, 0.05)
         if not ok:
             raise RuntimeError(f"bisync link {name} did not come up: A={self.a.status()} B={self.b.status()}\n"
@@ -649,6 +729,7 @@ B1_COMMANDS = {
     "hset": ["hset", "myhash:__rand_int__", "element:__rand_int__", "xxx"],
     "lpush": ["lpush", "mylist:__rand_int__", "xxx"],
     "sadd": ["sadd", "myset:__rand_int__", "element:__rand_int__"],
+    "zadd": ["zadd", "myzset:__rand_int__", "__rand_int__", "element:__rand_int__"],
 }
 B1_MODE_ARGS = {"P16": ["-P", "16", "-c", "50"], "P1": ["-P", "1", "-c", "50"]}
 
@@ -700,12 +781,14 @@ def rotated(items, rep):
 
 
 def fig_b1(h):
-    configs = ["plain", "bisync", "native", "bisync-unreachable"]
+    configs = ["plain", "bisync", "native", "bisync-unreachable"] + (["bisync-before"] if MODULE_BEFORE else [])
     runs = RESULTS.setdefault("B1", [])
     for rep in range(REPEATS):
         log(f"B1 rep {rep + 1}/{REPEATS}")
         topo = {"plain": Plain(h, "b1-plain"), "bisync": Bisync(h, "b1-bisync"),
                 "native": Native(h, "b1-native"), "bisync-unreachable": Bisync(h, "b1-unreach", peer=False)}
+        if MODULE_BEFORE:
+            topo["bisync-before"] = Bisync(h, "b1-before", module=MODULE_BEFORE)
         try:
             for mode in B1_MODES:
                 for test in B1_TESTS:
@@ -730,7 +813,7 @@ def fig_b1(h):
                             row["backlog_bytes"] = st1["backlog_bytes"]
                             row["pending_keys"] = st1["pending_keys"]
                             row["link"] = st1["link"]
-                        if cfg == "bisync" and drain is None:
+                        if cfg in ("bisync", "bisync-before") and drain is None:
                             h.note("B1", f"peer did not apply everything within {DRAIN_TIMEOUT}s after {mode} {test}")
                         runs.append(row)
                         log(f"  B1 {mode} {test:6s} {cfg:18s} {rps:10.0f} rps  drain={rnd(drain, 2)} s")
@@ -1203,6 +1286,233 @@ def fig_b7(h):
                 t.stop()
 
 
+# B7S: one key of a given size, then writes into it. Custom commands (identical to redis-benchmark's
+# own -t hset / -t sadd; it has no zincrby test) so that all three name their key the same way.
+B7S_COMMANDS = {
+    "hset": (["hset", "myhash", "element:__rand_int__", "xxx"], "myhash", "HLEN"),
+    "sadd": (["sadd", "myset", "element:__rand_int__"], "myset", "SCARD"),
+    "zincrby": (["zincrby", "myzset", "1", "element:__rand_int__"], "myzset", "ZCARD"),
+}
+_PREFILL = {}
+
+
+def prefill_cmd(test, size):
+    """One command that creates the key with `size` elements named pre:<8 digits> (outside the
+    benchmark's element:<12 digits> names, so every measured write touches a new element)."""
+    if (test, size) in _PREFILL:
+        return _PREFILL[(test, size)]
+    key = B7S_COMMANDS[test][1]
+    names = [b"pre:%08d" % i for i in range(size)]
+    if test == "hset":
+        args = [b"HSET", key.encode()] + [x for n in names for x in (n, b"xxx")]
+    elif test == "sadd":
+        args = [b"SADD", key.encode()] + names
+    else:
+        args = [b"ZADD", key.encode()] + [x for i, n in enumerate(names) for x in (b"%d" % (i % 1000), n)]
+    _PREFILL[(test, size)] = resp(*args)
+    return _PREFILL[(test, size)]
+
+
+def fig_b7s(h):
+    """B7 by key size: the key is created with S elements in one command (one write, replicated
+    once), the peer/replica has applied it, then B7S_WRITES writes with -r 1000000 go into it."""
+    runs = RESULTS.setdefault("B7S", [])
+    configs = ["plain", "bisync", "native"] + (["bisync-before"] if MODULE_BEFORE else [])
+    modules = {"bisync": None, "bisync-before": MODULE_BEFORE}
+    for rep in range(REPEATS):
+        log(f"B7S rep {rep + 1}/{REPEATS}")
+        topo = {"plain": Plain(h, "b7s-plain"), "bisync": Bisync(h, "b7s-bisync"), "native": Native(h, "b7s-native")}
+        if MODULE_BEFORE:
+            topo["bisync-before"] = Bisync(h, "b7s-before", module=MODULE_BEFORE)
+        try:
+            for size in B7S_SIZES:
+                for test in B7S_TESTS:
+                    cmd, key, card = B7S_COMMANDS[test]
+                    for cfg in rotated(configs, rep):
+                        t = topo[cfg]
+                        t.a.c.cmd("FLUSHALL")
+                        if t.drain() is None:
+                            h.note("B7S", f"{cfg}: peer still busy before {test} at {size}")
+                        t.a.c.sock.sendall(prefill_cmd(test, size))
+                        t.a.c._read()
+                        pre = t.drain(DRAIN_TIMEOUT)
+                        if pre is None:
+                            h.note("B7S", f"{cfg}: the peer did not apply the {size}-element prefill of {test} "
+                                          f"within {DRAIN_TIMEOUT:g}s")
+                        size0 = t.a.c.cmd(card, key)
+                        calls0 = cmdstat_calls(t.a.c, test)
+                        s0 = t.a.status() if cfg.startswith("bisync") else None
+                        o0 = t.offsets()[0] if cfg == "native" else None
+                        args = ["-n", str(B7S_WRITES), "-P", str(B7_PIPELINE), "-c", "50", "-r", "1000000"] + cmd
+                        rps, el, completed = redis_benchmark(t.a.port, args, timeout=B7_TIMEOUT)
+                        writes = cmdstat_calls(t.a.c, test) - calls0
+                        size1 = t.a.c.cmd(card, key)
+                        drain = t.drain(B7_DRAIN_TIMEOUT)
+                        row = {"rep": rep, "size": size, "test": test, "config": cfg, "rps": rps,
+                               "completed": completed, "writes": writes, "size_before": size0,
+                               "size_after": size1, "seconds": el, "drain_s": drain, "prefill_s": pre}
+                        if cfg.startswith("bisync"):
+                            s1 = t.a.status()
+                            row["bytes_sent"] = s1["bytes_sent"] - s0["bytes_sent"]
+                            row["ops_captured"] = s1["ops_captured"] - s0["ops_captured"]
+                            row["ops_sent"] = s1["ops_sent"] - s0["ops_sent"]
+                        if cfg == "native":
+                            row["bytes_sent"] = t.offsets()[0] - o0
+                        if "bytes_sent" in row:
+                            row["bytes_per_write"] = row["bytes_sent"] / max(writes, 1)
+                        if cfg != "plain" and drain is not None:
+                            da = t.a.c.cmd("DEBUG", "DIGEST-VALUE", key)
+                            db = t.b.c.cmd("DEBUG", "DIGEST-VALUE", key)
+                            row["digest_equal"] = da == db
+                            if da != db:
+                                h.note("B7S", f"{cfg} {test} at {size}: the key differs between the two sides "
+                                              f"after the drain (DEBUG DIGEST-VALUE)")
+                        if cfg.startswith("bisync") and drain is None:
+                            h.note("B7S", f"{cfg}: module peer did not catch up within {B7_DRAIN_TIMEOUT:g}s after "
+                                          f"{test} at {size}; pair restarted")
+                            t.stop()
+                            topo[cfg] = Bisync(h, "b7s-" + cfg, module=modules[cfg])
+                        if not completed:
+                            h.note("B7S", f"{cfg} {test} at {size} hit the {B7_TIMEOUT:g}s cap before "
+                                          f"{B7S_WRITES} writes")
+                        runs.append(row)
+                        log(f"  B7S {size:7d} {test:7s} {cfg:6s} {rps:9.0f} rps writes={writes} "
+                            f"size {size0}->{size1} B/write={rnd(row.get('bytes_per_write'), 1)} "
+                            f"drain={rnd(drain, 2)} s")
+        finally:
+            for t in topo.values():
+                t.stop()
+
+
+def b8_keys():
+    return [b"b8:%04d" % i for i in range(B8_KEYS)]
+
+
+def run_incr_writers(targets, seconds):
+    """Start one `bench.py incr` writer per (port, seed) at the same moment; return their reports."""
+    start_at = time.time() + 0.5
+    procs = [subprocess.Popen([sys.executable, __file__, "incr", str(port), str(B8_KEYS), str(seconds), str(seed),
+                               str(B8_CHUNK), repr(start_at)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              start_new_session=True) for port, seed in targets]
+    outs = []
+    for p in procs:
+        try:
+            out, err = p.communicate(timeout=seconds + 60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+        lines = out.decode(errors="replace").strip().splitlines()
+        if p.returncode != 0 or not lines:
+            raise RuntimeError(f"INCRBY writer failed (rc={p.returncode}): {err.decode(errors='replace')[-500:]}")
+        outs.append(json.loads(lines[-1]))
+    return outs
+
+
+def mget_ints(conn, keys):
+    return [int(v) if v is not None else 0 for v in conn.cmd("MGET", *keys)]
+
+
+def fig_b8(h):
+    """Counters from both sides at once: INCRBY on the same B8_KEYS keys, one writer per side for
+    B8_SECONDS, then wait until both sides hold the same values and check them against the sums the
+    writers sent. plain / native: both writers send to the one writable server (throughput baseline,
+    and a check of the writers' own bookkeeping)."""
+    runs = RESULTS.setdefault("B8", [])
+    keys = b8_keys()
+    configs = ["plain", "native"] + [f"bisync-{v}" for v in B8_VARIANTS]
+    if MODULE_BEFORE and B8_BEFORE:
+        configs += [f"bisync-before-{v}" for v in B8_VARIANTS]
+    for rep in range(REPEATS):
+        log(f"B8 rep {rep + 1}/{REPEATS}")
+        for cfg in rotated(configs, rep):
+            if cfg == "plain":
+                t = Plain(h, "b8-plain")
+            elif cfg == "native":
+                t = Native(h, "b8-native")
+            else:
+                t = Bisync(h, "b8-" + cfg, proxy=cfg.endswith("-partitioned"),
+                           module=MODULE_BEFORE if cfg.startswith("bisync-before") else None)
+            try:
+                seed_a, seed_b = 1000 * rep + 1, 1000 * rep + 2
+                row = {"rep": rep, "config": cfg, "keys": B8_KEYS}
+                bisync = cfg.startswith("bisync")
+                if bisync:
+                    s0 = (t.a.status(), t.b.status())
+                if cfg.endswith("-partitioned"):
+                    t.cut()
+                    ok, _ = wait_until(lambda: t.a.status()["link"] != "up" and t.b.status()["link"] != "up", 15, 0.02)
+                    if not ok:
+                        h.note("B8", "the link did not go down when the proxies were cut")
+                targets = [(t.a.port, seed_a), ((t.b.port if bisync else t.a.port), seed_b)]
+                wa, wb = run_incr_writers(targets, B8_SECONDS)
+                row["sent_a"], row["sent_b"] = wa["sent"], wb["sent"]
+                row["rate_a"], row["rate_b"] = wa["sent"] / wa["seconds"], wb["sent"] / wb["seconds"]
+                row["rps"] = row["rate_a"] + row["rate_b"]
+                row["errors"] = wa["errors"] + wb["errors"]
+                sa, sb = wa["sums"], wb["sums"]
+                expected = [x + y for x, y in zip(sa, sb)]
+                row["expected_total"] = sum(expected)
+                t0 = time.perf_counter()
+                if cfg.endswith("-partitioned"):
+                    t.heal()
+                    ok, _ = wait_until(lambda: t.a.status()["link"] == "up" and t.b.status()["link"] == "up",
+                                       B8_CONVERGE_TIMEOUT, 0.02)
+                    if not ok:
+                        h.note("B8", "the link did not come back up after the heal")
+                other = t.b if cfg != "plain" else None
+
+                def converged():
+                    if other is None:
+                        return True
+                    if t.drain(0.0) is None:
+                        return False
+                    return mget_ints(t.a.c, keys) == mget_ints(other.c, keys)
+                ok, el = wait_until(converged, B8_CONVERGE_TIMEOUT, 0.02)
+                row["converged"] = bool(ok)
+                row["converge_s"] = (time.perf_counter() - t0) if ok else None
+                va = mget_ints(t.a.c, keys)
+                vb = mget_ints(other.c, keys) if other else va
+                row["actual_total_a"], row["actual_total_b"] = sum(va), sum(vb)
+                row["keys_differ_between_sides"] = sum(1 for x, y in zip(va, vb) if x != y)
+                row["keys_correct"] = sum(1 for x, y, e in zip(va, vb, expected) if x == e and y == e)
+                row["lost_a"] = row["expected_total"] - sum(va)
+                row["lost_b"] = row["expected_total"] - sum(vb)
+                row["keys_only_a_side"] = sum(1 for x, a_, b_ in zip(va, sa, sb) if b_ and x == a_)
+                row["keys_only_b_side"] = sum(1 for x, a_, b_ in zip(va, sa, sb) if a_ and x == b_)
+                if other is not None:
+                    row["digest_equal"] = t.a.c.cmd("DEBUG", "DIGEST") == other.c.cmd("DEBUG", "DIGEST")
+                if bisync:
+                    s1 = (t.a.status(), t.b.status())
+                    row["bytes_sent"] = sum(s1[i]["bytes_sent"] - s0[i]["bytes_sent"] for i in (0, 1))
+                    row["bytes_per_write"] = row["bytes_sent"] / max(1, row["sent_a"] + row["sent_b"])
+                    for k in ("partial_syncs", "full_syncs", "dirty_key_syncs"):
+                        if k in s1[0]:
+                            row[k] = sum(s1[i][k] - s0[i][k] for i in (0, 1))
+                    st = t.a.status()
+                    if st.get("last_error"):
+                        row["last_error"] = st["last_error"]
+                if cfg == "native":
+                    row["bytes_per_write"] = None
+                row["check"] = (row["errors"] == 0 and row["converged"] and
+                                row["keys_correct"] == B8_KEYS)
+                if not row["converged"]:
+                    h.note("B8", f"{cfg} rep {rep + 1}: the two sides did not converge within "
+                                 f"{B8_CONVERGE_TIMEOUT:g} s after the writers stopped (A: "
+                                 f"{t.a.status()['applied_seq']} applied of B's {t.b.status()['issued_seq'] if other else '-'} "
+                                 f"issued); the values were checked at that moment")
+                if not row["check"]:
+                    h.note("B8", f"{cfg} rep {rep + 1}: sum check FAILED — {row['keys_correct']}/{B8_KEYS} keys hold "
+                                 f"the sum of both sides' increments; {row['lost_a']:,} of "
+                                 f"{row['expected_total']:,} increments missing on A, {row['lost_b']:,} on B; "
+                                 f"converged={row['converged']}, writer errors={row['errors']}")
+                runs.append(row)
+                log(f"  B8 {cfg:18s} {row['rps']:9.0f} INCRBY/s (A {row['sent_a']}, B {row['sent_b']}) "
+                    f"converge={rnd(row['converge_s'], 2)} s correct keys {row['keys_correct']}/{B8_KEYS} "
+                    f"lost A {row['lost_a']} B {row['lost_b']} check={'ok' if row['check'] else 'FAILED'}")
+            finally:
+                t.stop()
+
+
 # ----------------------------------------------------------------------------
 # report
 
@@ -1287,9 +1597,18 @@ def write_report(h, out, meta, t_start):
     w(f"| kernel | {m['kernel']} |")
     w(f"| load average at start | {' / '.join(f'{x:.2f}' for x in m['loadavg'])} |")
     w(f"| load average at end | {' / '.join(f'{x:.2f}' for x in meta['loadavg_end'])} |")
+    ol = meta.get("other_load")
+    if ol and ol["samples"]:
+        busy = ", ".join(f"`{c}` in {n}" for c, n in ol["busy"]) or "none"
+        w(f"| other work during the run | 1-min load average median {ol['load1_median']:.2f}, max "
+          f"{ol['load1_max']:.2f} ({ol['samples']} samples, 5 s apart); processes not started by this run that used "
+          f"≥ 20 % of a core in a sample: {busy} (of {ol['samples']} samples) |")
     w(f"| Redis | {m['redis']} |")
     w(f"| module | `{meta['module']}` |")
     w(f"| module version (SYNC.STATUS) | {meta.get('module_version', '?')} |")
+    if MODULE_BEFORE:
+        w(f"| **bisync-before** module (B1, B7S, B8) | `{MODULE_BEFORE}`, version {meta.get('module_before_version', '?')}: "
+          f"run as an extra configuration interleaved with the others, so before and after share the same run |")
     w(f"| repository HEAD | {meta['git']} |")
     w(f"| module arguments | `{' '.join(meta['bisync_args'])}` |")
     w(f"| settings | {', '.join(f'{k}={v}' for k, v in ENV.items())} |")
@@ -1336,7 +1655,8 @@ def write_report(h, out, meta, t_start):
     if RESULTS.get("B1"):
         runs = RESULTS["B1"]
         w("## B1 — write cost\n")
-        w(f"redis-benchmark for {B1_SECONDS:g} s per run (rate measured on the server, see Method), `-r 1000000`, `-P 16 -c 50` (P16) and `-P 1 -c 50` (P1), "
+        w(f"redis-benchmark for {B1_SECONDS:g} s per run (rate measured on the server, see Method), `-r 1000000`, "
+          f"{' and '.join(f'`{chr(32).join(B1_MODE_ARGS[m])}` ({m})' for m in B1_MODES)}, "
           "against: **plain** Redis; **bisync** = Redis with the module and a live peer (the peer is a second "
           "module server on the same machine, applying everything); **native** = Redis with one native replica "
           "attached; **bisync-unreachable** = the module with its peer address pointing at a port where nothing "
@@ -1347,7 +1667,7 @@ def write_report(h, out, meta, t_start):
         w("|---|---|---|---|---|---|---|")
         for mode in B1_MODES:
             for test in B1_TESTS:
-                for cfg in ["plain", "bisync", "native", "bisync-unreachable"]:
+                for cfg in ["plain", "bisync", "native", "bisync-unreachable", "bisync-before"]:
                     rs = [r for r in runs if r["mode"] == mode and r["test"] == test and r["config"] == cfg]
                     if not rs:
                         continue
@@ -1356,8 +1676,8 @@ def write_report(h, out, meta, t_start):
                     bpw = [r["bytes_sent"] / r["writes"] for r in rs if r.get("bytes_sent") and r.get("writes")]
                     w(f"| {mode} | {test} | {cfg} | {mmm([r['rps'] for r in rs])} | "
                       f"{mmm(ratios, 2) if cfg != 'plain' else '1'} | "
-                      f"{mmm([r['drain_s'] for r in rs], 2) if cfg in ('bisync', 'native') else ''} | "
-                      f"{mmm(bpw, 1) if cfg == 'bisync' else ''} |")
+                      f"{mmm([r['drain_s'] for r in rs], 2) if cfg in ('bisync', 'native', 'bisync-before') else ''} | "
+                      f"{mmm(bpw, 1) if cfg in ('bisync', 'bisync-before') else ''} |")
         w("")
         sub = [r for r in runs if r["mode"] == "P16" and r["test"] == "set"]
         if sub:
@@ -1369,6 +1689,20 @@ def write_report(h, out, meta, t_start):
                 w(f"- module with live peer ≥ native-replica ratio: {rb:.2f} vs {rn:.2f} — {target_mark(rb >= rn)}")
             if ru is not None:
                 w(f"- peer unreachable ≥ 0.85 of plain: {ru:.2f} — {target_mark(ru >= 0.85)}")
+            w("")
+        lines = []
+        for test in ("incr", "hset", "sadd", "zadd"):
+            sub = [r for r in runs if r["mode"] == "P16" and r["test"] == test]
+            rb = median(ratio_list(sub, "rps", "plain", "bisync"))
+            rn = median(ratio_list(sub, "rps", "plain", "native"))
+            rbb = median(ratio_list(sub, "rps", "plain", "bisync-before"))
+            if rb is not None and rn is not None:
+                lines.append(f"- {test.upper()}: {rb:.2f} vs 0.9 × {rn:.2f} = {0.9 * rn:.2f} — "
+                             f"{target_mark(rb >= 0.9 * rn)}"
+                             + (f" (bisync-before: {rbb:.2f})" if rbb is not None else ""))
+        if lines:
+            w("Targets (issue 10, P16, live peer ≥ 0.9 × native replication's ratio):\n")
+            L.extend(lines)
             w("")
         w("*link bytes per write* = the module's `bytes_sent` delta over the run and its drain ÷ writes the "
           "server executed (`INFO commandstats`).\n")
@@ -1581,6 +1915,120 @@ def write_report(h, out, meta, t_start):
                       f"{mmm([r['drain_s'] for r in rs], 2) if cfg != 'plain' else ''} |")
         w("")
 
+    # ---------------- B7S
+    if RESULTS.get("B7S"):
+        runs = RESULTS["B7S"]
+        sizes = sorted({r["size"] for r in runs})
+        tests = [t for t in B7S_TESTS if any(r["test"] == t for r in runs)]
+        w("## B7 by key size — writes into one big hash / set / sorted set\n")
+        w(f"The key is created with S elements in **one** command (`HSET myhash pre:<i> xxx …`, `SADD myset "
+          f"pre:<i> …`, `ZADD myzset <i mod 1000> pre:<i> …`: one write, replicated once) and the harness waits "
+          f"until the peer/replica has applied it; then `redis-benchmark -n {B7S_WRITES:,} -r 1000000 "
+          f"-P {B7_PIPELINE} -c 50` runs `HSET myhash element:__rand_int__ xxx` (as `-t hset`), `SADD myset "
+          f"element:__rand_int__` (as `-t sadd`) or `ZINCRBY myzset 1 element:__rand_int__` (redis-benchmark has "
+          f"no zincrby test), capped at {B7_TIMEOUT:g} s. Every measured write touches a new element (the "
+          f"prefilled names differ), so the key grows by ≈ {B7S_WRITES:,} during the run: *size* shows it "
+          f"before → after. Sizes: {', '.join(f'{s:,}' for s in sizes)}. Ratio = requests/s ÷ plain of the same "
+          f"repetition; *÷ native* = the module's requests/s ÷ native replication's of the same repetition (the "
+          f"ratio of the two ratios). Bytes per write = module `bytes_sent` (or native `master_repl_offset`) "
+          f"delta over the run and its drain ÷ writes executed (`INFO commandstats`); *÷ native* likewise. After "
+          f"the drain the harness compares `DEBUG DIGEST-VALUE` of the key on both sides.\n")
+        w("| size at start | test | config | requests/s | ratio to plain | ÷ native (rate) | size before → after | "
+          "bytes per write | ÷ native (bytes) | drain s |")
+        w("|---|---|---|---|---|---|---|---|---|---|")
+        for size in sizes:
+            for test in tests:
+                sub = [r for r in runs if r["size"] == size and r["test"] == test]
+                for cfg in ("plain", "native", "bisync", "bisync-before"):
+                    rs = [r for r in sub if r["config"] == cfg]
+                    if not rs:
+                        continue
+                    rat = ratio_list(sub, "rps", "plain", cfg) if cfg != "plain" else []
+                    vsn = ratio_list(sub, "rps", "native", cfg) if cfg.startswith("bisync") else []
+                    bvn = ratio_list(sub, "b", "native", cfg, value="bytes_per_write") if cfg.startswith("bisync") else []
+                    w(f"| {size:,} | {test} | {cfg} | {mmm([r['rps'] for r in rs])} | "
+                      f"{mmm(rat, 3) if rat else '1'} | {mmm(vsn, 2) if vsn else ''} | "
+                      f"{fmt(median([r['size_before'] for r in rs]))} → {fmt(median([r['size_after'] for r in rs]))} | "
+                      f"{mmm([r.get('bytes_per_write') for r in rs], 1) if cfg != 'plain' else ''} | "
+                      f"{mmm(bvn, 2) if bvn else ''} | "
+                      f"{mmm([r['drain_s'] for r in rs], 2) if cfg != 'plain' else ''} |")
+        w("")
+        w("Targets (issue 10): module ratio ≥ 0.8 × native's ratio, module bytes per write ≤ 2 × native's, "
+          "cost per write independent of the key's size:\n")
+        for test in tests:
+            for size in sizes:
+                sub = [r for r in runs if r["size"] == size and r["test"] == test]
+                rb = median(ratio_list(sub, "rps", "plain", "bisync"))
+                rn = median(ratio_list(sub, "rps", "plain", "native"))
+                bb = median([r.get("bytes_per_write") for r in sub if r["config"] == "bisync"])
+                bn = median([r.get("bytes_per_write") for r in sub if r["config"] == "native"])
+                parts = []
+                if rb is not None and rn is not None:
+                    parts.append(f"ratio {rb:.3f} vs 0.8 × {rn:.3f} = {0.8 * rn:.3f} — {target_mark(rb >= 0.8 * rn)}")
+                if bb is not None and bn:
+                    parts.append(f"bytes/write {bb:,.1f} vs 2 × {bn:,.1f} = {2 * bn:,.1f} — {target_mark(bb <= 2 * bn)}")
+                if parts:
+                    w(f"- {test} at {size:,}: " + "; ".join(parts))
+            if len(sizes) >= 2:
+                lo, hi = sizes[0], sizes[-1]
+                rlo = median(ratio_list([r for r in runs if r["size"] == lo and r["test"] == test], "rps", "plain", "bisync"))
+                rhi = median(ratio_list([r for r in runs if r["size"] == hi and r["test"] == test], "rps", "plain", "bisync"))
+                blo = median([r.get("bytes_per_write") for r in runs if r["size"] == lo and r["test"] == test and r["config"] == "bisync"])
+                bhi = median([r.get("bytes_per_write") for r in runs if r["size"] == hi and r["test"] == test and r["config"] == "bisync"])
+                if None not in (rlo, rhi, blo, bhi) and rlo and blo:
+                    ok = rhi >= 0.8 * rlo and bhi <= 1.25 * blo
+                    w(f"- {test}, size independence ({hi:,} vs {lo:,}): ratio {rhi:.3f} vs {rlo:.3f} "
+                      f"(×{rhi / rlo:.2f}), bytes/write {bhi:,.1f} vs {blo:,.1f} (×{bhi / blo:.2f}) — "
+                      f"{target_mark(ok)} (counted as met when the ratio at {hi:,} is ≥ 0.8 × the ratio at {lo:,} "
+                      f"and bytes/write at most 1.25 ×)")
+        w("")
+
+    # ---------------- B8
+    if RESULTS.get("B8"):
+        runs = RESULTS["B8"]
+        w("## B8 — counters from both sides at once\n")
+        w(f"`INCRBY b8:<0..{B8_KEYS - 1}> <1..9>` on the same {B8_KEYS:,} keys from both sides at once for "
+          f"{B8_SECONDS:g} s: one writer process per side (`bench.py incr`, one connection, {B8_CHUNK} commands "
+          f"per pipelined round trip, keys in shuffled rounds over all {B8_KEYS:,} and random deltas, from 64 "
+          f"pre-built chunks whose per-key sums are known, so each writer knows exactly what it added to every "
+          f"key; one pass over the chunks touches every key). Then the harness waits (at most "
+          f"{B8_CONVERGE_TIMEOUT:g} s) until both sides hold the same values for all keys and each side has "
+          f"applied everything the other issued, and **checks every key against the sum of both writers' "
+          f"increments**. **bisync-live**: the link is up throughout. **bisync-partitioned**: the link (through "
+          f"the harness's proxy) is cut before the writers start and healed after they stop, so every key is "
+          f"changed on both sides concurrently. **plain** and **native**: both writers send to the one writable "
+          f"server (native replication cannot take writes on the replica); they are the throughput baseline and "
+          f"check the writers' own bookkeeping. *Slower writer's share* = min(A, B) ÷ (A + B) of the writes "
+          f"(0.5 = both sides wrote equally; near 0 = one side's writes were starved). The writers are Python, so the rate is partly client-bound. "
+          f"Ratio = INCRBY/s (both writers) ÷ plain of the same repetition.\n")
+        w("| config | INCRBY/s (both writers) | ratio to plain | writes A + B | slower writer's share | converged after s | "
+          "keys = exact sum | sum of increments missing (on A / on B) | keys holding one side's sum only | "
+          "link bytes per write | sum check passed |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|")
+        for cfg in ["plain", "native"] + [f"bisync-{v}" for v in B8_VARIANTS] + [f"bisync-before-{v}" for v in B8_VARIANTS]:
+            rs = [r for r in runs if r["config"] == cfg]
+            if not rs:
+                continue
+            rat = ratio_list(runs, "rps", "plain", cfg) if cfg != "plain" else []
+            okc = sum(1 for r in rs if r["check"])
+            w(f"| {cfg} | {mmm([r['rps'] for r in rs])} | {mmm(rat, 2) if rat else '1'} | "
+              f"{mmm([r['sent_a'] + r['sent_b'] for r in rs])} | "
+              f"{mmm([min(r['sent_a'], r['sent_b']) / max(1, r['sent_a'] + r['sent_b']) for r in rs], 3)} | "
+              f"{mmm([r['converge_s'] for r in rs], 2) if cfg != 'plain' else ''} | "
+              f"{mmm([r['keys_correct'] for r in rs])} / {B8_KEYS:,} | "
+              f"{mmm([r['lost_a'] for r in rs])} / {mmm([r['lost_b'] for r in rs])} | "
+              f"{mmm([r['keys_only_a_side'] + r['keys_only_b_side'] for r in rs])} | "
+              f"{mmm([r.get('bytes_per_write') for r in rs], 1) if cfg.startswith('bisync') else ''} | "
+              f"{okc} of {len(rs)} runs{'' if okc == len(rs) else ' (**not all**)'} |")
+        w("")
+        for cfg in [f"bisync-{v}" for v in B8_VARIANTS]:
+            rs = [r for r in runs if r["config"] == cfg]
+            if rs:
+                okc = sum(1 for r in rs if r["check"])
+                w(f"- Target ({cfg}): after convergence every key equals the sum of all increments made on both "
+                  f"sides: {okc} of {len(rs)} runs — {target_mark(okc == len(rs))}")
+        w("")
+
     # ---------------- health
     w("## Observations from this run\n")
     if h.notes:
@@ -1642,7 +2090,79 @@ def loader_main(port, rate):
     print(f"sent={sent} seconds={el:.3f} rate={sent / el if el else 0:.1f}", flush=True)
 
 
+def incr_main(port, keys, seconds, seed, chunk, start_at):
+    """B8 writer: INCRBY b8:<0..keys-1> <1..9> for `seconds`, pipelined `chunk` commands at a time,
+    from 64 pre-built chunks (every key at least once per pass over them) whose per-key sums are known; prints one JSON line with what it sent
+    per key (exact: a chunk counts once all its replies are read)."""
+    keys, chunk, seconds, start_at = int(keys), int(chunk), float(seconds), float(start_at)
+    rng = random.Random(int(seed))
+    # key order: shuffled rounds over all keys, so that one pass over the 64 chunks increments every key
+    order = []
+    while len(order) < 64 * chunk:
+        r = list(range(keys))
+        rng.shuffle(r)
+        order.extend(r)
+    bufs, sums = [], []
+    for c in range(64):
+        per = {}
+        parts = []
+        for j in range(chunk):
+            k = order[c * chunk + j]
+            d = rng.randint(1, 9)
+            per[k] = per.get(k, 0) + d
+            key = b"b8:%04d" % k
+            parts.append(b"*3\r\n$6\r\nINCRBY\r\n$%d\r\n%s\r\n$1\r\n%d\r\n" % (len(key), key, d))
+        bufs.append(b"".join(parts))
+        sums.append(per)
+    counts = [0] * len(bufs)
+    stop = [False]
+    signal.signal(signal.SIGTERM, lambda *a: stop.__setitem__(0, True))
+    s = socket.create_connection((HOST, int(port)))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    while time.time() < start_at:
+        time.sleep(0.001)
+    errors = 0
+    t0 = time.perf_counter()
+    end = t0 + seconds
+    i = 0
+    while not stop[0] and time.perf_counter() < end:
+        s.sendall(bufs[i])
+        got = []
+        lines = 0
+        while lines < chunk:
+            data = s.recv(1 << 16)
+            if not data:
+                raise SystemExit("connection closed")
+            got.append(data)
+            lines += data.count(b"\n")
+        reply = b"".join(got)
+        if reply.startswith(b"-") or b"\n-" in reply:
+            errors += reply.startswith(b"-") + reply.count(b"\n-")
+        counts[i] += 1
+        i = (i + 1) % len(bufs)
+    el = time.perf_counter() - t0
+    total = [0] * keys
+    for c, per in zip(counts, sums):
+        if c:
+            for k, d in per.items():
+                total[k] += c * d
+    print(json.dumps({"sent": sum(counts) * chunk, "seconds": el, "errors": errors, "sums": total}), flush=True)
+
+
 def main():
+    if len(sys.argv) >= 2 and sys.argv[1] == "incr":
+        incr_main(*sys.argv[2:8])
+        return
+    if len(sys.argv) >= 2 and sys.argv[1] == "render":
+        # re-write a report from a results JSON: bench.py render RESULTS.json OUT.md
+        # (the settings come from the environment, as for the run itself)
+        data = json.loads(Path(sys.argv[2]).read_text())
+        RESULTS.update(data["results"])
+        h = type("Notes", (), {})()
+        h.notes = [tuple(n) for n in data.get("notes", [])]
+        h.warnings = {}
+        write_report(h, sys.argv[3], data["meta"], 0)
+        return
     if len(sys.argv) >= 2 and sys.argv[1] == "load":
         loader_main(sys.argv[2], sys.argv[3])
         return
@@ -1657,6 +2177,7 @@ def main():
     if not os.path.exists(a.module):
         sys.exit(f"module not found: {a.module}")
     h = Harness(a.work, os.path.abspath(a.module))
+    sampler = BusySampler(h)
     t_start = time.time()
     meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine_info(h), "module": a.module,
             "git": a.git, "bisync_args": BISYNC_ARGS + (["secret-file", "<file>"] if BISYNC_SECRET else []),
@@ -1672,9 +2193,13 @@ def main():
         probe = Bisync(h, "probe", peer=False)
         meta["module_version"] = probe.a.status().get("version", "?")
         probe.stop()
+        if MODULE_BEFORE:
+            probe = Bisync(h, "probe-before", peer=False, module=MODULE_BEFORE)
+            meta["module_before_version"] = probe.a.status().get("version", "?")
+            probe.stop()
         log(f"module {meta['module_version']}; figures {FIGURES}; repeats {REPEATS}; quick={QUICK}")
         for fig, fn in (("B1", fig_b1), ("B2", fig_b2), ("B3", fig_b3), ("B4", fig_b4), ("B5", fig_b5),
-                        ("B6", fig_b6), ("B7", fig_b7)):
+                        ("B6", fig_b6), ("B7", fig_b7), ("B7S", fig_b7s), ("B8", fig_b8)):
             if fig in FIGURES:
                 t = time.time()
                 log(f"== {fig}")
@@ -1692,6 +2217,8 @@ def main():
         h.stop_all()
     meta["duration_s"] = time.time() - t_start
     meta["loadavg_end"] = os.getloadavg()
+    sampler.stop = True
+    meta["other_load"] = sampler.summary()
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps({"meta": meta, "results": RESULTS, "notes": h.notes}, indent=1, default=str))
     write_report(h, a.out, meta, t_start)

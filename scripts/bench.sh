@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark command (issue 6): measures redis-bisync against plain Redis and
-# native replication on this machine (figures B1-B7) and writes BENCHMARKS.md.
+# native replication on this machine (figures B1-B8) and writes BENCHMARKS.md.
 #
 #   bash scripts/bench.sh            # full run: 5 interleaved repetitions, ~20 min
 #   QUICK=1 bash scripts/bench.sh    # smoke test: each figure once, small sizes, ~2-3 min
@@ -11,13 +11,15 @@
 #   OUT=BENCHMARKS.md       report path;  RESULTS_JSON=target/bench/results.json raw data
 #                           (QUICK: target/bench/BENCHMARKS-quick.md and results-quick.json, so a
 #                           smoke run never overwrites the committed BENCHMARKS.md)
-#   FIGURES=B1,B2,...       figures to run (default all: B1,B2,B3,B4,B5,B6,B7)
+#   FIGURES=B1,B2,...       figures to run (default all: B1,B2,B3,B4,B5,B6,B7,B7S,B8;
+#                           B7S = B7 by key size, B8 = INCRBY from both sides + sum check)
 #   REPEATS=5               repetitions per figure (QUICK: 1)
 #   BENCH_TIMEOUT=1800      hard limit for the whole run, seconds (QUICK: 600)
 #   KEEP=1                  keep the work directory (server logs) after a successful run
 #   sizes: B1_SECONDS B1_TESTS B1_MODES B2_SAMPLES B2_LOAD_RATE B2_GAP_MS B3_SETS B4_KEYS
 #          B5_KEYS B5_CHANGES B5_DIRTY_ROUNDS B5_TIMEOUT B6_KEYS B7_WRITES B7_TIMEOUT
-#          B7_DRAIN_TIMEOUT B7_PIPELINE VALUE_SIZE DRAIN_TIMEOUT ACK_TIMEOUT
+#          B7_DRAIN_TIMEOUT B7_PIPELINE B7S_SIZES B7S_TESTS B7S_WRITES B8_KEYS B8_SECONDS B8_CHUNK
+#          B8_CONVERGE_TIMEOUT B8_VARIANTS VALUE_SIZE DRAIN_TIMEOUT ACK_TIMEOUT
 #          BISYNC_ARGS (extra module arguments) BISYNC_SECRET=0 (no secret-file)
 #          (defaults at the top of scripts/bench.py; BENCHMARKS.md records the values used)
 #
