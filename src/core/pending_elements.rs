@@ -53,6 +53,33 @@ pub fn shape_bit(shape: Shape) -> u8 {
     }
 }
 
+fn shape_index(shape: Shape) -> usize {
+    match shape {
+        Shape::Str => 0,
+        Shape::Hash => 1,
+        Shape::Set => 2,
+        Shape::ZSet => 3,
+    }
+}
+
+/// Count a change of `key` in or out of its family's tally.
+fn count(
+    families: &mut HashMap<TableKey, [u32; 4]>,
+    key: &TableKey,
+    change: &ElementChange,
+    add: bool,
+) {
+    let Some(shape) = change.shape() else {
+        return;
+    };
+    let i = shape_index(shape);
+    if add {
+        families.entry(key.clone()).or_default()[i] += 1;
+    } else if let Some(c) = families.get_mut(key) {
+        c[i] = c[i].saturating_sub(1);
+    }
+}
+
 /// One element entry as stored: no key, the log or index holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Stored {
@@ -73,6 +100,10 @@ struct LoggedBatch {
 #[derive(Debug, Default)]
 pub struct ElementLog {
     index: HashMap<TableKey, Vec<Stored>>,
+    /// Per indexed key, how many of its changes belong to each family
+    /// (`shape_index`): the merge asks this for every remote change, and a
+    /// hot key can hold thousands.
+    families: HashMap<TableKey, [u32; 4]>,
     indexed: usize,
     /// Keys of each batch moved into the index, oldest first: an
     /// acknowledgement visits only the keys of the batches it covers, so its
@@ -111,6 +142,7 @@ impl ElementLog {
                 self.index_all();
                 let pos = self.indexed_batches.partition_point(|(s, _)| *s <= seq);
                 self.indexed_batches.insert(pos, (seq, vec![key.clone()]));
+                count(&mut self.families, &key, &change, true);
                 self.index.entry(key).or_default().push(Stored {
                     stamp,
                     seq,
@@ -138,6 +170,7 @@ impl ElementLog {
                 if keys.last() != Some(&key) {
                     keys.push(key.clone());
                 }
+                count(&mut self.families, &key, &change, true);
                 self.index.entry(key).or_default().push(Stored {
                     stamp,
                     seq: batch.seq,
@@ -153,9 +186,10 @@ impl ElementLog {
     /// (`1 << shape`), read without copying them.
     pub fn shapes_of(&mut self, key: &TableKey) -> u8 {
         self.index_all();
-        self.index.get(key).map_or(0, |v| {
-            v.iter()
-                .filter_map(|s| s.change.shape())
+        self.families.get(key).map_or(0, |counts| {
+            [Shape::Str, Shape::Hash, Shape::Set, Shape::ZSet]
+                .into_iter()
+                .filter(|s| counts[shape_index(*s)] > 0)
                 .fold(0, |m, s| m | shape_bit(s))
         })
     }
@@ -187,10 +221,18 @@ impl ElementLog {
         self.index_all();
         if let Some(v) = self.index.get_mut(key) {
             let before = v.len();
-            v.retain(|s| !cancelled(s.stamp));
+            let families = &mut self.families;
+            v.retain(|s| {
+                let drop = cancelled(s.stamp);
+                if drop {
+                    count(families, key, &s.change, false);
+                }
+                !drop
+            });
             self.indexed -= before - v.len();
             if v.is_empty() {
                 self.index.remove(key);
+                self.families.remove(key);
             }
         }
     }
@@ -217,10 +259,13 @@ impl ElementLog {
                 };
                 // Each key's changes are in seq order (prune only removes).
                 let n = v.iter().take_while(|s| s.seq <= seq).count();
-                v.drain(..n);
+                for s in v.drain(..n) {
+                    count(&mut self.families, &key, &s.change, false);
+                }
                 self.indexed -= n;
                 if v.is_empty() {
                     self.index.remove(&key);
+                    self.families.remove(&key);
                 }
             }
         }
@@ -256,6 +301,7 @@ impl ElementLog {
     /// Forget everything.
     pub fn clear(&mut self) {
         self.index.clear();
+        self.families.clear();
         self.indexed_batches.clear();
         self.log.clear();
         self.indexed = 0;
@@ -303,7 +349,7 @@ mod tests {
         l.acknowledge(3);
         assert!(l.is_empty());
         assert!(
-            l.index.is_empty() && l.log.is_empty(),
+            l.index.is_empty() && l.log.is_empty() && l.families.is_empty(),
             "no per-key metadata once acknowledged"
         );
     }
@@ -315,10 +361,14 @@ mod tests {
         for i in 1..=4 {
             l.record(k.clone(), st(i), i, 0, incr(i as i64));
         }
+        assert_eq!(l.shapes_of(&k), shape_bit(Shape::Hash));
         l.prune(&k, |s| s.hlc < 3);
         assert_eq!(l.len(), 2);
+        assert_eq!(l.shapes_of(&k), shape_bit(Shape::Hash));
         assert_eq!(l.oldest_stamp(), Some(st(3)));
         l.forget_key(&k);
         assert!(l.is_empty());
+        assert_eq!(l.shapes_of(&k), 0);
+        assert!(l.families.is_empty());
     }
 }
