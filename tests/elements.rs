@@ -137,19 +137,28 @@ fn stat_str(s: &Server, field: &str) -> String {
 /// Waits until both sides are linked and nothing is left un-acknowledged
 /// (`pending_keys` and `backlog_bytes` are 0 on both).
 fn wait_quiet(pair: &Pair) {
+    wait_quiet_within(pair, T);
+}
+
+/// [`wait_quiet`] with its own time limit.
+fn wait_quiet_within(pair: &Pair, limit: Duration) {
     let quiet = |s: &Server| {
         try_status_of(s).is_ok_and(|m| {
             let f = |k: &str| m.get(k).map(String::as_str).unwrap_or("?").to_string();
             f("link") == "up" && f("pending_keys") == "0" && f("backlog_bytes") == "0"
         })
     };
-    wait_for_state("both sides linked with nothing un-acknowledged", T, || {
-        if quiet(&pair.a) && quiet(&pair.b) {
-            Ok(())
-        } else {
-            Err(format!("a: {}\nb: {}", brief(&pair.a), brief(&pair.b)))
-        }
-    });
+    wait_for_state(
+        "both sides linked with nothing un-acknowledged",
+        limit,
+        || {
+            if quiet(&pair.a) && quiet(&pair.b) {
+                Ok(())
+            } else {
+                Err(format!("a: {}\nb: {}", brief(&pair.a), brief(&pair.b)))
+            }
+        },
+    );
 }
 
 /// Waits until `s` reports `link` other than `up`.
@@ -755,8 +764,8 @@ fn random_element_writes_on_hot_keys_converge() {
                         seed ^ (w as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)
                             ^ u64::from(phase == "cut"),
                     );
-                    // Writes go on for 2 s per phase (a time budget, not synchronisation).
-                    let end = std::time::Instant::now() + Duration::from_secs(2);
+                    // Writes go on for 1 s per phase (a time budget, not synchronisation).
+                    let end = std::time::Instant::now() + Duration::from_secs(1);
                     while std::time::Instant::now() < end {
                         random_element_op(&mut c, &mut rng);
                     }
@@ -764,7 +773,9 @@ fn random_element_writes_on_hot_keys_converge() {
             }
         });
         heal(&pair);
-        wait_quiet(&pair);
+        // Draining hot keys with thousands of pending changes each is slow
+        // (README limits; BENCHMARKS): a generous bound, not a speed check.
+        wait_quiet_within(&pair, Duration::from_secs(120));
         pair.assert_converged(&[0], T);
         assert_no_mismatch(&pair);
     }
