@@ -71,7 +71,8 @@ fn a_cross_version_pair_converges_under_concurrent_writes() {
     }
     pair.assert_converged(&[0], T);
     pair.partition();
-    // Both sides change the same keys while cut: one writer wins per key, on both sides.
+    // Both sides change the same keys while cut: field writes merge per field (the same
+    // field: one writer wins), a delete keeps what the other side wrote concurrently.
     for i in 0..50 {
         let k = format!("k{i}");
         cmd(&mut a, &["HSET", &k, "side", "a"]).unwrap();
@@ -86,11 +87,24 @@ fn a_cross_version_pair_converges_under_concurrent_writes() {
     pair.heal();
     pair.wait_link_up(T);
     pair.assert_converged(&[0], T);
-    let lost = status_u64(&mut a, "conflicts_lost") + status_u64(&mut b, "conflicts_lost");
+    let conflicts = ["conflicts_lost", "conflicts_merged"]
+        .iter()
+        .map(|f| status_u64(&mut a, f) + status_u64(&mut b, f))
+        .sum::<u64>();
     assert!(
-        lost >= 50,
-        "only {lost} conflicts counted for 50 conflicting keys"
+        conflicts >= 50,
+        "only {conflicts} conflicts counted for 50 conflicting keys"
     );
+    // Field "side" was written on both sides: one writer's value on both; a key
+    // deleted on b keeps a's concurrent field ("from"/"i" were seen by the delete).
+    for i in [0, 1] {
+        let k = format!("k{i}");
+        let va = cmd(&mut a, &["HGET", &k, "side"]).unwrap();
+        let vb = cmd(&mut b, &["HGET", &k, "side"]).unwrap();
+        assert_eq!(va, vb, "{k}");
+    }
+    let from = cmd(&mut a, &["HGET", "k0", "from"]).unwrap();
+    assert_eq!(from, redis::Value::Nil, "b's DEL removed what it had seen");
 }
 
 #[test]
