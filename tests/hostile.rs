@@ -47,7 +47,22 @@ struct FakePeer {
 }
 
 impl FakePeer {
+    /// Handshake as a peer would, again with a fresh hello when the node
+    /// answers `Retry` (its state moved since its hello, e.g. it applied the
+    /// previous fake session's last batch): a retry is not a refusal.
     fn connect(port: u16, node_id: &str, secret: Option<&str>) -> Result<FakePeer, String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match Self::connect_once(port, node_id, secret) {
+                Err(e) if e.contains("got Retry") && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn connect_once(port: u16, node_id: &str, secret: Option<&str>) -> Result<FakePeer, String> {
         let s = TcpStream::connect(link_addr(port)).map_err(|e| e.to_string())?;
         s.set_read_timeout(Some(Duration::from_secs(10))).ok();
         let nonce = auth::nonce();
