@@ -252,6 +252,21 @@ impl Outbox {
         }
     }
 
+    /// Start a new writer with a partial resync: the batches after `peer_pos`,
+    /// the ack to send after them, and the cursor to go on from; everything
+    /// before the cursor counts as sent from now on.
+    ///
+    /// Why in one step: an ack pushed between taking this snapshot and
+    /// marking it sent would be merged into an earlier, unsent ack item that
+    /// lies before the new writer's cursor, and would never go out (the peer
+    /// then waits for an acknowledgement forever on a quiet link).
+    pub fn start_partial(&mut self, peer_pos: u64) -> (Vec<Item>, u64, u64) {
+        let batches = self.batches_after(peer_pos);
+        let end = self.end_index();
+        self.mark_sent(end);
+        (batches, self.applied_seq, end)
+    }
+
     /// Batches with seq above `peer_pos`, in order, for a partial resync.
     pub fn batches_after(&self, peer_pos: u64) -> Vec<Item> {
         self.items
@@ -336,6 +351,25 @@ mod tests {
         assert!(
             o.push_batch(3, b(10), 1),
             "dropping the un-acknowledged resync batch is"
+        );
+    }
+
+    #[test]
+    fn an_ack_pushed_after_a_partial_start_reaches_the_new_writer() {
+        let mut o = Outbox::new(1000);
+        o.push_batch(1, b(10), 1);
+        // The old writer wrote the batch, then the link died before this ack went out.
+        let (_, c) = o.items_from(0);
+        o.mark_sent(c);
+        o.push_ack(13);
+        let (batches, ack, cursor) = o.start_partial(0);
+        assert_eq!(batches.len(), 1);
+        assert_eq!(ack, 13, "the new writer acknowledges what is applied");
+        o.push_ack(15);
+        let (items, _) = o.items_from(cursor);
+        assert!(
+            matches!(items[..], [Item::Ack(15)]),
+            "an ack pushed after the writer started must be after its cursor: {items:?}"
         );
     }
 

@@ -620,10 +620,7 @@ fn write_loop(
         shared.fresh.store(false, Ordering::Relaxed);
     }
     if !needs_resync && !full && !discard_local {
-        let (batches, ack, end) = {
-            let o = shared.outbox();
-            (o.batches_after(peer_pos), o.applied_seq(), o.end_index())
-        };
+        let (batches, ack, end) = shared.outbox().start_partial(peer_pos);
         if peer_pos > 0 || !batches.is_empty() {
             Stats::add(&shared.stats.partial_syncs, 1);
             log::notice(&format!(
@@ -637,7 +634,6 @@ fn write_loop(
         send(&mut w, shared, &Frame::Ack(ack), keys.as_deref_mut())?;
         w.flush()?;
         cursor = end;
-        shared.outbox().mark_sent(end);
     } else {
         let after = shared.outbox().last_seq();
         if discard_local {
