@@ -46,116 +46,135 @@ pub fn read_key(ctx: &Context, key: &[u8]) -> Option<KeyRead> {
     read_key_with(ctx, key, true)
 }
 
+/// Run `f` on `key` of the selected db, opened for reading as quietly as the
+/// server allows; `f` gets a null handle when the key does not exist.
+/// `None`: the key API is unavailable.
+///
+/// Why one helper: every read here creates the name, opens, closes and
+/// frees in the same order; doing it once keeps each reader to what it reads.
+///
+/// # Safety
+/// Main thread with a live context; `f` must not keep the handle.
+unsafe fn with_open_key<T>(
+    ctx: &Context,
+    key: &[u8],
+    f: impl FnOnce(*mut raw::RedisModuleKey) -> T,
+) -> Option<T> {
+    let create = raw::RedisModule_CreateString?;
+    let open = raw::RedisModule_OpenKey?;
+    let close = raw::RedisModule_CloseKey?;
+    let free = raw::RedisModule_FreeString?;
+    let name = create(ctx.ctx, key.as_ptr().cast::<c_char>(), key.len());
+    if name.is_null() {
+        return None;
+    }
+    // Our own reads must not change what clients see: no LRU/LFU touch, and on 7.2+ no lazy
+    // expiry (which would delete the key and propagate a DEL out of order), no keyspace
+    // hit/miss counts.
+    let mode = raw::REDISMODULE_READ as c_int | super::server::quiet_open_flags();
+    let k = open(ctx.ctx, name, mode);
+    let out = f(k.cast());
+    if !k.is_null() {
+        close(k);
+    }
+    free(ctx.ctx, name);
+    Some(out)
+}
+
+/// Run `f` with a temporary module string holding `bytes` (null if it could
+/// not be made), freed afterwards.
+///
+/// # Safety
+/// Main thread with a live context; `f` must not keep the string.
+unsafe fn with_temp_string<T>(
+    ctx: &Context,
+    bytes: &[u8],
+    f: impl FnOnce(*mut raw::RedisModuleString) -> T,
+) -> Option<T> {
+    let create = raw::RedisModule_CreateString?;
+    let free = raw::RedisModule_FreeString?;
+    let s = create(ctx.ctx, bytes.as_ptr().cast::<c_char>(), bytes.len());
+    let out = f(s);
+    if !s.is_null() {
+        free(ctx.ctx, s);
+    }
+    Some(out)
+}
+
 /// A key's kind, its number of elements (a string's byte length) and whether
-/// it has a TTL, read
-/// through the key API as quietly as [`read_key`]: what the element merge
-/// needs before it reads single elements.
+/// it has a TTL, read through the key API as quietly as [`read_key`]: what
+/// the element merge needs before it reads single elements.
 pub fn key_shape(ctx: &Context, key: &[u8]) -> Option<(KeyKind, usize, bool)> {
-    // SAFETY: as in `read_key_with`: main thread, live context; the name and
-    // the key handle are created and released here.
+    // SAFETY: main thread, live context; the handle is only used inside the closure.
     unsafe {
-        let create = raw::RedisModule_CreateString?;
-        let open = raw::RedisModule_OpenKey?;
-        let close = raw::RedisModule_CloseKey?;
-        let free = raw::RedisModule_FreeString?;
         let ktype = raw::RedisModule_KeyType?;
         let vlen = raw::RedisModule_ValueLength?;
         let expire = raw::RedisModule_GetExpire?;
-        let name = create(ctx.ctx, key.as_ptr().cast::<c_char>(), key.len());
-        if name.is_null() {
-            return None;
-        }
-        let mode = raw::REDISMODULE_READ as c_int | super::server::quiet_open_flags();
-        let k = open(ctx.ctx, name, mode);
-        let out = if k.is_null() {
-            (KeyKind::Missing, 0, false)
-        } else {
+        with_open_key(ctx, key, |k| {
+            if k.is_null() {
+                return (KeyKind::Missing, 0, false);
+            }
             let kind = kind_of(ktype(k) as isize);
             let len = if kind == KeyKind::Missing { 0 } else { vlen(k) };
             let ttl = kind != KeyKind::Missing && expire(k) >= 0;
-            close(k);
             (kind, len, ttl)
-        };
-        free(ctx.ctx, name);
-        Some(out)
+        })
     }
 }
 
 /// A sorted-set member's score through the key API (no command call, so
 /// no command filter runs: safe inside a keyspace notification).
 pub fn zset_score(ctx: &Context, key: &[u8], member: &[u8]) -> Option<f64> {
-    // SAFETY: main thread, live context; the strings and the key handle are
-    // created and released here.
+    // SAFETY: main thread, live context; the handle and the member string are
+    // only used inside the closures.
     unsafe {
-        let create = raw::RedisModule_CreateString?;
-        let open = raw::RedisModule_OpenKey?;
-        let close = raw::RedisModule_CloseKey?;
-        let free = raw::RedisModule_FreeString?;
         let score_of = raw::RedisModule_ZsetScore?;
-        let name = create(ctx.ctx, key.as_ptr().cast::<c_char>(), key.len());
-        if name.is_null() {
-            return None;
-        }
-        let ele = create(ctx.ctx, member.as_ptr().cast::<c_char>(), member.len());
-        let mode = raw::REDISMODULE_READ as c_int | super::server::quiet_open_flags();
-        let k = open(ctx.ctx, name, mode);
-        let mut score = 0f64;
-        let found = !k.is_null()
-            && !ele.is_null()
-            && score_of(k, ele, &mut score) == raw::REDISMODULE_OK as c_int;
-        if !k.is_null() {
-            close(k);
-        }
-        if !ele.is_null() {
-            free(ctx.ctx, ele);
-        }
-        free(ctx.ctx, name);
-        found.then_some(score)
+        with_open_key(ctx, key, |k| {
+            with_temp_string(ctx, member, |ele| {
+                let mut score = 0f64;
+                let found = !k.is_null()
+                    && !ele.is_null()
+                    && score_of(k, ele, &mut score) == raw::REDISMODULE_OK as c_int;
+                found.then_some(score)
+            })
+            .flatten()
+        })
+        .flatten()
     }
 }
 
 /// A hash field's value through the key API (no command call: the element
 /// merge reads a field per applied change). `None`: no such key or field.
 pub fn hash_get(ctx: &Context, key: &[u8], field: &[u8]) -> Option<Vec<u8>> {
-    // SAFETY: main thread, live context; the strings and the key handle are
-    // created and released here; HashGet is given one field, its output
-    // pointer and the terminating NULL, and the value it returns is copied
-    // and freed before the key is closed.
+    // SAFETY: main thread, live context; HashGet is given one field, its
+    // output pointer and the terminating NULL, and the value it returns is
+    // copied and freed before the key is closed.
     unsafe {
-        let create = raw::RedisModule_CreateString?;
-        let open = raw::RedisModule_OpenKey?;
-        let close = raw::RedisModule_CloseKey?;
-        let free = raw::RedisModule_FreeString?;
         let get = raw::RedisModule_HashGet?;
-        let name = create(ctx.ctx, key.as_ptr().cast::<c_char>(), key.len());
-        if name.is_null() {
-            return None;
-        }
-        let f = create(ctx.ctx, field.as_ptr().cast::<c_char>(), field.len());
-        let mode = raw::REDISMODULE_READ as c_int | super::server::quiet_open_flags();
-        let k = open(ctx.ctx, name, mode);
-        let mut value: *mut raw::RedisModuleString = std::ptr::null_mut();
-        if !k.is_null() && !f.is_null() {
-            get(
-                k,
-                raw::REDISMODULE_HASH_NONE as c_int,
-                f,
-                &mut value as *mut *mut raw::RedisModuleString,
-                std::ptr::null_mut::<c_void>(),
-            );
-        }
-        let out = (!value.is_null()).then(|| string_bytes(value).to_vec());
-        if !value.is_null() {
-            free(ctx.ctx, value);
-        }
-        if !k.is_null() {
-            close(k);
-        }
-        if !f.is_null() {
-            free(ctx.ctx, f);
-        }
-        free(ctx.ctx, name);
-        out
+        let free = raw::RedisModule_FreeString?;
+        with_open_key(ctx, key, |k| {
+            with_temp_string(ctx, field, |f| {
+                if k.is_null() || f.is_null() {
+                    return None;
+                }
+                let mut value: *mut raw::RedisModuleString = std::ptr::null_mut();
+                get(
+                    k,
+                    raw::REDISMODULE_HASH_NONE as c_int,
+                    f,
+                    &mut value as *mut *mut raw::RedisModuleString,
+                    std::ptr::null_mut::<c_void>(),
+                );
+                if value.is_null() {
+                    return None;
+                }
+                let out = string_bytes(value).to_vec();
+                free(ctx.ctx, value);
+                Some(out)
+            })
+            .flatten()
+        })
+        .flatten()
     }
 }
 
@@ -174,42 +193,29 @@ fn kind_of(t: isize) -> KeyKind {
 
 /// [`read_key`]; `with_string` false leaves a string's value unread.
 fn read_key_with(ctx: &Context, key: &[u8], with_string: bool) -> Option<KeyRead> {
-    // SAFETY: called on the main thread with a live context; the string and
-    // the key handle are created and released here; the DMA pointer is only
-    // read while the key is open and copied before CloseKey.
+    // SAFETY: main thread, live context; the DMA pointer is only read while
+    // the key is open and copied before it is closed.
     unsafe {
-        let create = raw::RedisModule_CreateString?;
-        let open = raw::RedisModule_OpenKey?;
-        let close = raw::RedisModule_CloseKey?;
-        let free = raw::RedisModule_FreeString?;
         let ktype = raw::RedisModule_KeyType?;
-        let name = create(ctx.ctx, key.as_ptr().cast::<c_char>(), key.len());
-        if name.is_null() {
-            return None;
-        }
-        // Our own reads must not change what clients see: no LRU/LFU touch, and on 7.2+ no
-        // lazy expiry (which would delete the key and propagate a DEL out of order), no
-        // keyspace hit/miss counts.
-        let mode = raw::REDISMODULE_READ as c_int | super::server::quiet_open_flags();
-        let k = open(ctx.ctx, name, mode);
-        let out = if k.is_null() {
-            KeyRead {
-                kind: KeyKind::Missing,
-                string: None,
-                expire_at_ms: None,
+        with_open_key(ctx, key, |k| {
+            if k.is_null() {
+                return KeyRead {
+                    kind: KeyKind::Missing,
+                    string: None,
+                    expire_at_ms: None,
+                };
             }
-        } else {
             let kind = kind_of(ktype(k) as isize);
             let mut string = None;
             if kind == KeyKind::String && with_string {
                 if let Some(dma) = raw::RedisModule_StringDMA {
                     let mut len = 0usize;
                     let p = dma(k, &mut len, raw::REDISMODULE_READ as c_int);
-                    if !p.is_null() {
-                        string = Some(std::slice::from_raw_parts(p.cast::<u8>(), len).to_vec());
+                    string = Some(if p.is_null() {
+                        Vec::new()
                     } else {
-                        string = Some(Vec::new());
-                    }
+                        std::slice::from_raw_parts(p.cast::<u8>(), len).to_vec()
+                    });
                 }
             }
             let mut expire_at_ms = None;
@@ -221,15 +227,12 @@ fn read_key_with(ctx: &Context, key: &[u8], with_string: bool) -> Option<KeyRead
                     }
                 }
             }
-            close(k);
             KeyRead {
                 kind,
                 string,
                 expire_at_ms,
             }
-        };
-        free(ctx.ctx, name);
-        Some(out)
+        })
     }
 }
 
