@@ -263,7 +263,7 @@ fn execute(ctx: &Context, key: &[u8], plan: &KeyPlan<'_>, propagate: bool) -> Re
         }) => write_image(ctx, key, value, *expire_at_ms, propagate)?,
         Reset::Image(_) => run(ctx, "DEL", &[key])?,
     }
-    if plan.writes.is_empty() {
+    if plan.writes.is_empty() && plan.adds.is_empty() {
         return Ok(());
     }
     let Some(shape) = plan.shape else {
@@ -283,6 +283,9 @@ fn execute(ctx: &Context, key: &[u8], plan: &KeyPlan<'_>, propagate: bool) -> Re
         .map(|(e, _)| e.as_slice())
         .collect();
     let mut args: Vec<&[u8]> = Vec::with_capacity(1 + 2 * sets.len());
+    for (elem, delta) in &plan.adds {
+        add(ctx, key, shape, elem, *delta)?;
+    }
     match shape {
         Shape::Str => {
             if let Some((_, v)) = sets.first() {
@@ -330,6 +333,34 @@ fn execute(ctx: &Context, key: &[u8], plan: &KeyPlan<'_>, propagate: bool) -> Re
         run(ctx, cmd, &args)?;
     }
     Ok(())
+}
+
+/// One deferred increment of a plan ([`KeyPlan::adds`]): the server's own
+/// `INCRBY`/`HINCRBY`; if it refuses (the sum overflows 64 bits, the value
+/// is not an integer), the rule's meaning by hand: read, increment with
+/// wrapping (a non-integer absorbs it), write back if it changed.
+fn add(ctx: &Context, key: &[u8], shape: Shape, elem: &[u8], delta: i64) -> Result<(), String> {
+    let d = delta.to_string();
+    let native = match shape {
+        Shape::Str => ctx.call_ext::<_, CallResult>("INCRBY", &opts(), &[key, d.as_bytes()]),
+        Shape::Hash => {
+            ctx.call_ext::<_, CallResult>("HINCRBY", &opts(), &[key, elem, d.as_bytes()])
+        }
+        Shape::Set | Shape::ZSet => return Err(format!("no counter in a {shape:?} key")),
+    };
+    if matches!(native, Ok(ref r) if !matches!(r, CallReply::Unknown)) {
+        return Ok(());
+    }
+    let view = RedisView::open(ctx, key)?;
+    let current = view.get(elem);
+    let value = crate::core::merge::counter::increment(shape, current.as_deref(), delta);
+    if current.as_deref() == Some(value.as_slice()) {
+        return Ok(());
+    }
+    match shape {
+        Shape::Str => run(ctx, "SET", &[key, &value, b"KEEPTTL"]),
+        _ => run(ctx, "HSET", &[key, elem, &value]),
+    }
 }
 
 /// The peer ships element records only for keys without a TTL (see

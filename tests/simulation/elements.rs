@@ -253,6 +253,7 @@ fn apply_locally(
         reset: Reset::Keep,
         shape: Some(shape),
         writes: vec![(elem.to_vec(), value)],
+        adds: Vec::new(),
         keep_ttl: true,
     };
     match change {

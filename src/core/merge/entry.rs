@@ -229,7 +229,7 @@ fn plan_flush<'r>(table: &mut PendingWrites, entry: &'r Entry, nodes: Nodes<'_>)
             Outcome::Ignored => keep.push(key),
             Outcome::Apply { plan, .. } => {
                 table.prune_before(db, &key, entry.stamp, nodes.remote, nodes.local);
-                if !plan.writes.is_empty() {
+                if !plan.writes.is_empty() || !plan.adds.is_empty() {
                     rebuild.push((key, owned(plan)));
                 }
             }
@@ -244,6 +244,7 @@ fn owned(plan: KeyPlan<'_>) -> KeyPlan<'static> {
         reset: super::view::Reset::Clear,
         shape: plan.shape,
         writes: plan.writes,
+        adds: plan.adds,
         keep_ttl: false,
     }
 }

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use super::counter;
 use super::view::{image_elements, KeyPlan, KeyShape, KeyView, Reset};
 use crate::core::protocol::{Op, Shape, Value};
 
@@ -76,6 +77,18 @@ impl MemoryKey {
                         }
                     }
                 }
+            }
+        }
+        // As the server's INCRBY/HINCRBY, or the read-and-write fallback.
+        let shape = plan.shape.unwrap_or(Shape::Str);
+        for (elem, delta) in &plan.adds {
+            let current = self.get(elem);
+            let value = counter::increment(shape, current.as_deref(), *delta);
+            match self {
+                MemoryKey::Elements(s, m) if *s == shape => {
+                    m.insert(elem.clone(), value);
+                }
+                _ => *self = MemoryKey::Elements(shape, BTreeMap::from([(elem.clone(), value)])),
             }
         }
     }

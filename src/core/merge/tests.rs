@@ -65,6 +65,7 @@ fn local_effect(key: &mut MemoryKey, w: &W) {
         reset: super::view::Reset::Keep,
         shape: Some(shape),
         writes: vec![(elem.as_bytes().to_vec(), value)],
+        adds: Vec::new(),
         keep_ttl: true,
     };
     match w {
@@ -530,5 +531,70 @@ proptest! {
             _ => 0,
         };
         prop_assert_eq!(sum, total, "seed {}", seed);
+    }
+}
+
+/// A counter on a key as it is goes to the server as an increment (one call,
+/// no read); a plan that must read the value, or has written it, carries it
+/// as a value. Both mean the same, wrapping and absorbing included.
+#[test]
+fn increments_of_a_key_as_it_is_are_deferred_and_mean_the_same() {
+    use super::view::{KeyView, Planned};
+    let cases: [(MemoryKey, Shape, &str, i64); 5] = [
+        (MemoryKey::Missing, Shape::Str, "", 7),
+        (
+            MemoryKey::Elements(Shape::Str, [(vec![], b"40".to_vec())].into()),
+            Shape::Str,
+            "",
+            2,
+        ),
+        (
+            MemoryKey::Elements(Shape::Str, [(vec![], b"abc".to_vec())].into()),
+            Shape::Str,
+            "",
+            2,
+        ),
+        (
+            MemoryKey::Elements(
+                Shape::Str,
+                [(vec![], i64::MAX.to_string().into_bytes())].into(),
+            ),
+            Shape::Str,
+            "",
+            1,
+        ),
+        (hash(&[("f", "1"), ("g", "x")]), Shape::Hash, "f", -3),
+    ];
+    for (key, shape, elem, d) in cases {
+        let mut planned = Planned::new(&key);
+        planned.increment(shape, elem.as_bytes(), d);
+        planned.increment(shape, elem.as_bytes(), d);
+        let expect = {
+            let once = super::counter::increment(shape, key.get(elem.as_bytes()).as_deref(), d);
+            super::counter::increment(shape, Some(&once), d)
+        };
+        assert_eq!(planned.get(elem.as_bytes()), Some(expect.clone()));
+        let plan = planned.finish();
+        assert!(plan.writes.is_empty(), "nothing read or written: {plan:?}");
+        assert_eq!(
+            plan.adds,
+            vec![(elem.as_bytes().to_vec(), d.wrapping_mul(2))]
+        );
+        let mut after = key.clone();
+        after.execute(&plan);
+        assert_eq!(after.get(elem.as_bytes()), Some(expect));
+        // After a write of the element, an increment is planned as a value.
+        let mut planned = Planned::new(&key);
+        planned.set(shape, elem.as_bytes(), b"5".to_vec());
+        planned.increment(shape, elem.as_bytes(), d);
+        let plan = planned.finish();
+        assert!(plan.adds.is_empty());
+        assert_eq!(
+            plan.writes,
+            vec![(
+                elem.as_bytes().to_vec(),
+                Some((5 + d).to_string().into_bytes())
+            )]
+        );
     }
 }

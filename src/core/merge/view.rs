@@ -90,6 +90,13 @@ pub struct KeyPlan<'r> {
     pub shape: Option<Shape>,
     /// Element, new value (`None`: delete it), in element order.
     pub writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Element, increment: counters of a string or hash key as it is, whose
+    /// value the plan did not need to read. Executed by the server's own
+    /// increment (no read, one call); where the server refuses it (the sum
+    /// overflows, the value is not an integer) the caller reads the element
+    /// and writes [`counter::increment`] of it, which is what the rule means.
+    /// Disjoint from `writes`.
+    pub adds: Vec<(Vec<u8>, i64)>,
     /// A string's write keeps the key's expiry (only increments changed it
     /// since the reset); false when a `SET` of a value or a re-creation is
     /// part of it, which clears the expiry as on the side that made it.
@@ -112,6 +119,8 @@ pub(super) struct Planned<'v, 'r> {
     /// delete needs it), so a plan of sets reads nothing from the key.
     base_count: usize,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Increments of base elements not read yet (see [`KeyPlan::adds`]).
+    adds: BTreeMap<Vec<u8>, i64>,
     keep_ttl: bool,
 }
 
@@ -124,6 +133,7 @@ impl<'v, 'r> Planned<'v, 'r> {
             base: Base::View(view),
             reset: Reset::Keep,
             writes: BTreeMap::new(),
+            adds: BTreeMap::new(),
             keep_ttl: true,
         }
     }
@@ -142,7 +152,14 @@ impl<'v, 'r> Planned<'v, 'r> {
         if let Some(v) = self.writes.get(elem) {
             return v.clone();
         }
-        self.base_get(elem)
+        match (self.adds.get(elem), self.shape) {
+            (Some(d), KeyShape::Elements(shape)) => Some(counter::increment(
+                shape,
+                self.base_get(elem).as_deref(),
+                *d,
+            )),
+            _ => self.base_get(elem),
+        }
     }
 
     fn base_get(&self, elem: &[u8]) -> Option<Vec<u8>> {
@@ -160,6 +177,10 @@ impl<'v, 'r> Planned<'v, 'r> {
             let before = self.base_get(elem).is_some();
             n += i64::from(after.is_some()) - i64::from(before);
         }
+        // An increment leaves its element present (created at 0 if missing).
+        for elem in self.adds.keys() {
+            n += 1 - i64::from(self.base_get(elem).is_some());
+        }
         n.max(0) as usize
     }
 
@@ -170,6 +191,7 @@ impl<'v, 'r> Planned<'v, 'r> {
         self.shape = KeyShape::Missing;
         self.base_count = 0;
         self.writes.clear();
+        self.adds.clear();
         self.keep_ttl = false;
     }
 
@@ -186,6 +208,7 @@ impl<'v, 'r> Planned<'v, 'r> {
         self.base_count = elements.len();
         self.base = Base::Image(elements);
         self.writes.clear();
+        self.adds.clear();
         self.keep_ttl = true;
     }
 
@@ -195,6 +218,7 @@ impl<'v, 'r> Planned<'v, 'r> {
             self.clear();
         }
         self.shape = KeyShape::Elements(shape);
+        self.adds.remove(elem);
         self.writes.insert(elem.to_vec(), Some(value));
     }
 
@@ -203,6 +227,7 @@ impl<'v, 'r> Planned<'v, 'r> {
         if !self.fits(shape) || self.get(elem).is_none() {
             return;
         }
+        self.adds.remove(elem);
         self.writes.insert(elem.to_vec(), None);
         if self.len() == 0 {
             // Redis deletes a collection with its last element.
@@ -211,7 +236,21 @@ impl<'v, 'r> Planned<'v, 'r> {
     }
 
     /// Add `delta` to an element (missing = 0, a non-integer absorbs it).
+    ///
+    /// On a string or hash key as it is (nothing written to the element in
+    /// this plan) the increment is deferred to the server instead of read:
+    /// a counter applied from the peer then costs one call, like `INCRBY`.
     pub fn increment(&mut self, shape: Shape, elem: &[u8], delta: i64) {
+        let deferrable = matches!(shape, Shape::Str | Shape::Hash)
+            && matches!(self.base, Base::View(_))
+            && self.fits(shape)
+            && !self.writes.contains_key(elem);
+        if deferrable {
+            self.shape = KeyShape::Elements(shape);
+            let d = self.adds.entry(elem.to_vec()).or_insert(0);
+            *d = counter::add(shape, *d, delta);
+            return;
+        }
         let current = if self.fits(shape) {
             self.get(elem)
         } else {
@@ -230,6 +269,7 @@ impl<'v, 'r> Planned<'v, 'r> {
                 _ => None,
             },
             writes: self.writes.into_iter().collect(),
+            adds: self.adds.into_iter().collect(),
             keep_ttl: self.keep_ttl,
         }
     }
