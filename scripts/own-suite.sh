@@ -4,6 +4,7 @@
 # same release, and prints the pass/fail counts and failing test names of both.
 #
 #   bash scripts/own-suite.sh redis-7.4.1 [unit/type/hash unit/expire …]
+#   bash scripts/own-suite.sh redis-7.0.15   # Debian's server; its suite from Debian's source package
 #
 # Needs tclsh (Debian: tcl) and a built module (target/release/libredis_bisync.so, or
 # BISYNC_MODULE). The suite is copied to a temporary directory first (it writes into
@@ -14,6 +15,24 @@ cd "$(dirname "$0")/.."
 release="${1:?usage: own-suite.sh RELEASE [unit…]}"; shift || true
 builds="${BUILDS:-../shared/redis-builds}"
 src="$builds/$release"
+if [ "$release" = redis-7.0.15 ] && [ ! -x "$src/runtest" ]; then
+  # Debian's own server: its test suite comes from Debian's source package of the same
+  # version (needs a deb-src line, added here), with the packaged binaries in src/.
+  src="${DEBIAN_SUITE:-/tmp/bisync-redis-7.0.15-suite}"
+  if [ ! -x "$src/runtest" ]; then
+    [ "$(redis-server --version | grep -o 'v=[0-9.]*')" = v=7.0.15 ] ||
+      { echo "redis-server is not 7.0.15 (apt-get install redis-server)" >&2; exit 1; }
+    list=/etc/apt/sources.list.d/bisync-deb-src.sources
+    [ -f "$list" ] || { sed 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources > "$list"; apt-get update -qq; }
+    dl=$(mktemp -d); (cd "$dl" && apt-get source --download-only -qq redis >/dev/null 2>&1) ||
+      { echo "could not download Debian's redis source package" >&2; exit 1; }
+    rm -rf "$src"; mkdir -p "$src"; tar -xzf "$dl"/redis_7.0.15.orig.tar.gz -C "$src" --strip-components=1
+    rm -rf "$dl"
+    for b in redis-server redis-cli redis-benchmark redis-check-aof redis-check-rdb; do
+      ln -sf "$(command -v $b || echo /usr/bin/$b)" "$src/src/$b"
+    done
+  fi
+fi
 [ -x "$src/runtest" ] || { echo "no test suite in $src" >&2; exit 1; }
 command -v tclsh >/dev/null || { echo "tclsh is missing (apt-get install tcl)" >&2; exit 1; }
 module="${BISYNC_MODULE:-$(pwd)/target/release/libredis_bisync.so}"
