@@ -20,10 +20,12 @@ use crate::core::decide::{check_seq, SeqCheck};
 use crate::core::hlc::wall_ms;
 use crate::core::image;
 use crate::core::image::Reply;
-use crate::core::merge::entry::{entry_key, family_clash, plan_entry, BatchPosition, Step};
+use crate::core::merge::entry::{
+    entry_key, expired_as_delete, family_clash, plan_entry, BatchPosition, Step,
+};
 use crate::core::merge::rule::Nodes;
 use crate::core::merge::view::{KeyPlan, KeyShape, KeyView, Reset};
-use crate::core::protocol::{Batch, Entry, Op, Shape, Value};
+use crate::core::protocol::{Batch, Op, Shape, Value};
 use crate::core::stats::Stats;
 use crate::log;
 use crate::state::{Inbound, Shared};
@@ -495,25 +497,8 @@ fn apply_batch(
     let mut reship: Vec<(u32, Vec<u8>)> = Vec::new();
     let now = wall_ms() as i64;
     for entry in &batch.entries {
-        // An image already past its expiry is a delete: planned as one, a
-        // key's pending changes made after it restart from nothing, as they
-        // did on the side where the key had expired.
-        let expired;
-        let entry = match &entry.op {
-            Op::Set {
-                key,
-                expire_at_ms: Some(at),
-                ..
-            } if *at <= now => {
-                expired = Entry {
-                    db: entry.db,
-                    stamp: entry.stamp,
-                    op: Op::Delete { key: key.clone() },
-                };
-                &expired
-            }
-            _ => entry,
-        };
+        let expired = expired_as_delete(entry, now);
+        let entry = expired.as_ref().unwrap_or(entry);
         if !ffi::select_db(ctx, entry.db as i32) {
             return Err(format!("cannot select db {}", entry.db));
         }

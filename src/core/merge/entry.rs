@@ -92,6 +92,28 @@ pub fn entry_key(entry: &Entry) -> Option<&[u8]> {
     }
 }
 
+/// The entry to plan instead of `entry` when it is an image already past its
+/// expiry at `now_ms` (Unix ms): a delete of the key.
+///
+/// Why: the key expired on the way. Planned as the image, the key's pending
+/// changes made after it would be merged into a value this side never held;
+/// planned as a delete they restart from nothing, as they did on the side
+/// where the key had expired (and Redis would drop the image anyway).
+pub fn expired_as_delete(entry: &Entry, now_ms: i64) -> Option<Entry> {
+    match &entry.op {
+        Op::Set {
+            key,
+            expire_at_ms: Some(at),
+            ..
+        } if *at <= now_ms => Some(Entry {
+            db: entry.db,
+            stamp: entry.stamp,
+            op: Op::Delete { key: key.clone() },
+        }),
+        _ => None,
+    }
+}
+
 /// Does this entry bring a second element family onto its key: an element
 /// change of one family meeting a key of another type here, or this node's
 /// pending changes of another family?
@@ -246,5 +268,32 @@ fn owned(plan: KeyPlan<'_>) -> KeyPlan<'static> {
         writes: plan.writes,
         adds: plan.adds,
         keep_ttl: false,
+    }
+}
+
+#[cfg(test)]
+mod expiry_tests {
+    use super::*;
+    use crate::core::protocol::{Stamp, Value};
+
+    fn image(expire_at_ms: Option<i64>) -> Entry {
+        Entry {
+            db: 3,
+            stamp: Stamp { hlc: 1, index: 0 },
+            op: Op::Set {
+                key: b"k".to_vec(),
+                value: Value::String(b"v".to_vec()),
+                expire_at_ms,
+            },
+        }
+    }
+
+    #[test]
+    fn an_image_past_its_expiry_is_planned_as_a_delete() {
+        let gone = expired_as_delete(&image(Some(1_000)), 1_000).expect("expired at now");
+        assert_eq!(gone.db, 3);
+        assert_eq!(gone.op, Op::Delete { key: b"k".to_vec() });
+        assert!(expired_as_delete(&image(Some(1_001)), 1_000).is_none());
+        assert!(expired_as_delete(&image(None), i64::MAX).is_none());
     }
 }
