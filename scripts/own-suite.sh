@@ -74,7 +74,7 @@ skips=("SRANDMEMBER with a dict containing long chain")
 # and grew past 10 GB before the test ended (whole-key images of large collections).
 skips+=("SPOP using integers, testing Knuth's and Floyd's algorithm")
 # Guard the shared machine against a runaway server (kB of virtual memory per process).
-ulimit -v "${MEM_LIMIT_KB:-4000000}"
+ulimit -v "${MEM_LIMIT_KB:-8000000}"
 
 suite() {
   local label="$1" p="$2" singles=()

@@ -940,3 +940,70 @@ fn native_replica_of_a(pair: &Pair) -> Server {
         ])
         .start()
 }
+
+/// A key too large for the peer's `max-frame-size` is not shipped: the peer would refuse the
+/// frame, the link would drop, and the resent batch would be refused again, forever. The
+/// sender leaves it out and names it in `last_error`; the link stays up and everything else
+/// keeps replicating. Covers the three ways such a key reaches a flush: a `SET` of a huge
+/// value (the filter does not copy it), a string read back (`SETRANGE`), a collection image.
+#[test]
+fn a_key_larger_than_a_frame_is_left_out_with_a_clear_error() {
+    let pair = PairBuilder::new()
+        .module_args(["max-frame-size", "65536"])
+        .start();
+    pair.wait_link_up(T);
+    let (mut a, mut b) = pair.conns();
+    let big = "x".repeat(100_000);
+    let _: () = a.set("big-set", &big).expect("SET");
+    let _: i64 = redis::cmd("SETRANGE")
+        .arg("big-range")
+        .arg(99_999)
+        .arg("y")
+        .query(&mut a)
+        .expect("SETRANGE");
+    let items: Vec<String> = (0..100)
+        .map(|i| format!("{i:04}{}", "z".repeat(1000)))
+        .collect();
+    let _: i64 = a.rpush("big-list", &items).expect("RPUSH");
+    let _: () = a.set("small", "after").expect("SET");
+    wait_for("small on B", T, || {
+        b.get::<_, Option<String>>("small")
+            .ok()
+            .flatten()
+            .as_deref()
+            == Some("after")
+    });
+    for key in ["big-set", "big-range", "big-list"] {
+        assert!(
+            !b.exists::<_, bool>(key).expect("EXISTS"),
+            "{key} must not reach B"
+        );
+    }
+    let s = status(&mut a);
+    assert!(
+        s["last_error"].contains("max-frame-size"),
+        "last_error names the limit: {s:?}"
+    );
+    // Nothing refused on the way: one session, no partial resync caused by a refusal.
+    let _: () = a.set("small2", "still").expect("SET");
+    wait_for("small2 on B", T, || {
+        b.exists::<_, bool>("small2").unwrap_or(false)
+    });
+    assert_eq!(status(&mut a)["link"], "up");
+    assert_eq!(
+        status_u64(&mut a, "partial_syncs"),
+        0,
+        "{:?}",
+        status(&mut a)
+    );
+    assert_eq!(
+        status_u64(&mut b, "partial_syncs"),
+        0,
+        "{:?}",
+        status(&mut b)
+    );
+    let log = pair.a.log();
+    for key in ["big-set", "big-range", "big-list"] {
+        assert!(log.contains(key), "the log names {key}");
+    }
+}

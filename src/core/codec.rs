@@ -60,6 +60,26 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>, CodecError> {
     Ok(out)
 }
 
+/// The number of bytes `value` takes in a frame body, counted without
+/// building it (a key image near `max-frame-size` can be hundreds of MB).
+pub fn encoded_len<T: serde::Serialize>(value: &T) -> Result<usize, CodecError> {
+    /// Counts what is written and keeps nothing.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    bincode::serde::encode_into_std_write(value, &mut n, config())
+        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    Ok(n.0)
+}
+
 /// Decode a frame body (without its prefix). Trailing bytes are an error.
 pub fn decode_body(body: &[u8]) -> Result<Frame, CodecError> {
     let (frame, used): (Frame, usize) = bincode::serde::decode_from_slice(body, config())
@@ -168,6 +188,13 @@ mod tests {
     use super::*;
     use crate::core::protocol::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn encoded_len_counts_the_body_exactly() {
+        let frame = sample_batch();
+        let bytes = encode(&frame).unwrap();
+        assert_eq!(encoded_len(&frame).unwrap(), bytes.len() - HEADER_LEN);
+    }
 
     fn sample_batch() -> Frame {
         Frame::Batch(Batch {

@@ -61,6 +61,35 @@ pub enum Value {
     HashTtl(HashFields),
 }
 
+impl Value {
+    /// Bytes of names and values the value holds: a lower bound of its
+    /// encoded size.
+    ///
+    /// Why: a key whose image is larger than the peer's `max-frame-size`
+    /// cannot travel (the peer refuses the frame, and a resent batch would be
+    /// refused again forever); the sender checks before it ships.
+    pub fn payload_bytes(&self) -> usize {
+        let pairs = |v: &[(Vec<u8>, Vec<u8>)]| v.iter().map(|(a, b)| a.len() + b.len()).sum();
+        let all = |v: &[Vec<u8>]| v.iter().map(Vec::len).sum::<usize>();
+        match self {
+            Value::String(b) | Value::Dump(b) => b.len(),
+            Value::Hash(v) | Value::ZSet(v) => pairs(v),
+            Value::List(v) | Value::Set(v) => all(v),
+            Value::HashTtl(v) => v.iter().map(|(f, x, _)| f.len() + x.len() + 8).sum(),
+            Value::Stream(s) => {
+                let entries: usize = s.entries.iter().map(|(id, f)| id.len() + all(f)).sum();
+                let groups: usize = s
+                    .groups
+                    .iter()
+                    .flat_map(|g| &g.consumers)
+                    .map(|c| c.name.len() + c.pending.iter().map(|p| p.0.len() + 16).sum::<usize>())
+                    .sum();
+                entries + groups
+            }
+        }
+    }
+}
+
 /// Fields of a [`Value::HashTtl`]: field, value, absolute expiry in ms.
 pub type HashFields = Vec<(Vec<u8>, Vec<u8>, Option<i64>)>;
 
@@ -318,6 +347,47 @@ impl ElementChange {
             | ElementChange::Del { elem, .. }
             | ElementChange::Incr { elem, .. } => Some(elem),
             ElementChange::DelKey => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_bytes_bound_the_encoded_size_from_below() {
+        let values = [
+            Value::String(vec![7; 1000]),
+            Value::Hash(vec![(b"f".to_vec(), vec![1; 500]), (b"g".to_vec(), vec![])]),
+            Value::List(vec![vec![2; 300]; 4]),
+            Value::Set(vec![b"m".to_vec(); 10]),
+            Value::ZSet(vec![(b"m".to_vec(), b"1.5".to_vec())]),
+            Value::HashTtl(vec![(b"f".to_vec(), b"v".to_vec(), Some(1))]),
+            Value::Stream(StreamImage {
+                entries: vec![(b"1-1".to_vec(), vec![b"f".to_vec(), vec![3; 200]])],
+                ..StreamImage::default()
+            }),
+        ];
+        for value in values {
+            let n = value.payload_bytes();
+            assert!(n > 0, "{value:?}");
+            let op = Op::Set {
+                key: Vec::new(),
+                value,
+                expire_at_ms: None,
+            };
+            let encoded = crate::core::codec::encode(&Frame::Batch(Batch {
+                seq: 1,
+                resync: false,
+                entries: vec![Entry {
+                    db: 0,
+                    stamp: Stamp { hlc: 1, index: 0 },
+                    op,
+                }],
+            }))
+            .expect("encodes");
+            assert!(encoded.len() >= n, "{} < {n}", encoded.len());
         }
     }
 }

@@ -85,7 +85,7 @@ fn take_hint(key: &[u8]) -> Option<SetHint> {
 /// `ctx` is the live context of a keyspace notification.
 unsafe fn check_hint(ctx: *mut raw::RedisModuleCtx, db: u32, key: &[u8], value: &[u8]) {
     let c = Context::new(ctx);
-    let stored = ffi::read_key(&c, key).and_then(|r| r.string);
+    let stored = ffi::read_key(&c, key, usize::MAX).and_then(|r| r.string);
     if stored.as_deref() != Some(value) {
         crate::log::warning(&format!(
             "set-hint mismatch in db {db} for key {:?}: hint {:?}, stored {:?}",
@@ -430,6 +430,13 @@ unsafe fn arm_hint(fctx: *mut raw::RedisModuleCommandFilterCtx, argc: usize) {
         disarm_hint();
         return;
     };
+    // A value too large to ship is not copied here: the flush reads the
+    // key and reports it (see `flush::read_image`).
+    let limit = Shared::get().map_or(u64::MAX, |s| s.config.max_frame_size);
+    if ffi::filter_arg(fctx, 2).len() as u64 >= limit {
+        disarm_hint();
+        return;
+    }
     *set_hint() = Some(SetHint {
         key: ffi::filter_arg(fctx, 1).to_vec(),
         value: ffi::filter_arg(fctx, 2).to_vec(),

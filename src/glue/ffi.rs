@@ -34,16 +34,20 @@ pub enum KeyKind {
 pub struct KeyRead {
     /// Its kind.
     pub kind: KeyKind,
-    /// The bytes, for strings.
+    /// The bytes, for strings (`None`: longer than asked for, or they could
+    /// not be copied: out of memory).
     pub string: Option<Vec<u8>>,
+    /// A string's length in bytes (0 for other kinds).
+    pub string_len: usize,
     /// Absolute expiry in Unix ms, if any.
     pub expire_at_ms: Option<i64>,
 }
 
 /// Read a key's kind, string value and absolute expiry in the context's
-/// selected db, through the key API (no command call).
-pub fn read_key(ctx: &Context, key: &[u8]) -> Option<KeyRead> {
-    read_key_with(ctx, key, true)
+/// selected db, through the key API (no command call). A string of
+/// `max_string` bytes or more is not copied (see [`KeyRead::string`]).
+pub fn read_key(ctx: &Context, key: &[u8], max_string: usize) -> Option<KeyRead> {
+    read_key_with(ctx, key, max_string)
 }
 
 /// Run `f` on `key` of the selected db, opened for reading as quietly as the
@@ -191,31 +195,40 @@ fn kind_of(t: isize) -> KeyKind {
     }
 }
 
-/// [`read_key`]; `with_string` false leaves a string's value unread.
-fn read_key_with(ctx: &Context, key: &[u8], with_string: bool) -> Option<KeyRead> {
+/// [`read_key`]; `max_string` 0 leaves a string's value unread.
+fn read_key_with(ctx: &Context, key: &[u8], max_string: usize) -> Option<KeyRead> {
     // SAFETY: main thread, live context; the DMA pointer is only read while
     // the key is open and copied before it is closed.
     unsafe {
         let ktype = raw::RedisModule_KeyType?;
+        let vlen = raw::RedisModule_ValueLength?;
         with_open_key(ctx, key, |k| {
             if k.is_null() {
                 return KeyRead {
                     kind: KeyKind::Missing,
                     string: None,
+                    string_len: 0,
                     expire_at_ms: None,
                 };
             }
             let kind = kind_of(ktype(k) as isize);
+            let string_len = if kind == KeyKind::String { vlen(k) } else { 0 };
             let mut string = None;
-            if kind == KeyKind::String && with_string {
+            if kind == KeyKind::String && string_len < max_string {
                 if let Some(dma) = raw::RedisModule_StringDMA {
                     let mut len = 0usize;
                     let p = dma(k, &mut len, raw::REDISMODULE_READ as c_int);
-                    string = Some(if p.is_null() {
-                        Vec::new()
+                    // Fallible: a value the allocator cannot copy (a huge
+                    // string under memory pressure) must not abort the server.
+                    string = if p.is_null() {
+                        Some(Vec::new())
                     } else {
-                        std::slice::from_raw_parts(p.cast::<u8>(), len).to_vec()
-                    });
+                        let mut copy = Vec::new();
+                        copy.try_reserve_exact(len).ok().map(|()| {
+                            copy.extend_from_slice(std::slice::from_raw_parts(p.cast::<u8>(), len));
+                            copy
+                        })
+                    };
                 }
             }
             let mut expire_at_ms = None;
@@ -230,6 +243,7 @@ fn read_key_with(ctx: &Context, key: &[u8], with_string: bool) -> Option<KeyRead
             KeyRead {
                 kind,
                 string,
+                string_len,
                 expire_at_ms,
             }
         })
@@ -538,7 +552,7 @@ pub fn propagation_needed(ctx: &Context) -> bool {
 /// not exist, `Some(None)` if it has no expiry. Opens the key without
 /// touching its value (no `StringDMA`, which rewrites the stored object).
 pub fn read_expiry(ctx: &Context, key: &[u8]) -> Option<Option<i64>> {
-    match read_key_with(ctx, key, false) {
+    match read_key_with(ctx, key, 0) {
         Some(r) if r.kind == KeyKind::Missing => None,
         Some(r) => Some(r.expire_at_ms),
         // The key API is unavailable: no expiry is the safe reading.

@@ -29,7 +29,11 @@ use crate::state::Shared;
 
 /// The entry that carries `key`'s current state: its image, or a tombstone.
 pub fn key_op(ctx: &Context, db: u32, key: Vec<u8>) -> Result<Op, String> {
-    Ok(match read_image(ctx, db, &key)? {
+    let named = |e: String| {
+        let shown = String::from_utf8_lossy(&key[..key.len().min(200)]).into_owned();
+        format!("key {shown:?}: {e}")
+    };
+    Ok(match read_image(ctx, db, &key).map_err(named)? {
         Some((value, expire_at_ms)) => Op::Set {
             key,
             value,
@@ -69,10 +73,24 @@ pub fn read_image(
     if !ffi::select_db(ctx, db as i32) {
         return Err(format!("db {db} does not exist"));
     }
-    let read = ffi::read_key(ctx, key).ok_or("the key API is unavailable")?;
+    // A string longer than a frame can carry is not copied at all: the peer
+    // would refuse the batch, and copying it could exhaust memory.
+    let limit = Shared::get().map_or(usize::MAX, |s| {
+        usize::try_from(s.config.max_frame_size).unwrap_or(usize::MAX)
+    });
+    let read = ffi::read_key(ctx, key, limit).ok_or("the key API is unavailable")?;
     let value = match read.kind {
         KeyKind::Missing => return Ok(None),
-        KeyKind::String => Value::String(read.string.unwrap_or_default()),
+        KeyKind::String => match read.string {
+            Some(bytes) => Value::String(bytes),
+            None if read.string_len >= limit => {
+                return Err(format!(
+                    "the string is {} bytes, more than max-frame-size ({limit}): not replicated",
+                    read.string_len
+                ))
+            }
+            None => return Err("out of memory copying the string: not replicated".into()),
+        },
         KeyKind::Hash => read_hash(ctx, key)?,
         KeyKind::List => Value::List(image::strings(&query(ctx, "LRANGE", &[key, b"0", b"-1"])?)?),
         KeyKind::Set => Value::Set(image::strings(&query(ctx, "SMEMBERS", &[key])?)?),
@@ -134,14 +152,47 @@ fn stream_keys_in_dbs(ctx: &Context, keys: Vec<Vec<u8>>, databases: u32) -> Vec<
             if !ffi::select_db(ctx, db as i32) {
                 continue;
             }
-            if let Some(r) = ffi::read_key(ctx, &key) {
-                if r.kind == KeyKind::Stream {
+            if let Some((kind, _, _)) = ffi::key_shape(ctx, &key) {
+                if kind == KeyKind::Stream {
                     out.push(Dirty::Key(db, key.clone()));
                 }
             }
         }
     }
     out
+}
+
+/// Leave out images the peer could not take: larger than `max-frame-size`,
+/// the peer would refuse the frame, the link would drop, and the batch would
+/// be resent and refused forever. The key stays as it was on the peer; the
+/// error names it (`last_error`, log).
+fn drop_oversized(shared: &Shared, ops: &mut Vec<(u32, Op)>) {
+    // Room for the batch's own header and the link's encryption.
+    const SLACK: usize = 4096;
+    let limit = usize::try_from(shared.config.max_frame_size).unwrap_or(usize::MAX);
+    let too_big = |op: &Op| -> Option<usize> {
+        let Op::Set { value, .. } = op else {
+            return None;
+        };
+        if value.payload_bytes().saturating_mul(2) < limit {
+            return None;
+        }
+        // Near the limit: measure it exactly (rare, so the cost is fine).
+        let n = codec::encoded_len(op).unwrap_or(usize::MAX);
+        (n.saturating_add(SLACK) > limit).then_some(n)
+    };
+    ops.retain(|(db, op)| match (op, too_big(op)) {
+        (Op::Set { key, .. }, Some(n)) => {
+            let shown = String::from_utf8_lossy(&key[..key.len().min(200)]).into_owned();
+            let msg = format!(
+                "key {shown:?} in db {db} encodes to {n} bytes, more than max-frame-size ({limit}) allows: not replicated"
+            );
+            log::warning(&msg);
+            shared.set_error(msg);
+            false
+        }
+        _ => true,
+    });
 }
 
 /// Build, stamp and enqueue one batch from everything noted since the last
@@ -264,6 +315,7 @@ pub fn flush(ctx: &Context) -> usize {
         }
     }
     ffi::select_db(ctx, saved_db);
+    drop_oversized(shared, &mut ops);
     if ops.is_empty() {
         return 0;
     }
