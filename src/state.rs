@@ -27,8 +27,9 @@ pub enum Inbound {
         /// The peer's node id.
         node_id: String,
     },
-    /// A batch to apply.
-    Batch(Batch),
+    /// A batch to apply, and the bytes of its frame (counted in
+    /// `Stats::inbound_bytes` while it waits).
+    Batch(Batch, usize),
     /// The peer applied our stream up to this seq.
     Ack(u64),
 }
@@ -256,6 +257,29 @@ impl Shared {
     pub fn request_drop_session(&self) {
         self.drop_session.store(true, Ordering::Relaxed);
         self.outbox_cv.notify_all();
+    }
+
+    /// A queued message left the inbound queue (taken by the main thread,
+    /// drained, or never sent): its frame's bytes no longer count against
+    /// [`crate::core::inbound_budget::MAX_BYTES`].
+    pub fn inbound_taken(&self, msg: &Inbound) {
+        if let Inbound::Batch(_, bytes) = msg {
+            let bytes = *bytes as u64;
+            let _ =
+                self.stats
+                    .inbound_bytes
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+                        Some(q.saturating_sub(bytes))
+                    });
+        }
+    }
+
+    /// Empty the inbound queue (a session ends in error: nothing queued from
+    /// it may be applied).
+    pub fn drain_inbound(&self) {
+        while let Ok(m) = self.inbound_rx.try_recv() {
+            self.inbound_taken(&m);
+        }
     }
 
     /// Wake the main loop once, however many times it is asked before it runs.

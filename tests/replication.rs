@@ -446,6 +446,8 @@ fn status_fields_are_present_and_sane() {
         "ops_sent",
         "ops_applied",
         "conflicts_lost",
+        "inbound_bytes",
+        "inbound_bytes_peak",
         "lag_ms",
         "bytes_sent",
         "bytes_received",

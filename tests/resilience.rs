@@ -1487,3 +1487,64 @@ fn g_empty_node_joins_a_node_with_100k_keys_while_writes_continue() {
         brief(&pair.b)
     );
 }
+
+/// The peer's frames that wait for a busy main thread are bounded in bytes
+/// (`core::inbound_budget::MAX_BYTES`, 64 MiB), not only in messages: while b's main thread
+/// sleeps (`DEBUG SLEEP`), a writes 120 values of 1 MiB; b's link reader stops reading once
+/// 64 MiB wait (TCP back-pressure keeps the rest in a's backlog) instead of holding all 120 MiB,
+/// and the pair converges once b wakes without any resync.
+#[test]
+fn inbound_frames_waiting_for_a_busy_main_thread_are_bounded_in_bytes() {
+    let _s = serial();
+    const MIB: u64 = 1 << 20;
+    // A backlog that holds all 120 MiB: an overflow would resync, and a resync batch (one
+    // frame carrying every dirty key) is let through whole.
+    let pair = PairBuilder::new()
+        .module_args(["backlog-size", "1gb"])
+        .start();
+    pair.wait_link_up(T);
+    let (mut a, mut b) = pair.conns();
+    // Both connections exist before b sleeps (making one talks to the server).
+    let mut sleeper = pair.b.conn();
+    let mut probe = pair.b.conn();
+    probe
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("read timeout");
+    let sleeping = thread::spawn(move || {
+        let _: RedisResult<()> = redis::cmd("DEBUG").arg("SLEEP").arg(6).query(&mut sleeper);
+    });
+    // b's main thread is asleep once a PING to it goes unanswered.
+    wait_for("b's main thread asleep", T, || {
+        redis::cmd("PING").query::<String>(&mut probe).is_err()
+    });
+    for i in 0..120u8 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("big{i}"))
+            .arg(vec![i; MIB as usize])
+            .query(&mut a)
+            .expect("SET");
+    }
+    let _ = sleeping.join();
+    pair.assert_converged(&[0], T);
+    let peak = status_u64(&mut b, "inbound_bytes_peak");
+    assert!(
+        peak <= 64 * MIB + 2 * MIB,
+        "at most 64 MiB and one frame may wait: {peak} bytes did"
+    );
+    assert!(
+        peak >= 32 * MIB,
+        "the writes must have queued up while b slept (else this proves nothing): peak {peak}"
+    );
+    assert_eq!(
+        status_u64(&mut b, "inbound_bytes"),
+        0,
+        "nothing waits once applied"
+    );
+    for field in ["partial_syncs", "dirty_key_syncs", "full_syncs"] {
+        assert_eq!(
+            status_u64(&mut a, field),
+            0,
+            "{field}: the link never broke"
+        );
+    }
+}

@@ -10,6 +10,7 @@ pub mod fuzzing;
 pub mod history;
 pub mod hlc;
 pub mod image;
+pub mod inbound_budget;
 pub mod link_slot;
 pub mod merge;
 pub mod outbox;

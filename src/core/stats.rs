@@ -69,6 +69,11 @@ pub struct Stats {
     pub full_syncs: AtomicU64,
     /// Connections refused or dropped for a protocol or handshake error.
     pub link_errors: AtomicU64,
+    /// Bytes of the peer's frames waiting for the main thread now.
+    pub inbound_bytes: AtomicU64,
+    /// The most `inbound_bytes` has been (bounded by
+    /// [`crate::core::inbound_budget::MAX_BYTES`] plus one frame).
+    pub inbound_bytes_peak: AtomicU64,
 }
 
 impl Stats {

@@ -602,6 +602,7 @@ pub fn apply_inbound(ctx: &Context, queued: usize) -> bool {
             Ok(m) => m,
             Err(_) => break,
         };
+        shared.inbound_taken(&msg);
         match msg {
             Inbound::SessionStart { stream_id, node_id } => {
                 let prev = shared.peer_stream_id.swap(stream_id, Ordering::Relaxed);
@@ -622,7 +623,7 @@ pub fn apply_inbound(ctx: &Context, queued: usize) -> bool {
                     shared.force_source.store(false, Ordering::Relaxed);
                 }
             }
-            Inbound::Batch(batch) => {
+            Inbound::Batch(batch, _) => {
                 if shared.passive.load(Ordering::Relaxed) {
                     continue;
                 }
@@ -636,7 +637,7 @@ pub fn apply_inbound(ctx: &Context, queued: usize) -> bool {
                         shared.set_error(msg);
                         shared.request_drop_session();
                         // Drop everything else queued from this session.
-                        while shared.inbound_rx.try_recv().is_ok() {}
+                        shared.drain_inbound();
                         break;
                     }
                 }
@@ -656,7 +657,7 @@ pub fn apply_inbound(ctx: &Context, queued: usize) -> bool {
                         log::warning(&msg);
                         shared.set_error(msg);
                         shared.request_drop_session();
-                        while shared.inbound_rx.try_recv().is_ok() {}
+                        shared.drain_inbound();
                         break;
                     }
                 }

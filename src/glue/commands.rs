@@ -98,6 +98,8 @@ pub fn status_fields(shared: &Shared) -> Vec<(&'static str, Field)> {
         ("ops_applied", Num(Stats::get(&s.ops_applied))),
         ("conflicts_lost", Num(Stats::get(&s.conflicts_lost))),
         ("conflicts_merged", Num(Stats::get(&s.conflicts_merged))),
+        ("inbound_bytes", Num(Stats::get(&s.inbound_bytes))),
+        ("inbound_bytes_peak", Num(Stats::get(&s.inbound_bytes_peak))),
         ("lag_ms", Num(lag)),
         ("bytes_sent", Num(Stats::get(&s.bytes_sent))),
         ("bytes_received", Num(Stats::get(&s.bytes_received))),

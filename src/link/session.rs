@@ -14,6 +14,7 @@ use super::tls::TlsSettings;
 use super::transport::{Link, LinkReader, LinkWriter};
 use crate::core::auth::{self, SessionKeys};
 use crate::core::codec::{self, CodecError};
+use crate::core::inbound_budget;
 use crate::core::link_slot::{claims_changed, ClaimOutcome, Slot};
 use crate::core::outbox::{Item, ResumePlan};
 use crate::core::pairing::{decide, PairInfo, Role};
@@ -771,7 +772,7 @@ fn read_loop(
         };
         Stats::add(&shared.stats.bytes_received, n as u64);
         let msg = match frame {
-            Frame::Batch(b) => Inbound::Batch(b),
+            Frame::Batch(b) => Inbound::Batch(b, n),
             Frame::Ack(s) => Inbound::Ack(s),
             Frame::Ping => continue,
             Frame::Refuse(why) => break Some(format!("peer ended the link: {}", sanitize(&why))),
@@ -779,7 +780,29 @@ fn read_loop(
                 break Some("protocol error: unexpected handshake frame".to_string())
             }
         };
-        // Back-pressure: wait for room, but notice the session ending.
+        // Back-pressure in bytes: wait until the main thread has taken enough
+        // (see `core::inbound_budget`), but notice the session ending.
+        if let Inbound::Batch(_, bytes) = &msg {
+            let bytes = *bytes as u64;
+            while !inbound_budget::may_queue(
+                Stats::get(&shared.stats.inbound_bytes),
+                bytes,
+                inbound_budget::MAX_BYTES,
+            ) {
+                shared.wake_main();
+                if !alive.load(Ordering::Relaxed) || shared.stopping() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let now = shared
+                .stats
+                .inbound_bytes
+                .fetch_add(bytes, Ordering::Relaxed)
+                + bytes;
+            Stats::add_max(&shared.stats.inbound_bytes_peak, now);
+        }
+        // Back-pressure in messages: wait for room, but notice the session ending.
         let mut pending = msg;
         loop {
             match shared
@@ -790,11 +813,15 @@ fn read_loop(
                 Err(crossbeam_channel::SendTimeoutError::Timeout(m)) => {
                     shared.wake_main();
                     if !alive.load(Ordering::Relaxed) || shared.stopping() {
+                        shared.inbound_taken(&m);
                         return;
                     }
                     pending = m;
                 }
-                Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return,
+                Err(crossbeam_channel::SendTimeoutError::Disconnected(m)) => {
+                    shared.inbound_taken(&m);
+                    return;
+                }
             }
         }
         shared.wake_main();
