@@ -800,6 +800,51 @@ fn c_pending_table_overflow_while_the_link_is_up_resyncs_and_converges() {
     assert_eq!(int(&mut a, &["EXISTS", "after:a", "after:b"]), 2);
 }
 
+/// A full resync sends the dataset in chunks that each fit the peer's `max-frame-size`, however
+/// large the keys of one SCAN step are together: here 40 values of 20 kB (800 kB) under a 64 kB
+/// frame limit. One chunk with all of them would be refused by the peer, again at every
+/// reconnect, and the pair would never converge.
+#[test]
+fn c_full_resync_of_large_keys_fits_each_chunk_in_a_frame() {
+    let _serial = serial();
+    let pair = Pair::builder()
+        .proxied()
+        .module_args(["max-pending-keys", "5", "max-frame-size", "65536"])
+        .start();
+    pair.wait_link_up(T);
+    let (ab, ba) = pair.proxies();
+    ab.stall();
+    ba.stall();
+    let (mut a, mut b) = pair.conns();
+    let value = "v".repeat(20_000);
+    for i in 0..40 {
+        cmd(
+            &mut a,
+            &["SET", &format!("large:{i}"), &format!("{i}{value}")],
+        );
+    }
+    wait_for_state("a to notice the table overflow", T, || {
+        let m = try_status_of(&pair.a)?;
+        match m.get("next_resync").map(String::as_str) {
+            Some("full") => Ok(()),
+            _ => Err(brief(&pair.a)),
+        }
+    });
+    pair.heal();
+    pair.wait_link_up(T);
+    pair.assert_converged(&[0], T);
+    assert_eq!(int(&mut b, &["DBSIZE"]), 40);
+    assert!(stat(&pair.a, "full_syncs") + stat(&pair.b, "full_syncs") >= 1);
+    for s in [&pair.a, &pair.b] {
+        let e = stat_str(s, "last_error");
+        assert!(
+            !e.contains("max-frame-size") && !e.contains("exceeds"),
+            "{}: {e}",
+            s.name()
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // f. kill -9 during a fork, restart at once
 // ---------------------------------------------------------------------------------------------

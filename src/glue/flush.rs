@@ -166,7 +166,7 @@ fn stream_keys_in_dbs(ctx: &Context, keys: Vec<Vec<u8>>, databases: u32) -> Vec<
 /// the peer would refuse the frame, the link would drop, and the batch would
 /// be resent and refused forever. The key stays as it was on the peer; the
 /// error names it (`last_error`, log).
-fn drop_oversized(shared: &Shared, ops: &mut Vec<(u32, Op)>) {
+pub fn drop_oversized(shared: &Shared, ops: &mut Vec<(u32, Op)>) {
     // Room for the batch's own header and the link's encryption.
     const SLACK: usize = 4096;
     let limit = usize::try_from(shared.config.max_frame_size).unwrap_or(usize::MAX);

@@ -16,7 +16,7 @@ use redis_module::Context;
 
 use super::capture::APPLYING;
 use super::ffi;
-use super::flush::{enqueue_batch, key_op, to_reply, Stamping};
+use super::flush::{drop_oversized, enqueue_batch, key_op, to_reply, Stamping};
 use super::node::with_node;
 use crate::core::image::{self, Reply};
 use crate::core::protocol::Op;
@@ -35,6 +35,12 @@ struct Source {
     db: u32,
     cursor: Vec<u8>,
     keys_sent: u64,
+    /// Every db has been scanned to its end.
+    scanned_all: bool,
+    /// Keys of a SCAN step that did not fit in its chunk, and their db:
+    /// sent by the next steps before the scan goes on.
+    leftover: Vec<Vec<u8>>,
+    leftover_db: u32,
 }
 
 /// Keys the full-resync source is known to have.
@@ -132,6 +138,9 @@ pub fn start_source(shared: &Shared) {
             db: 0,
             cursor: b"0".to_vec(),
             keys_sent: 0,
+            scanned_all: false,
+            leftover: Vec::new(),
+            leftover_db: 0,
         }
     });
     log::notice("full resync: sending the whole dataset to the peer");
@@ -155,35 +164,80 @@ pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
     if first {
         ops.push((0, Op::FullSyncBegin));
     }
-    let (db, cursor) = source(|s| (s.db, s.cursor.clone()));
-    let mut done = false;
-    match scan(ctx, db, &cursor) {
-        Ok((next, keys)) => {
-            for key in keys {
-                match key_op(ctx, db, key) {
-                    Ok(op @ Op::Set { .. }) => ops.push((db, op)),
-                    Ok(_) => {} // gone since the scan listed it: nothing to send
-                    Err(e) => log::warning(&format!("full resync: cannot read a key: {e}")),
+    // Keys left over by the last step first, else the next SCAN step.
+    let leftover = source(|s| {
+        (!s.leftover.is_empty()).then(|| (s.leftover_db, std::mem::take(&mut s.leftover)))
+    });
+    let (db, keys) = match leftover {
+        Some(x) => x,
+        None => {
+            let (db, cursor, scanned_all) = source(|s| (s.db, s.cursor.clone(), s.scanned_all));
+            if scanned_all {
+                (db, Vec::new())
+            } else {
+                match scan(ctx, db, &cursor) {
+                    Ok((next, keys)) => {
+                        source(|s| {
+                            if next == b"0" {
+                                s.db += 1;
+                                s.cursor = b"0".to_vec();
+                                s.scanned_all = s.db >= shared.databases;
+                            } else {
+                                s.cursor = next;
+                            }
+                        });
+                        (db, keys)
+                    }
+                    Err(e) => {
+                        log::warning(&format!("full resync scan failed: {e}"));
+                        source(|s| s.scanned_all = true);
+                        (db, Vec::new())
+                    }
                 }
             }
-            source(|s| {
-                if next == b"0" {
-                    s.db += 1;
-                    s.cursor = b"0".to_vec();
-                    if s.db >= shared.databases {
-                        done = true;
-                    }
-                } else {
-                    s.cursor = next;
-                }
-            });
         }
-        Err(e) => {
-            log::warning(&format!("full resync scan failed: {e}"));
-            done = true;
+    };
+    // At most half a frame of images per chunk (the encoding adds to the
+    // payload), so a chunk of large keys never passes the peer's
+    // `max-frame-size`; the first key of a chunk is always taken (a key
+    // larger than a frame is left out by `drop_oversized`).
+    let budget = usize::try_from(shared.config.max_frame_size / 2).unwrap_or(usize::MAX);
+    let mut bytes = 0usize;
+    let mut taken = 0usize;
+    let mut rest: Vec<Vec<u8>> = Vec::new();
+    for key in keys {
+        if !rest.is_empty() {
+            rest.push(key);
+            continue;
+        }
+        match key_op(ctx, db, key.clone()) {
+            Ok(op @ Op::Set { .. }) => {
+                let n = match &op {
+                    Op::Set { value, key, .. } => value.payload_bytes() + key.len() + 16,
+                    _ => 0,
+                };
+                if taken > 0 && bytes.saturating_add(n) > budget {
+                    rest.push(key);
+                    continue;
+                }
+                bytes = bytes.saturating_add(n);
+                taken += 1;
+                ops.push((db, op));
+            }
+            Ok(_) => {} // gone since the scan listed it: nothing to send
+            Err(e) => log::warning(&format!("full resync: cannot read a key: {e}")),
         }
     }
+    let more_keys = !rest.is_empty();
+    if more_keys {
+        source(|s| {
+            s.leftover = rest;
+            s.leftover_db = db;
+        });
+    }
     ffi::select_db(ctx, saved);
+    drop_oversized(shared, &mut ops);
+    let done = !more_keys && source(|s| s.scanned_all);
     if done {
         ops.push((0, Op::FullSyncEnd));
     }
