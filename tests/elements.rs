@@ -34,7 +34,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
@@ -83,105 +83,16 @@ fn hooked_pair_with(module_args: &[&str]) -> Pair {
     pair
 }
 
-fn try_status_of(s: &Server) -> Result<HashMap<String, String>, String> {
-    s.try_conn()
-        .map_err(|e| e.to_string())
-        .and_then(|mut c| try_status(&mut c))
-}
-
-/// `SYNC.STATUS` fields shown in failure messages.
-const BRIEF_FIELDS: &[&str] = &[
-    "link",
-    "sent_seq",
-    "acked_seq",
-    "applied_seq",
-    "backlog_bytes",
-    "pending_keys",
-    "ops_captured",
-    "ops_sent",
-    "ops_applied",
-    "conflicts_lost",
-    "conflicts_merged",
-    "partial_syncs",
-    "dirty_key_syncs",
-    "full_syncs",
-    "bytes_sent",
-    "bytes_received",
-    "next_resync",
-    "last_error",
-];
-
-/// One line with the sync state of `s`, for messages.
-fn brief(s: &Server) -> String {
-    match try_status_of(s) {
-        Ok(m) => BRIEF_FIELDS
-            .iter()
-            .map(|f| format!("{f}={}", m.get(*f).map(String::as_str).unwrap_or("?")))
-            .collect::<Vec<_>>()
-            .join(" "),
-        Err(e) => format!("<{e}>"),
-    }
-}
-
-fn stat(s: &Server, field: &str) -> u64 {
-    status_u64(&mut s.conn(), field)
-}
-
-fn stat_str(s: &Server, field: &str) -> String {
-    status(&mut s.conn())
-        .get(field)
-        .cloned()
-        .unwrap_or_else(|| panic!("SYNC.STATUS of `{}` has no field {field:?}", s.name()))
-}
-
-/// Waits until both sides are linked and nothing is left un-acknowledged
-/// (`pending_keys` and `backlog_bytes` are 0 on both).
-fn wait_quiet(pair: &Pair) {
-    wait_quiet_within(pair, T);
-}
-
-/// [`wait_quiet`] with its own time limit.
-fn wait_quiet_within(pair: &Pair, limit: Duration) {
-    let quiet = |s: &Server| {
-        try_status_of(s).is_ok_and(|m| {
-            let f = |k: &str| m.get(k).map(String::as_str).unwrap_or("?").to_string();
-            f("link") == "up" && f("pending_keys") == "0" && f("backlog_bytes") == "0"
-        })
-    };
-    wait_for_state(
-        "both sides linked with nothing un-acknowledged",
-        limit,
-        || {
-            if quiet(&pair.a) && quiet(&pair.b) {
-                Ok(())
-            } else {
-                Err(format!("a: {}\nb: {}", brief(&pair.a), brief(&pair.b)))
-            }
-        },
-    );
-}
-
-/// Waits until `s` reports `link` other than `up`.
-fn wait_link_not_up(s: &Server) {
-    wait_for_state(&format!("link of `{}` to leave `up`", s.name()), T, || {
-        let m = try_status_of(s)?;
-        match m.get("link").map(String::as_str) {
-            Some("up") => Err(brief(s)),
-            _ => Ok(()),
-        }
-    });
-}
-
 /// The initial state written before the cut is on both sides and acknowledged, so each side's
 /// later writes are made having seen it.
 fn synced(pair: &Pair) {
-    wait_quiet(pair);
+    wait_quiet(pair, T);
     pair.assert_converged(&[0], T);
 }
 
 /// [`synced`] for several dbs.
 fn synced_dbs(pair: &Pair, dbs: &[i64]) {
-    wait_quiet(pair);
+    wait_quiet(pair, T);
     pair.assert_converged(dbs, T);
 }
 
@@ -189,8 +100,8 @@ fn synced_dbs(pair: &Pair, dbs: &[i64]) {
 /// writes is concurrent with what the other writes.
 fn cut(pair: &Pair) {
     pair.partition();
-    wait_link_not_up(&pair.a);
-    wait_link_not_up(&pair.b);
+    wait_link_not_up(&pair.a, T);
+    wait_link_not_up(&pair.b, T);
 }
 
 /// Heals the link and waits until it is up again.
@@ -400,7 +311,7 @@ fn finish(pair: &Pair, expects: &[Expect]) {
             brief(&pair.b)
         );
     }
-    wait_quiet(pair);
+    wait_quiet(pair, T);
     pair.assert_converged(&dbs, T);
     if let Err(r) = check(pair, expects) {
         panic!("once quiet, the values moved away from the expected ones:\n{r}");
@@ -775,7 +686,7 @@ fn random_element_writes_on_hot_keys_converge() {
         heal(&pair);
         // Draining hot keys with thousands of pending changes each is slow
         // (README limits; BENCHMARKS): a generous bound, not a speed check.
-        wait_quiet_within(&pair, Duration::from_secs(120));
+        wait_quiet(&pair, Duration::from_secs(120));
         pair.assert_converged(&[0], T);
         assert_no_mismatch(&pair);
     }
@@ -1794,21 +1705,21 @@ fn element_commands_through_every_path_converge_without_mismatch() {
     let pair = hooked_pair();
     let dbs = [0, 1, 4, 5];
     every_path(&pair.a, "a1:");
-    wait_quiet(&pair);
+    wait_quiet(&pair, T);
     pair.assert_converged(&dbs, T);
     assert_no_mismatch(&pair);
     thread::scope(|s| {
         s.spawn(|| every_path(&pair.a, "a2:"));
         s.spawn(|| every_path(&pair.b, "b2:"));
     });
-    wait_quiet(&pair);
+    wait_quiet(&pair, T);
     pair.assert_converged(&dbs, T);
     assert_no_mismatch(&pair);
     thread::scope(|s| {
         s.spawn(|| every_path(&pair.a, "x:"));
         s.spawn(|| every_path(&pair.b, "x:"));
     });
-    wait_quiet(&pair);
+    wait_quiet(&pair, T);
     pair.assert_converged(&dbs, T);
     assert_no_mismatch(&pair);
     // And with the link cut: both sides on the same keys, then heal.
@@ -1818,7 +1729,7 @@ fn element_commands_through_every_path_converge_without_mismatch() {
         s.spawn(|| every_path(&pair.b, "y:"));
     });
     heal(&pair);
-    wait_quiet(&pair);
+    wait_quiet(&pair, T);
     pair.assert_converged(&dbs, T);
     assert_no_mismatch(&pair);
 }
@@ -1892,7 +1803,7 @@ fn one_element_write_into_a_big_key_ships_only_that_element() {
                 ))
             }
         });
-        wait_quiet(&pair);
+        wait_quiet(&pair, T);
         let delta = stat(&pair.a, "bytes_sent") - before;
         too_big |= delta >= BOUND;
         report.push(format!(
@@ -1934,7 +1845,7 @@ fn incr_does_not_turn_a_counter_into_a_raw_string() {
             Err(v)
         }
     });
-    wait_quiet(&pair);
+    wait_quiet(&pair, T);
     let enc = text(&run(&mut a, &["OBJECT", "ENCODING", "c"]));
     assert_eq!(
         enc, "int",

@@ -1182,6 +1182,97 @@ pub fn value_to_string(v: &Value) -> String {
     }
 }
 
+/// `SYNC.STATUS` of `s` on a fresh connection, or why it could not be read.
+pub fn try_status_of(s: &Server) -> Result<HashMap<String, String>, String> {
+    s.try_conn()
+        .map_err(|e| e.to_string())
+        .and_then(|mut c| try_status(&mut c))
+}
+
+/// `SYNC.STATUS` fields shown in failure messages.
+pub const BRIEF_FIELDS: &[&str] = &[
+    "link",
+    "sent_seq",
+    "acked_seq",
+    "applied_seq",
+    "backlog_bytes",
+    "pending_keys",
+    "ops_captured",
+    "ops_sent",
+    "ops_applied",
+    "conflicts_lost",
+    "conflicts_merged",
+    "partial_syncs",
+    "dirty_key_syncs",
+    "full_syncs",
+    "bytes_sent",
+    "bytes_received",
+    "next_resync",
+    "last_error",
+];
+
+/// One line with the sync state of `s`, for messages.
+pub fn brief(s: &Server) -> String {
+    match try_status_of(s) {
+        Ok(m) => BRIEF_FIELDS
+            .iter()
+            .map(|f| format!("{f}={}", m.get(*f).map(String::as_str).unwrap_or("?")))
+            .collect::<Vec<_>>()
+            .join(" "),
+        Err(e) => format!("<{e}>"),
+    }
+}
+
+/// A numeric `SYNC.STATUS` field of `s`.
+pub fn stat(s: &Server, field: &str) -> u64 {
+    status_u64(&mut s.conn(), field)
+}
+
+/// A `SYNC.STATUS` field of `s` as text.
+pub fn stat_str(s: &Server, field: &str) -> String {
+    status(&mut s.conn())
+        .get(field)
+        .cloned()
+        .unwrap_or_else(|| panic!("SYNC.STATUS of `{}` has no field {field:?}", s.name()))
+}
+
+/// Waits until both sides are linked and nothing is left un-acknowledged
+/// (`pending_keys` and `backlog_bytes` are 0): the steady state after a fault.
+pub fn wait_quiet(pair: &Pair, timeout: Duration) {
+    let quiet = |s: &Server| {
+        try_status_of(s).is_ok_and(|m| {
+            let f = |k: &str| m.get(k).map(String::as_str).unwrap_or("?").to_string();
+            f("link") == "up" && f("pending_keys") == "0" && f("backlog_bytes") == "0"
+        })
+    };
+    wait_for_state(
+        "both sides linked with nothing un-acknowledged",
+        timeout,
+        || {
+            if quiet(&pair.a) && quiet(&pair.b) {
+                Ok(())
+            } else {
+                Err(format!("a: {}\nb: {}", brief(&pair.a), brief(&pair.b)))
+            }
+        },
+    );
+}
+
+/// Waits until `s` reports `link` other than `up` (after a cut).
+pub fn wait_link_not_up(s: &Server, timeout: Duration) {
+    wait_for_state(
+        &format!("link of `{}` to leave `up`", s.name()),
+        timeout,
+        || {
+            let m = try_status_of(s)?;
+            match m.get("link").map(String::as_str) {
+                Some("up") => Err(brief(s)),
+                _ => Ok(()),
+            }
+        },
+    );
+}
+
 /// Runs `SYNC.STATUS` and returns its fields, or the error as text. Accepts the RESP2 flat array
 /// `field, value, field, value, ...` (and a RESP3 map); values become strings.
 pub fn try_status(conn: &mut redis::Connection) -> Result<HashMap<String, String>, String> {
