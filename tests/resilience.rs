@@ -762,6 +762,55 @@ fn c_full_resync_of_large_keys_fits_each_chunk_in_a_frame() {
     }
 }
 
+/// A dirty-key resync whose keys together pass `max-frame-size` travels as several batches,
+/// each under the limit: 40 values of 20 kB written during a cut that overflows a 4 kB backlog,
+/// under a 64 kB frame limit. As one batch the peer would refuse it at every reconnect.
+#[test]
+fn c_dirty_key_resync_of_large_keys_fits_each_batch_in_a_frame() {
+    let _serial = serial();
+    let pair = Pair::builder()
+        .proxied()
+        .module_args(["backlog-size", "4096", "max-frame-size", "65536"])
+        .start();
+    pair.wait_link_up(T);
+    let (ab, ba) = pair.proxies();
+    ab.stall();
+    ba.stall();
+    let (mut a, mut b) = pair.conns();
+    let value = "v".repeat(20_000);
+    for i in 0..40 {
+        cmd(
+            &mut a,
+            &["SET", &format!("large:{i}"), &format!("{i}{value}")],
+        );
+    }
+    wait_for_state("a to need a dirty-key resync", T, || {
+        let m = try_status_of(&pair.a)?;
+        match m.get("next_resync").map(String::as_str) {
+            Some("dirty-key") => Ok(()),
+            _ => Err(brief(&pair.a)),
+        }
+    });
+    pair.heal();
+    pair.wait_link_up(T);
+    pair.assert_converged(&[0], T);
+    assert_eq!(int(&mut b, &["DBSIZE"]), 40);
+    assert!(stat(&pair.a, "dirty_key_syncs") >= 1, "{}", brief(&pair.a));
+    assert_eq!(stat(&pair.a, "full_syncs") + stat(&pair.b, "full_syncs"), 0);
+    assert!(
+        pair.a.log().contains("dirty-key resync in "),
+        "sent in several batches"
+    );
+    for s in [&pair.a, &pair.b] {
+        let e = stat_str(s, "last_error");
+        assert!(
+            !e.contains("max-frame-size") && !e.contains("exceeds"),
+            "{}: {e}",
+            s.name()
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // f. kill -9 during a fork, restart at once
 // ---------------------------------------------------------------------------------------------

@@ -142,6 +142,38 @@ impl Outbox {
         self.push(seq, bytes, ops, true)
     }
 
+    /// Append a batch that continues the latest resync batch (a resync too
+    /// large for one frame travels as several): the bound never drops it or
+    /// anything from the resync batch on while it is pushed, as for a single
+    /// resync batch, so a resync larger than the backlog still goes out whole.
+    pub fn push_resync_continuation(&mut self, seq: u64, bytes: Arc<Vec<u8>>, ops: u32) -> bool {
+        debug_assert_eq!(seq, self.last_seq + 1);
+        self.last_seq = seq;
+        self.batch_bytes += bytes.len();
+        self.items.push_back(Item::Batch { seq, bytes, ops });
+        let keep_from = self.resync_mark.map_or(seq, |(first, _)| first);
+        let mut dropped = false;
+        while self.batch_bytes > self.max_bytes {
+            match self.items.front() {
+                Some(Item::Batch { seq: s, .. }) if *s >= keep_from => break,
+                None => break,
+                _ => {}
+            }
+            match self.items.pop_front() {
+                Some(Item::Batch { seq, bytes, .. }) => {
+                    self.batch_bytes -= bytes.len();
+                    if seq > self.acked_seq && seq > self.dropped_upto {
+                        self.dropped_upto = self.dropped_upto.max(seq);
+                        dropped = true;
+                    }
+                }
+                Some(Item::Ack(_)) | None => {}
+            }
+            self.first_index += 1;
+        }
+        dropped
+    }
+
     fn push(&mut self, seq: u64, bytes: Arc<Vec<u8>>, ops: u32, resync: bool) -> bool {
         debug_assert_eq!(seq, self.last_seq + 1);
         self.last_seq = seq;
@@ -370,6 +402,35 @@ mod tests {
         assert!(
             matches!(items[..], [Item::Ack(15)]),
             "an ack pushed after the writer started must be after its cursor: {items:?}"
+        );
+    }
+
+    #[test]
+    fn a_resync_in_several_batches_larger_than_the_backlog_is_kept_whole() {
+        let mut o = Outbox::new(25);
+        o.push_batch(1, b(10), 1);
+        assert!(!o.push_resync_batch(2, b(20), 1));
+        assert!(!o.push_resync_continuation(3, b(20), 1));
+        assert!(!o.push_resync_continuation(4, b(20), 1));
+        let (items, _) = o.items_from(0);
+        let seqs: Vec<u64> = items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Batch { seq, .. } => Some(*seq),
+                Item::Ack(_) => None,
+            })
+            .collect();
+        assert_eq!(seqs, vec![2, 3, 4], "every batch of the resync stays");
+        let (seq, index) = o.resync_after(0).expect("marked");
+        assert_eq!(seq, 2, "the writer starts at the resync's first batch");
+        assert!(matches!(
+            o.items_from(index).0[0],
+            Item::Batch { seq: 2, .. }
+        ));
+        assert_eq!(o.plan_resume(1), ResumePlan::Partial);
+        assert!(
+            o.push_batch(5, b(10), 1),
+            "a later ordinary batch may drop the un-acknowledged resync"
         );
     }
 

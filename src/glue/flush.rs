@@ -167,32 +167,52 @@ fn stream_keys_in_dbs(ctx: &Context, keys: Vec<Vec<u8>>, databases: u32) -> Vec<
 /// be resent and refused forever. The key stays as it was on the peer; the
 /// error names it (`last_error`, log).
 pub fn drop_oversized(shared: &Shared, ops: &mut Vec<(u32, Op)>) {
+    ops.retain(|(db, op)| !oversized(shared, *db, op));
+}
+
+/// Is `op` an image too large for one frame? If so, say which key (log,
+/// `last_error`): the caller leaves it out (see [`drop_oversized`]).
+fn oversized(shared: &Shared, db: u32, op: &Op) -> bool {
     // Room for the batch's own header and the link's encryption.
     const SLACK: usize = 4096;
     let limit = usize::try_from(shared.config.max_frame_size).unwrap_or(usize::MAX);
-    let too_big = |op: &Op| -> Option<usize> {
-        let Op::Set { value, .. } = op else {
-            return None;
-        };
-        if value.payload_bytes().saturating_mul(2) < limit {
-            return None;
-        }
-        // Near the limit: measure it exactly (rare, so the cost is fine).
-        let n = codec::encoded_len(op).unwrap_or(usize::MAX);
-        (n.saturating_add(SLACK) > limit).then_some(n)
+    let Op::Set { key, value, .. } = op else {
+        return false;
     };
-    ops.retain(|(db, op)| match (op, too_big(op)) {
-        (Op::Set { key, .. }, Some(n)) => {
-            let shown = String::from_utf8_lossy(&key[..key.len().min(200)]).into_owned();
-            let msg = format!(
-                "key {shown:?} in db {db} encodes to {n} bytes, more than max-frame-size ({limit}) allows: not replicated"
-            );
-            log::warning(&msg);
-            shared.set_error(msg);
-            false
+    if value.payload_bytes().saturating_mul(2) < limit {
+        return false;
+    }
+    // Near the limit: measure it exactly (rare, so the cost is fine).
+    let n = codec::encoded_len(op).unwrap_or(usize::MAX);
+    if n.saturating_add(SLACK) <= limit {
+        return false;
+    }
+    let shown = String::from_utf8_lossy(&key[..key.len().min(200)]).into_owned();
+    let msg = format!(
+        "key {shown:?} in db {db} encodes to {n} bytes, more than max-frame-size ({limit}) allows: not replicated"
+    );
+    log::warning(&msg);
+    shared.set_error(msg);
+    true
+}
+
+/// A bound of the bytes `op` adds to a batch, without encoding it: what
+/// resyncs use to cut their batches under the frame limit.
+pub fn op_size(op: &Op) -> usize {
+    match op {
+        Op::Set { key, value, .. } => value.payload_bytes() + key.len() + 16,
+        Op::Delete { key } | Op::Check { key, .. } => key.len() + 64,
+        Op::Element { key, change, .. } => {
+            key.len()
+                + change.elem().map_or(0, <[u8]>::len)
+                + 64
+                + match change {
+                    crate::core::protocol::ElementChange::Set { value, .. } => value.len(),
+                    _ => 0,
+                }
         }
-        _ => true,
-    });
+        Op::FlushDb | Op::FullSyncBegin | Op::FullSyncEnd => 8,
+    }
 }
 
 /// Build, stamp and enqueue one batch from everything noted since the last
@@ -337,6 +357,9 @@ pub fn flush(ctx: &Context) -> usize {
     enqueue_batch(shared, ops, Stamping::Fresh)
 }
 
+/// One batch of a resync being cut: its entries' stamps and its entries.
+type Chunk = (Vec<Stamp>, Vec<(u32, Op)>);
+
 /// How the entries of a batch get their order stamps.
 pub enum Stamping {
     /// New local changes: one fresh clock stamp, recorded in the table.
@@ -344,6 +367,9 @@ pub enum Stamping {
     /// A dirty-key resync: the stamps recorded in the table (DESIGN §3
     /// rule 2), re-recorded under the new batch.
     Recorded(Vec<Stamp>),
+    /// A further batch of the same dirty-key resync (one too large for a
+    /// frame travels as several), stamped and recorded the same way.
+    RecordedMore(Vec<Stamp>),
     /// A full-resync chunk: the recorded stamp for keys still pending, the
     /// oldest possible stamp for the rest (any un-acknowledged write of the
     /// receiver wins over them); only pending keys are re-recorded.
@@ -375,7 +401,9 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
             };
             let stamp = match &stamping {
                 Stamping::Fresh => Stamp { hlc, index },
-                Stamping::Recorded(st) => st.get(i).copied().unwrap_or(Stamp { hlc, index }),
+                Stamping::Recorded(st) | Stamping::RecordedMore(st) => {
+                    st.get(i).copied().unwrap_or(Stamp { hlc, index })
+                }
                 Stamping::FullSync { .. } => image_key(&op)
                     .and_then(|k| node.pending.key_stamp(db, &k))
                     .unwrap_or(Stamp { hlc: 0, index }),
@@ -438,6 +466,8 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
     let bytes = Arc::new(bytes);
     let dropped = if resync {
         outbox.push_resync_batch(seq, bytes, n as u32)
+    } else if matches!(stamping, Stamping::RecordedMore(_)) {
+        outbox.push_resync_continuation(seq, bytes, n as u32)
     } else {
         outbox.push_batch(seq, bytes, n as u32)
     };
@@ -533,10 +563,45 @@ pub fn build_dirty_key_resync(ctx: &Context) -> Option<u64> {
             n.pending.forget_elements(*db, key);
         }
     });
+    out.retain(|(_, db, op)| !oversized(shared, *db, op));
     out.sort_by_key(|(stamp, _, _)| *stamp);
-    let (stamps, ops): (Vec<Stamp>, Vec<(u32, Op)>) =
-        out.into_iter().map(|(s, db, op)| (s, (db, op))).unzip();
+    // Cut into batches of at most half a frame each (the encoding adds to
+    // the payload); the first is the resync batch, the others continue it.
+    let budget = usize::try_from(shared.config.max_frame_size / 2).unwrap_or(usize::MAX);
+    let mut chunks: Vec<Chunk> = Vec::new();
+    let mut bytes = 0usize;
+    for (stamp, db, op) in out {
+        let n = op_size(&op);
+        match chunks.last_mut() {
+            Some((stamps, ops)) if bytes.saturating_add(n) <= budget => {
+                stamps.push(stamp);
+                ops.push((db, op));
+                bytes = bytes.saturating_add(n);
+            }
+            _ => {
+                chunks.push((vec![stamp], vec![(db, op)]));
+                bytes = n;
+            }
+        }
+    }
+    if chunks.is_empty() {
+        chunks.push((Vec::new(), Vec::new()));
+    }
+    if chunks.len() > 1 {
+        log::notice(&format!(
+            "dirty-key resync in {} batches (max-frame-size {})",
+            chunks.len(),
+            shared.config.max_frame_size
+        ));
+    }
     let seq = shared.outbox().next_seq();
-    enqueue_batch(shared, ops, Stamping::Recorded(stamps));
+    for (i, (stamps, ops)) in chunks.into_iter().enumerate() {
+        let stamping = if i == 0 {
+            Stamping::Recorded(stamps)
+        } else {
+            Stamping::RecordedMore(stamps)
+        };
+        enqueue_batch(shared, ops, stamping);
+    }
     Some(seq)
 }
