@@ -268,9 +268,16 @@ pub unsafe extern "C" fn on_keyspace_event(
         };
         match elem_event(key, event) {
             Some((EventFit::Record, changes, read_score)) => {
-                // Only a key without a TTL ships element records; the flush
-                // asks (once per key, not per write): see `flush`.
-                let confirmed = if read_score {
+                // Only a key without a TTL ships element records: the two
+                // sides see a key expire at slightly different moments, and
+                // an element change applied to the peer's copy after it
+                // expired here (or before it expires there) would live on one
+                // side only. A key with a TTL travels whole, with its expiry.
+                // Asked now, while this change is the key's last one.
+                let c = Context::new(ctx);
+                let confirmed = if ffi::read_expiry(&c, key).is_some_and(|e| e.is_some()) {
+                    None
+                } else if read_score {
                     confirm_score(ctx, key, changes)
                 } else {
                     Some(changes)

@@ -259,31 +259,15 @@ pub fn flush(ctx: &Context) -> usize {
         match t {
             Dirty::Flush(db) => ops.push((db, Op::FlushDb)),
             Dirty::Elements { db, key, changes } => {
-                // Only a key without a TTL ships element records: the two
-                // sides see a key expire at slightly different moments, and
-                // an element change applied to the peer's copy after it
-                // expired here (or before it expires there) would live on
-                // one side only. A key with a TTL travels whole, with its
-                // expiry. Asked here, once per key and flush: every way to
-                // give a key a TTL or take it away fires an event that is
-                // not an element change (`expire`, `persist`, `set`,
-                // `expired`, `del`, `restore`, `rename_to`, …), which
-                // `reduce` has already turned into a whole-key image, so a
-                // TTL seen now is one the key had at each of these changes.
-                if !ffi::select_db(ctx, db as i32) {
-                    continue;
-                }
-                if ffi::read_expiry(ctx, &key).is_some_and(|e| e.is_some()) {
-                    match key_op(ctx, db, key) {
-                        Ok(op) => ops.push((db, op)),
-                        Err(e) => {
-                            log::warning(&format!("cannot read key image in db {db}: {e}"));
-                            shared.set_error(format!("cannot read key image: {e}"));
-                        }
-                    }
-                    continue;
-                }
-                let check = self_check.then(|| digest(ctx, &key)).flatten();
+                // Element records are only captured for keys without a TTL
+                // (capture checks at the event; a later EXPIRE in this
+                // window turned the key into an image in `reduce`).
+                let check = self_check
+                    .then(|| {
+                        ffi::select_db(ctx, db as i32);
+                        digest(ctx, &key)
+                    })
+                    .flatten();
                 // Folded: a pipeline of INCRs of one key ships as one record.
                 for change in coalesce(changes) {
                     let op = Op::Element {
