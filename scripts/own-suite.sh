@@ -69,10 +69,6 @@ start() {
 # Tests that cannot run in external mode at all (they ask the harness for the server's pid,
 # which an external server does not give, and the exception ends the whole run).
 skips=("SRANDMEMBER with a dict containing long chain")
-# Skipped in both runs, with the reason in the README: ~70,000 SADDs to one large set ship
-# the whole set each event-loop iteration; on a loaded 2-core machine node b fell behind
-# and grew past 10 GB before the test ended (whole-key images of large collections).
-skips+=("SPOP using integers, testing Knuth's and Floyd's algorithm")
 # Guard the shared machine against a runaway server (kB of virtual memory per process).
 ulimit -v "${MEM_LIMIT_KB:-8000000}"
 
