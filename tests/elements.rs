@@ -1193,16 +1193,39 @@ fn set_add_wins_over_a_concurrent_remove() {
 // sorted set
 // ---------------------------------------------------------------------------------------------
 
-/// Row "sorted set": per member as for sets, scores set by `ZADD` last writer wins, integral
-/// Scores are last-writer-wins per member, for `ZADD` and `ZINCRBY` alike (a `ZINCRBY` ships
-/// the member's new score: README, "Conflicts"): with m=1, `ZINCRBY 2` on a and `ZINCRBY 3`
-/// on b end with one side's result on both; `ZADD 5 m` on a while b runs `ZINCRBY 2 m` too;
-/// `ZREM m` on a while b runs `ZADD 3 m` keeps m (add wins); members added on both sides all
-/// end up there.
+/// Does this server's command filter name the client (Redis 7.2+, Valkey, which reports
+/// `redis_version:7.2.4`)? Then an integral `ZINCRBY` travels as an exact increment.
+fn filter_names_client(c: &mut Connection) -> bool {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query(c)
+        .expect("INFO server");
+    let version = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .expect("redis_version in INFO server");
+    let mut parts = version
+        .trim()
+        .split('.')
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (7, 2)
+}
+
+/// Row "sorted set": per member as for sets; scores set by `ZADD` are last writer wins; an
+/// integral `ZINCRBY` adds up with the other side's on servers whose command filter names the
+/// client (7.2+, Valkey: the filter reads the score before it, so the increment is known to be
+/// exact), and ships the member's new score (last writer wins) on 7.0. With m=1, `ZINCRBY 2`
+/// on a and `ZINCRBY 3` on b give 6 when either side is 7.2+ (a 7.0 side's new score plus the
+/// other side's concurrent increment is the same sum), one side's result when both are 7.0;
+/// `ZADD 5 m` on a while b runs `ZINCRBY 2 m` gives 7 when b is 7.2+ (the increment b's side
+/// had not seen is added on top), else last writer wins; `ZREM m` on a while b runs `ZADD 3
+/// m` keeps m (add wins); members added on both sides all end up there.
 #[test]
 fn zset_scores_are_last_writer_wins_per_member_and_add_wins_over_zrem() {
     let pair = hooked_pair();
     let (mut a, mut b) = pair.conns();
+    let (a_adds, b_adds) = (filter_names_client(&mut a), filter_names_client(&mut b));
     for k in ["inc", "set-inc", "rem-add", "lww"] {
         run(&mut a, &["ZADD", k, "1", "m", "0", "keep"]);
     }
@@ -1229,16 +1252,24 @@ fn zset_scores_are_last_writer_wins_per_member_and_add_wins_over_zrem() {
     finish(
         &pair,
         &[
-            one_of(
-                "inc",
-                &[
-                    "zset {keep=0, m=3, new=4}",
-                    "zset {keep=0, m=3, new=-1}",
-                    "zset {keep=0, m=4, new=4}",
-                    "zset {keep=0, m=4, new=-1}",
-                ],
-            ),
-            one_of("set-inc", &["zset {keep=0, m=5}", "zset {keep=0, m=3}"]),
+            if a_adds || b_adds {
+                exactly("inc", "zset {keep=0, m=6, new=3}")
+            } else {
+                one_of(
+                    "inc",
+                    &[
+                        "zset {keep=0, m=3, new=4}",
+                        "zset {keep=0, m=3, new=-1}",
+                        "zset {keep=0, m=4, new=4}",
+                        "zset {keep=0, m=4, new=-1}",
+                    ],
+                )
+            },
+            if b_adds {
+                exactly("set-inc", "zset {keep=0, m=7}")
+            } else {
+                one_of("set-inc", &["zset {keep=0, m=5}", "zset {keep=0, m=3}"])
+            },
             exactly("rem-add", "zset {keep=0, m=3}"),
             exactly("union", "zset {a=1, b=2}"),
             exactly("last", "zset {n=1}"),
@@ -1363,12 +1394,15 @@ fn float_increments_that_are_not_integral_stay_last_writer_wins() {
 }
 
 /// Row "float increments", integral: `INCRBYFLOAT` and `HINCRBYFLOAT` stay last-writer-wins on
-/// the whole key even with an integral delta, and `ZINCRBY` per member (README, "Conflicts"):
-/// both sides end with one side's result.
+/// the whole key even with an integral delta (README, "Conflicts"): both sides end with one
+/// side's result. An integral `ZINCRBY` adds up where either side's filter names the client
+/// (7.2+, see [`zset_scores_are_last_writer_wins_per_member_and_add_wins_over_zrem`]), else it
+/// is last writer wins per member too.
 #[test]
 fn float_increments_stay_last_writer_wins_even_when_integral() {
     let pair = hooked_pair();
     let (mut a, mut b) = pair.conns();
+    let adds = filter_names_client(&mut a) || filter_names_client(&mut b);
     run(&mut a, &["SET", "f", "10"]);
     run(&mut a, &["HSET", "hf", "n", "10"]);
     run(&mut a, &["ZADD", "zf", "10", "m"]);
@@ -1386,7 +1420,11 @@ fn float_increments_stay_last_writer_wins_even_when_integral() {
         &[
             one_of("f", &["string 12", "string 13"]),
             one_of("hf", &["hash {n=12}", "hash {n=13}"]),
-            one_of("zf", &["zset {m=12}", "zset {m=13}"]),
+            if adds {
+                exactly("zf", "zset {m=15}")
+            } else {
+                one_of("zf", &["zset {m=12}", "zset {m=13}"])
+            },
         ],
     );
 }

@@ -17,7 +17,7 @@ use super::merge::counter;
 use super::protocol::{ElementChange, Shape};
 
 /// What one command will do to one key, if its event confirms it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct KeyHint {
     /// The key.
     pub key: Vec<u8>,
@@ -31,6 +31,11 @@ pub struct KeyHint {
     /// The changed member's score must be read after the command and put
     /// into the change (a `ZINCRBY`).
     pub read_score: bool,
+    /// A `ZINCRBY`'s increment, if it is an integer below 2^53 in size.
+    pub zincr_delta: Option<i64>,
+    /// The member's score before the command, read by the filter where the
+    /// server lets it (7.2+): `Some(None)` = no such member (it starts at 0).
+    pub base_score: Option<Option<f64>>,
     /// Where the key stands in the events of the command.
     pub state: HintState,
 }
@@ -65,6 +70,8 @@ impl KeyHint {
             then_del,
             changes,
             read_score: false,
+            zincr_delta: None,
+            base_score: None,
             state: HintState::Waiting,
         }
     }
@@ -264,6 +271,7 @@ pub fn describe(argv: &[&[u8]]) -> Option<Vec<KeyHint>> {
             }],
         )?;
         h[0].read_score = true;
+        h[0].zincr_delta = integral_delta(args[1]);
         return Some(h);
     }
     if is(name, "del") || is(name, "unlink") {
@@ -354,11 +362,53 @@ fn score_arg(arg: &[u8]) -> Option<Vec<u8>> {
     (!x.is_nan()).then(|| format_score(x))
 }
 
+/// `ZINCRBY`'s increment as an integer, if it is one below 2^53 in size.
+fn integral_delta(arg: &[u8]) -> Option<i64> {
+    let d: f64 = std::str::from_utf8(arg).ok()?.parse().ok()?;
+    (d.is_finite() && d.fract() == 0.0 && d.abs() < EXACT_SCORE).then_some(d as i64)
+}
+
+/// Integers up to this size are exact as sorted-set scores (doubles).
+const EXACT_SCORE: f64 = 9_007_199_254_740_992.0; // 2^53
+
+/// What a confirmed `ZINCRBY` ships, given the member's score `after` it,
+/// its increment and its score `before` (if the filter could read it).
+///
+/// Why both ends are needed: the score is a double. An increment adds up
+/// with the peer's concurrent ones (the counter rule) only if it is exact:
+/// the old score, the increment and the new score all integers below 2^53
+/// and the new score their sum. An integral result alone does not prove it
+/// (`5e-324 + 1` rounds to `1`). Anything else ships the new score, and
+/// concurrent changes of the member are last-writer-wins.
+pub fn zincr_change(
+    elem: &[u8],
+    delta: Option<i64>,
+    before: Option<Option<f64>>,
+    after: f64,
+) -> ElementChange {
+    let exact = |x: f64| x.is_finite() && x.fract() == 0.0 && x.abs() < EXACT_SCORE;
+    if let (Some(d), Some(before)) = (delta, before) {
+        let old = before.unwrap_or(0.0);
+        if exact(old) && exact(after) && old + d as f64 == after {
+            return ElementChange::Incr {
+                shape: Shape::ZSet,
+                elem: elem.to_vec(),
+                delta: d,
+            };
+        }
+    }
+    ElementChange::Set {
+        shape: Shape::ZSet,
+        elem: elem.to_vec(),
+        value: format_score(after),
+    }
+}
+
 /// A sorted-set score as the element rule holds it: an integer in the
 /// exact range as its digits (so increments add), any other value in a
 /// form `strtod` reads back to the same double.
 pub fn format_score(x: f64) -> Vec<u8> {
-    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    const EXACT: f64 = EXACT_SCORE;
     if x.is_infinite() {
         return if x > 0.0 {
             b"inf".to_vec()
@@ -375,6 +425,48 @@ pub fn format_score(x: f64) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zincrby_ships_an_increment_only_when_it_is_exact() {
+        let incr = |d: i64| ElementChange::Incr {
+            shape: Shape::ZSet,
+            elem: b"m".to_vec(),
+            delta: d,
+        };
+        let set = |v: &str| ElementChange::Set {
+            shape: Shape::ZSet,
+            elem: b"m".to_vec(),
+            value: v.as_bytes().to_vec(),
+        };
+        assert_eq!(zincr_change(b"m", Some(3), Some(Some(4.0)), 7.0), incr(3));
+        assert_eq!(
+            zincr_change(b"m", Some(-3), Some(None), -3.0),
+            incr(-3),
+            "new member from 0"
+        );
+        // An integral result from a fractional score: not an exact add.
+        assert_eq!(
+            zincr_change(b"m", Some(1), Some(Some(5e-324)), 1.0),
+            set("1")
+        );
+        assert_eq!(
+            zincr_change(b"m", Some(1), Some(Some(0.5)), 1.5),
+            set("1.5e0")
+        );
+        // The score before unknown (7.0, a script's client): the new score.
+        assert_eq!(zincr_change(b"m", Some(3), None, 7.0), set("7"));
+        // Past the exact range of a double.
+        let big = 9_007_199_254_740_992.0;
+        assert_eq!(
+            zincr_change(b"m", Some(1), Some(Some(big - 1.0)), big),
+            set("9.007199254740992e15")
+        );
+        assert_eq!(zincr_change(b"m", None, Some(Some(1.0)), 2.5), set("2.5e0"));
+        assert_eq!(d("zincrby z 2 m").unwrap()[0].zincr_delta, Some(2));
+        assert_eq!(d("zincrby z 2.0 m").unwrap()[0].zincr_delta, Some(2));
+        assert_eq!(d("zincrby z 1.5 m").unwrap()[0].zincr_delta, None);
+        assert_eq!(d("zincrby z inf m").unwrap()[0].zincr_delta, None);
+    }
 
     fn d(s: &str) -> Option<Vec<KeyHint>> {
         let v: Vec<&[u8]> = s.split_whitespace().map(str::as_bytes).collect();

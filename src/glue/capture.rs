@@ -34,7 +34,7 @@ use super::ffi;
 use super::guard::guarded;
 use crate::core::dirty::{DirtyLog, Expiry};
 use crate::core::protocol::ElementChange;
-use crate::core::write_hint::{describe, EventFit, KeyHint};
+use crate::core::write_hint::{describe, zincr_change, EventFit, KeyHint};
 use crate::state::Shared;
 
 /// Set while this module applies remote changes on the main thread: the
@@ -138,7 +138,7 @@ pub fn disarm_hints() {
 
 /// What the element hint says about an event on `key`: `None` when no hint
 /// names the key (the event is noted as usual).
-fn elem_event(key: &[u8], event: &[u8]) -> Option<(EventFit, Vec<ElementChange>, bool)> {
+fn elem_event(key: &[u8], event: &[u8]) -> Option<(EventFit, Vec<ElementChange>, ScoreHint)> {
     if !ELEM_ARMED.load(Ordering::Relaxed) {
         return None;
     }
@@ -150,8 +150,12 @@ fn elem_event(key: &[u8], event: &[u8]) -> Option<(EventFit, Vec<ElementChange>,
     } else {
         Vec::new()
     };
-    Some((fit, changes, h.read_score))
+    let score = h.read_score.then_some((h.zincr_delta, h.base_score));
+    Some((fit, changes, score))
 }
+
+/// For a `ZINCRBY`: its integral increment and the score before it, if known.
+type ScoreHint = Option<(Option<i64>, Option<Option<f64>>)>;
 
 /// A hinted key expired or was evicted while its command ran.
 fn break_elem_hint(key: &[u8]) {
@@ -162,7 +166,8 @@ fn break_elem_hint(key: &[u8]) {
     }
 }
 
-/// A `ZINCRBY` ships the member's new score: read it now (`None`: the
+/// A `ZINCRBY` ships the member's new score, or its increment when that is
+/// exact (`write_hint::zincr_change`): read the score now (`None`: the
 /// member is gone, the key is imaged).
 ///
 /// # Safety
@@ -170,14 +175,15 @@ fn break_elem_hint(key: &[u8]) {
 unsafe fn confirm_score(
     ctx: *mut raw::RedisModuleCtx,
     key: &[u8],
-    mut changes: Vec<ElementChange>,
+    changes: Vec<ElementChange>,
+    (delta, before): (Option<i64>, Option<Option<f64>>),
 ) -> Option<Vec<ElementChange>> {
-    let Some(ElementChange::Set { elem, value, .. }) = changes.first_mut() else {
+    let Some(ElementChange::Set { elem, .. }) = changes.first() else {
         return None;
     };
     let c = Context::new(ctx);
-    *value = super::flush::zscore(&c, key, elem)?;
-    Some(changes)
+    let after = ffi::zset_score(&c, key, elem)?;
+    Some(vec![zincr_change(elem, delta, before, after)])
 }
 
 /// Keys touched by commands that change a stream without a keyspace event
@@ -267,7 +273,7 @@ pub unsafe extern "C" fn on_keyspace_event(
             std::ffi::CStr::from_ptr(event).to_bytes()
         };
         match elem_event(key, event) {
-            Some((EventFit::Record, changes, read_score)) => {
+            Some((EventFit::Record, changes, score)) => {
                 // Only a key without a TTL ships element records: the two
                 // sides see a key expire at slightly different moments, and
                 // an element change applied to the peer's copy after it
@@ -277,8 +283,8 @@ pub unsafe extern "C" fn on_keyspace_event(
                 let c = Context::new(ctx);
                 let confirmed = if ffi::read_expiry(&c, key).is_some_and(|e| e.is_some()) {
                     None
-                } else if read_score {
-                    confirm_score(ctx, key, changes)
+                } else if let Some(score) = score {
+                    confirm_score(ctx, key, changes, score)
                 } else {
                     Some(changes)
                 };
@@ -468,9 +474,19 @@ fn hintable(name: &[u8]) -> bool {
 /// `fctx` is the live filter context.
 unsafe fn arm_elem_hint(fctx: *mut raw::RedisModuleCommandFilterCtx, argc: usize) -> bool {
     let argv: Vec<&[u8]> = (0..argc).map(|i| ffi::filter_arg(fctx, i)).collect();
-    let Some(hints) = describe(&argv) else {
+    let Some(mut hints) = describe(&argv) else {
         return false;
     };
+    // A ZINCRBY adds up with the peer's only if it is exact, which needs the
+    // score before it (see `write_hint::zincr_change`): read it now, where
+    // the server names the client's db (7.2+).
+    for h in hints.iter_mut().filter(|h| h.zincr_delta.is_some()) {
+        if let (Some(db), Some(ElementChange::Set { elem, .. })) =
+            (ffi::filter_client_db(fctx), h.changes.first())
+        {
+            h.base_score = ffi::zset_score_before(db, &h.key, elem);
+        }
+    }
     *elem_hint() = hints;
     ELEM_ARMED.store(true, Ordering::Relaxed);
     true

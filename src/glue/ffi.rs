@@ -182,6 +182,80 @@ pub fn hash_get(ctx: &Context, key: &[u8], field: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// A context of the module's own (detached), for reads where no context is
+/// given: the command filter. Made once at load, never freed (the module
+/// cannot be unloaded).
+static DETACHED: std::sync::atomic::AtomicPtr<raw::RedisModuleCtx> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// Make the detached context (at load, on the main thread).
+pub fn make_detached_context(ctx: &Context) {
+    // SAFETY: main thread at load with a live context; the returned context
+    // is owned by the module for its lifetime.
+    unsafe {
+        if let Some(get) = raw::RedisModule_GetDetachedThreadSafeContext {
+            DETACHED.store(get(ctx.ctx), std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// The db of the client whose command the filter sees (7.2+: the filter
+/// names the client). `None` on 7.0, and for clients the server does not
+/// list (a script's or a module's fake client).
+///
+/// # Safety
+/// `fctx` is the live filter context.
+pub unsafe fn filter_client_db(fctx: *mut raw::RedisModuleCommandFilterCtx) -> Option<i32> {
+    let client_id = raw::RedisModule_CommandFilterGetClientId?;
+    let info_by_id = raw::RedisModule_GetClientInfoById?;
+    let id = client_id(fctx);
+    let mut ci: raw::RedisModuleClientInfo = std::mem::zeroed();
+    ci.version = 1;
+    let ok = info_by_id(std::ptr::addr_of_mut!(ci).cast::<c_void>(), id);
+    (ok == raw::REDISMODULE_OK as c_int).then_some(i32::from(ci.db))
+}
+
+/// A sorted-set member's score in `db`, read from the command filter
+/// (before the command runs) through the detached context: `Some(None)`
+/// when the key or the member does not exist, `None` when it cannot be
+/// read (no detached context, another type).
+///
+/// # Safety
+/// Main thread, inside the command filter (the server lock is held).
+pub unsafe fn zset_score_before(db: i32, key: &[u8], member: &[u8]) -> Option<Option<f64>> {
+    let dctx = DETACHED.load(std::sync::atomic::Ordering::Relaxed);
+    if dctx.is_null() {
+        return None;
+    }
+    let select = raw::RedisModule_SelectDb?;
+    let ktype = raw::RedisModule_KeyType?;
+    let score_of = raw::RedisModule_ZsetScore?;
+    if select(dctx, db) != raw::REDISMODULE_OK as c_int {
+        return None;
+    }
+    let c = Context::new(dctx);
+    with_open_key(&c, key, |k| {
+        if k.is_null() {
+            return Some(None);
+        }
+        match kind_of(ktype(k) as isize) {
+            KeyKind::Missing => Some(None),
+            KeyKind::ZSet => with_temp_string(&c, member, |ele| {
+                if ele.is_null() {
+                    return None;
+                }
+                let mut score = 0f64;
+                Some(
+                    (score_of(k, ele, &mut score) == raw::REDISMODULE_OK as c_int).then_some(score),
+                )
+            })
+            .flatten(),
+            _ => None,
+        }
+    })
+    .flatten()
+}
+
 fn kind_of(t: isize) -> KeyKind {
     match t {
         raw::REDISMODULE_KEYTYPE_EMPTY => KeyKind::Missing,

@@ -132,6 +132,7 @@ fn init_inner(ctx: &Context, args: &[RedisString]) -> Status {
         log::warning("refusing to load: this Redis lacks a module API the module needs (Redis 7.0 or newer is required)");
         return Status::Err;
     }
+    ffi::make_detached_context(ctx);
     if let Err(e) = crate::link::start(shared.clone()) {
         log::warning(&format!("refusing to load: {e}"));
         return Status::Err;
