@@ -132,14 +132,14 @@ impl Outbox {
     /// bound (a resync batch larger than the backlog must still go out, or
     /// every resync would immediately ask for the next one).
     pub fn push_batch(&mut self, seq: u64, bytes: Arc<Vec<u8>>, ops: u32) -> bool {
-        self.push(seq, bytes, ops, false)
+        self.push(seq, bytes, ops, false, seq)
     }
 
     /// Append a resync batch: it covers every earlier batch, so dropping
     /// those is not an overflow, and a writer serving a peer that needs a
     /// resync starts from it.
     pub fn push_resync_batch(&mut self, seq: u64, bytes: Arc<Vec<u8>>, ops: u32) -> bool {
-        self.push(seq, bytes, ops, true)
+        self.push(seq, bytes, ops, true, seq)
     }
 
     /// Append a batch that continues the latest resync batch (a resync too
@@ -147,34 +147,21 @@ impl Outbox {
     /// anything from the resync batch on while it is pushed, as for a single
     /// resync batch, so a resync larger than the backlog still goes out whole.
     pub fn push_resync_continuation(&mut self, seq: u64, bytes: Arc<Vec<u8>>, ops: u32) -> bool {
-        debug_assert_eq!(seq, self.last_seq + 1);
-        self.last_seq = seq;
-        self.batch_bytes += bytes.len();
-        self.items.push_back(Item::Batch { seq, bytes, ops });
         let keep_from = self.resync_mark.map_or(seq, |(first, _)| first);
-        let mut dropped = false;
-        while self.batch_bytes > self.max_bytes {
-            match self.items.front() {
-                Some(Item::Batch { seq: s, .. }) if *s >= keep_from => break,
-                None => break,
-                _ => {}
-            }
-            match self.items.pop_front() {
-                Some(Item::Batch { seq, bytes, .. }) => {
-                    self.batch_bytes -= bytes.len();
-                    if seq > self.acked_seq && seq > self.dropped_upto {
-                        self.dropped_upto = self.dropped_upto.max(seq);
-                        dropped = true;
-                    }
-                }
-                Some(Item::Ack(_)) | None => {}
-            }
-            self.first_index += 1;
-        }
-        dropped
+        self.push(seq, bytes, ops, false, keep_from)
     }
 
-    fn push(&mut self, seq: u64, bytes: Arc<Vec<u8>>, ops: u32, resync: bool) -> bool {
+    /// Append a batch, then drop the oldest items while over the bound,
+    /// never a batch from `keep_from` on (the one just pushed, or the whole
+    /// resync it continues).
+    fn push(
+        &mut self,
+        seq: u64,
+        bytes: Arc<Vec<u8>>,
+        ops: u32,
+        resync: bool,
+        keep_from: u64,
+    ) -> bool {
         debug_assert_eq!(seq, self.last_seq + 1);
         self.last_seq = seq;
         if resync {
@@ -184,18 +171,19 @@ impl Outbox {
         self.batch_bytes += bytes.len();
         self.items.push_back(Item::Batch { seq, bytes, ops });
         let mut dropped = false;
-        while self.batch_bytes > self.max_bytes && self.items.len() > 1 {
-            match self.items.pop_front() {
-                Some(Item::Batch { seq, bytes, .. }) => {
-                    self.batch_bytes -= bytes.len();
-                    // Batches before a resync mark are covered by it.
-                    if seq > self.acked_seq && seq > self.dropped_upto {
-                        self.dropped_upto = self.dropped_upto.max(seq);
-                        dropped = true;
-                    }
-                }
-                Some(Item::Ack(_)) => {}
+        while self.batch_bytes > self.max_bytes {
+            match self.items.front() {
+                Some(Item::Batch { seq: s, .. }) if *s >= keep_from => break,
                 None => break,
+                _ => {}
+            }
+            if let Some(Item::Batch { seq, bytes, .. }) = self.items.pop_front() {
+                self.batch_bytes -= bytes.len();
+                // Batches before a resync mark are covered by it.
+                if seq > self.acked_seq && seq > self.dropped_upto {
+                    self.dropped_upto = self.dropped_upto.max(seq);
+                    dropped = true;
+                }
             }
             self.first_index += 1;
         }
