@@ -129,19 +129,35 @@ pub fn key_shape(ctx: &Context, key: &[u8]) -> Option<(KeyKind, usize, bool)> {
 /// A sorted-set member's score through the key API (no command call, so
 /// no command filter runs: safe inside a keyspace notification).
 pub fn zset_score(ctx: &Context, key: &[u8], member: &[u8]) -> Option<f64> {
+    member_score(ctx, key, member).flatten()
+}
+
+/// A member's score in the selected db of `ctx`: `Some(None)` when the key or
+/// the member does not exist, `None` when it cannot be read (another type,
+/// the key API unavailable).
+fn member_score(ctx: &Context, key: &[u8], member: &[u8]) -> Option<Option<f64>> {
     // SAFETY: main thread, live context; the handle and the member string are
     // only used inside the closures.
     unsafe {
+        let ktype = raw::RedisModule_KeyType?;
         let score_of = raw::RedisModule_ZsetScore?;
         with_open_key(ctx, key, |k| {
-            with_temp_string(ctx, member, |ele| {
-                let mut score = 0f64;
-                let found = !k.is_null()
-                    && !ele.is_null()
-                    && score_of(k, ele, &mut score) == raw::REDISMODULE_OK as c_int;
-                found.then_some(score)
-            })
-            .flatten()
+            if k.is_null() {
+                return Some(None);
+            }
+            match kind_of(ktype(k) as isize) {
+                KeyKind::Missing => Some(None),
+                KeyKind::ZSet => with_temp_string(ctx, member, |ele| {
+                    if ele.is_null() {
+                        return None;
+                    }
+                    let mut score = 0f64;
+                    let found = score_of(k, ele, &mut score) == raw::REDISMODULE_OK as c_int;
+                    Some(found.then_some(score))
+                })
+                .flatten(),
+                _ => None,
+            }
         })
         .flatten()
     }
@@ -228,32 +244,10 @@ pub unsafe fn zset_score_before(db: i32, key: &[u8], member: &[u8]) -> Option<Op
         return None;
     }
     let select = raw::RedisModule_SelectDb?;
-    let ktype = raw::RedisModule_KeyType?;
-    let score_of = raw::RedisModule_ZsetScore?;
     if select(dctx, db) != raw::REDISMODULE_OK as c_int {
         return None;
     }
-    let c = Context::new(dctx);
-    with_open_key(&c, key, |k| {
-        if k.is_null() {
-            return Some(None);
-        }
-        match kind_of(ktype(k) as isize) {
-            KeyKind::Missing => Some(None),
-            KeyKind::ZSet => with_temp_string(&c, member, |ele| {
-                if ele.is_null() {
-                    return None;
-                }
-                let mut score = 0f64;
-                Some(
-                    (score_of(k, ele, &mut score) == raw::REDISMODULE_OK as c_int).then_some(score),
-                )
-            })
-            .flatten(),
-            _ => None,
-        }
-    })
-    .flatten()
+    member_score(&Context::new(dctx), key, member)
 }
 
 fn kind_of(t: isize) -> KeyKind {

@@ -16,7 +16,7 @@ use redis_module::Context;
 
 use super::capture::APPLYING;
 use super::ffi;
-use super::flush::{drop_oversized, enqueue_batch, key_op, to_reply, Stamping};
+use super::flush::{drop_oversized, enqueue_batch, key_op, op_size, to_reply, Stamping};
 use super::node::with_node;
 use crate::core::image::{self, Reply};
 use crate::core::protocol::Op;
@@ -212,10 +212,7 @@ pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
         }
         match key_op(ctx, db, key.clone()) {
             Ok(op @ Op::Set { .. }) => {
-                let n = match &op {
-                    Op::Set { value, key, .. } => value.payload_bytes() + key.len() + 16,
-                    _ => 0,
-                };
+                let n = op_size(&op);
                 if taken > 0 && bytes.saturating_add(n) > budget {
                     rest.push(key);
                     continue;
