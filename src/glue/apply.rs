@@ -513,16 +513,18 @@ fn apply_batch(
                 reship.push((entry.db, key.clone()));
             }
         }
-        if let Op::Element { key, .. } = &entry.op {
-            if with_node(|n| family_clash(&mut n.pending, entry, &view)) {
-                reship.push((entry.db, key.clone()));
-                if super::guard::test_hooks() {
-                    note_retyped(entry.db, key);
-                }
+        // One hold of the node for both questions (asked for every entry).
+        let (clash, step) = with_node(|n| {
+            let clash = family_clash(&mut n.pending, entry, &view);
+            (clash, plan_entry(&mut n.pending, entry, at, nodes, &view))
+        });
+        if let (true, Op::Element { key, .. }) = (clash, &entry.op) {
+            reship.push((entry.db, key.clone()));
+            if super::guard::test_hooks() {
+                note_retyped(entry.db, key);
             }
         }
-        let step = with_node(|n| plan_entry(&mut n.pending, entry, at, nodes, &view))
-            .map_err(|e| format!("element change in db {}: {e}", entry.db))?;
+        let step = step.map_err(|e| format!("element change in db {}: {e}", entry.db))?;
         match step {
             Step::Lost => {
                 lost += 1;
