@@ -55,9 +55,6 @@ pub struct Outbox {
     applied_seq: u64,
     /// The latest resync batch: its seq and log index.
     resync_mark: Option<(u64, u64)>,
-    /// The peer's stream applied here when the latest resync batch was made:
-    /// its images include those writes (see [`Outbox::applied_at_resync`]).
-    applied_at_resync: u64,
     /// Log index up to which a writer has written the items.
     sent_index: u64,
 }
@@ -75,7 +72,6 @@ impl Outbox {
             dropped_upto: 0,
             applied_seq: 0,
             resync_mark: None,
-            applied_at_resync: 0,
             sent_index: 0,
         }
     }
@@ -92,19 +88,6 @@ impl Outbox {
     /// The latest resync batch (seq, log index), if any is newer than `after_seq`.
     pub fn resync_after(&self, after_seq: u64) -> Option<(u64, u64)> {
         self.resync_mark.filter(|(seq, _)| *seq > after_seq)
-    }
-
-    /// The ack a writer serving the latest resync sends *before* it: the
-    /// resync's images were read after these peer writes were applied, so
-    /// the peer must stop counting them as its own un-acknowledged writes
-    /// first, or it adds them on top of images that already hold them (an
-    /// increment counted twice). The acks queued before the resync batch are
-    /// not resent (the writer starts at the batch), so this one stands for
-    /// them.
-    pub fn applied_at_resync(&self) -> u64 {
-        // Never more than is applied now (the peer's stream may have been
-        // reset since: a restart without its state starts it from 0).
-        self.applied_at_resync.min(self.applied_seq)
     }
 
     /// The seq the next batch gets.
@@ -183,7 +166,6 @@ impl Outbox {
         self.last_seq = seq;
         if resync {
             self.resync_mark = Some((seq, self.end_index()));
-            self.applied_at_resync = self.applied_seq;
             self.dropped_upto = self.dropped_upto.max(seq.saturating_sub(1));
         }
         self.batch_bytes += bytes.len();
@@ -242,7 +224,6 @@ impl Outbox {
     /// Set the applied position without queuing an ack (restart, resync).
     pub fn set_applied(&mut self, seq: u64) {
         self.applied_seq = seq;
-        self.applied_at_resync = self.applied_at_resync.min(seq);
     }
 
     /// The peer acknowledged our stream up to `seq`: drop those batches and
@@ -438,29 +419,6 @@ mod tests {
         assert!(
             o.push_batch(5, b(10), 1),
             "a later ordinary batch may drop the un-acknowledged resync"
-        );
-    }
-
-    #[test]
-    fn a_resync_remembers_what_was_applied_when_it_was_made() {
-        let mut o = Outbox::new(1000);
-        o.push_ack(5);
-        o.push_batch(1, b(10), 1);
-        o.push_ack(6);
-        o.push_resync_batch(2, b(10), 1);
-        o.push_ack(9);
-        assert_eq!(o.applied_at_resync(), 6, "acks before the resync batch");
-        let (_, index) = o.resync_after(0).expect("marked");
-        let (items, _) = o.items_from(index);
-        assert!(
-            !items.iter().any(|i| matches!(i, Item::Ack(6))),
-            "the writer starting at the resync does not see the earlier ack: {items:?}"
-        );
-        o.set_applied(0);
-        assert_eq!(
-            o.applied_at_resync(),
-            0,
-            "a reset peer stream is not acknowledged"
         );
     }
 

@@ -670,16 +670,12 @@ fn write_loop(
                 .map(|(g, _)| g)
                 .unwrap_or_else(|p| p.into_inner().0);
         }
-        // The acks made before the resync batch first (its images include
-        // those writes), then the resync batch and whatever followed it, then
-        // the current ack: that one must not overtake the batches the resync
-        // re-sends (rule 1).
-        let before = o.applied_at_resync();
+        // The resync batch (and whatever followed it) first, then the ack:
+        // the ack must not overtake the flush the resync re-sends (rule 1).
         let (items, end) = o.items_from(cursor);
         let ack = o.applied_seq();
         o.mark_sent(end);
         drop(o);
-        send(&mut w, shared, &Frame::Ack(before), keys.as_deref_mut())?;
         for item in items {
             write_item(&mut w, shared, item, keys.as_deref_mut())?;
         }
