@@ -109,6 +109,11 @@ pub struct Shared {
     pub drop_session: AtomicBool,
     /// Set by the main loop when it has been woken and not yet run.
     pub wake_pending: AtomicBool,
+    /// Test builds (`SYNC.DEBUG RESYNC-DELAY`): how long a writer that must
+    /// serve a resync waits before asking for it, so that a test can make
+    /// the peer's batches of the new session be applied first (a race that
+    /// is otherwise rare).
+    pub debug_resync_delay_ms: AtomicU64,
 }
 
 static SHARED: OnceLock<Arc<Shared>> = OnceLock::new();
@@ -162,6 +167,7 @@ impl Shared {
             target_reset_requested: AtomicBool::new(false),
             superseded_upto: AtomicU64::new(0),
             wake_pending: AtomicBool::new(false),
+            debug_resync_delay_ms: AtomicU64::new(0),
         }
     }
 

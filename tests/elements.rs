@@ -752,6 +752,39 @@ fn element_writes_converge_after_a_pending_table_overflow() {
     );
 }
 
+/// Row "string counter" across a full resync: b's increments reach a in the new session and
+/// are applied there before a (its table overflowed during the cut) reads the images of its full
+/// resync, so those images hold them. a must acknowledge them before the resync: b would
+/// otherwise still count them as its own un-acknowledged writes and add them a second time on
+/// top of the images (b:c:* = 4 on b, 2 on a). `SYNC.DEBUG RESYNC-DELAY` makes the order certain:
+/// a's writer asks for the resync only after b's batches were applied (in CI it happened in
+/// about one run in fifteen of the test above).
+#[test]
+fn increments_the_source_applied_before_its_full_resync_are_not_counted_twice() {
+    let pair = hooked_pair_with(&["max-pending-keys", "50"]);
+    let (mut a, mut b) = pair.conns();
+    run(&mut a, &["SET", "seed", "1"]);
+    synced(&pair);
+    run(&mut a, &["SYNC.DEBUG", "RESYNC-DELAY", "1000"]);
+    cut(&pair);
+    for i in 0..300 {
+        run(&mut a, &["SET", &format!("a:k:{i}"), "v"]);
+    }
+    for i in 0..10 {
+        run(&mut b, &["INCRBY", &format!("b:c:{i}"), "2"]);
+    }
+    let full_before = stat(&pair.b, "full_syncs");
+    heal(&pair);
+    let expects: Vec<Expect> = (0..10)
+        .map(|i| exactly(&format!("b:c:{i}"), "string 2"))
+        .collect();
+    finish(&pair, &expects);
+    assert!(
+        stat(&pair.b, "full_syncs") > full_before,
+        "b took a full resync from a (the case under test)"
+    );
+}
+
 /// Row "string counter", at scale: a long outage on one hot counter (40,000 `INCR`s per side
 /// on the same key) merges in time linear in the writes: both sides are quiet within 20 s of
 /// the link coming back (a few seconds is what it takes when each remote increment costs the

@@ -495,7 +495,8 @@ impl Node {
         let bytes = codec::encode(&frame).expect("a batch encodes");
         let bytes = Arc::new(bytes);
         let dropped = if resync {
-            self.outbox.push_resync_batch(seq, bytes, n as u32)
+            self.outbox
+                .push_resync_batch(seq, bytes, n as u32, self.peer_stream_id)
         } else {
             self.outbox.push_batch(seq, bytes, n as u32)
         };

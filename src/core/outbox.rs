@@ -55,6 +55,9 @@ pub struct Outbox {
     applied_seq: u64,
     /// The latest resync batch: its seq and log index.
     resync_mark: Option<(u64, u64)>,
+    /// The peer's stream id and this node's applied position in it when
+    /// the latest resync batch was pushed (see [`Outbox::resync_seen`]).
+    resync_seen: (u64, u64),
     /// Log index up to which a writer has written the items.
     sent_index: u64,
 }
@@ -72,6 +75,7 @@ impl Outbox {
             dropped_upto: 0,
             applied_seq: 0,
             resync_mark: None,
+            resync_seen: (0, 0),
             sent_index: 0,
         }
     }
@@ -88,6 +92,22 @@ impl Outbox {
     /// The latest resync batch (seq, log index), if any is newer than `after_seq`.
     pub fn resync_after(&self, after_seq: u64) -> Option<(u64, u64)> {
         self.resync_mark.filter(|(seq, _)| *seq > after_seq)
+    }
+
+    /// How far the peer's stream `peer_stream` was applied here when the
+    /// latest resync batch was made, if that batch was made in that stream.
+    ///
+    /// Why a writer serving a full resync sends this ack *before* the
+    /// resync: it starts at the resync batch, so the acks queued before it
+    /// never go out, yet the images were read after those peer writes were
+    /// applied. A peer still holding them as un-acknowledged would add its
+    /// own increments on top of images that already hold them. The stream
+    /// id guards a peer that restarted with a new stream: a position in its
+    /// old stream would acknowledge writes this node never saw.
+    pub fn resync_seen(&self, peer_stream: u64) -> Option<u64> {
+        let (stream, seq) = self.resync_seen;
+        (self.resync_mark.is_some() && stream != 0 && stream == peer_stream && seq > 0)
+            .then_some(seq)
     }
 
     /// The seq the next batch gets.
@@ -137,8 +157,16 @@ impl Outbox {
 
     /// Append a resync batch: it covers every earlier batch, so dropping
     /// those is not an overflow, and a writer serving a peer that needs a
-    /// resync starts from it.
-    pub fn push_resync_batch(&mut self, seq: u64, bytes: Arc<Vec<u8>>, ops: u32) -> bool {
+    /// resync starts from it. `peer_stream` is the peer's stream id that
+    /// [`Outbox::applied_seq`] refers to now (0: none known).
+    pub fn push_resync_batch(
+        &mut self,
+        seq: u64,
+        bytes: Arc<Vec<u8>>,
+        ops: u32,
+        peer_stream: u64,
+    ) -> bool {
+        self.resync_seen = (peer_stream, self.applied_seq);
         self.push(seq, bytes, ops, true, seq)
     }
 
@@ -359,7 +387,7 @@ mod tests {
         let mut o = Outbox::new(15);
         o.push_batch(1, b(10), 1);
         assert!(
-            !o.push_resync_batch(2, b(40), 1),
+            !o.push_resync_batch(2, b(40), 1, 0),
             "dropping a batch covered by the resync is not an overflow"
         );
         assert_eq!(
@@ -397,7 +425,7 @@ mod tests {
     fn a_resync_in_several_batches_larger_than_the_backlog_is_kept_whole() {
         let mut o = Outbox::new(25);
         o.push_batch(1, b(10), 1);
-        assert!(!o.push_resync_batch(2, b(20), 1));
+        assert!(!o.push_resync_batch(2, b(20), 1, 0));
         assert!(!o.push_resync_continuation(3, b(20), 1));
         assert!(!o.push_resync_continuation(4, b(20), 1));
         let (items, _) = o.items_from(0);
@@ -420,6 +448,35 @@ mod tests {
             o.push_batch(5, b(10), 1),
             "a later ordinary batch may drop the un-acknowledged resync"
         );
+    }
+
+    #[test]
+    fn a_resync_remembers_how_far_the_peer_stream_was_applied_in_which_stream() {
+        let mut o = Outbox::new(1000);
+        assert_eq!(o.resync_seen(7), None, "no resync batch yet");
+        o.push_ack(5);
+        o.push_batch(1, b(10), 1);
+        o.push_ack(6);
+        o.push_resync_batch(2, b(10), 1, 7);
+        o.push_ack(9);
+        assert_eq!(o.resync_seen(7), Some(6), "applied when the batch was made");
+        assert_eq!(
+            o.resync_seen(8),
+            None,
+            "a peer with a new stream never had those writes acknowledged by this position"
+        );
+        let (_, index) = o.resync_after(0).expect("marked");
+        let (items, _) = o.items_from(index);
+        assert!(
+            !items.iter().any(|i| matches!(i, Item::Ack(6))),
+            "a writer starting at the resync skips the earlier acks: {items:?}"
+        );
+        o.set_applied(0);
+        o.push_resync_batch(3, b(10), 1, 8);
+        assert_eq!(o.resync_seen(8), None, "nothing applied of the new stream");
+        let mut fresh = Outbox::new(1000);
+        fresh.push_resync_batch(1, b(10), 1, 0);
+        assert_eq!(fresh.resync_seen(0), None, "no peer stream known");
     }
 
     #[test]

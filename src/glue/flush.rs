@@ -449,7 +449,8 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
     };
     let bytes = Arc::new(bytes);
     let dropped = if resync {
-        outbox.push_resync_batch(seq, bytes, n as u32)
+        let peer_stream = shared.peer_stream_id.load(Ordering::Relaxed);
+        outbox.push_resync_batch(seq, bytes, n as u32, peer_stream)
     } else if matches!(stamping, Stamping::RecordedMore(_)) {
         outbox.push_resync_continuation(seq, bytes, n as u32)
     } else {

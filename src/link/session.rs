@@ -636,6 +636,14 @@ fn write_loop(
         w.flush()?;
         cursor = end;
     } else {
+        let delay = shared.debug_resync_delay_ms.load(Ordering::Relaxed);
+        let until = Instant::now() + Duration::from_millis(delay);
+        while Instant::now() < until {
+            if !alive.load(Ordering::Relaxed) || !is_current(gen) || shared.stopping() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let after = shared.outbox().last_seq();
         if discard_local {
             log::notice(&format!(
@@ -670,12 +678,26 @@ fn write_loop(
                 .map(|(g, _)| g)
                 .unwrap_or_else(|p| p.into_inner().0);
         }
-        // The resync batch (and whatever followed it) first, then the ack:
-        // the ack must not overtake the flush the resync re-sends (rule 1).
+        // A full resync's images were read after the peer writes applied
+        // before it: acknowledge those first (the acks queued before the
+        // resync batch are skipped), or the peer adds its own increments on
+        // top of images that hold them. Not for a dirty-key resync (it
+        // re-sends older records, which such an ack would overtake: rule 1)
+        // nor for a target that discarded its data.
+        let seen = if full {
+            o.resync_seen(theirs.stream_id)
+        } else {
+            None
+        };
+        // The resync batch (and whatever followed it), then the ack: the
+        // ack must not overtake the flush the resync re-sends (rule 1).
         let (items, end) = o.items_from(cursor);
         let ack = o.applied_seq();
         o.mark_sent(end);
         drop(o);
+        if let Some(seen) = seen {
+            send(&mut w, shared, &Frame::Ack(seen), keys.as_deref_mut())?;
+        }
         for item in items {
             write_item(&mut w, shared, item, keys.as_deref_mut())?;
         }
