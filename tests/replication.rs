@@ -943,6 +943,46 @@ fn native_replica_of_a(pair: &Pair) -> Server {
         .start()
 }
 
+/// One flush can pass `max-frame-size` although every key in it fits: here one transaction
+/// (and then one pipeline) writes 40 values of 10 kB, 400 kB in one event-loop iteration, under
+/// a 64 kB limit. The flush travels as several batches; sent as one frame the peer would refuse
+/// it, and the link would resend and drop it forever (b would never get the keys).
+#[test]
+fn a_flush_larger_than_a_frame_travels_as_several_batches() {
+    let pair = PairBuilder::new()
+        .module_args(["max-frame-size", "65536"])
+        .start();
+    pair.wait_link_up(T);
+    let (mut a, mut b) = pair.conns();
+    let value = |i: usize| format!("{i:04}{}", "v".repeat(10_000));
+    let mut tx = redis::pipe();
+    tx.atomic();
+    for i in 0..40 {
+        tx.set(format!("tx:{i}"), value(i)).ignore();
+    }
+    tx.hset("tx:h", "f", "1").ignore();
+    let _: () = tx.query(&mut a).expect("MULTI/EXEC");
+    let mut p = redis::pipe();
+    for i in 0..40 {
+        p.set(format!("pipe:{i}"), value(i)).ignore();
+    }
+    let _: () = p.query(&mut a).expect("pipeline");
+    pair.assert_converged(&[0], T);
+    let keys: i64 = redis::cmd("DBSIZE").query(&mut b).expect("DBSIZE");
+    assert_eq!(keys, 81, "every key reached b");
+    let s = status(&mut a);
+    assert_eq!(s["link"], "up");
+    assert_eq!(
+        status_u64(&mut a, "partial_syncs"),
+        0,
+        "no frame was refused: {s:?}"
+    );
+    assert!(
+        status_u64(&mut a, "issued_seq") >= 8,
+        "400 kB under a 64 kB frame needs many batches: {s:?}"
+    );
+}
+
 /// A key too large for the peer's `max-frame-size` is not shipped: the peer would refuse the
 /// frame, the link would drop, and the resent batch would be refused again, forever. The
 /// sender leaves it out and names it in `last_error`; the link stays up and everything else

@@ -167,19 +167,20 @@ fn stream_keys_in_dbs(ctx: &Context, keys: Vec<Vec<u8>>, databases: u32) -> Vec<
 /// be resent and refused forever. The key stays as it was on the peer; the
 /// error names it (`last_error`, log).
 pub fn drop_oversized(shared: &Shared, ops: &mut Vec<(u32, Op)>) {
-    ops.retain(|(db, op)| !oversized(shared, *db, op));
+    ops.retain(|(db, op)| !oversized(shared, *db, op, op_size(op)));
 }
 
-/// Is `op` an image too large for one frame? If so, say which key (log,
-/// `last_error`): the caller leaves it out (see [`drop_oversized`]).
-fn oversized(shared: &Shared, db: u32, op: &Op) -> bool {
+/// Is `op`, of [`op_size`] `size`, an image too large for one frame? If
+/// so, say which key (log, `last_error`): the caller leaves it out (see
+/// [`drop_oversized`]).
+fn oversized(shared: &Shared, db: u32, op: &Op, size: usize) -> bool {
     // Room for the batch's own header and the link's encryption.
     const SLACK: usize = 4096;
     let limit = usize::try_from(shared.config.max_frame_size).unwrap_or(usize::MAX);
-    let Op::Set { key, value, .. } = op else {
+    let Op::Set { key, .. } = op else {
         return false;
     };
-    if value.payload_bytes().saturating_mul(2) < limit {
+    if size.saturating_mul(2) < limit {
         return false;
     }
     // Near the limit: measure it exactly (rare, so the cost is fine).
@@ -319,8 +320,8 @@ pub fn flush(ctx: &Context) -> usize {
         }
     }
     ffi::select_db(ctx, saved_db);
-    drop_oversized(shared, &mut ops);
-    if ops.is_empty() {
+    let groups = frame_groups(shared, ops);
+    if groups.is_empty() {
         return 0;
     }
     // Writes by this process's clients before or during a full resync are
@@ -332,13 +333,55 @@ pub fn flush(ctx: &Context) -> usize {
     let fresh_untracked =
         shared.fresh.load(Ordering::Relaxed) && shared.table_overflowed.load(Ordering::Relaxed);
     if fresh_untracked || super::fullsync::target_receiving() {
-        for (db, op) in &ops {
+        for (db, op) in groups.iter().flatten() {
             if let Op::Set { key, .. } | Op::Element { key, .. } = op {
                 super::fullsync::note_local_write(*db, key);
             }
         }
     }
-    enqueue_batch(shared, ops, Stamping::Fresh)
+    if groups.len() > 1 {
+        log::verbose(&format!(
+            "one flush travels as {} batches (max-frame-size {})",
+            groups.len(),
+            shared.config.max_frame_size
+        ));
+    }
+    groups
+        .into_iter()
+        .map(|ops| enqueue_batch(shared, ops, Stamping::Fresh))
+        .sum()
+}
+
+/// Leave out the images too large for any frame ([`oversized`]) and cut
+/// the rest, in order, into groups of at most half a frame of payload
+/// each (the encoding adds to it): each group becomes one batch.
+///
+/// Why: the peer refuses a frame over `max-frame-size` and the link then
+/// resends the same batch forever. One flush can pass the limit although
+/// each key fits (a transaction or a pipeline writing many large values in
+/// one event-loop iteration); its batches are applied in order, each
+/// whole, as if the writes had been flushed in several iterations.
+pub fn frame_groups(shared: &Shared, ops: Vec<(u32, Op)>) -> Vec<Vec<(u32, Op)>> {
+    let budget = usize::try_from(shared.config.max_frame_size / 2).unwrap_or(usize::MAX);
+    let mut groups: Vec<Vec<(u32, Op)>> = Vec::new();
+    let mut bytes = 0usize;
+    for (db, op) in ops {
+        let n = op_size(&op);
+        if oversized(shared, db, &op, n) {
+            continue;
+        }
+        match groups.last_mut() {
+            Some(group) if bytes.saturating_add(n) <= budget => {
+                group.push((db, op));
+                bytes = bytes.saturating_add(n);
+            }
+            _ => {
+                groups.push(vec![(db, op)]);
+                bytes = n;
+            }
+        }
+    }
+    groups
 }
 
 /// One batch of a resync being cut: its entries' stamps and its entries.
@@ -548,7 +591,7 @@ pub fn build_dirty_key_resync(ctx: &Context) -> Option<u64> {
             n.pending.forget_elements(*db, key);
         }
     });
-    out.retain(|(_, db, op)| !oversized(shared, *db, op));
+    out.retain(|(_, db, op)| !oversized(shared, *db, op, op_size(op)));
     out.sort_by_key(|(stamp, _, _)| *stamp);
     // Cut into batches of at most half a frame each (the encoding adds to
     // the payload); the first is the resync batch, the others continue it.
