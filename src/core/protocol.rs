@@ -251,8 +251,10 @@ pub struct Entry {
     pub op: Op,
 }
 
-/// Everything one node captured in one flush: applied by the peer in one
-/// lock hold, so a transaction never straddles two batches.
+/// Everything one node captured in one flush, or a part of it no larger
+/// than half a frame (see `glue::flush::frame_groups`): applied by the peer
+/// in one lock hold, so a transaction never straddles two batches unless
+/// its writes together pass half of `max-frame-size`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
     /// Position in the sender's stream (1, 2, 3, ...).
