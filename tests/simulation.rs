@@ -74,7 +74,7 @@
 //! SIM_SCHEDULES=100000 cargo test --release --test simulation elements    # element mode
 //! ```
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -90,8 +90,10 @@ use redis_bisync::core::hlc::{stamp_ms, Hlc, COUNTER_BITS};
 use redis_bisync::core::merge::coalesce::coalesce;
 use redis_bisync::core::merge::entry::{entry_key, family_clash, plan_entry, BatchPosition, Step};
 use redis_bisync::core::merge::memory::MemoryKey;
-use redis_bisync::core::merge::rule::Nodes;
+use redis_bisync::core::merge::rule::{replay, Nodes};
+use redis_bisync::core::pending_elements::LocalWrite;
 use redis_bisync::core::outbox::{Item, Outbox, ResumePlan};
+use redis_bisync::core::pairing::{decide, PairInfo, Role};
 use redis_bisync::core::pending::PendingWrites;
 use redis_bisync::core::protocol::{
     Batch, ElementChange, Entry, Frame, Hello, Op, Resume, Stamp, Value, PROTOCOL_VERSION,
@@ -152,6 +154,10 @@ struct SimRules {
     /// A receiver does not re-ship a key where two element families met
     /// (`merge::entry::family_clash`).
     no_reship: bool,
+    /// A writer serving a full resync does not first acknowledge the peer
+    /// writes its images hold (`link::session::write_loop`): the peer adds
+    /// its own un-acknowledged increments to them a second time.
+    no_full_resync_ack: bool,
 }
 
 impl SimRules {
@@ -164,6 +170,7 @@ impl SimRules {
             fresh_resync_stamps: false,
             ack_bypasses_fifo: false,
             no_reship: false,
+            no_full_resync_ack: false,
         }
     }
 }
@@ -180,6 +187,12 @@ struct Params {
     final_fault: bool,
     /// Step weights, in the order of [`StepKind::ALL`].
     weights: Vec<u32>,
+    /// Element mode: `max-pending-keys` (`u64::MAX`: never overflows). A
+    /// small table overflows, and the overflowed side becomes the source of
+    /// a full resync (both: the one with the smaller id, the other discards).
+    max_pending: u64,
+    /// Keys per full-resync chunk and per step of the target's sweep.
+    chunk: usize,
 }
 
 impl Params {
@@ -200,6 +213,12 @@ impl Params {
             max_delay_ms: rng.gen_range(0..=200),
             final_fault: rng.gen_bool(0.75),
             weights,
+            max_pending: if rng.gen_bool(0.3) {
+                rng.gen_range(2..=6)
+            } else {
+                u64::MAX
+            },
+            chunk: rng.gen_range(1..=4),
         }
     }
 }
@@ -313,10 +332,111 @@ struct Node {
     /// Element mode: keys where two element families met, to re-ship as
     /// images at the next flush (mirror of the glue's apply).
     reship: Vec<(u32, Vec<u8>)>,
+    /// `Shared::fresh`: not synced with the peer yet.
+    fresh: bool,
+    /// `Shared::table_overflowed`: the table stopped tracking.
+    table_overflowed: bool,
+    /// `max-pending-keys`.
+    max_pending: u64,
+    /// Keys per full-resync chunk and sweep step.
+    chunk: usize,
+    /// `Shared::full_sync_requested`.
+    full_sync_requested: bool,
+    /// `Shared::target_reset_requested`.
+    target_reset_requested: bool,
+    /// `glue::fullsync`'s source scan, while one runs.
+    source: Option<SourceScan>,
+    /// `glue::fullsync`'s target state.
+    target: TargetState,
+    /// Full resyncs taken as the target.
+    full_syncs: u64,
+    /// `Shared::source_done_seq`: the batch that ended our last full
+    /// resync, until the peer acknowledges it (0: none).
+    source_done_seq: u64,
+    /// This node discarded its un-acknowledged writes (both tables had
+    /// overflowed: a documented loss, so the semantics are not checked).
+    discarded: bool,
+}
+
+/// A key of the typed keyspace.
+type KeyId = (u32, Vec<u8>);
+
+/// Mirror of `glue::fullsync`'s source: the keys still to send (the scan's
+/// snapshot: SCAN returns every key present from its start to its end; keys
+/// written later reach the peer through the stream).
+#[derive(Debug)]
+struct SourceScan {
+    first: bool,
+    keys: VecDeque<KeyId>,
+}
+
+/// Mirror of `glue::fullsync`'s target state.
+#[derive(Debug, Default)]
+struct TargetState {
+    /// Keys the source sent or wrote since the resync began.
+    receiving: Option<BTreeSet<KeyId>>,
+    /// After the source's end: what it sent, and the keys still to sweep.
+    sweeping: Option<(BTreeSet<KeyId>, VecDeque<KeyId>)>,
+    /// Keys this node's clients wrote that the sweep must keep.
+    local: BTreeSet<KeyId>,
+    /// This node's element changes since the resync began (pending then,
+    /// or written since), per key, in order: a key the source did not send
+    /// becomes what they make of a missing key.
+    changes: BTreeMap<KeyId, Vec<ElementChange>>,
+    /// Keys this node wrote whole since the resync began (an image, a
+    /// delete): kept as they are.
+    imaged: BTreeSet<KeyId>,
+}
+
+impl TargetState {
+    fn active(&self) -> bool {
+        self.receiving.is_some() || self.sweeping.is_some()
+    }
+
+    /// `note_local_write`, with what the write did.
+    fn local_write(&mut self, db: u32, op: &Op) {
+        match op {
+            Op::Element { key, change, .. } => {
+                self.local.insert((db, key.clone()));
+                self.changes
+                    .entry((db, key.clone()))
+                    .or_default()
+                    .push(change.clone());
+            }
+            Op::Set { key, .. } | Op::Delete { key } => {
+                self.local.insert((db, key.clone()));
+                self.imaged.insert((db, key.clone()));
+            }
+            Op::FlushDb => {
+                self.changes.retain(|(d, _), _| *d != db);
+                self.imaged.retain(|(d, _)| *d != db);
+            }
+            Op::FullSyncBegin | Op::FullSyncEnd | Op::Check { .. } => {}
+        }
+    }
+
+    /// `target_received`.
+    fn received(&mut self, db: u32, key: &[u8]) {
+        let set = match (self.receiving.as_mut(), self.sweeping.as_mut()) {
+            (Some(r), _) => Some(r),
+            (None, Some((r, _))) => Some(r),
+            (None, None) => None,
+        };
+        if let Some(r) = set {
+            r.insert((db, key.to_vec()));
+        }
+    }
 }
 
 impl Node {
-    fn new(id: &'static str, stream_id: u64, clock_offset_ms: u64, backlog: usize) -> Self {
+    fn new(
+        id: &'static str,
+        stream_id: u64,
+        clock_offset_ms: u64,
+        backlog: usize,
+        max_pending: u64,
+        chunk: usize,
+    ) -> Self {
         Node {
             id,
             stream_id,
@@ -335,6 +455,17 @@ impl Node {
             captured: Vec::new(),
             history: History::default(),
             reship: Vec::new(),
+            fresh: true,
+            table_overflowed: false,
+            max_pending,
+            chunk,
+            full_sync_requested: false,
+            target_reset_requested: false,
+            source: None,
+            target: TargetState::default(),
+            full_syncs: 0,
+            source_done_seq: 0,
+            discarded: false,
         }
     }
 
@@ -386,10 +517,142 @@ impl Node {
     }
 
     /// Mirror of `on_event_loop` before-sleep: flush, then the requested resync.
+    /// Mirror of `on_event_loop` before-sleep: flush, a target reset, the
+    /// requested resync, a step of the full resync's source, then (after
+    /// the caller applies what arrived) a step of the target's sweep.
     fn before_sleep(&mut self, wall: u64, rules: SimRules) {
         self.flush(wall);
-        if std::mem::take(&mut self.resync_requested) {
+        if std::mem::take(&mut self.target_reset_requested) {
+            // Writes made before the full resync began lose to the source's data.
+            self.resync_requested = false;
+            self.pending.clear();
+            self.table_overflowed = false;
+            self.target.local.clear();
+            self.outbox.discard_all();
+            self.discarded = true;
             self.build_dirty_key_resync(wall, rules);
+        }
+        if std::mem::take(&mut self.full_sync_requested) {
+            self.resync_requested = false;
+            self.start_source();
+        } else if std::mem::take(&mut self.resync_requested) {
+            self.build_dirty_key_resync(wall, rules);
+        }
+        self.source_step(wall);
+        self.target_step();
+    }
+
+    /// Mirror of `fullsync::start_source`.
+    fn start_source(&mut self) {
+        if std::mem::take(&mut self.table_overflowed) {
+            // The table is incomplete: the full resync carries everything.
+            self.pending.clear();
+        }
+        let keys = self.elements.keys().cloned().collect();
+        self.source = Some(SourceScan { first: true, keys });
+    }
+
+    /// Mirror of `fullsync::source_step`: the next chunk of images, read
+    /// now, the first one opening the resync and the last one closing it.
+    fn source_step(&mut self, wall: u64) {
+        let Some(src) = self.source.as_mut() else {
+            return;
+        };
+        let first = std::mem::replace(&mut src.first, false);
+        let mut keys = Vec::new();
+        for _ in 0..self.chunk {
+            match src.keys.pop_front() {
+                Some(k) => keys.push(k),
+                None => break,
+            }
+        }
+        let done = src.keys.is_empty();
+        if done {
+            self.source = None;
+            self.source_done_seq = self.outbox.next_seq();
+        }
+        let mut ops = Vec::new();
+        if first {
+            ops.push((0, Op::FullSyncBegin));
+        }
+        for (db, key) in keys {
+            // Gone since the scan listed it: nothing to send.
+            if self.elements.contains_key(&(db, key.clone())) {
+                ops.push((db, self.element_image(db, key)));
+            }
+        }
+        if done {
+            ops.push((0, Op::FullSyncEnd));
+        }
+        self.enqueue_full_chunk(ops, first, wall);
+    }
+
+    /// Mirror of `enqueue_batch` with `Stamping::FullSync`: a key still
+    /// pending keeps its recorded stamp (and is recorded again), any other
+    /// image gets the oldest stamp (the receiver's un-acknowledged writes
+    /// win over it).
+    fn enqueue_full_chunk(&mut self, ops: Vec<(u32, Op)>, first: bool, wall: u64) {
+        let n = ops.len();
+        let seq = self.outbox.next_seq();
+        self.hlc.now(wall);
+        let mut entries = Vec::with_capacity(n);
+        for (i, (db, op)) in ops.into_iter().enumerate() {
+            let index = i as u32;
+            let key = match &op {
+                Op::Set { key, .. } | Op::Delete { key } => Some(key.clone()),
+                _ => None,
+            };
+            let recorded = key.as_ref().and_then(|k| self.pending.key_stamp(db, k));
+            if let (Some(k), Some(stamp)) = (&key, recorded) {
+                self.pending.record_key(db, k, stamp, seq);
+            }
+            let stamp = recorded.unwrap_or(Stamp { hlc: 0, index });
+            entries.push(Entry { db, stamp, op });
+        }
+        self.push_frame(seq, first, entries);
+    }
+
+    /// Mirror of `fullsync::target_step`: sweep a few keys the source did
+    /// not send, keeping what this node's clients wrote.
+    fn target_step(&mut self) {
+        let Node {
+            target,
+            pending,
+            elements,
+            chunk,
+            ..
+        } = self;
+        let Some((received, queue)) = target.sweeping.as_mut() else {
+            return;
+        };
+        for _ in 0..*chunk {
+            let Some(k) = queue.pop_front() else { break };
+            if received.contains(&k) || target.imaged.contains(&k) {
+                continue;
+            }
+            if let Some(changes) = target.changes.get(&k) {
+                let mut key = MemoryKey::Missing;
+                key.execute(&replay(changes));
+                if key == MemoryKey::Missing {
+                    elements.remove(&k);
+                } else {
+                    elements.insert(k, key);
+                }
+                continue;
+            }
+            if target.local.contains(&k) || pending.local_stamp(k.0, &k.1).is_some() {
+                continue;
+            }
+            elements.remove(&k);
+        }
+        if queue.is_empty() {
+            target.sweeping = None;
+            target.local.clear();
+            target.changes.clear();
+            target.imaged.clear();
+            self.fresh = false;
+            self.table_overflowed = false;
+            self.full_syncs += 1;
         }
     }
 
@@ -415,6 +678,13 @@ impl Node {
             // has seen once it applied any of them.
             let last_id = captured.iter().map(|c| c.op_id).max().unwrap_or(0);
             let ops = fold_runs(captured.into_iter().map(|c| (c.db, c.op)).collect());
+            // Writes of a fresh untracked node, or made while a full resync
+            // comes in, are new: the sweep keeps them.
+            if (self.fresh && self.table_overflowed) || self.target.active() {
+                for (db, op) in &ops {
+                    self.target.local_write(*db, op);
+                }
+            }
             let stamps = self.enqueue_batch(ops, None, false, wall);
             for stamp in stamps {
                 self.history.stamp_op(stamp, last_id);
@@ -452,6 +722,9 @@ impl Node {
         let seq = self.outbox.next_seq();
         let hlc = self.hlc.now(wall);
         let mut entries = Vec::with_capacity(n);
+        // After an overflow the table stops tracking fresh writes.
+        let untracked = self.table_overflowed;
+        let track = !(untracked && recorded.is_none());
         for (i, (db, mut op)) in ops.into_iter().enumerate() {
             let fresh = Stamp {
                 hlc,
@@ -462,10 +735,11 @@ impl Node {
                 .and_then(|st| st.get(i).copied())
                 .unwrap_or(fresh);
             match &mut op {
-                Op::FlushDb => self.pending.record_flush(db, stamp, seq),
-                Op::Set { key, .. } | Op::Delete { key } => {
+                Op::FlushDb if track => self.pending.record_flush(db, stamp, seq),
+                Op::Set { key, .. } | Op::Delete { key } if track => {
                     self.pending.record_key(db, key, stamp, seq)
                 }
+                Op::FlushDb | Op::Set { .. } | Op::Delete { .. } => {}
                 Op::Element {
                     key,
                     change,
@@ -478,8 +752,10 @@ impl Node {
                         *shipped_in = seq;
                     } else if *shipped_in == 0 {
                         *shipped_in = seq;
-                        self.pending
-                            .record_element(db, key, stamp, seq, *seen, change.clone());
+                        if !untracked {
+                            self.pending
+                                .record_element(db, key, stamp, seq, *seen, change.clone());
+                        }
                     }
                 }
                 Op::FullSyncBegin | Op::FullSyncEnd | Op::Check { .. } => {}
@@ -487,6 +763,17 @@ impl Node {
             stamps.push(stamp);
             entries.push(Entry { db, stamp, op });
         }
+        self.push_frame(seq, resync, entries);
+        stamps
+    }
+
+    /// The end of `enqueue_batch`: bound the table (an overflow stops its
+    /// tracking and ends the session: the next one is a full resync from
+    /// this node), encode, push; a backlog overflow requests a resync.
+    fn push_frame(&mut self, seq: u64, resync: bool, entries: Vec<Entry>) {
+        let n = entries.len();
+        self.pending.maintain(self.max_pending, n);
+        let table_over = self.pending.over(self.max_pending);
         let frame = Frame::Batch(Batch {
             seq,
             resync,
@@ -506,7 +793,18 @@ impl Node {
                 self.drop_requested = true;
             }
         }
-        stamps
+        if table_over && !std::mem::replace(&mut self.table_overflowed, true) {
+            // A fresh node may still become the target: keep the keys its
+            // clients wrote.
+            if self.fresh {
+                let keys = self.pending.keys();
+                self.target
+                    .local
+                    .extend(keys.iter().map(|k| (k.db(), k.key().to_vec())));
+            }
+            self.pending.clear();
+            self.drop_requested = true;
+        }
     }
 
     /// Mirror of `glue::flush::build_dirty_key_resync`.
@@ -639,12 +937,10 @@ impl Node {
             }),
             nonce: Vec::new(),
             auth: false,
-            // Pairing (`core::pairing::decide`) always says `Role::Stream`
-            // here: both nodes start empty and never restart.
-            fresh: self.peer_stream_id == 0,
+            fresh: self.fresh,
             empty: self.store.is_empty() && self.elements.is_empty(),
             source: false,
-            overflowed: false,
+            overflowed: self.table_overflowed,
         }
     }
 
@@ -660,6 +956,9 @@ impl Node {
     fn on_ack(&mut self, seq: u64) {
         self.outbox.acknowledge(seq);
         self.pending.acknowledge(seq);
+        if self.source_done_seq != 0 && seq >= self.source_done_seq {
+            self.source_done_seq = 0;
+        }
     }
 
     /// Mirror of `Inbound::Batch` in `apply_inbound` and of `apply_batch`
@@ -737,6 +1036,10 @@ impl Node {
             }
             match plan_entry(&mut self.pending, entry, at, nodes, &view).ok()? {
                 Step::Key { db, key, plan, .. } => {
+                    // `note_received`: the sweep keeps what the source has.
+                    if let Op::Set { .. } | Op::Element { .. } = &entry.op {
+                        self.target.received(db, key);
+                    }
                     let mut k = view;
                     k.execute(&plan);
                     if k == MemoryKey::Missing {
@@ -758,8 +1061,42 @@ impl Node {
                         }
                     }
                 }
-                Step::FullSyncBegin | Step::FullSyncEnd => {
-                    panic!("the sim never runs a full resync")
+                Step::FullSyncBegin => {
+                    // `target_begin`: our un-acknowledged writes are on their
+                    // way to the source, maybe after its scan passed them.
+                    let keys = self.pending.keys();
+                    self.target.receiving = Some(BTreeSet::new());
+                    self.target.sweeping = None;
+                    self.target
+                        .local
+                        .extend(keys.iter().map(|k| (k.db(), k.key().to_vec())));
+                    self.target.changes.clear();
+                    self.target.imaged.clear();
+                    for (tk, list) in self.pending.element_changes() {
+                        let k = (tk.db(), tk.key().to_vec());
+                        for p in list {
+                            match p.write {
+                                LocalWrite::Change(c) => {
+                                    self.target.changes.entry(k.clone()).or_default().push(c)
+                                }
+                                LocalWrite::Image => {
+                                    self.target.imaged.insert(k.clone());
+                                }
+                            }
+                        }
+                    }
+                    for (db, key, _) in self.pending.entries_by_stamp() {
+                        if let Some(key) = key {
+                            self.target.imaged.insert((db, key));
+                        }
+                    }
+                }
+                Step::FullSyncEnd => {
+                    // `target_end`: sweep what the source does not have.
+                    if let Some(r) = self.target.receiving.take() {
+                        let keys = self.elements.keys().cloned().collect();
+                        self.target.sweeping = Some((r, keys));
+                    }
                 }
             }
         }
@@ -850,9 +1187,10 @@ fn fold_runs(ops: Vec<(u32, Op)>) -> Vec<(u32, Op)> {
 enum Writer {
     /// No session.
     Idle,
-    /// Waiting for the main thread's dirty-key resync batch past `after`
-    /// (the larger of the peer's position and our last seq when the writer started).
-    AwaitingResync { after: u64 },
+    /// Waiting for the main thread's resync batch past `after` (the larger
+    /// of the peer's position and our last seq when the writer started);
+    /// `full`: the peer's stream id, when it is a full resync we serve.
+    AwaitingResync { after: u64, full: Option<u64> },
     /// Sending the outbox from this log index on.
     Streaming { cursor: u64 },
 }
@@ -873,6 +1211,11 @@ struct Counters {
     partial: u64,
     dirty_key: u64,
     overflows: u64,
+    /// Full resyncs started (element mode, after a table overflow).
+    full: u64,
+    /// Schedules whose semantics were not checked: a node discarded its
+    /// un-acknowledged writes (both tables overflowed, a documented loss).
+    unchecked: u64,
     /// Element mode: counters checked against their increments.
     counters_checked: u64,
     /// Element mode: concurrently added elements checked for presence.
@@ -887,6 +1230,8 @@ impl Counters {
         self.partial += o.partial;
         self.dirty_key += o.dirty_key;
         self.overflows += o.overflows;
+        self.full += o.full;
+        self.unchecked += o.unchecked;
         self.counters_checked += o.counters_checked;
         self.adds_checked += o.adds_checked;
     }
@@ -916,17 +1261,26 @@ impl Sim {
     fn new(seed: u64, rules: SimRules, trace: bool) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let params = Params::draw(&mut rng);
+        // Key mode models the key-level rule of protocol 2 only: no overflow.
+        let max_pending = match rules.mode {
+            Mode::Keys => u64::MAX,
+            Mode::Elements => params.max_pending,
+        };
         let a = Node::new(
             "a",
             rng.gen_range(1..u64::MAX),
             CLOCK_SLACK_MS,
             params.backlog_bytes,
+            max_pending,
+            params.chunk,
         );
         let b = Node::new(
             "b",
             rng.gen_range(1..u64::MAX),
             CLOCK_SLACK_MS + params.skew_b_ms,
             params.backlog_bytes,
+            max_pending,
+            params.chunk,
         );
         Sim {
             rules,
@@ -1239,6 +1593,25 @@ impl Sim {
     /// `session` + the start of `write_loop`).
     fn connect(&mut self) {
         let hellos = [self.nodes[0].hello(), self.nodes[1].hello()];
+        // `pair_info` + `decide`, with the peer stream each side had recorded.
+        let info = |h: &Hello, peer: &Hello, recorded: u64| PairInfo {
+            fresh: h.fresh,
+            empty: h.empty,
+            source: h.source,
+            overflowed: h.overflowed,
+            knows_peer: recorded != 0 && recorded == peer.stream_id,
+        };
+        let roles: Vec<Role> = (0..2)
+            .map(|i| {
+                let (me, them) = (&hellos[i], &hellos[1 - i]);
+                let mine = info(me, them, self.nodes[i].peer_stream_id);
+                let theirs = info(them, me, them.resume.map_or(0, |r| r.stream_id));
+                decide(mine, theirs, IDS[i] < IDS[1 - i])
+            })
+            .collect();
+        if let Some(Role::Refuse(why)) = roles.iter().find(|r| matches!(r, Role::Refuse(_))) {
+            panic!("the sim never refuses a pairing: {why}");
+        }
         self.link_up = true;
         for i in 0..2 {
             self.nodes[i].session_start(hellos[1 - i].stream_id);
@@ -1249,8 +1622,9 @@ impl Sim {
                 hellos[0].resume, hellos[1].resume
             )
         });
+        self.log(|| format!("roles: a {:?}, b {:?}", roles[0], roles[1]));
         for s in 0..2 {
-            self.start_writer(s, &hellos[1 - s]);
+            self.start_writer(s, &hellos[1 - s], &roles[s]);
         }
     }
 
@@ -1267,16 +1641,51 @@ impl Sim {
     }
 
     /// Mirror of the start of `write_loop` for sender `s`.
-    fn start_writer(&mut self, s: usize, theirs: &Hello) {
+    fn start_writer(&mut self, s: usize, theirs: &Hello, role: &Role) {
         let node = &mut self.nodes[s];
         let peer_pos = peer_position(node.stream_id, theirs);
         let plan = node.outbox.plan_resume(peer_pos);
-        if plan == ResumePlan::NeedResync || node.resync_requested {
-            node.resync_requested = true;
+        let mut needs_resync = plan == ResumePlan::NeedResync || node.resync_requested;
+        let in_flight = node.source.is_some() || node.source_done_seq != 0;
+        let discard_local = *role == Role::Target { discard_local: true };
+        match role {
+            Role::Target { .. } if in_flight => {
+                // `fullsync::cancel_source`: the peer's dataset wins now;
+                // our chunks must not reach it. The resync skips them.
+                node.source = None;
+                node.source_done_seq = 0;
+                needs_resync = true;
+            }
+            Role::Source => {
+                // `fullsync::target_cancel`: we are authoritative now.
+                node.target = TargetState::default();
+            }
+            _ => {}
+        }
+        // A full resync of ours the backlog can no longer serve starts again.
+        let full = *role == Role::Source || (*role == Role::Stream && needs_resync && in_flight);
+        if !matches!(role, Role::Target { .. }) {
+            node.fresh = false;
+        }
+        if needs_resync || full || discard_local {
             let after = node.outbox.last_seq().max(peer_pos);
-            self.counters.dirty_key += 1;
-            self.writers[s] = Writer::AwaitingResync { after };
-            self.log(|| format!("{} writer: dirty-key resync, peer at {peer_pos}", IDS[s]));
+            let what = if discard_local {
+                node.target_reset_requested = true;
+                "taking the peer's dataset"
+            } else if full {
+                node.full_sync_requested = true;
+                self.counters.full += 1;
+                "full resync of the peer"
+            } else {
+                node.resync_requested = true;
+                self.counters.dirty_key += 1;
+                "dirty-key resync"
+            };
+            self.writers[s] = Writer::AwaitingResync {
+                after,
+                full: full.then_some(theirs.stream_id),
+            };
+            self.log(|| format!("{} writer: {what}, peer at {peer_pos}", IDS[s]));
             self.poll_writer(s);
             return;
         }
@@ -1301,12 +1710,17 @@ impl Sim {
 
     /// A writer waiting for the resync batch picks it up once the main thread built it.
     fn poll_writer(&mut self, s: usize) {
-        let Writer::AwaitingResync { after } = self.writers[s] else {
+        let Writer::AwaitingResync { after, full } = self.writers[s] else {
             return;
         };
         let Some((seq, index)) = self.nodes[s].outbox.resync_after(after) else {
             return;
         };
+        // A full resync's images hold the peer writes applied before it:
+        // acknowledge those first (the acks queued before are skipped).
+        let seen = full
+            .filter(|_| !self.rules.no_full_resync_ack)
+            .and_then(|stream| self.nodes[s].outbox.resync_seen(stream));
         // As `write_loop` does: the resync batch and what followed it, then
         // the ack read under the same lock (the ack must not overtake them).
         let (items, end) = self.nodes[s].outbox.items_from(index);
@@ -1318,6 +1732,9 @@ impl Sim {
                 IDS[s]
             )
         });
+        if let Some(seen) = seen {
+            self.send_frame(s, &Frame::Ack(seen));
+        }
         for item in items {
             self.send_item(s, item);
         }
@@ -1490,6 +1907,10 @@ impl Sim {
                 let n = &self.nodes[i];
                 n.dirty.is_empty()
                     && !n.resync_requested
+                    && !n.full_sync_requested
+                    && !n.target_reset_requested
+                    && n.source.is_none()
+                    && !n.target.active()
                     && n.outbox.acked_seq() == n.outbox.last_seq()
                     && self.writers[i]
                         == Writer::Streaming {
@@ -1512,12 +1933,21 @@ impl Sim {
                 format!("{v:?}")
             })));
         }
+        if a.discarded || b.discarded {
+            self.counters.unchecked += 1;
+            return self.tables_empty();
+        }
         let (errs, checked) = elements::check([&a.history, &b.history], &a.elements);
         self.counters.counters_checked += checked.counters;
         self.counters.adds_checked += checked.concurrent_adds;
         if !errs.is_empty() {
             return Err(Failure::Semantics(errs.join("\n")));
         }
+        self.tables_empty()
+    }
+
+    /// Both un-acknowledged tables empty after quiescence.
+    fn tables_empty(&self) -> Result<(), Failure> {
         for n in &self.nodes {
             if !n.pending.is_empty() {
                 return Err(Failure::TableLeft(format!(
@@ -1714,7 +2144,8 @@ impl Outcome {
         println!(
             "{name}: {} schedules in {:.1} s: {} diverged, {} did not quiesce, {} left a table, \
              {} broke the semantics; conflicts lost {}, link drops {}, broken streams {}, \
-             partial starts {}, dirty-key resyncs {}, backlog overflows {}, counters checked {}, \
+             partial starts {}, dirty-key resyncs {}, backlog overflows {}, full resyncs {} \
+             ({} schedules with a discard, semantics not checked), counters checked {}, \
              concurrent adds checked {}",
             self.run,
             started.elapsed().as_secs_f64(),
@@ -1728,6 +2159,8 @@ impl Outcome {
             c.partial,
             c.dirty_key,
             c.overflows,
+            c.full,
+            c.unchecked,
             c.counters_checked,
             c.adds_checked,
         );
