@@ -393,6 +393,22 @@ impl TargetState {
         self.receiving.is_some() || self.sweeping.is_some()
     }
 
+    /// While receiving: a key the source has not sent and this node did
+    /// not write whole, as the source holds it (what this node's own
+    /// changes make of a missing key); `None`: leave the key as it is.
+    fn unsent(&self, db: u32, key: &[u8]) -> Option<MemoryKey> {
+        let k = (db, key.to_vec());
+        let receiving = self.receiving.as_ref().or(self.sweeping.as_ref().map(|(r, _)| r))?;
+        if receiving.contains(&k) || self.imaged.contains(&k) {
+            return None;
+        }
+        let mut fresh = MemoryKey::Missing;
+        if let Some(changes) = self.changes.get(&k) {
+            fresh.execute(&replay(changes));
+        }
+        Some(fresh)
+    }
+
     /// `note_local_write`, with what the write did.
     fn local_write(&mut self, db: u32, op: &Op) {
         match op {
@@ -1025,6 +1041,19 @@ impl Node {
         };
         let mut lost = 0;
         for entry in &batch.entries {
+            // During a full resync, a record for a key the source has not
+            // sent (yet): the source changed it without having it when its
+            // scan passed, or will send its image later (which replaces
+            // it). Either way, what it changes is the source's key: ours
+            // without the content the source never had.
+            if let Op::Element { key, .. } = &entry.op {
+                if let Some(fresh) = self.target.unsent(entry.db, key) {
+                    match fresh {
+                        MemoryKey::Missing => self.elements.remove(&(entry.db, key.clone())),
+                        k => self.elements.insert((entry.db, key.clone()), k),
+                    };
+                }
+            }
             let view = entry_key(entry)
                 .and_then(|k| self.elements.get(&(entry.db, k.to_vec())))
                 .cloned()
@@ -1032,6 +1061,18 @@ impl Node {
             if !rules.no_reship && family_clash(&mut self.pending, entry, &view) {
                 if let Some(key) = entry_key(entry) {
                     self.reship.push((entry.db, key.to_vec()));
+                }
+            }
+            // A full resync's image folds in the source's own changes: where
+            // this node holds changes of the key too, the two sides' merges
+            // differ (the image is no record of which elements the source
+            // changed). This node's result is re-shipped as an image: both
+            // sides end with it.
+            if self.target.receiving.is_some() {
+                if let Op::Set { key, .. } | Op::Delete { key } = &entry.op {
+                    if !self.pending.changes_of(entry.db, key).is_empty() {
+                        self.reship.push((entry.db, key.clone()));
+                    }
                 }
             }
             match plan_entry(&mut self.pending, entry, at, nodes, &view).ok()? {
@@ -1646,7 +1687,8 @@ impl Sim {
         let peer_pos = peer_position(node.stream_id, theirs);
         let plan = node.outbox.plan_resume(peer_pos);
         let mut needs_resync = plan == ResumePlan::NeedResync || node.resync_requested;
-        let in_flight = node.source.is_some() || node.source_done_seq != 0;
+        let in_flight =
+            node.source.is_some() || node.source_done_seq != 0 || node.full_sync_requested;
         let discard_local = *role == Role::Target { discard_local: true };
         match role {
             Role::Target { .. } if in_flight => {
@@ -1654,6 +1696,7 @@ impl Sim {
                 // our chunks must not reach it. The resync skips them.
                 node.source = None;
                 node.source_done_seq = 0;
+                node.full_sync_requested = false;
                 needs_resync = true;
             }
             Role::Source => {
