@@ -386,6 +386,9 @@ struct TargetState {
     /// Keys this node wrote whole since the resync began (an image, a
     /// delete): kept as they are.
     imaged: BTreeSet<KeyId>,
+    /// The table overflowed since the resync began: the dataset taken does
+    /// not cover what it lost, so the overflow stands after the sweep.
+    overflowed: bool,
 }
 
 impl TargetState {
@@ -667,7 +670,11 @@ impl Node {
             target.changes.clear();
             target.imaged.clear();
             self.fresh = false;
-            self.table_overflowed = false;
+            // What the table missed before is settled by the dataset taken;
+            // what it missed since is not.
+            if !std::mem::take(&mut target.overflowed) {
+                self.table_overflowed = false;
+            }
             self.full_syncs += 1;
         }
     }
@@ -810,6 +817,9 @@ impl Node {
             }
         }
         if table_over && !std::mem::replace(&mut self.table_overflowed, true) {
+            if self.target.active() {
+                self.target.overflowed = true;
+            }
             // A fresh node may still become the target: keep the keys its
             // clients wrote.
             if self.fresh {
@@ -2211,8 +2221,11 @@ impl Outcome {
 
     /// The first few failures, one paragraph each.
     fn listing(&self, max: usize) -> String {
-        self.failures
-            .iter()
+        // Divergences first: they are what must never happen.
+        let mut listed: Vec<&(u64, Failure)> = self.failures.iter().collect();
+        listed.sort_by_key(|(_, f)| !matches!(f, Failure::Diverged(_)));
+        listed
+            .into_iter()
             .take(max)
             .map(|(seed, f)| format!("seed {seed}: {f}"))
             .collect::<Vec<_>>()
