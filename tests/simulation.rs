@@ -1115,12 +1115,14 @@ impl Node {
                 Step::FullSyncBegin => {
                     // `target_begin`: our un-acknowledged writes are on their
                     // way to the source, maybe after its scan passed them.
+                    // A resync that starts again starts from the table as it
+                    // is now: what an earlier start kept is no longer ours
+                    // unless still pending (the sim never has a fresh node's
+                    // untracked writes, which the glue keeps apart).
                     let keys = self.pending.keys();
                     self.target.receiving = Some(BTreeSet::new());
                     self.target.sweeping = None;
-                    self.target
-                        .local
-                        .extend(keys.iter().map(|k| (k.db(), k.key().to_vec())));
+                    self.target.local = keys.iter().map(|k| (k.db(), k.key().to_vec())).collect();
                     self.target.changes.clear();
                     self.target.imaged.clear();
                     for (tk, list) in self.pending.element_changes() {
