@@ -593,6 +593,14 @@ impl Node {
         let mut ops = Vec::new();
         if first {
             ops.push((0, Op::FullSyncBegin));
+            // A pending flush of ours is newer than the target's older
+            // changes in that db: the target must cancel them as we do when
+            // they arrive (the flush's own batch is skipped by the resync).
+            for (db, key, _) in self.pending.entries_by_stamp() {
+                if key.is_none() {
+                    ops.push((db, Op::FlushDb));
+                }
+            }
         }
         for (db, key) in keys {
             // Gone since the scan listed it: nothing to send.
@@ -621,9 +629,15 @@ impl Node {
                 Op::Set { key, .. } | Op::Delete { key } => Some(key.clone()),
                 _ => None,
             };
-            let recorded = key.as_ref().and_then(|k| self.pending.key_stamp(db, k));
-            if let (Some(k), Some(stamp)) = (&key, recorded) {
-                self.pending.record_key(db, k, stamp, seq);
+            let recorded = match (&op, &key) {
+                (Op::FlushDb, _) => self.pending.flush_stamp(db),
+                (_, Some(k)) => self.pending.key_stamp(db, k),
+                _ => None,
+            };
+            match (&op, &key, recorded) {
+                (Op::FlushDb, _, Some(stamp)) => self.pending.record_flush(db, stamp, seq),
+                (_, Some(k), Some(stamp)) => self.pending.record_key(db, k, stamp, seq),
+                _ => {}
             }
             let stamp = recorded.unwrap_or(Stamp { hlc: 0, index });
             entries.push(Entry { db, stamp, op });

@@ -155,6 +155,13 @@ impl PendingWrites {
         self.len() as u64 > max_keys
     }
 
+    /// The stamp of the pending local flush of `db`, if any: a full resync
+    /// sends it again first, so that the target cancels its older changes
+    /// in that db as this node does when they arrive.
+    pub fn flush_stamp(&self, db: u32) -> Option<Stamp> {
+        self.flushes.get(&db).map(|e| e.stamp)
+    }
+
     /// Record a local flush of `db` in batch `seq`.
     pub fn record_flush(&mut self, db: u32, stamp: Stamp, seq: u64) {
         self.flushes.insert(db, PendingEntry { stamp, seq });
