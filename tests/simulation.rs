@@ -673,7 +673,7 @@ impl Node {
                 }
                 continue;
             }
-            if target.local.contains(&k) || pending.local_stamp(k.0, &k.1).is_some() {
+            if target.local.contains(&k) || pending.own_stamp(k.0, &k.1).is_some() {
                 continue;
             }
             elements.remove(&k);

@@ -184,6 +184,18 @@ impl PendingWrites {
         own.max(elements).max(flush)
     }
 
+    /// The newest pending local write of this key itself (its own entry or
+    /// an element change), ignoring a pending flush of its db: what a full
+    /// resync's sweep keeps. A key that exists after a local flush was
+    /// either written since (then it has an entry) or taken from the peer.
+    pub fn own_stamp(&mut self, db: u32, key: &[u8]) -> Option<Stamp> {
+        self.index_all();
+        let k = TableKey::new(db, key);
+        let own = self.keys.get(&k).map(|e| e.stamp);
+        let elements = self.elements.of_key(&k).iter().map(|p| p.stamp).max();
+        own.max(elements)
+    }
+
     /// The rule of DESIGN §3 for a remote key image.
     pub fn decide_key(
         &mut self,
