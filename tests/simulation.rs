@@ -1141,7 +1141,12 @@ impl Node {
                     self.target.imaged.clear();
                     for (tk, list) in self.pending.element_changes() {
                         let k = (tk.db(), tk.key().to_vec());
+                        // A pending flush of the db wiped what came before it.
+                        let flushed = self.pending.flush_stamp(tk.db());
                         for p in list {
+                            if flushed.is_some_and(|f| p.stamp < f) {
+                                continue;
+                            }
                             match p.write {
                                 LocalWrite::Change(c) => {
                                     self.target.changes.entry(k.clone()).or_default().push(c)
