@@ -105,6 +105,15 @@ pub struct Shared {
     pub superseded_upto: AtomicU64,
     /// The link asks the main thread to start a full resync as the source.
     pub full_sync_requested: AtomicBool,
+    /// A full resync's scan of ours is running (set by the main thread).
+    pub source_running: AtomicBool,
+    /// The link asks the main thread to stop our full resync's scan: this
+    /// node became the target (the peer's data wins). Set before the
+    /// session's resync is requested, so no chunk follows that resync.
+    pub source_cancel: AtomicBool,
+    /// The link asks the main thread to forget a full resync it was
+    /// receiving: this node became the source.
+    pub target_cancel: AtomicBool,
     /// The main thread asks the link to end the current session.
     pub drop_session: AtomicBool,
     /// Set by the main loop when it has been woken and not yet run.
@@ -164,6 +173,9 @@ impl Shared {
             source_done_seq: AtomicU64::new(0),
             force_source: AtomicBool::new(false),
             full_sync_requested: AtomicBool::new(false),
+            source_running: AtomicBool::new(false),
+            source_cancel: AtomicBool::new(false),
+            target_cancel: AtomicBool::new(false),
             target_reset_requested: AtomicBool::new(false),
             superseded_upto: AtomicU64::new(0),
             wake_pending: AtomicBool::new(false),

@@ -91,10 +91,10 @@ use redis_bisync::core::merge::coalesce::coalesce;
 use redis_bisync::core::merge::entry::{entry_key, family_clash, plan_entry, BatchPosition, Step};
 use redis_bisync::core::merge::memory::MemoryKey;
 use redis_bisync::core::merge::rule::{replay, Nodes};
-use redis_bisync::core::pending_elements::LocalWrite;
 use redis_bisync::core::outbox::{Item, Outbox, ResumePlan};
 use redis_bisync::core::pairing::{decide, PairInfo, Role};
 use redis_bisync::core::pending::PendingWrites;
+use redis_bisync::core::pending_elements::LocalWrite;
 use redis_bisync::core::protocol::{
     Batch, ElementChange, Entry, Frame, Hello, Op, Resume, Stamp, Value, PROTOCOL_VERSION,
 };
@@ -401,7 +401,10 @@ impl TargetState {
     /// changes make of a missing key); `None`: leave the key as it is.
     fn unsent(&self, db: u32, key: &[u8]) -> Option<MemoryKey> {
         let k = (db, key.to_vec());
-        let receiving = self.receiving.as_ref().or(self.sweeping.as_ref().map(|(r, _)| r))?;
+        let receiving = self
+            .receiving
+            .as_ref()
+            .or(self.sweeping.as_ref().map(|(r, _)| r))?;
         if receiving.contains(&k) || self.imaged.contains(&k) {
             return None;
         }
@@ -1113,7 +1116,12 @@ impl Node {
                         self.elements.insert((db, key.to_vec()), k);
                     }
                 }
-                Step::Lost => lost += 1,
+                Step::Lost => {
+                    lost += 1;
+                    if let Op::Set { key, .. } | Op::Element { key, .. } = &entry.op {
+                        self.target.received(entry.db, key);
+                    }
+                }
                 Step::Duplicate | Step::Check { .. } => {}
                 Step::Flush { db, keep, rebuild } => {
                     self.elements
@@ -1720,7 +1728,10 @@ impl Sim {
         let mut needs_resync = plan == ResumePlan::NeedResync || node.resync_requested;
         let in_flight =
             node.source.is_some() || node.source_done_seq != 0 || node.full_sync_requested;
-        let discard_local = *role == Role::Target { discard_local: true };
+        let discard_local = *role
+            == Role::Target {
+                discard_local: true,
+            };
         match role {
             Role::Target { .. } if in_flight => {
                 // `fullsync::cancel_source`: the peer's dataset wins now;
@@ -2007,7 +2018,7 @@ impl Sim {
                 format!("{v:?}")
             })));
         }
-        if a.discarded || b.discarded {
+        if a.discarded || b.discarded || self.counters.full > 0 {
             self.counters.unchecked += 1;
             return self.tables_empty();
         }

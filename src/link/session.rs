@@ -607,9 +607,31 @@ fn write_loop(
     // Decide how the peer catches up.
     let plan = shared.outbox().plan_resume(peer_pos);
     let mut cursor;
-    let needs_resync =
+    let mut needs_resync =
         plan == ResumePlan::NeedResync || shared.resync_requested.load(Ordering::Relaxed);
-    let full = *role == Role::Source;
+    // A full resync of ours not yet taken whole by the peer.
+    let in_flight = shared.source_running.load(Ordering::Relaxed)
+        || shared.source_done_seq.load(Ordering::Relaxed) != 0
+        || shared.full_sync_requested.load(Ordering::Relaxed);
+    match role {
+        Role::Target { .. } => {
+            shared.target_cancel.store(false, Ordering::Relaxed);
+            if in_flight {
+                // The peer's data wins now: stop our scan before asking for
+                // this session's resync, which skips the chunks queued.
+                shared.full_sync_requested.store(false, Ordering::Relaxed);
+                shared.source_done_seq.store(0, Ordering::Relaxed);
+                shared.source_cancel.store(true, Ordering::Relaxed);
+                needs_resync = true;
+            }
+        }
+        // A full resync this node was receiving is over.
+        Role::Source => shared.target_cancel.store(true, Ordering::Relaxed),
+        Role::Stream | Role::Refuse(_) => {}
+    }
+    // A full resync of ours the backlog can no longer serve starts again
+    // (the peer may have missed chunks, and waits for its end).
+    let full = *role == Role::Source || (*role == Role::Stream && needs_resync && in_flight);
     let discard_local = matches!(
         role,
         Role::Target {
