@@ -353,6 +353,10 @@ struct Node {
     /// `Shared::source_done_seq`: the batch that ended our last full
     /// resync, until the peer acknowledges it (0: none).
     source_done_seq: u64,
+    /// A full resync of ours began without a table (it had overflowed):
+    /// until the peer took it whole, keys applied from the peer are
+    /// re-shipped (see `apply_element_batch`).
+    echo: bool,
     /// This node discarded its un-acknowledged writes (both tables had
     /// overflowed: a documented loss, so the semantics are not checked).
     discarded: bool,
@@ -487,6 +491,7 @@ impl Node {
             target: TargetState::default(),
             full_syncs: 0,
             source_done_seq: 0,
+            echo: false,
             discarded: false,
         }
     }
@@ -566,9 +571,11 @@ impl Node {
 
     /// Mirror of `fullsync::start_source`.
     fn start_source(&mut self) {
+        self.echo = false;
         if std::mem::take(&mut self.table_overflowed) {
             // The table is incomplete: the full resync carries everything.
             self.pending.clear();
+            self.echo = true;
         }
         let keys = self.elements.keys().cloned().collect();
         self.source = Some(SourceScan { first: true, keys });
@@ -1001,6 +1008,7 @@ impl Node {
         self.pending.acknowledge(seq);
         if self.source_done_seq != 0 && seq >= self.source_done_seq {
             self.source_done_seq = 0;
+            self.echo = false;
         }
     }
 
@@ -1107,6 +1115,13 @@ impl Node {
                     // `note_received`: the sweep keeps what the source has.
                     if let Op::Set { .. } | Op::Element { .. } = &entry.op {
                         self.target.received(db, key);
+                    }
+                    // A source without its table cannot tell that this
+                    // write is older than one of its own, which the peer
+                    // may have let win: the result goes back as an image,
+                    // so both sides end with it.
+                    if self.echo {
+                        self.reship.push((db, key.to_vec()));
                     }
                     let mut k = view;
                     k.execute(&plan);
@@ -1738,6 +1753,7 @@ impl Sim {
                 // our chunks must not reach it. The resync skips them.
                 node.source = None;
                 node.source_done_seq = 0;
+                node.echo = false;
                 node.full_sync_requested = false;
                 needs_resync = true;
             }
