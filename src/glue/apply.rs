@@ -521,10 +521,10 @@ fn apply_batch(
                 // merges differ (the image does not say which elements the
                 // source changed): our result is re-shipped as an image, so
                 // both sides end with it.
-                Op::Set { key, .. } | Op::Delete { key } => {
-                    if with_node(|n| !n.pending.changes_of(entry.db, key).is_empty()) {
-                        reship.push((entry.db, key.clone()));
-                    }
+                Op::Set { key, .. } | Op::Delete { key }
+                    if with_node(|n| !n.pending.changes_of(entry.db, key).is_empty()) =>
+                {
+                    reship.push((entry.db, key.clone()));
                 }
                 _ => {}
             }
@@ -589,6 +589,9 @@ fn apply_batch(
                 merged += u64::from(concurrent);
                 execute(ctx, key, &plan, propagate)?;
                 note_received(entry);
+                if shared.echo_applied.load(Ordering::Relaxed) {
+                    reship.push((entry.db, key.to_vec()));
+                }
                 applied += 1;
             }
         }
@@ -649,6 +652,7 @@ pub fn apply_inbound(ctx: &Context, queued: usize) -> bool {
                 let done = shared.source_done_seq.load(Ordering::Relaxed);
                 if done != 0 && seq >= done {
                     shared.source_done_seq.store(0, Ordering::Relaxed);
+                    shared.echo_applied.store(false, Ordering::Relaxed);
                     shared.force_source.store(false, Ordering::Relaxed);
                 }
             }

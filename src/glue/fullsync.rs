@@ -144,9 +144,11 @@ pub fn all_keys(ctx: &Context, db: u32) -> Vec<Vec<u8>> {
 
 /// Begin sending the whole dataset (called on the main thread when the link asks).
 pub fn start_source(shared: &Shared) {
+    shared.echo_applied.store(false, Ordering::Relaxed);
     if shared.table_overflowed.swap(false, Ordering::Relaxed) {
         // The table is incomplete: drop it; the full resync carries everything.
         with_node(|n| n.pending.clear());
+        shared.echo_applied.store(true, Ordering::Relaxed);
         super::apply::UNTRACKED_SINCE_START.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     shared.source_cancel.store(false, Ordering::Relaxed);

@@ -603,6 +603,14 @@ fn write_loop(
     mut keys: Option<&mut SessionKeys>,
 ) -> Result<(), CodecError> {
     let mut w = BufWriter::with_capacity(64 * 1024, stream);
+    let delay = shared.debug_start_delay_ms.load(Ordering::Relaxed);
+    let until = Instant::now() + Duration::from_millis(delay);
+    while Instant::now() < until {
+        if !alive.load(Ordering::Relaxed) || !is_current(gen) || shared.stopping() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let peer_pos = peer_position(shared.stream_id, theirs);
     // Decide how the peer catches up.
     let plan = shared.outbox().plan_resume(peer_pos);
@@ -621,6 +629,7 @@ fn write_loop(
                 // this session's resync, which skips the chunks queued.
                 shared.full_sync_requested.store(false, Ordering::Relaxed);
                 shared.source_done_seq.store(0, Ordering::Relaxed);
+                shared.echo_applied.store(false, Ordering::Relaxed);
                 shared.source_cancel.store(true, Ordering::Relaxed);
                 needs_resync = true;
             }
@@ -658,14 +667,6 @@ fn write_loop(
         w.flush()?;
         cursor = end;
     } else {
-        let delay = shared.debug_resync_delay_ms.load(Ordering::Relaxed);
-        let until = Instant::now() + Duration::from_millis(delay);
-        while Instant::now() < until {
-            if !alive.load(Ordering::Relaxed) || !is_current(gen) || shared.stopping() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
         let after = shared.outbox().last_seq();
         if discard_local {
             log::notice(&format!(
