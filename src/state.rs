@@ -105,15 +105,29 @@ pub struct Shared {
     pub superseded_upto: AtomicU64,
     /// The link asks the main thread to start a full resync as the source.
     pub full_sync_requested: AtomicBool,
+    /// A full resync's scan of ours is running (set by the main thread).
+    pub source_running: AtomicBool,
+    /// The link asks the main thread to stop our full resync's scan: this
+    /// node became the target (the peer's data wins). Set before the
+    /// session's resync is requested, so no chunk follows that resync.
+    pub source_cancel: AtomicBool,
+    /// The link asks the main thread to forget a full resync it was
+    /// receiving: this node became the source.
+    pub target_cancel: AtomicBool,
+    /// Our full resync began without a table (it had overflowed): until the
+    /// peer took it whole, every key applied from the peer is re-shipped.
+    /// Without the table this node cannot tell that a peer write is older
+    /// than one of its own, which the peer may have let win; the image
+    /// makes both sides end with the same key.
+    pub echo_applied: AtomicBool,
     /// The main thread asks the link to end the current session.
     pub drop_session: AtomicBool,
     /// Set by the main loop when it has been woken and not yet run.
     pub wake_pending: AtomicBool,
-    /// Test builds (`SYNC.DEBUG RESYNC-DELAY`): how long a writer that must
-    /// serve a resync waits before asking for it, so that a test can make
-    /// the peer's batches of the new session be applied first (a race that
-    /// is otherwise rare).
-    pub debug_resync_delay_ms: AtomicU64,
+    /// Test builds (`SYNC.DEBUG START-DELAY`): how long each new writer
+    /// waits before it starts serving the peer, so that a test can order
+    /// what the two sides do at a session start (races otherwise rare).
+    pub debug_start_delay_ms: AtomicU64,
 }
 
 static SHARED: OnceLock<Arc<Shared>> = OnceLock::new();
@@ -164,10 +178,14 @@ impl Shared {
             source_done_seq: AtomicU64::new(0),
             force_source: AtomicBool::new(false),
             full_sync_requested: AtomicBool::new(false),
+            source_running: AtomicBool::new(false),
+            source_cancel: AtomicBool::new(false),
+            target_cancel: AtomicBool::new(false),
+            echo_applied: AtomicBool::new(false),
             target_reset_requested: AtomicBool::new(false),
             superseded_upto: AtomicU64::new(0),
             wake_pending: AtomicBool::new(false),
-            debug_resync_delay_ms: AtomicU64::new(0),
+            debug_start_delay_ms: AtomicU64::new(0),
         }
     }
 

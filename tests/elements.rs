@@ -756,7 +756,7 @@ fn element_writes_converge_after_a_pending_table_overflow() {
 /// are applied there before a (its table overflowed during the cut) reads the images of its full
 /// resync, so those images hold them. a must acknowledge them before the resync: b would
 /// otherwise still count them as its own un-acknowledged writes and add them a second time on
-/// top of the images (b:c:* = 4 on b, 2 on a). `SYNC.DEBUG RESYNC-DELAY` makes the order certain:
+/// top of the images (b:c:* = 4 on b, 2 on a). `SYNC.DEBUG START-DELAY` makes the order certain:
 /// a's writer asks for the resync only after b's batches were applied (in CI it happened in
 /// about one run in fifteen of the test above).
 #[test]
@@ -765,7 +765,7 @@ fn increments_the_source_applied_before_its_full_resync_are_not_counted_twice() 
     let (mut a, mut b) = pair.conns();
     run(&mut a, &["SET", "seed", "1"]);
     synced(&pair);
-    run(&mut a, &["SYNC.DEBUG", "RESYNC-DELAY", "1000"]);
+    run(&mut a, &["SYNC.DEBUG", "START-DELAY", "1000"]);
     cut(&pair);
     for i in 0..300 {
         run(&mut a, &["SET", &format!("a:k:{i}"), "v"]);
@@ -779,6 +779,43 @@ fn increments_the_source_applied_before_its_full_resync_are_not_counted_twice() 
         .map(|i| exactly(&format!("b:c:{i}"), "string 2"))
         .collect();
     finish(&pair, &expects);
+    assert!(
+        stat(&pair.b, "full_syncs") > full_before,
+        "b took a full resync from a (the case under test)"
+    );
+}
+
+/// A full resync where the source deleted a hash that the target changed meanwhile: b
+/// restarts from a snapshot holding `h` = {old1, old2} while a deletes it, then b's clients
+/// write `HSET h new 1` before the link is back. a (the survivor, its table intact) is the
+/// source and does not send `h`; b must keep only what its own change makes of a missing key
+/// (observed-remove: a's delete had seen the old fields, not b's new one), since that is what
+/// a holds once it applied b's change. Keeping b's whole hash, as the sweep did, left `h` =
+/// {old1, old2, new} on b and {new} on a for good. b's writer starts late (`SYNC.DEBUG
+/// START-DELAY`), so its change reaches a after a's scan, which would otherwise often pick
+/// `h` up and hide the case.
+#[test]
+fn a_full_resync_keeps_only_the_targets_changes_of_a_key_the_source_deleted() {
+    let mut pair = Pair::builder()
+        .proxied()
+        .env("BISYNC_TEST_HOOKS", "1")
+        .server_args(["--dbfilename", "dump.rdb"])
+        .start();
+    pair.wait_link_up(T);
+    let (mut a, mut b) = pair.conns();
+    run(&mut a, &["HSET", "h", "old1", "1", "old2", "2"]);
+    synced(&pair);
+    run(&mut b, &["SAVE"]);
+    cut(&pair);
+    pair.b.kill9();
+    run(&mut a, &["DEL", "h"]);
+    pair.b.restart();
+    let mut b = pair.b.conn();
+    run(&mut b, &["HSET", "h", "new", "1"]);
+    run(&mut b, &["SYNC.DEBUG", "START-DELAY", "1500"]);
+    let full_before = stat(&pair.b, "full_syncs");
+    heal(&pair);
+    finish(&pair, &[exactly("h", "hash {new=1}")]);
     assert!(
         stat(&pair.b, "full_syncs") > full_before,
         "b took a full resync from a (the case under test)"

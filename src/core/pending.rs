@@ -155,6 +155,13 @@ impl PendingWrites {
         self.len() as u64 > max_keys
     }
 
+    /// The stamp of the pending local flush of `db`, if any: a full resync
+    /// sends it again first, so that the target cancels its older changes
+    /// in that db as this node does when they arrive.
+    pub fn flush_stamp(&self, db: u32) -> Option<Stamp> {
+        self.flushes.get(&db).map(|e| e.stamp)
+    }
+
     /// Record a local flush of `db` in batch `seq`.
     pub fn record_flush(&mut self, db: u32, stamp: Stamp, seq: u64) {
         self.flushes.insert(db, PendingEntry { stamp, seq });
@@ -175,6 +182,18 @@ impl PendingWrites {
         let elements = self.elements.of_key(&k).iter().map(|p| p.stamp).max();
         let flush = self.flushes.get(&db).map(|e| e.stamp);
         own.max(elements).max(flush)
+    }
+
+    /// The newest pending local write of this key itself (its own entry or
+    /// an element change), ignoring a pending flush of its db: what a full
+    /// resync's sweep keeps. A key that exists after a local flush was
+    /// either written since (then it has an entry) or taken from the peer.
+    pub fn own_stamp(&mut self, db: u32, key: &[u8]) -> Option<Stamp> {
+        self.index_all();
+        let k = TableKey::new(db, key);
+        let own = self.keys.get(&k).map(|e| e.stamp);
+        let elements = self.elements.of_key(&k).iter().map(|p| p.stamp).max();
+        own.max(elements)
     }
 
     /// The rule of DESIGN §3 for a remote key image.

@@ -254,7 +254,12 @@ impl KeyView for RedisView<'_> {
 }
 
 /// Execute a plan of the element merge on `key` of the selected db.
-fn execute(ctx: &Context, key: &[u8], plan: &KeyPlan<'_>, propagate: bool) -> Result<(), String> {
+pub(super) fn execute(
+    ctx: &Context,
+    key: &[u8],
+    plan: &KeyPlan<'_>,
+    propagate: bool,
+) -> Result<(), String> {
     match plan.reset {
         Reset::Keep => {}
         Reset::Clear => run(ctx, "DEL", &[key])?,
@@ -502,6 +507,28 @@ fn apply_batch(
         if !ffi::select_db(ctx, entry.db as i32) {
             return Err(format!("cannot select db {}", entry.db));
         }
+        if fullsync::target_receiving() {
+            match &entry.op {
+                // A record for a key the source has not sent applies to the
+                // source's key, not to our stale one (`unsent_plan`).
+                Op::Element { key, .. } => {
+                    if let Some(plan) = fullsync::unsent_plan(entry.db, key) {
+                        execute(ctx, key, &plan, propagate)?;
+                    }
+                }
+                // A full resync's image folds in the source's own changes;
+                // where we hold changes of the key too, the two sides'
+                // merges differ (the image does not say which elements the
+                // source changed): our result is re-shipped as an image, so
+                // both sides end with it.
+                Op::Set { key, .. } | Op::Delete { key }
+                    if with_node(|n| !n.pending.changes_of(entry.db, key).is_empty()) =>
+                {
+                    reship.push((entry.db, key.clone()));
+                }
+                _ => {}
+            }
+        }
         let mut view = match entry_key(entry) {
             Some(key) => RedisView::open(ctx, key)?,
             None => RedisView::none(ctx),
@@ -562,6 +589,9 @@ fn apply_batch(
                 merged += u64::from(concurrent);
                 execute(ctx, key, &plan, propagate)?;
                 note_received(entry);
+                if shared.echo_applied.load(Ordering::Relaxed) {
+                    reship.push((entry.db, key.to_vec()));
+                }
                 applied += 1;
             }
         }
@@ -622,6 +652,7 @@ pub fn apply_inbound(ctx: &Context, queued: usize) -> bool {
                 let done = shared.source_done_seq.load(Ordering::Relaxed);
                 if done != 0 && seq >= done {
                     shared.source_done_seq.store(0, Ordering::Relaxed);
+                    shared.echo_applied.store(false, Ordering::Relaxed);
                     shared.force_source.store(false, Ordering::Relaxed);
                 }
             }

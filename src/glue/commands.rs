@@ -155,11 +155,11 @@ pub fn sync_pair(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     Ok(RedisValue::SimpleStringStatic("OK"))
 }
 
-/// `SYNC.DEBUG PANIC | RESYNC-DELAY <ms>`: only when the server was started
+/// `SYNC.DEBUG PANIC | START-DELAY <ms>`: only when the server was started
 /// with `BISYNC_TEST_HOOKS=1` in its environment. `PANIC` proves that a
 /// panic inside a callback is caught, logged, and answered with an error;
-/// `RESYNC-DELAY` holds a writer that must serve a resync for that long
-/// before it asks for it (a test makes a rare race certain).
+/// `START-DELAY` holds each new writer that long before it starts serving
+/// the peer (a test makes a rare race certain).
 pub fn sync_debug(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     if !super::guard::test_hooks() {
         return Err(RedisError::Str(
@@ -171,21 +171,21 @@ pub fn sync_debug(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         .map(|a| a.to_string_lossy().to_ascii_lowercase())
     {
         Some(s) if s == "panic" => panic!("SYNC.DEBUG PANIC requested"),
-        Some(s) if s == "resync-delay" => {
+        Some(s) if s == "start-delay" => {
             let ms = args
                 .get(2)
                 .and_then(|a| a.to_string_lossy().parse::<u64>().ok())
                 .ok_or(RedisError::Str(
-                    "ERR syntax: SYNC.DEBUG RESYNC-DELAY <milliseconds>",
+                    "ERR syntax: SYNC.DEBUG START-DELAY <milliseconds>",
                 ))?;
             let Some(shared) = Shared::get() else {
                 return Err(RedisError::Str("ERR bisync is not initialised"));
             };
-            shared.debug_resync_delay_ms.store(ms, Ordering::Relaxed);
+            shared.debug_start_delay_ms.store(ms, Ordering::Relaxed);
             Ok(RedisValue::SimpleStringStatic("OK"))
         }
         _ => Err(RedisError::Str(
-            "ERR syntax: SYNC.DEBUG PANIC | RESYNC-DELAY <milliseconds>",
+            "ERR syntax: SYNC.DEBUG PANIC | START-DELAY <milliseconds>",
         )),
     }
 }

@@ -47,6 +47,9 @@ pub unsafe extern "C" fn on_event_loop(
         let ctx = Context::new(ctx);
         shared.wake_pending.store(false, Ordering::Release);
         flush(&ctx);
+        if shared.target_cancel.swap(false, Ordering::AcqRel) {
+            fullsync::target_cancel();
+        }
         if shared.target_reset_requested.swap(false, Ordering::AcqRel) {
             // Writes made before the full resync began lose to the source's data.
             shared.resync_requested.store(false, Ordering::Release);

@@ -332,10 +332,15 @@ pub fn flush(ctx: &Context) -> usize {
     // (acknowledgements prune the table then), are they noted one by one.
     let fresh_untracked =
         shared.fresh.load(Ordering::Relaxed) && shared.table_overflowed.load(Ordering::Relaxed);
-    if fresh_untracked || super::fullsync::target_receiving() {
+    if super::fullsync::target_receiving() {
+        for (db, op) in groups.iter().flatten() {
+            super::fullsync::note_local_op(*db, op);
+        }
+    }
+    if fresh_untracked {
         for (db, op) in groups.iter().flatten() {
             if let Op::Set { key, .. } | Op::Element { key, .. } = op {
-                super::fullsync::note_local_write(*db, key);
+                super::fullsync::note_untracked_write(*db, key);
             }
         }
     }
@@ -431,9 +436,11 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
                 Stamping::Recorded(st) | Stamping::RecordedMore(st) => {
                     st.get(i).copied().unwrap_or(Stamp { hlc, index })
                 }
-                Stamping::FullSync { .. } => image_key(&op)
-                    .and_then(|k| node.pending.key_stamp(db, &k))
-                    .unwrap_or(Stamp { hlc: 0, index }),
+                Stamping::FullSync { .. } => match &op {
+                    Op::FlushDb => node.pending.flush_stamp(db),
+                    _ => image_key(&op).and_then(|k| node.pending.key_stamp(db, &k)),
+                }
+                .unwrap_or(Stamp { hlc: 0, index }),
             };
             if let Op::Element {
                 key,
@@ -462,6 +469,11 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
                 (Stamping::FullSync { .. }, _, Some(k)) => {
                     if node.pending.key_stamp(db, k).is_some() {
                         node.pending.record_key(db, k, stamp, seq);
+                    }
+                }
+                (Stamping::FullSync { .. }, Op::FlushDb, None) => {
+                    if node.pending.flush_stamp(db).is_some() {
+                        node.pending.record_flush(db, stamp, seq);
                     }
                 }
                 (Stamping::FullSync { .. }, _, None) => {}
@@ -515,8 +527,9 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
         // A fresh node may still become the target of that resync: keep
         // the keys its clients wrote (see `flush`).
         if shared.fresh.load(Ordering::Relaxed) {
-            super::fullsync::note_local_writes(with_node(|n| n.pending.keys()));
+            super::fullsync::note_untracked_writes(with_node(|n| n.pending.keys()));
         }
+        super::fullsync::note_overflow();
         with_node(|n| n.pending.clear());
         super::apply::UNTRACKED_SINCE_START.store(true, std::sync::atomic::Ordering::Relaxed);
         log::warning("max-pending-keys exceeded: the peer will get a full resync");

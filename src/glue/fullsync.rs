@@ -8,7 +8,7 @@
 //! keys the source sent and, once the source says it is done, deletes the
 //! keys the source does not have — except its own un-acknowledged writes.
 
-use rustc_hash::FxHashSet;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -19,7 +19,10 @@ use super::ffi;
 use super::flush::{drop_oversized, enqueue_batch, key_op, op_size, to_reply, Stamping};
 use super::node::with_node;
 use crate::core::image::{self, Reply};
-use crate::core::protocol::Op;
+use crate::core::merge::rule::replay;
+use crate::core::merge::view::KeyPlan;
+use crate::core::pending_elements::LocalWrite;
+use crate::core::protocol::{ElementChange, Op};
 use crate::core::stats::Stats;
 use crate::core::table_key::TableKey;
 use crate::log;
@@ -52,9 +55,24 @@ struct Target {
     receiving: Option<KeySet>,
     /// Sweeping after the source finished: (received keys, db, cursor).
     sweeping: Option<(KeySet, u32, Vec<u8>)>,
-    /// Keys written by this process's clients before it first synced: new
-    /// writes, not stale data, so the sweep keeps them.
+    /// Keys this node's table held when the resync began, and keys its
+    /// clients wrote since: the sweep keeps them (or rebuilds them from
+    /// `changes`).
     local: KeySet,
+    /// Keys written by this process's clients before it first synced while
+    /// its table was not tracking: new writes, not stale data, so the sweep
+    /// keeps them, also across a resync that starts again.
+    untracked: KeySet,
+    /// This node's element changes since the resync began (pending then,
+    /// or written since), per key, in order: a key the source has not sent
+    /// is what they make of a missing key (see [`unsent_plan`]).
+    changes: FxHashMap<TableKey, Vec<ElementChange>>,
+    /// Keys this node wrote whole since the resync began (an image, a
+    /// delete): kept as they are.
+    imaged: KeySet,
+    /// The table overflowed while receiving: the dataset taken does not
+    /// cover what it lost, so the overflow stands after the sweep.
+    overflowed: bool,
     deleted: u64,
 }
 
@@ -126,11 +144,15 @@ pub fn all_keys(ctx: &Context, db: u32) -> Vec<Vec<u8>> {
 
 /// Begin sending the whole dataset (called on the main thread when the link asks).
 pub fn start_source(shared: &Shared) {
+    shared.echo_applied.store(false, Ordering::Relaxed);
     if shared.table_overflowed.swap(false, Ordering::Relaxed) {
         // The table is incomplete: drop it; the full resync carries everything.
         with_node(|n| n.pending.clear());
+        shared.echo_applied.store(true, Ordering::Relaxed);
         super::apply::UNTRACKED_SINCE_START.store(true, std::sync::atomic::Ordering::Relaxed);
     }
+    shared.source_cancel.store(false, Ordering::Relaxed);
+    shared.source_running.store(true, Ordering::Relaxed);
     source(|s| {
         *s = Source {
             active: true,
@@ -148,6 +170,13 @@ pub fn start_source(shared: &Shared) {
 
 /// One bounded step of the source's scan. Returns true while active.
 pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
+    if shared.source_cancel.swap(false, Ordering::Relaxed) {
+        // This node became the target: the peer's data wins now.
+        source(|s| s.active = false);
+        shared.source_running.store(false, Ordering::Relaxed);
+        log::notice("full resync: stopped sending (this node takes the peer's dataset now)");
+        return false;
+    }
     let (active, first) = source(|s| (s.active, s.first));
     if !active {
         return false;
@@ -163,6 +192,17 @@ pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
     let mut ops: Vec<(u32, Op)> = Vec::new();
     if first {
         ops.push((0, Op::FullSyncBegin));
+        // A pending flush of ours is newer than the target's older changes
+        // in that db: the target cancels them as we do when they arrive
+        // (the flush's own batch is before the resync, never sent).
+        let flushed: Vec<u32> = with_node(|n| {
+            n.pending
+                .entries_by_stamp()
+                .into_iter()
+                .filter_map(|(db, key, _)| key.is_none().then_some(db))
+                .collect()
+        });
+        ops.extend(flushed.into_iter().map(|db| (db, Op::FlushDb)));
     }
     // Keys left over by the last step first, else the next SCAN step.
     let leftover = source(|s| {
@@ -251,6 +291,7 @@ pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
         s.keys_sent += n;
         if done {
             s.active = false;
+            shared.source_running.store(false, Ordering::Relaxed);
             log::notice(&format!("full resync: sent {} keys", s.keys_sent));
         }
     });
@@ -261,12 +302,39 @@ pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
 pub fn target_begin() {
     // Our un-acknowledged writes are on their way to the source (in our
     // stream), maybe after its scan passed them: the sweep must keep them.
-    let pending = with_node(|n| n.pending.keys());
+    // A resync that starts again starts from the table as it is now.
+    let (pending, changes, imaged) = with_node(|n| {
+        let mut changes: FxHashMap<TableKey, Vec<ElementChange>> = FxHashMap::default();
+        let mut imaged = KeySet::default();
+        for (key, list) in n.pending.element_changes() {
+            // A pending flush of the db wiped what came before it.
+            let flushed = n.pending.flush_stamp(key.db());
+            for p in list {
+                if flushed.is_some_and(|f| p.stamp < f) {
+                    continue;
+                }
+                match p.write {
+                    LocalWrite::Change(c) => changes.entry(key.clone()).or_default().push(c),
+                    LocalWrite::Image => {
+                        imaged.insert(key.clone());
+                    }
+                }
+            }
+        }
+        for (db, key, _) in n.pending.entries_by_stamp() {
+            if let Some(key) = key {
+                imaged.insert(TableKey::new(db, &key));
+            }
+        }
+        (n.pending.keys(), changes, imaged)
+    });
     target(|t| {
         t.receiving = Some(KeySet::default());
         t.sweeping = None;
         t.deleted = 0;
-        t.local.extend(pending);
+        t.local = pending.into_iter().collect();
+        t.changes = changes;
+        t.imaged = imaged;
     });
     TARGET_ACTIVE.store(true, Ordering::Relaxed);
     log::notice("full resync: receiving the peer's dataset");
@@ -287,22 +355,100 @@ pub fn target_received(db: u32, key: &[u8]) {
     });
 }
 
-/// Remember a key written locally while this node has not synced yet.
-pub fn note_local_write(db: u32, key: &[u8]) {
+/// Remember a key written locally while this node has not synced yet and
+/// its table is not tracking.
+pub fn note_untracked_write(db: u32, key: &[u8]) {
     target(|t| {
-        t.local.insert(TableKey::new(db, key));
+        t.untracked.insert(TableKey::new(db, key));
     });
 }
 
 /// Remember keys written locally (the table's, when it is about to be
 /// dropped).
-pub fn note_local_writes(keys: Vec<TableKey>) {
-    target(|t| t.local.extend(keys));
+pub fn note_untracked_writes(keys: Vec<TableKey>) {
+    target(|t| t.untracked.extend(keys));
+}
+
+/// A write of this node's clients while a full resync comes in, with what
+/// it did: the sweep keeps the key, or rebuilds it from its changes.
+pub fn note_local_op(db: u32, op: &Op) {
+    target(|t| match op {
+        Op::Element { key, change, .. } => {
+            let k = TableKey::new(db, key);
+            t.local.insert(k.clone());
+            t.changes.entry(k).or_default().push(change.clone());
+        }
+        Op::Set { key, .. } | Op::Delete { key } => {
+            let k = TableKey::new(db, key);
+            t.local.insert(k.clone());
+            t.imaged.insert(k);
+        }
+        Op::FlushDb => {
+            t.changes.retain(|k, _| k.db() != db);
+            t.imaged.retain(|k| k.db() != db);
+        }
+        Op::FullSyncBegin | Op::FullSyncEnd | Op::Check { .. } => {}
+    });
+}
+
+/// The table overflowed: if a full resync is coming in, the overflow must
+/// stand after it (the dataset taken does not cover the writes it lost).
+pub fn note_overflow() {
+    if target_receiving() {
+        target(|t| t.overflowed = true);
+    }
 }
 
 /// The operator chose the peer's data: this node's earlier writes lose.
 pub fn forget_local_writes() {
-    target(|t| t.local = KeySet::default());
+    target(|t| {
+        t.local = KeySet::default();
+        t.untracked = KeySet::default();
+        t.changes = FxHashMap::default();
+        t.imaged = KeySet::default();
+    });
+}
+
+/// While a full resync comes in: how to make a key the source has not
+/// sent (yet) what the source holds before one of its element records is
+/// applied to it, or `None` to leave the key as it is.
+///
+/// Why: the source changed a key it did not have when its scan passed
+/// (else it sends the key's image later, which replaces whatever this
+/// rebuilds). Its record applies to that key, not to the stale content
+/// this node still holds: what this node's own changes since the resync
+/// began make of a missing key is what the source holds once it applied
+/// them.
+pub fn unsent_plan(db: u32, key: &[u8]) -> Option<KeyPlan<'static>> {
+    if !target_receiving() {
+        return None;
+    }
+    target(|t| {
+        let k = TableKey::new(db, key);
+        let received = match (t.receiving.as_ref(), t.sweeping.as_ref()) {
+            (Some(r), _) => r,
+            (None, Some((r, _, _))) => r,
+            (None, None) => return None,
+        };
+        if received.contains(&k) || t.imaged.contains(&k) {
+            return None;
+        }
+        Some(replay(t.changes.get(&k).map_or(&[][..], Vec::as_slice)))
+    })
+}
+
+/// This node became the source (or the target of the other side's full
+/// resync): a full resync it was receiving is over.
+pub fn target_cancel() {
+    target(|t| {
+        t.receiving = None;
+        t.sweeping = None;
+        t.local = KeySet::default();
+        t.changes = FxHashMap::default();
+        t.imaged = KeySet::default();
+        t.overflowed = false;
+    });
+    TARGET_ACTIVE.store(false, Ordering::Relaxed);
 }
 
 /// Set while a full resync is received or swept (checked on every applied
@@ -334,36 +480,56 @@ pub fn target_step(ctx: &Context, shared: &Shared) -> bool {
     let mut finished = false;
     match step {
         Ok((next, keys)) => {
-            let doomed: Vec<Vec<u8>> = target(|t| {
+            // Keys the source did not send: rebuilt from this node's own
+            // changes since the resync began (what the source holds once it
+            // applied them), kept if this node wrote them otherwise, else
+            // deleted. A pending flush of the db does not keep a key: one
+            // that exists after it was written since or taken from the peer.
+            let fates: Vec<(Vec<u8>, Option<KeyPlan<'static>>)> = target(|t| {
                 let received = t.sweeping.as_ref().map(|(r, _, _)| r);
                 keys.into_iter()
-                    .filter(|k| {
-                        let dk = TableKey::new(db, k);
-                        !received.is_some_and(|r| r.contains(&dk)) && !t.local.contains(&dk)
+                    .filter_map(|k| {
+                        let dk = TableKey::new(db, &k);
+                        if received.is_some_and(|r| r.contains(&dk)) || t.imaged.contains(&dk) {
+                            return None;
+                        }
+                        if let Some(changes) = t.changes.get(&dk) {
+                            return Some((k, Some(replay(changes))));
+                        }
+                        if t.local.contains(&dk) || t.untracked.contains(&dk) {
+                            return None;
+                        }
+                        Some((k, None))
                     })
                     .collect()
             });
-            let doomed: Vec<Vec<u8>> = doomed
+            let fates: Vec<(Vec<u8>, Option<KeyPlan<'static>>)> = fates
                 .into_iter()
-                .filter(|k| with_node(|n| n.pending.local_stamp(db, k).is_none()))
+                .filter(|(k, plan)| {
+                    plan.is_some() || with_node(|n| n.pending.own_stamp(db, k).is_none())
+                })
                 .collect();
-            if !doomed.is_empty() {
+            let mut deleted = 0u64;
+            if !fates.is_empty() {
                 APPLYING.store(true, Ordering::Relaxed);
                 ffi::select_db(ctx, db as i32);
-                for k in &doomed {
-                    let _ = ctx.call_ext::<_, redis_module::CallResult>(
-                        "DEL",
-                        &redis_module::CallOptionsBuilder::new()
-                            .replicate()
-                            .errors_as_replies()
-                            .build(),
-                        &[k.as_slice()] as &[&[u8]],
-                    );
+                let propagate = ffi::propagation_needed(ctx);
+                for (k, plan) in &fates {
+                    let done = match plan {
+                        Some(plan) => super::apply::execute(ctx, k, plan, propagate),
+                        None => {
+                            deleted += 1;
+                            super::apply::execute(ctx, k, &replay(&[]), propagate)
+                        }
+                    };
+                    if let Err(e) = done {
+                        log::warning(&format!("full resync sweep: {e}"));
+                    }
                 }
                 APPLYING.store(false, Ordering::Relaxed);
             }
             target(|t| {
-                t.deleted += doomed.len() as u64;
+                t.deleted += deleted;
                 if let Some((_, d, c)) = t.sweeping.as_mut() {
                     if next == b"0" {
                         *d += 1;
@@ -384,15 +550,21 @@ pub fn target_step(ctx: &Context, shared: &Shared) -> bool {
     }
     ffi::select_db(ctx, saved);
     if finished {
-        let deleted = target(|t| {
+        let (deleted, overflowed) = target(|t| {
             t.sweeping = None;
             t.local = KeySet::default();
-            t.deleted
+            t.untracked = KeySet::default();
+            t.changes = FxHashMap::default();
+            t.imaged = KeySet::default();
+            (t.deleted, std::mem::take(&mut t.overflowed))
         });
         TARGET_ACTIVE.store(false, Ordering::Relaxed);
         shared.fresh.store(false, Ordering::Relaxed);
-        // Whatever our table missed is settled by the dataset we took.
-        shared.table_overflowed.store(false, Ordering::Relaxed);
+        // What our table missed before the resync is settled by the dataset
+        // we took; what it missed since is not.
+        if !overflowed {
+            shared.table_overflowed.store(false, Ordering::Relaxed);
+        }
         Stats::add(&shared.stats.full_syncs, 1);
         log::notice(&format!(
             "full resync received: {deleted} keys the source did not have were deleted"

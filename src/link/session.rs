@@ -603,13 +603,44 @@ fn write_loop(
     mut keys: Option<&mut SessionKeys>,
 ) -> Result<(), CodecError> {
     let mut w = BufWriter::with_capacity(64 * 1024, stream);
+    let delay = shared.debug_start_delay_ms.load(Ordering::Relaxed);
+    let until = Instant::now() + Duration::from_millis(delay);
+    while Instant::now() < until {
+        if !alive.load(Ordering::Relaxed) || !is_current(gen) || shared.stopping() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let peer_pos = peer_position(shared.stream_id, theirs);
     // Decide how the peer catches up.
     let plan = shared.outbox().plan_resume(peer_pos);
     let mut cursor;
-    let needs_resync =
+    let mut needs_resync =
         plan == ResumePlan::NeedResync || shared.resync_requested.load(Ordering::Relaxed);
-    let full = *role == Role::Source;
+    // A full resync of ours not yet taken whole by the peer.
+    let in_flight = shared.source_running.load(Ordering::Relaxed)
+        || shared.source_done_seq.load(Ordering::Relaxed) != 0
+        || shared.full_sync_requested.load(Ordering::Relaxed);
+    match role {
+        Role::Target { .. } => {
+            shared.target_cancel.store(false, Ordering::Relaxed);
+            if in_flight {
+                // The peer's data wins now: stop our scan before asking for
+                // this session's resync, which skips the chunks queued.
+                shared.full_sync_requested.store(false, Ordering::Relaxed);
+                shared.source_done_seq.store(0, Ordering::Relaxed);
+                shared.echo_applied.store(false, Ordering::Relaxed);
+                shared.source_cancel.store(true, Ordering::Relaxed);
+                needs_resync = true;
+            }
+        }
+        // A full resync this node was receiving is over.
+        Role::Source => shared.target_cancel.store(true, Ordering::Relaxed),
+        Role::Stream | Role::Refuse(_) => {}
+    }
+    // A full resync of ours the backlog can no longer serve starts again
+    // (the peer may have missed chunks, and waits for its end).
+    let full = *role == Role::Source || (*role == Role::Stream && needs_resync && in_flight);
     let discard_local = matches!(
         role,
         Role::Target {
@@ -636,14 +667,6 @@ fn write_loop(
         w.flush()?;
         cursor = end;
     } else {
-        let delay = shared.debug_resync_delay_ms.load(Ordering::Relaxed);
-        let until = Instant::now() + Duration::from_millis(delay);
-        while Instant::now() < until {
-            if !alive.load(Ordering::Relaxed) || !is_current(gen) || shared.stopping() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
         let after = shared.outbox().last_seq();
         if discard_local {
             log::notice(&format!(

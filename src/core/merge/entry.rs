@@ -261,7 +261,7 @@ fn plan_flush<'r>(table: &mut PendingWrites, entry: &'r Entry, nodes: Nodes<'_>)
 }
 
 /// A plan that refers to no record (a flush's rebuild resets by clearing).
-fn owned(plan: KeyPlan<'_>) -> KeyPlan<'static> {
+pub(super) fn owned(plan: KeyPlan<'_>) -> KeyPlan<'static> {
     KeyPlan {
         reset: super::view::Reset::Clear,
         shape: plan.shape,

@@ -175,6 +175,25 @@ fn effect(key: &mut Planned<'_, '_>, c: &ElementChange) {
     }
 }
 
+/// The key a full resync's target keeps where the source sent none: what
+/// this node's own changes since the resync began (`changes`, in order)
+/// make of a missing key.
+///
+/// Why not the whole local key: its other elements are what this node held
+/// before, which the source no longer has (it deleted the key, having seen
+/// them). The source applies exactly these changes to its missing key, so
+/// both sides end with the same elements, as a `DEL` that had seen the old
+/// ones and not these changes would leave (observed-remove).
+pub fn replay(changes: &[ElementChange]) -> KeyPlan<'static> {
+    let missing = super::memory::MemoryKey::Missing;
+    let mut key = Planned::new(&missing);
+    key.clear();
+    for c in changes {
+        effect(&mut key, c);
+    }
+    super::entry::owned(key.finish())
+}
+
 /// A remote change of the key's own type.
 fn merge_change(
     key: &mut Planned<'_, '_>,
