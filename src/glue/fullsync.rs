@@ -328,10 +328,18 @@ pub fn target_begin() {
         }
         (n.pending.keys(), changes, imaged)
     });
+    // An overflow since the handshake (a node that had overflowed before
+    // would be the source) lost writes the source's dataset does not hold:
+    // it stands after the sweep. A fresh node's untracked writes are kept
+    // by the sweep instead (`untracked`).
+    let overflowed = Shared::get().is_some_and(|s| {
+        s.table_overflowed.load(Ordering::Relaxed) && !s.fresh.load(Ordering::Relaxed)
+    });
     target(|t| {
         t.receiving = Some(KeySet::default());
         t.sweeping = None;
         t.deleted = 0;
+        t.overflowed |= overflowed;
         t.local = pending.into_iter().collect();
         t.changes = changes;
         t.imaged = imaged;
