@@ -14,7 +14,7 @@
 //! | (other dbs) | [`element_merges_stay_in_their_db`] |
 //! | (keys with a TTL) | [`keys_with_a_ttl_are_last_writer_wins_and_keep_the_ttl`] |
 //! | (under cuts) | [`element_writes_count_once_across_repeated_cuts_with_partial_resyncs`], [`element_writes_count_once_across_repeated_cuts_with_dirty_key_resyncs`], [`element_writes_count_once_over_a_slow_link`] |
-//! | float increments | [`float_increments_that_are_not_integral_stay_last_writer_wins`], [`float_increments_stay_last_writer_wins_even_when_integral`] |
+//! | float increments | [`float_increments_that_are_not_integral_stay_last_writer_wins`], [`float_increments_add_up_when_integral_where_the_filter_names_the_client`] |
 //! | any type | [`type_change_on_one_side_is_whole_key_last_writer_wins`] |
 //!
 //! Plus every capture path with the link up (pipelines, MULTI, Lua, functions, expiry inside a
@@ -1436,6 +1436,8 @@ fn keys_with_a_ttl_are_last_writer_wins_and_keep_the_ttl() {
 
 /// Row "float increments", non-integral: `INCRBYFLOAT`, `HINCRBYFLOAT` and `ZINCRBY` with a
 /// fractional delta stay last-writer-wins on the value: both sides agree on one side's result.
+/// Per element: b's concurrent `HSET hf g 1` survives a's `HINCRBYFLOAT hf n` (a whole-hash
+/// image, as before, could drop it).
 #[test]
 fn float_increments_that_are_not_integral_stay_last_writer_wins() {
     let pair = hooked_pair();
@@ -1451,25 +1453,26 @@ fn float_increments_that_are_not_integral_stay_last_writer_wins() {
     later();
     run(&mut b, &["INCRBYFLOAT", "f", "0.25"]);
     run(&mut b, &["HINCRBYFLOAT", "hf", "n", "0.25"]);
+    run(&mut b, &["HSET", "hf", "g", "1"]);
     run(&mut b, &["ZINCRBY", "zf", "0.25", "m"]);
     heal(&pair);
     finish(
         &pair,
         &[
             one_of("f", &["string 1.5", "string 1.25"]),
-            one_of("hf", &["hash {n=1.5}", "hash {n=1.25}"]),
+            one_of("hf", &["hash {g=1, n=1.5}", "hash {g=1, n=1.25}"]),
             one_of("zf", &["zset {m=1.5}", "zset {m=1.25}"]),
         ],
     );
 }
 
-/// Row "float increments", integral: `INCRBYFLOAT` and `HINCRBYFLOAT` stay last-writer-wins on
-/// the whole key even with an integral delta (README, "Conflicts"): both sides end with one
-/// side's result. An integral `ZINCRBY` adds up where either side's filter names the client
-/// (7.2+, see [`zset_scores_are_last_writer_wins_per_member_and_add_wins_over_zrem`]), else it
-/// is last writer wins per member too.
+/// Row "float increments", integral: `INCRBYFLOAT`, `HINCRBYFLOAT` and `ZINCRBY` with integral
+/// deltas on integral values add up exactly where either side's filter names the client (7.2+:
+/// it reads the value before the command, which proves the sum exact; see
+/// [`zset_scores_are_last_writer_wins_per_member_and_add_wins_over_zrem`]); else they are last
+/// writer wins per element, both sides ending with one side's result.
 #[test]
-fn float_increments_stay_last_writer_wins_even_when_integral() {
+fn float_increments_add_up_when_integral_where_the_filter_names_the_client() {
     let pair = hooked_pair();
     let (mut a, mut b) = pair.conns();
     let adds = filter_names_client(&mut a) || filter_names_client(&mut b);
@@ -1488,8 +1491,16 @@ fn float_increments_stay_last_writer_wins_even_when_integral() {
     finish(
         &pair,
         &[
-            one_of("f", &["string 12", "string 13"]),
-            one_of("hf", &["hash {n=12}", "hash {n=13}"]),
+            if adds {
+                exactly("f", "string 15")
+            } else {
+                one_of("f", &["string 12", "string 13"])
+            },
+            if adds {
+                exactly("hf", "hash {n=15}")
+            } else {
+                one_of("hf", &["hash {n=12}", "hash {n=13}"])
+            },
             if adds {
                 exactly("zf", "zset {m=15}")
             } else {

@@ -31,8 +31,16 @@ pub struct KeyHint {
     /// The changed member's score must be read after the command and put
     /// into the change (a `ZINCRBY`).
     pub read_score: bool,
-    /// A `ZINCRBY`'s increment, if it is an integer below 2^53 in size.
-    pub zincr_delta: Option<i64>,
+    /// The increment of a `ZINCRBY`, `INCRBYFLOAT` or `HINCRBYFLOAT`, if it
+    /// is an integer below 2^53 in size.
+    pub int_delta: Option<i64>,
+    /// The changed element's new value must be read after the command and
+    /// put into the change (an `INCRBYFLOAT` or `HINCRBYFLOAT`).
+    pub read_value: bool,
+    /// The element's value before the command, read by the filter where the
+    /// server lets it (7.2+): `Some(None)` = no such element (it starts at
+    /// 0). See [`float_incr_change`].
+    pub value_before: Option<Option<Vec<u8>>>,
     /// The member's score before the command, read by the filter where the
     /// server lets it (7.2+): `Some(None)` = no such member (it starts at 0).
     pub base_score: Option<Option<f64>>,
@@ -70,7 +78,9 @@ impl KeyHint {
             then_del,
             changes,
             read_score: false,
-            zincr_delta: None,
+            int_delta: None,
+            read_value: false,
+            value_before: None,
             base_score: None,
             state: HintState::Waiting,
         }
@@ -114,7 +124,7 @@ pub fn describe(argv: &[&[u8]]) -> Option<Vec<KeyHint>> {
     let hint =
         |event, then_del, changes| Some(vec![KeyHint::new(key(0)?, event, then_del, changes)]);
     let n = name.len();
-    if !(3..=7).contains(&n) {
+    if !(3..=12).contains(&n) {
         return None;
     }
     if is(name, "incr") || is(name, "decr") {
@@ -271,7 +281,35 @@ pub fn describe(argv: &[&[u8]]) -> Option<Vec<KeyHint>> {
             }],
         )?;
         h[0].read_score = true;
-        h[0].zincr_delta = integral_delta(args[1]);
+        h[0].int_delta = integral_delta(args[1]);
+        return Some(h);
+    }
+    if is(name, "incrbyfloat") || is(name, "hincrbyfloat") {
+        // Shipped as the element's new value, read after the command (a
+        // float sum depends on the order of the additions), or as an exact
+        // increment when it is one (see `float_incr_change`).
+        let hash = n == 12;
+        let (shape, elem, delta) = match (hash, args) {
+            (false, [_, delta]) => (Shape::Str, &b""[..], *delta),
+            (true, [_, field, delta]) => (Shape::Hash, *field, *delta),
+            _ => return None,
+        };
+        let event: &'static [u8] = if hash {
+            b"hincrbyfloat"
+        } else {
+            b"incrbyfloat"
+        };
+        let mut h = hint(
+            event,
+            false,
+            vec![ElementChange::Set {
+                shape,
+                elem: elem.to_vec(),
+                value: Vec::new(),
+            }],
+        )?;
+        h[0].read_value = true;
+        h[0].int_delta = integral_delta(delta);
         return Some(h);
     }
     if is(name, "del") || is(name, "unlink") {
@@ -404,6 +442,55 @@ pub fn zincr_change(
     }
 }
 
+/// What a confirmed `INCRBYFLOAT` or `HINCRBYFLOAT` ships, given its
+/// increment, the element's value `before` it (if the filter could read
+/// it) and its value `after` it (if it could be read: a string cannot be,
+/// inside the command), or `None`: ship the key whole.
+///
+/// Why the value before: Redis adds in long double and prints the sum.
+/// The increment adds up with the peer's concurrent ones (the counter
+/// rule) only if it is exact: the old value an integer written as Redis
+/// writes integers, the increment an integer, their sum below 2^53. Then
+/// Redis's sum is exact and printed as that integer, and a peer holding the
+/// same old value gets the same new one from `INCRBY`. Anything else ships
+/// the new value, and concurrent changes of the element are
+/// last-writer-wins.
+pub fn float_incr_change(
+    shape: Shape,
+    elem: &[u8],
+    delta: Option<i64>,
+    before: Option<Option<&[u8]>>,
+    after: Option<Vec<u8>>,
+) -> Option<ElementChange> {
+    if let (Some(d), Some(before)) = (delta, before) {
+        let old = match before {
+            None => Some(0),
+            Some(b) => exact_integer(b),
+        };
+        let sum = old.and_then(|o| o.checked_add(d));
+        if sum.is_some_and(|s| (s.unsigned_abs() as f64) < EXACT_SCORE) {
+            return Some(ElementChange::Incr {
+                shape,
+                elem: elem.to_vec(),
+                delta: d,
+            });
+        }
+    }
+    after.map(|value| ElementChange::Set {
+        shape,
+        elem: elem.to_vec(),
+        value,
+    })
+}
+
+/// `b` as an integer below 2^53 in size, if it is written exactly as Redis
+/// writes one (no sign on 0, no leading zeros, no exponent or point).
+fn exact_integer(b: &[u8]) -> Option<i64> {
+    let s = std::str::from_utf8(b).ok()?;
+    let v: i64 = s.parse().ok()?;
+    (v.to_string() == s && (v.unsigned_abs() as f64) < EXACT_SCORE).then_some(v)
+}
+
 /// A sorted-set score as the element rule holds it: an integer in the
 /// exact range as its digits (so increments add), any other value in a
 /// form `strtod` reads back to the same double.
@@ -462,10 +549,10 @@ mod tests {
             set("9.007199254740992e15")
         );
         assert_eq!(zincr_change(b"m", None, Some(Some(1.0)), 2.5), set("2.5e0"));
-        assert_eq!(d("zincrby z 2 m").unwrap()[0].zincr_delta, Some(2));
-        assert_eq!(d("zincrby z 2.0 m").unwrap()[0].zincr_delta, Some(2));
-        assert_eq!(d("zincrby z 1.5 m").unwrap()[0].zincr_delta, None);
-        assert_eq!(d("zincrby z inf m").unwrap()[0].zincr_delta, None);
+        assert_eq!(d("zincrby z 2 m").unwrap()[0].int_delta, Some(2));
+        assert_eq!(d("zincrby z 2.0 m").unwrap()[0].int_delta, Some(2));
+        assert_eq!(d("zincrby z 1.5 m").unwrap()[0].int_delta, None);
+        assert_eq!(d("zincrby z inf m").unwrap()[0].int_delta, None);
     }
 
     fn d(s: &str) -> Option<Vec<KeyHint>> {
@@ -573,13 +660,83 @@ mod tests {
         for s in [
             "get a",
             "lpush l a",
-            "hincrbyfloat h f 1",
-            "incrbyfloat c 1",
+            "hincrbyfloat h f",
+            "incrbyfloat c",
             "exec",
             "multi",
         ] {
             assert!(d(s).is_none(), "{s}");
         }
+    }
+
+    #[test]
+    fn float_increments_ship_an_increment_only_when_it_is_exact() {
+        let incr = |d| ElementChange::Incr {
+            shape: Shape::Hash,
+            elem: b"f".to_vec(),
+            delta: d,
+        };
+        let set = |v: &str| ElementChange::Set {
+            shape: Shape::Hash,
+            elem: b"f".to_vec(),
+            value: v.as_bytes().to_vec(),
+        };
+        let c = |d, before: Option<Option<&str>>, after: Option<&str>| {
+            float_incr_change(
+                Shape::Hash,
+                b"f",
+                d,
+                before.map(|b| b.map(str::as_bytes)),
+                after.map(|a| a.as_bytes().to_vec()),
+            )
+        };
+        assert_eq!(
+            c(Some(3), Some(Some("4")), None),
+            Some(incr(3)),
+            "no need to read after"
+        );
+        assert_eq!(
+            c(Some(-3), Some(None), Some("-3")),
+            Some(incr(-3)),
+            "a missing field starts at 0"
+        );
+        assert_eq!(
+            c(Some(3), None, Some("7")),
+            Some(set("7")),
+            "the old value unknown (7.0)"
+        );
+        assert_eq!(
+            c(Some(3), None, None),
+            None,
+            "unknown and unread: the key ships whole"
+        );
+        assert_eq!(
+            c(None, Some(Some("4")), Some("4.5")),
+            Some(set("4.5")),
+            "a fractional increment"
+        );
+        assert_eq!(
+            c(Some(1), Some(Some("1e-400")), Some("1")),
+            Some(set("1")),
+            "an old value that is not an integer (the sum rounds)"
+        );
+        assert_eq!(
+            c(Some(1), Some(Some("04")), Some("5")),
+            Some(set("5")),
+            "written otherwise than Redis writes integers"
+        );
+        assert_eq!(c(Some(1), Some(Some("4.5")), Some("5.5")), Some(set("5.5")));
+        let big = "9007199254740992";
+        assert_eq!(
+            c(Some(1), Some(Some("9007199254740991")), Some(big)),
+            Some(set(big)),
+            "2^53 is past exact"
+        );
+        let h = d("hincrbyfloat h f 2").unwrap().remove(0);
+        assert!(h.read_value);
+        assert_eq!((h.event, h.int_delta), (&b"hincrbyfloat"[..], Some(2)));
+        let s = d("INCRBYFLOAT c 2.5").unwrap().remove(0);
+        assert_eq!((s.event, s.int_delta), (&b"incrbyfloat"[..], None));
     }
 
     #[test]

@@ -33,8 +33,8 @@ use redis_module::{raw, Context};
 use super::ffi;
 use super::guard::guarded;
 use crate::core::dirty::{DirtyLog, Expiry};
-use crate::core::protocol::ElementChange;
-use crate::core::write_hint::{describe, zincr_change, EventFit, KeyHint};
+use crate::core::protocol::{ElementChange, Shape};
+use crate::core::write_hint::{describe, float_incr_change, zincr_change, EventFit, KeyHint};
 use crate::state::Shared;
 
 /// Set while this module applies remote changes on the main thread: the
@@ -138,7 +138,10 @@ pub fn disarm_hints() {
 
 /// What the element hint says about an event on `key`: `None` when no hint
 /// names the key (the event is noted as usual).
-fn elem_event(key: &[u8], event: &[u8]) -> Option<(EventFit, Vec<ElementChange>, ScoreHint)> {
+fn elem_event(
+    key: &[u8],
+    event: &[u8],
+) -> Option<(EventFit, Vec<ElementChange>, Option<ReadAfter>)> {
     if !ELEM_ARMED.load(Ordering::Relaxed) {
         return None;
     }
@@ -150,12 +153,25 @@ fn elem_event(key: &[u8], event: &[u8]) -> Option<(EventFit, Vec<ElementChange>,
     } else {
         Vec::new()
     };
-    let score = h.read_score.then_some((h.zincr_delta, h.base_score));
-    Some((fit, changes, score))
+    let read = if h.read_score {
+        Some(ReadAfter::Score(h.int_delta, h.base_score))
+    } else if h.read_value {
+        Some(ReadAfter::Value(h.int_delta, h.value_before.take()))
+    } else {
+        None
+    };
+    Some((fit, changes, read))
 }
 
-/// For a `ZINCRBY`: its integral increment and the score before it, if known.
-type ScoreHint = Option<(Option<i64>, Option<Option<f64>>)>;
+/// What a confirmed change still needs: its element's value, read after
+/// the command.
+enum ReadAfter {
+    /// A `ZINCRBY`: its integral increment and the score before it, if known.
+    Score(Option<i64>, Option<Option<f64>>),
+    /// An `INCRBYFLOAT` or `HINCRBYFLOAT`: its integral increment and the
+    /// value before it, if known.
+    Value(Option<i64>, Option<Option<Vec<u8>>>),
+}
 
 /// A hinted key expired or was evicted while its command ran.
 fn break_elem_hint(key: &[u8]) {
@@ -184,6 +200,33 @@ unsafe fn confirm_score(
     let c = Context::new(ctx);
     let after = ffi::zset_score(&c, key, elem)?;
     Some(vec![zincr_change(elem, delta, before, after)])
+}
+
+/// An `INCRBYFLOAT` or `HINCRBYFLOAT` ships its increment when that is
+/// exact, else the element's new value (`write_hint::float_incr_change`):
+/// a hash field is read now; a string is not (`None`: the key is imaged at
+/// the flush). Reading a string here would go through `StringDMA`, which
+/// replaces the stored object, and `INCRBYFLOAT` still uses that object
+/// after its event to rewrite itself as a `SET` (the server crashed).
+///
+/// # Safety
+/// `ctx` is the live context of a keyspace notification.
+unsafe fn confirm_value(
+    ctx: *mut raw::RedisModuleCtx,
+    key: &[u8],
+    changes: Vec<ElementChange>,
+    delta: Option<i64>,
+    before: Option<Option<Vec<u8>>>,
+) -> Option<Vec<ElementChange>> {
+    let Some(ElementChange::Set { shape, elem, .. }) = changes.first() else {
+        return None;
+    };
+    let after = match shape {
+        Shape::Hash => Some(ffi::hash_get(&Context::new(ctx), key, elem)?),
+        Shape::Str | Shape::Set | Shape::ZSet => None,
+    };
+    let before = before.as_ref().map(|b| b.as_deref());
+    float_incr_change(*shape, elem, delta, before, after).map(|c| vec![c])
 }
 
 /// Keys touched by commands that change a stream without a keyspace event
@@ -273,7 +316,7 @@ pub unsafe extern "C" fn on_keyspace_event(
             std::ffi::CStr::from_ptr(event).to_bytes()
         };
         match elem_event(key, event) {
-            Some((EventFit::Record, changes, score)) => {
+            Some((EventFit::Record, changes, read)) => {
                 // Only a key without a TTL ships element records: the two
                 // sides see a key expire at slightly different moments, and
                 // an element change applied to the peer's copy after it
@@ -283,10 +326,16 @@ pub unsafe extern "C" fn on_keyspace_event(
                 let c = Context::new(ctx);
                 let confirmed = if ffi::read_expiry(&c, key).is_some_and(|e| e.is_some()) {
                     None
-                } else if let Some(score) = score {
-                    confirm_score(ctx, key, changes, score)
                 } else {
-                    Some(changes)
+                    match read {
+                        Some(ReadAfter::Score(delta, before)) => {
+                            confirm_score(ctx, key, changes, (delta, before))
+                        }
+                        Some(ReadAfter::Value(delta, before)) => {
+                            confirm_value(ctx, key, changes, delta, before)
+                        }
+                        None => Some(changes),
+                    }
                 };
                 match confirmed {
                     Some(changes) => note(|d| d.elements(db, key, changes)),
@@ -461,7 +510,7 @@ unsafe fn arm_hint(fctx: *mut raw::RedisModuleCommandFilterCtx, argc: usize) {
 /// Could `name` have an element hint (`core::write_hint::describe`)? A
 /// cheap test, so other commands cost no argument copy.
 fn hintable(name: &[u8]) -> bool {
-    (3..=7).contains(&name.len())
+    (3..=12).contains(&name.len())
         && matches!(
             name[0] | 0x20,
             b'i' | b'd' | b'g' | b's' | b'h' | b'z' | b'u'
@@ -477,14 +526,20 @@ unsafe fn arm_elem_hint(fctx: *mut raw::RedisModuleCommandFilterCtx, argc: usize
     let Some(mut hints) = describe(&argv) else {
         return false;
     };
-    // A ZINCRBY adds up with the peer's only if it is exact, which needs the
-    // score before it (see `write_hint::zincr_change`): read it now, where
+    // A ZINCRBY, INCRBYFLOAT or HINCRBYFLOAT adds up with the peer's only if
+    // it is exact, which needs the value before it (see
+    // `write_hint::zincr_change`, `float_incr_change`): read it now, where
     // the server names the client's db (7.2+).
-    for h in hints.iter_mut().filter(|h| h.zincr_delta.is_some()) {
-        if let (Some(db), Some(ElementChange::Set { elem, .. })) =
+    for h in hints.iter_mut().filter(|h| h.int_delta.is_some()) {
+        let (Some(db), Some(ElementChange::Set { shape, elem, .. })) =
             (ffi::filter_client_db(fctx), h.changes.first())
-        {
+        else {
+            continue;
+        };
+        if h.read_score {
             h.base_score = ffi::zset_score_before(db, &h.key, elem);
+        } else if h.read_value {
+            h.value_before = ffi::value_before(db, &h.key, *shape, elem);
         }
     }
     *elem_hint() = hints;

@@ -9,6 +9,8 @@ use std::os::raw::{c_char, c_int, c_void};
 
 use redis_module::{raw, Context};
 
+use crate::core::protocol::Shape;
+
 /// The kind of value a key holds, as far as imaging cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyKind {
@@ -248,6 +250,40 @@ pub unsafe fn zset_score_before(db: i32, key: &[u8], member: &[u8]) -> Option<Op
         return None;
     }
     member_score(&Context::new(dctx), key, member)
+}
+
+/// A string's value or a hash field's value in `db`, read from the command
+/// filter (before the command runs) through the detached context:
+/// `Some(None)` when the key or the field does not exist, `None` when it
+/// cannot be read (no detached context, another type, a long string).
+///
+/// # Safety
+/// Main thread, inside the command filter (the server lock is held).
+pub unsafe fn value_before(
+    db: i32,
+    key: &[u8],
+    shape: Shape,
+    field: &[u8],
+) -> Option<Option<Vec<u8>>> {
+    let dctx = DETACHED.load(std::sync::atomic::Ordering::Relaxed);
+    if dctx.is_null() {
+        return None;
+    }
+    let select = raw::RedisModule_SelectDb?;
+    if select(dctx, db) != raw::REDISMODULE_OK as c_int {
+        return None;
+    }
+    let ctx = Context::new(dctx);
+    match shape {
+        // Only a short value can be an exact integer.
+        Shape::Str => match read_key(&ctx, key, 64)? {
+            r if r.kind == KeyKind::Missing => Some(None),
+            r if r.kind == KeyKind::String => r.string.map(Some),
+            _ => None,
+        },
+        Shape::Hash => Some(hash_get(&ctx, key, field)),
+        Shape::Set | Shape::ZSet => None,
+    }
 }
 
 fn kind_of(t: isize) -> KeyKind {
