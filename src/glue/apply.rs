@@ -578,6 +578,8 @@ fn apply_batch(
                 for (key, plan) in &rebuild {
                     execute(ctx, key, plan, propagate)?;
                 }
+                let left = keep.iter().chain(rebuild.iter().map(|(k, _)| k));
+                fullsync::note_remote_flush(db, left.map(Vec::as_slice));
                 applied += 1;
             }
             Step::Key {

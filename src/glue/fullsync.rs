@@ -195,14 +195,22 @@ pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
         // A pending flush of ours is newer than the target's older changes
         // in that db: the target cancels them as we do when they arrive
         // (the flush's own batch is before the resync, never sent).
-        let flushed: Vec<u32> = with_node(|n| {
-            n.pending
-                .entries_by_stamp()
-                .into_iter()
-                .filter_map(|(db, key, _)| key.is_none().then_some(db))
-                .collect()
-        });
-        ops.extend(flushed.into_iter().map(|db| (db, Op::FlushDb)));
+        // Likewise a pending delete of ours (the key is gone, so the scan
+        // does not send it): the target's older image of it loses.
+        let entries = with_node(|n| n.pending.entries_by_stamp());
+        for (db, key, _) in entries {
+            match key {
+                None => ops.push((db, Op::FlushDb)),
+                Some(key) => {
+                    let gone = ffi::select_db(ctx, db as i32)
+                        && ffi::key_shape(ctx, &key)
+                            .is_some_and(|(kind, _, _)| kind == ffi::KeyKind::Missing);
+                    if gone {
+                        ops.push((db, Op::Delete { key }));
+                    }
+                }
+            }
+        }
     }
     // Keys left over by the last step first, else the next SCAN step.
     let leftover = source(|s| {
@@ -396,6 +404,26 @@ pub fn note_local_op(db: u32, op: &Op) {
             t.imaged.retain(|k| k.db() != db);
         }
         Op::FullSyncBegin | Op::FullSyncEnd | Op::Check { .. } => {}
+    });
+}
+
+/// The source flushed `db` while its full resync comes in; `left` is what
+/// the merge kept or rebuilt there (this node's later changes): what the db
+/// holds now is what the source holds once it has those, so the sweep
+/// leaves it alone, and older changes are no longer ours to replay.
+pub fn note_remote_flush<'k>(db: u32, left: impl Iterator<Item = &'k [u8]>) {
+    if !target_receiving() {
+        return;
+    }
+    target(|t| {
+        t.changes.retain(|k, _| k.db() != db);
+        t.imaged.retain(|k| k.db() != db);
+        let set = match (t.receiving.as_mut(), t.sweeping.as_mut()) {
+            (Some(r), _) => r,
+            (None, Some((r, _, _))) => r,
+            (None, None) => return,
+        };
+        set.extend(left.map(|k| TableKey::new(db, k)));
     });
 }
 

@@ -638,6 +638,17 @@ fn write_loop(
         Role::Source => shared.target_cancel.store(true, Ordering::Relaxed),
         Role::Stream | Role::Refuse(_) => {}
     }
+    // A reset asked for by an earlier session that took another role.
+    if !matches!(
+        role,
+        Role::Target {
+            discard_local: true
+        }
+    ) {
+        shared
+            .target_reset_requested
+            .store(false, Ordering::Relaxed);
+    }
     // A full resync of ours the backlog can no longer serve starts again
     // (the peer may have missed chunks, and waits for its end).
     let full = *role == Role::Source || (*role == Role::Stream && needs_resync && in_flight);
