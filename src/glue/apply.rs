@@ -46,15 +46,20 @@ impl Drop for ApplyingFlag {
     }
 }
 
-fn opts() -> CallOptions {
-    CallOptionsBuilder::new()
-        .replicate()
-        .errors_as_replies()
-        .build()
+/// The options of every write the apply makes: built once (each build
+/// allocates a string and a C string, per applied write before).
+fn opts() -> &'static CallOptions {
+    static OPTS: std::sync::OnceLock<CallOptions> = std::sync::OnceLock::new();
+    OPTS.get_or_init(|| {
+        CallOptionsBuilder::new()
+            .replicate()
+            .errors_as_replies()
+            .build()
+    })
 }
 
 fn run(ctx: &Context, cmd: &str, args: &[&[u8]]) -> Result<(), String> {
-    let reply: CallResult = ctx.call_ext(cmd, &opts(), args);
+    let reply: CallResult = ctx.call_ext(cmd, opts(), args);
     match reply {
         Ok(CallReply::Unknown) => Err(format!("{cmd}: unknown reply")),
         Ok(_) => Ok(()),
@@ -349,10 +354,8 @@ pub(super) fn execute(
 fn add(ctx: &Context, key: &[u8], shape: Shape, elem: &[u8], delta: i64) -> Result<(), String> {
     let d = delta.to_string();
     let native = match shape {
-        Shape::Str => ctx.call_ext::<_, CallResult>("INCRBY", &opts(), &[key, d.as_bytes()]),
-        Shape::Hash => {
-            ctx.call_ext::<_, CallResult>("HINCRBY", &opts(), &[key, elem, d.as_bytes()])
-        }
+        Shape::Str => ctx.call_ext::<_, CallResult>("INCRBY", opts(), &[key, d.as_bytes()]),
+        Shape::Hash => ctx.call_ext::<_, CallResult>("HINCRBY", opts(), &[key, elem, d.as_bytes()]),
         Shape::Set | Shape::ZSet => return Err(format!("no counter in a {shape:?} key")),
     };
     if matches!(native, Ok(ref r) if !matches!(r, CallReply::Unknown)) {
