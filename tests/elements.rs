@@ -1436,8 +1436,8 @@ fn keys_with_a_ttl_are_last_writer_wins_and_keep_the_ttl() {
 
 /// Row "float increments", non-integral: `INCRBYFLOAT`, `HINCRBYFLOAT` and `ZINCRBY` with a
 /// fractional delta stay last-writer-wins on the value: both sides agree on one side's result.
-/// Per element: b's concurrent `HSET hf g 1` survives a's `HINCRBYFLOAT hf n` (a whole-hash
-/// image, as before, could drop it).
+/// Per element: a's `HSET hf g 1` survives b's later `HINCRBYFLOAT hf n` (b's whole-hash image,
+/// as before, won and dropped it).
 #[test]
 fn float_increments_that_are_not_integral_stay_last_writer_wins() {
     let pair = hooked_pair();
@@ -1449,11 +1449,11 @@ fn float_increments_that_are_not_integral_stay_last_writer_wins() {
     cut(&pair);
     run(&mut a, &["INCRBYFLOAT", "f", "0.5"]);
     run(&mut a, &["HINCRBYFLOAT", "hf", "n", "0.5"]);
+    run(&mut a, &["HSET", "hf", "g", "1"]);
     run(&mut a, &["ZINCRBY", "zf", "0.5", "m"]);
     later();
     run(&mut b, &["INCRBYFLOAT", "f", "0.25"]);
     run(&mut b, &["HINCRBYFLOAT", "hf", "n", "0.25"]);
-    run(&mut b, &["HSET", "hf", "g", "1"]);
     run(&mut b, &["ZINCRBY", "zf", "0.25", "m"]);
     heal(&pair);
     finish(

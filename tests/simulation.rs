@@ -1167,14 +1167,21 @@ impl Node {
             // differ (the image is no record of which elements the source
             // changed). This node's result is re-shipped as an image: both
             // sides end with it.
-            if self.target.receiving.is_some() && !rules.no_image_reship {
-                if let Op::Set { key, .. } | Op::Delete { key } = &entry.op {
-                    if !self.pending.changes_of(entry.db, key).is_empty() {
-                        self.reship.push((entry.db, key.clone()));
-                    }
+            let receiving = self.target.active() && !rules.no_image_reship;
+            let step = plan_entry(&mut self.pending, entry, at, nodes, &view).ok()?;
+            if let (true, Op::Set { key, .. } | Op::Delete { key }) = (receiving, &entry.op) {
+                if matches!(
+                    step,
+                    Step::Lost
+                        | Step::Key {
+                            concurrent: true,
+                            ..
+                        }
+                ) {
+                    self.reship.push((entry.db, key.clone()));
                 }
             }
-            match plan_entry(&mut self.pending, entry, at, nodes, &view).ok()? {
+            match step {
                 Step::Key { db, key, plan, .. } => {
                     // `note_received`: the sweep keeps what the source has.
                     if let Op::Set { .. } | Op::Element { .. } = &entry.op {

@@ -513,18 +513,26 @@ pub fn format_score(x: f64) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    fn incr_of(shape: Shape, elem: &[u8], delta: i64) -> ElementChange {
+        ElementChange::Incr {
+            shape,
+            elem: elem.to_vec(),
+            delta,
+        }
+    }
+
+    fn set_of(shape: Shape, elem: &[u8], value: &str) -> ElementChange {
+        ElementChange::Set {
+            shape,
+            elem: elem.to_vec(),
+            value: value.as_bytes().to_vec(),
+        }
+    }
+
     #[test]
     fn zincrby_ships_an_increment_only_when_it_is_exact() {
-        let incr = |d: i64| ElementChange::Incr {
-            shape: Shape::ZSet,
-            elem: b"m".to_vec(),
-            delta: d,
-        };
-        let set = |v: &str| ElementChange::Set {
-            shape: Shape::ZSet,
-            elem: b"m".to_vec(),
-            value: v.as_bytes().to_vec(),
-        };
+        let incr = |d| incr_of(Shape::ZSet, b"m", d);
+        let set = |v| set_of(Shape::ZSet, b"m", v);
         assert_eq!(zincr_change(b"m", Some(3), Some(Some(4.0)), 7.0), incr(3));
         assert_eq!(
             zincr_change(b"m", Some(-3), Some(None), -3.0),
@@ -671,16 +679,8 @@ mod tests {
 
     #[test]
     fn float_increments_ship_an_increment_only_when_it_is_exact() {
-        let incr = |d| ElementChange::Incr {
-            shape: Shape::Hash,
-            elem: b"f".to_vec(),
-            delta: d,
-        };
-        let set = |v: &str| ElementChange::Set {
-            shape: Shape::Hash,
-            elem: b"f".to_vec(),
-            value: v.as_bytes().to_vec(),
-        };
+        let incr = |d| incr_of(Shape::Hash, b"f", d);
+        let set = |v| set_of(Shape::Hash, b"f", v);
         let c = |d, before: Option<Option<&str>>, after: Option<&str>| {
             float_incr_change(
                 Shape::Hash,

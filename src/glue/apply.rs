@@ -510,26 +510,12 @@ fn apply_batch(
         if !ffi::select_db(ctx, entry.db as i32) {
             return Err(format!("cannot select db {}", entry.db));
         }
-        if fullsync::target_receiving() {
-            match &entry.op {
-                // A record for a key the source has not sent applies to the
-                // source's key, not to our stale one (`unsent_plan`).
-                Op::Element { key, .. } => {
-                    if let Some(plan) = fullsync::unsent_plan(entry.db, key) {
-                        execute(ctx, key, &plan, propagate)?;
-                    }
-                }
-                // A full resync's image folds in the source's own changes;
-                // where we hold changes of the key too, the two sides'
-                // merges differ (the image does not say which elements the
-                // source changed): our result is re-shipped as an image, so
-                // both sides end with it.
-                Op::Set { key, .. } | Op::Delete { key }
-                    if with_node(|n| !n.pending.changes_of(entry.db, key).is_empty()) =>
-                {
-                    reship.push((entry.db, key.clone()));
-                }
-                _ => {}
+        let receiving = fullsync::target_receiving();
+        // A record for a key the source has not sent applies to the
+        // source's key, not to our stale one (`unsent_plan`).
+        if let (true, Op::Element { key, .. }) = (receiving, &entry.op) {
+            if let Some(plan) = fullsync::unsent_plan(entry.db, key) {
+                execute(ctx, key, &plan, propagate)?;
             }
         }
         let mut view = match entry_key(entry) {
@@ -555,6 +541,23 @@ fn apply_batch(
             }
         }
         let step = step.map_err(|e| format!("element change in db {}: {e}", entry.db))?;
+        // A full resync's image folds in the source's own changes; where we
+        // hold changes of the key too (the rule ignored the image, or merged
+        // it with them), the two sides' merges differ (the image does not
+        // say which elements the source changed): our result is re-shipped
+        // as an image, so both sides end with it.
+        if let (true, Op::Set { key, .. } | Op::Delete { key }) = (receiving, &entry.op) {
+            if matches!(
+                step,
+                Step::Lost
+                    | Step::Key {
+                        concurrent: true,
+                        ..
+                    }
+            ) {
+                reship.push((entry.db, key.clone()));
+            }
+        }
         match step {
             Step::Lost => {
                 lost += 1;

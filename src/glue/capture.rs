@@ -510,11 +510,17 @@ unsafe fn arm_hint(fctx: *mut raw::RedisModuleCommandFilterCtx, argc: usize) {
 /// Could `name` have an element hint (`core::write_hint::describe`)? A
 /// cheap test, so other commands cost no argument copy.
 fn hintable(name: &[u8]) -> bool {
-    (3..=12).contains(&name.len())
-        && matches!(
+    match name.len() {
+        3..=7 => matches!(
             name[0] | 0x20,
             b'i' | b'd' | b'g' | b's' | b'h' | b'z' | b'u'
-        )
+        ),
+        // Only the float increments are longer: not every SMEMBERS or
+        // ZREVRANGE copies its arguments to find that out.
+        11 => name.eq_ignore_ascii_case(b"incrbyfloat"),
+        12 => name.eq_ignore_ascii_case(b"hincrbyfloat"),
+        _ => false,
+    }
 }
 
 /// Arm the element hint of the command, if it has one.

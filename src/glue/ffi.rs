@@ -241,15 +241,20 @@ pub unsafe fn filter_client_db(fctx: *mut raw::RedisModuleCommandFilterCtx) -> O
 /// # Safety
 /// Main thread, inside the command filter (the server lock is held).
 pub unsafe fn zset_score_before(db: i32, key: &[u8], member: &[u8]) -> Option<Option<f64>> {
+    member_score(&detached_in(db)?, key, member)
+}
+
+/// The detached context with `db` selected: what the filter reads through.
+///
+/// # Safety
+/// Main thread, inside the command filter (the server lock is held).
+unsafe fn detached_in(db: i32) -> Option<Context> {
     let dctx = DETACHED.load(std::sync::atomic::Ordering::Relaxed);
     if dctx.is_null() {
         return None;
     }
     let select = raw::RedisModule_SelectDb?;
-    if select(dctx, db) != raw::REDISMODULE_OK as c_int {
-        return None;
-    }
-    member_score(&Context::new(dctx), key, member)
+    (select(dctx, db) == raw::REDISMODULE_OK as c_int).then(|| Context::new(dctx))
 }
 
 /// A string's value or a hash field's value in `db`, read from the command
@@ -265,15 +270,7 @@ pub unsafe fn value_before(
     shape: Shape,
     field: &[u8],
 ) -> Option<Option<Vec<u8>>> {
-    let dctx = DETACHED.load(std::sync::atomic::Ordering::Relaxed);
-    if dctx.is_null() {
-        return None;
-    }
-    let select = raw::RedisModule_SelectDb?;
-    if select(dctx, db) != raw::REDISMODULE_OK as c_int {
-        return None;
-    }
-    let ctx = Context::new(dctx);
+    let ctx = detached_in(db)?;
     match shape {
         // Only a short value can be an exact integer.
         Shape::Str => match read_key(&ctx, key, 64)? {
