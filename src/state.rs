@@ -101,6 +101,10 @@ pub struct Shared {
     /// The link asks the main thread to drop this node's queued writes: it
     /// is about to take the peer's dataset.
     pub target_reset_requested: AtomicBool,
+    /// Set when this node dropped its queued writes to take the peer's
+    /// dataset, until that full resync is swept (or cancelled): meanwhile
+    /// its lists need not match the peer's (see `list_commands_ship`).
+    pub awaiting_full_sync: AtomicBool,
     /// Own batches up to this seq were discarded (operator chose the peer's data).
     pub superseded_upto: AtomicU64,
     /// The link asks the main thread to start a full resync as the source.
@@ -136,6 +140,22 @@ static SHARED: OnceLock<Arc<Shared>> = OnceLock::new();
 const EMPTY_BIT: u64 = 1 << 63;
 
 impl Shared {
+    /// May a list command ship as a command (`core::list_op`) now? Not while
+    /// a full resync is in flight on either side, the table does not track,
+    /// or this node has not synced yet: then the two lists need not match
+    /// where no pending write says so, and the command could not replay
+    /// exactly; the key ships as an image, which the resync rules settle
+    /// (found by the simulation).
+    pub fn list_commands_ship(&self) -> bool {
+        !(self.fresh.load(Ordering::Relaxed)
+            || self.table_overflowed.load(Ordering::Relaxed)
+            || self.source_running.load(Ordering::Relaxed)
+            || self.full_sync_requested.load(Ordering::Relaxed)
+            || self.source_done_seq.load(Ordering::Relaxed) != 0
+            || self.awaiting_full_sync.load(Ordering::Relaxed)
+            || crate::glue::fullsync::target_receiving())
+    }
+
     /// Build the shared state.
     pub fn new(
         config: Config,
@@ -183,6 +203,7 @@ impl Shared {
             target_cancel: AtomicBool::new(false),
             echo_applied: AtomicBool::new(false),
             target_reset_requested: AtomicBool::new(false),
+            awaiting_full_sync: AtomicBool::new(false),
             superseded_upto: AtomicU64::new(0),
             wake_pending: AtomicBool::new(false),
             debug_start_delay_ms: AtomicU64::new(0),

@@ -194,6 +194,9 @@ struct SimRules {
     /// A running full resync of ours is neither stopped when this node
     /// becomes the target nor started again when its chunks were lost.
     stale_scan: bool,
+    /// A node whose later write beat a list command (or beat a record while
+    /// it holds a list command) does not re-ship its list.
+    no_list_reship: bool,
 }
 
 impl SimRules {
@@ -211,6 +214,7 @@ impl SimRules {
             no_image_reship: false,
             no_echo: false,
             stale_scan: false,
+            no_list_reship: false,
         }
     }
 }
@@ -382,6 +386,8 @@ struct Node {
     chunk: usize,
     /// `Shared::full_sync_requested`.
     full_sync_requested: bool,
+    /// `Shared::awaiting_full_sync`.
+    awaiting_full_sync: bool,
     /// `Shared::target_reset_requested`.
     target_reset_requested: bool,
     /// `glue::fullsync`'s source scan, while one runs.
@@ -476,6 +482,10 @@ impl TargetState {
     /// `note_local_write`, with what the write did.
     fn local_write(&mut self, db: u32, op: &Op) {
         match op {
+            Op::Element { key, change, .. } if change.is_list() => {
+                self.local.insert((db, key.clone()));
+                self.imaged.insert((db, key.clone()));
+            }
             Op::Element { key, change, .. } => {
                 self.local.insert((db, key.clone()));
                 self.changes
@@ -540,6 +550,7 @@ impl Node {
             max_pending,
             chunk,
             full_sync_requested: false,
+            awaiting_full_sync: false,
             target_reset_requested: false,
             source: None,
             target: TargetState::default(),
@@ -605,6 +616,7 @@ impl Node {
         self.flush(wall);
         if std::mem::take(&mut self.target_reset_requested) {
             // Writes made before the full resync began lose to the source's data.
+            self.awaiting_full_sync = true;
             self.resync_requested = false;
             self.pending.clear();
             self.table_overflowed = false;
@@ -754,6 +766,7 @@ impl Node {
             target.changes.clear();
             target.imaged.clear();
             self.fresh = false;
+            self.awaiting_full_sync = false;
             // What the table missed before is settled by the dataset taken;
             // what it missed since is not.
             if !std::mem::take(&mut target.overflowed) {
@@ -761,6 +774,17 @@ impl Node {
             }
             self.full_syncs += 1;
         }
+    }
+
+    /// Mirror of `Shared::list_commands_ship`.
+    fn list_commands_ship(&self) -> bool {
+        !(self.fresh
+            || self.table_overflowed
+            || self.source.is_some()
+            || self.full_sync_requested
+            || self.source_done_seq != 0
+            || self.awaiting_full_sync
+            || self.target.active())
     }
 
     /// Mirror of `glue::flush::flush`.
@@ -956,7 +980,10 @@ impl Node {
         for (tk, list) in changes {
             let (db, key) = tk.parts();
             let key = key.to_vec();
-            if imaged.contains(&(db, key.clone())) {
+            let listed = list
+                .iter()
+                .any(|p| matches!(&p.write, LocalWrite::Change(c) if c.is_list()));
+            if imaged.contains(&(db, key.clone())) || listed {
                 // Its content includes what was applied since, so it is a
                 // new write: stamped now (stamped earlier, the peer would
                 // re-apply its own later increments on top of content
@@ -1209,7 +1236,50 @@ impl Node {
                     }
                 }
                 Step::Duplicate | Step::Check { .. } => {}
-                Step::Flush { db, keep, rebuild } => {
+                Step::List { db, key, op } => {
+                    self.target.received(db, key);
+                    if self.echo && !rules.no_echo {
+                        self.reship.push((db, key.to_vec()));
+                    }
+                    let mut k = view;
+                    // `replay_list`: a command Redis refuses re-ships the key.
+                    if elements::run_list(&mut k, op).is_err() {
+                        self.reship.push((db, key.to_vec()));
+                    } else if k == MemoryKey::Missing {
+                        self.elements.remove(&(db, key.to_vec()));
+                    } else {
+                        self.elements.insert((db, key.to_vec()), k);
+                    }
+                }
+                Step::Won { db, key } => {
+                    lost += 1;
+                    if let Op::Set { .. } | Op::Element { .. } = &entry.op {
+                        self.target.received(db, key);
+                    }
+                    if !rules.no_list_reship {
+                        self.reship.push((db, key.to_vec()));
+                    }
+                }
+                Step::Covered { db, reship } => {
+                    lost += 1;
+                    if !rules.no_list_reship {
+                        self.reship.extend(reship.into_iter().map(|k| (db, k)));
+                    }
+                }
+                Step::Superseded => {
+                    if let Op::Set { key, .. } | Op::Element { key, .. } = &entry.op {
+                        self.target.received(entry.db, key);
+                    }
+                }
+                Step::Flush {
+                    db,
+                    keep,
+                    rebuild,
+                    reship,
+                } => {
+                    if !rules.no_list_reship {
+                        self.reship.extend(reship.into_iter().map(|k| (db, k)));
+                    }
                     self.elements
                         .retain(|(d, k), _| *d != db || keep.contains(k));
                     for (key, plan) in rebuild {
@@ -1256,6 +1326,9 @@ impl Node {
                                 continue;
                             }
                             match p.write {
+                                LocalWrite::Change(c) if c.is_list() => {
+                                    self.target.imaged.insert(k.clone());
+                                }
                                 LocalWrite::Change(c) => {
                                     self.target.changes.entry(k.clone()).or_default().push(c)
                                 }
@@ -1688,6 +1761,12 @@ impl Sim {
                 *seen = node.outbox.applied_seq();
             }
         }
+        // `Shared::list_commands_ship`: otherwise the key ships as an image.
+        if matches!(&op, Op::Element { change, .. } if change.is_list())
+            && !node.list_commands_ship()
+        {
+            op = node.element_image(db, KEYS[k].to_vec());
+        }
         let seen = node.history.seen;
         node.history.done.push(elements::Done {
             db,
@@ -1845,6 +1924,7 @@ impl Sim {
             Role::Source => {
                 // `fullsync::target_cancel`: we are authoritative now.
                 node.target = TargetState::default();
+                node.awaiting_full_sync = false;
             }
             _ => {}
         }
@@ -2204,6 +2284,7 @@ fn show_op(op: &Op) -> String {
                 ElementChange::Del { elem, .. } => format!("del {}", show(elem)),
                 ElementChange::Incr { elem, delta, .. } => format!("incr {} {delta:+}", show(elem)),
                 ElementChange::DelKey => "delkey".to_string(),
+                ElementChange::List(l) => format!("list {l:?}"),
             };
             format!("{} {c} (first in {shipped_in})", show(key))
         }
@@ -2487,6 +2568,18 @@ fn assert_mutation_caught_on(name: &str, seeds: &[u64], rules: SimRules) {
              another with a larger MUTATION_SCHEDULES"
         );
     }
+}
+
+#[test]
+fn catches_a_list_winner_that_does_not_reship() {
+    assert_mutation_caught(
+        "a list conflict's winner does not re-ship",
+        "catches_a_list_winner_that_does_not_reship",
+        SimRules {
+            no_list_reship: true,
+            ..SimRules::correct(Mode::Elements)
+        },
+    );
 }
 
 #[test]

@@ -12,6 +12,7 @@ pub mod hlc;
 pub mod image;
 pub mod inbound_budget;
 pub mod link_slot;
+pub mod list_op;
 pub mod merge;
 pub mod outbox;
 pub mod pairing;

@@ -163,7 +163,18 @@ impl PendingWrites {
     }
 
     /// Record a local flush of `db` in batch `seq`.
+    ///
+    /// A flush re-sent with its own stamp (a resync) keeps the seq that
+    /// first carried it: a peer record whose `seen` covers that seq had
+    /// seen the flush, and counting it as concurrent would make the list
+    /// rule wait for a re-ship the peer never sends (found by the
+    /// simulation). Acknowledgements stay right: any ack at or past the first
+    /// seq means the peer applied that batch or a resync batch past it.
     pub fn record_flush(&mut self, db: u32, stamp: Stamp, seq: u64) {
+        let seq = match self.flushes.get(&db) {
+            Some(e) if e.stamp == stamp => e.seq.min(seq),
+            _ => seq,
+        };
         self.flushes.insert(db, PendingEntry { stamp, seq });
     }
 

@@ -53,6 +53,14 @@ pub fn shape_bit(shape: Shape) -> u8 {
     }
 }
 
+/// The bit of list commands in [`ElementLog::shapes_of`]: a key with one
+/// pending is never on an element fast path (see
+/// [`crate::core::merge::rule::list_verdict`]).
+pub const LIST_BIT: u8 = 16;
+
+/// The tally slot of list commands.
+const LIST_INDEX: usize = 4;
+
 fn shape_index(shape: Shape) -> usize {
     match shape {
         Shape::Str => 0,
@@ -64,15 +72,16 @@ fn shape_index(shape: Shape) -> usize {
 
 /// Count a change of `key` in or out of its family's tally.
 fn count(
-    families: &mut HashMap<TableKey, [u32; 4]>,
+    families: &mut HashMap<TableKey, [u32; 5]>,
     key: &TableKey,
     change: &ElementChange,
     add: bool,
 ) {
-    let Some(shape) = change.shape() else {
-        return;
+    let i = match change.shape() {
+        Some(shape) => shape_index(shape),
+        None if change.is_list() => LIST_INDEX,
+        None => return,
     };
-    let i = shape_index(shape);
     if add {
         families.entry(key.clone()).or_default()[i] += 1;
     } else if let Some(c) = families.get_mut(key) {
@@ -103,7 +112,7 @@ pub struct ElementLog {
     /// Per indexed key, how many of its changes belong to each family
     /// (`shape_index`): the merge asks this for every remote change, and a
     /// hot key can hold thousands.
-    families: HashMap<TableKey, [u32; 4]>,
+    families: HashMap<TableKey, [u32; 5]>,
     indexed: usize,
     /// Keys of each batch moved into the index, oldest first: an
     /// acknowledgement visits only the keys of the batches it covers, so its
@@ -191,6 +200,7 @@ impl ElementLog {
                 .into_iter()
                 .filter(|s| counts[shape_index(*s)] > 0)
                 .fold(0, |m, s| m | shape_bit(s))
+                | if counts[LIST_INDEX] > 0 { LIST_BIT } else { 0 }
         })
     }
 

@@ -17,7 +17,7 @@ fn borrowed_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::
 }
 
 /// Bumped whenever a message shape or its meaning changes.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Orders one entry among every write of both nodes: the batch's clock
 /// stamp, then the origin node id, then the index inside the batch (a
@@ -238,6 +238,11 @@ pub enum ElementChange {
     /// The whole key was deleted (DEL, UNLINK): removes what this side had
     /// seen, not the other side's concurrent additions.
     DelKey,
+    /// A list command, replayed by a peer that holds the list the origin
+    /// held before it; with a concurrent change of the key, the list is
+    /// last-writer-wins as a whole (protocol 4+, see
+    /// [`crate::core::merge::rule::list_verdict`]).
+    List(crate::core::list_op::ListOp),
 }
 
 /// One change inside a batch.
@@ -338,8 +343,13 @@ impl ElementChange {
             ElementChange::Set { shape, .. }
             | ElementChange::Del { shape, .. }
             | ElementChange::Incr { shape, .. } => Some(*shape),
-            ElementChange::DelKey => None,
+            ElementChange::DelKey | ElementChange::List(_) => None,
         }
+    }
+
+    /// Is it a list command (which only replays on an identical list)?
+    pub fn is_list(&self) -> bool {
+        matches!(self, ElementChange::List(_))
     }
 
     /// The element it names (`None` for a key delete).
@@ -348,7 +358,7 @@ impl ElementChange {
             ElementChange::Set { elem, .. }
             | ElementChange::Del { elem, .. }
             | ElementChange::Incr { elem, .. } => Some(elem),
-            ElementChange::DelKey => None,
+            ElementChange::DelKey | ElementChange::List(_) => None,
         }
     }
 }

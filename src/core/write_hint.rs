@@ -13,6 +13,7 @@
 //! Test builds check every confirmed hint against the truth (the peer
 //! compares the origin's digest of the key, `Op::Check`).
 
+use super::list_op::ListOp;
 use super::merge::counter;
 use super::protocol::{ElementChange, Shape};
 
@@ -312,6 +313,9 @@ pub fn describe(argv: &[&[u8]]) -> Option<Vec<KeyHint>> {
         h[0].int_delta = integral_delta(delta);
         return Some(h);
     }
+    if let Some(h) = describe_list(name, args) {
+        return Some(h);
+    }
     if is(name, "del") || is(name, "unlink") {
         if args.is_empty() {
             return None;
@@ -325,6 +329,87 @@ pub fn describe(argv: &[&[u8]]) -> Option<Vec<KeyHint>> {
         return Some(keys);
     }
     None
+}
+
+/// The list commands whose effect, on the list the peer holds too, is
+/// exactly their arguments' (see [`crate::core::list_op`]). The blocking
+/// and moving forms (`BLPOP`, `LMOVE`, ...) get none: what they move is
+/// known only after they ran, so their keys travel as images.
+fn describe_list(name: &[u8], args: &[&[u8]]) -> Option<Vec<KeyHint>> {
+    if !(name.len() >= 4 && matches!(name[0] | 0x20, b'l' | b'r')) {
+        return None;
+    }
+    let one = |event: &'static [u8], then_del: bool, op: ListOp| {
+        Some(vec![KeyHint::new(
+            args.first()?,
+            event,
+            then_del,
+            vec![ElementChange::List(op)],
+        )])
+    };
+    let left = name[0] | 0x20 == b'l';
+    if is(name, "lpush") || is(name, "rpush") || is(name, "lpushx") || is(name, "rpushx") {
+        if args.len() < 2 {
+            return None;
+        }
+        let values = args[1..].iter().map(|v| v.to_vec()).collect();
+        let event: &'static [u8] = if left { b"lpush" } else { b"rpush" };
+        return one(event, false, ListOp::Push { left, values });
+    }
+    if is(name, "lpop") || is(name, "rpop") {
+        let count = match args {
+            [_] => 1,
+            [_, n] => u64::try_from(integer(n)?).ok().filter(|&n| n > 0)?,
+            _ => return None,
+        };
+        let event: &'static [u8] = if left { b"lpop" } else { b"rpop" };
+        return one(event, true, ListOp::Pop { left, count });
+    }
+    match (name.len(), args) {
+        (4, [_, index, value]) if is(name, "lset") => one(
+            b"lset",
+            false,
+            ListOp::Set {
+                index: integer(index)?,
+                value: value.to_vec(),
+            },
+        ),
+        (5, [_, start, stop]) if is(name, "ltrim") => one(
+            b"ltrim",
+            true,
+            ListOp::Trim {
+                start: integer(start)?,
+                stop: integer(stop)?,
+            },
+        ),
+        (4, [_, count, value]) if is(name, "lrem") => one(
+            b"lrem",
+            true,
+            ListOp::Rem {
+                count: integer(count)?,
+                value: value.to_vec(),
+            },
+        ),
+        (7, [_, place, pivot, value]) if is(name, "linsert") => {
+            let before = if is(place, "before") {
+                true
+            } else if is(place, "after") {
+                false
+            } else {
+                return None;
+            };
+            one(
+                b"linsert",
+                false,
+                ListOp::Insert {
+                    before,
+                    pivot: pivot.to_vec(),
+                    value: value.to_vec(),
+                },
+            )
+        }
+        _ => None,
+    }
 }
 
 fn str_incr(delta: i64) -> ElementChange {
@@ -664,10 +749,68 @@ mod tests {
     }
 
     #[test]
+    fn list_commands_ship_as_commands_confirmed_by_their_event() {
+        let one = |s: &str| {
+            let h = d(s).unwrap();
+            assert_eq!(h.len(), 1, "{s}");
+            let ElementChange::List(op) = &h[0].changes[0] else {
+                panic!("{s}: not a list command");
+            };
+            (h[0].event, h[0].then_del, op.clone())
+        };
+        let v = |s: &str| s.as_bytes().to_vec();
+        assert_eq!(
+            one("LPUSHX l a b"),
+            (
+                &b"lpush"[..],
+                false,
+                ListOp::Push {
+                    left: true,
+                    values: vec![v("a"), v("b")]
+                }
+            )
+        );
+        assert_eq!(
+            one("rpop l 3"),
+            (
+                &b"rpop"[..],
+                true,
+                ListOp::Pop {
+                    left: false,
+                    count: 3
+                }
+            )
+        );
+        assert_eq!(
+            one("lpop l").2,
+            ListOp::Pop {
+                left: true,
+                count: 1
+            }
+        );
+        assert_eq!(one("ltrim l 1 -1").2, ListOp::Trim { start: 1, stop: -1 });
+        assert_eq!(one("lrem l -2 x").0, &b"lrem"[..]);
+        assert_eq!(one("lset l -1 x").0, &b"lset"[..]);
+        assert_eq!(
+            one("LINSERT l after p x").2,
+            ListOp::Insert {
+                before: false,
+                pivot: v("p"),
+                value: v("x")
+            }
+        );
+    }
+
+    #[test]
     fn other_commands_get_no_hint() {
         for s in [
             "get a",
-            "lpush l a",
+            "lmove a b left right",
+            "lpop l 0",
+            "lpop l -1",
+            "linsert l middle p v",
+            "lset l x v",
+            "rpoplpush a b",
             "hincrbyfloat h f",
             "incrbyfloat c",
             "exec",

@@ -20,6 +20,7 @@ use crate::core::decide::{check_seq, SeqCheck};
 use crate::core::hlc::wall_ms;
 use crate::core::image;
 use crate::core::image::Reply;
+use crate::core::list_op::ListOp;
 use crate::core::merge::entry::{
     entry_key, expired_as_delete, family_clash, plan_entry, BatchPosition, Step,
 };
@@ -164,6 +165,15 @@ fn flush_keeping(
         write_image(ctx, key, &value, exp, propagate)?;
     }
     Ok(())
+}
+
+/// Replay a peer's list command on our identical list.
+fn replay_list(ctx: &Context, key: &[u8], op: &ListOp) -> Result<(), String> {
+    let (name, rest) = op.command();
+    let mut args: Vec<&[u8]> = Vec::with_capacity(1 + rest.len());
+    args.push(key);
+    args.extend(rest.iter().map(Vec::as_slice));
+    run(ctx, name, &args)
 }
 
 /// During a full resync, remember the keys the source has.
@@ -564,6 +574,32 @@ fn apply_batch(
                 note_received(entry);
             }
             Step::Duplicate => {}
+            Step::Won { db, key } => {
+                lost += 1;
+                note_received(entry);
+                reship.push((db, key.to_vec()));
+            }
+            Step::Superseded => note_received(entry),
+            Step::Covered { db, reship: won } => {
+                lost += 1;
+                reship.extend(won.into_iter().map(|k| (db, k)));
+            }
+            Step::List { db, key, op } => {
+                if let Err(e) = replay_list(ctx, key, op) {
+                    // Our list is not the one the origin held (a bug, or a
+                    // write outside what the module sees): last-writer-wins
+                    // on images settles it rather than leaving it apart.
+                    log::warning(&format!(
+                        "list command from the peer failed ({e}): re-shipping the key"
+                    ));
+                    reship.push((db, key.to_vec()));
+                }
+                note_received(entry);
+                if shared.echo_applied.load(Ordering::Relaxed) {
+                    reship.push((db, key.to_vec()));
+                }
+                applied += 1;
+            }
             Step::FullSyncBegin => fullsync::target_begin(),
             Step::FullSyncEnd => fullsync::target_end(),
             Step::Check {
@@ -579,7 +615,13 @@ fn apply_batch(
                     self_check(ctx, shared, db, key, digest);
                 }
             }
-            Step::Flush { db, keep, rebuild } => {
+            Step::Flush {
+                db,
+                keep,
+                rebuild,
+                reship: won,
+            } => {
+                reship.extend(won.into_iter().map(|k| (db, k)));
                 flush_keeping(ctx, db, &keep, propagate)?;
                 for (key, plan) in &rebuild {
                     execute(ctx, key, plan, propagate)?;

@@ -324,19 +324,22 @@ pub unsafe extern "C" fn on_keyspace_event(
                 // side only. A key with a TTL travels whole, with its expiry.
                 // Asked now, while this change is the key's last one.
                 let c = Context::new(ctx);
-                let confirmed = if ffi::read_expiry(&c, key).is_some_and(|e| e.is_some()) {
-                    None
-                } else {
-                    match read {
-                        Some(ReadAfter::Score(delta, before)) => {
-                            confirm_score(ctx, key, changes, (delta, before))
+                let list_as_image = changes.iter().any(ElementChange::is_list)
+                    && !Shared::get().is_some_and(|s| s.list_commands_ship());
+                let confirmed =
+                    if list_as_image || ffi::read_expiry(&c, key).is_some_and(|e| e.is_some()) {
+                        None
+                    } else {
+                        match read {
+                            Some(ReadAfter::Score(delta, before)) => {
+                                confirm_score(ctx, key, changes, (delta, before))
+                            }
+                            Some(ReadAfter::Value(delta, before)) => {
+                                confirm_value(ctx, key, changes, delta, before)
+                            }
+                            None => Some(changes),
                         }
-                        Some(ReadAfter::Value(delta, before)) => {
-                            confirm_value(ctx, key, changes, delta, before)
-                        }
-                        None => Some(changes),
-                    }
-                };
+                    };
                 match confirmed {
                     Some(changes) => note(|d| d.elements(db, key, changes)),
                     None => note_key(db, key),
@@ -513,7 +516,7 @@ fn hintable(name: &[u8]) -> bool {
     match name.len() {
         3..=7 => matches!(
             name[0] | 0x20,
-            b'i' | b'd' | b'g' | b's' | b'h' | b'z' | b'u'
+            b'i' | b'd' | b'g' | b's' | b'h' | b'z' | b'u' | b'l' | b'r'
         ),
         // Only the float increments are longer: not every SMEMBERS or
         // ZREVRANGE copies its arguments to find that out.

@@ -52,6 +52,7 @@ pub unsafe extern "C" fn on_event_loop(
         }
         if shared.target_reset_requested.swap(false, Ordering::AcqRel) {
             // Writes made before the full resync began lose to the source's data.
+            shared.awaiting_full_sync.store(true, Ordering::Relaxed);
             shared.resync_requested.store(false, Ordering::Release);
             with_node(|n| n.pending.clear());
             super::apply::UNTRACKED_SINCE_START.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -209,6 +209,7 @@ pub fn op_size(op: &Op) -> usize {
                 + 64
                 + match change {
                     crate::core::protocol::ElementChange::Set { value, .. } => value.len(),
+                    crate::core::protocol::ElementChange::List(l) => l.payload_bytes(),
                     _ => 0,
                 }
         }
@@ -567,10 +568,22 @@ pub fn build_dirty_key_resync(ctx: &Context) -> Option<u64> {
         index: u32::try_from(out.len()).unwrap_or(u32::MAX),
     };
     let mut converted: Vec<(u32, Vec<u8>)> = Vec::new();
+    // Keys with a pending list command and no pending image: re-sent as an
+    // image stamped now, like an imaged key (the peer may not hold the list
+    // the commands start from any more; an image settles it by stamps).
+    let mut listed: Vec<(u32, Vec<u8>)> = Vec::new();
     for (tk, list) in changes {
         let (db, key) = tk.parts();
         if imaged.contains(&(db, key.to_vec())) {
             converted.push((db, key.to_vec()));
+            continue;
+        }
+        if list
+            .iter()
+            .any(|p| matches!(&p.write, LocalWrite::Change(c) if c.is_list()))
+        {
+            converted.push((db, key.to_vec()));
+            listed.push((db, key.to_vec()));
             continue;
         }
         for p in list {
@@ -584,6 +597,15 @@ pub fn build_dirty_key_resync(ctx: &Context) -> Option<u64> {
                 seen: p.seen,
             };
             out.push((p.stamp, db, op));
+        }
+    }
+    for (db, key) in &listed {
+        match key_op(ctx, *db, key.clone()) {
+            Ok(op) => {
+                let stamp = now(&out);
+                out.push((stamp, *db, op));
+            }
+            Err(err) => log::warning(&format!("dirty-key resync cannot read a key: {err}")),
         }
     }
     for (db, key, e) in key_entries {

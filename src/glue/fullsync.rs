@@ -322,6 +322,11 @@ pub fn target_begin() {
                     continue;
                 }
                 match p.write {
+                    // A list command does not replay onto a missing key's
+                    // elements: the key is kept whole, like an image.
+                    LocalWrite::Change(c) if c.is_list() => {
+                        imaged.insert(key.clone());
+                    }
                     LocalWrite::Change(c) => changes.entry(key.clone()).or_default().push(c),
                     LocalWrite::Image => {
                         imaged.insert(key.clone());
@@ -389,6 +394,11 @@ pub fn note_untracked_writes(keys: Vec<TableKey>) {
 /// it did: the sweep keeps the key, or rebuilds it from its changes.
 pub fn note_local_op(db: u32, op: &Op) {
     target(|t| match op {
+        Op::Element { key, change, .. } if change.is_list() => {
+            let k = TableKey::new(db, key);
+            t.local.insert(k.clone());
+            t.imaged.insert(k);
+        }
         Op::Element { key, change, .. } => {
             let k = TableKey::new(db, key);
             t.local.insert(k.clone());
@@ -484,6 +494,9 @@ pub fn target_cancel() {
         t.imaged = KeySet::default();
         t.overflowed = false;
     });
+    if let Some(s) = Shared::get() {
+        s.awaiting_full_sync.store(false, Ordering::Relaxed);
+    }
     TARGET_ACTIVE.store(false, Ordering::Relaxed);
 }
 
@@ -596,6 +609,7 @@ pub fn target_step(ctx: &Context, shared: &Shared) -> bool {
         });
         TARGET_ACTIVE.store(false, Ordering::Relaxed);
         shared.fresh.store(false, Ordering::Relaxed);
+        shared.awaiting_full_sync.store(false, Ordering::Relaxed);
         // What our table missed before the resync is settled by the dataset
         // we took; what it missed since is not.
         if !overflowed {

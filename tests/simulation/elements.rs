@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use rand::rngs::StdRng;
 use rand::Rng;
+use redis_bisync::core::list_op::{self, ListOp};
 use redis_bisync::core::merge::counter;
 use redis_bisync::core::merge::memory::MemoryKey;
 use redis_bisync::core::merge::view::{KeyPlan, KeyView, Reset};
@@ -123,7 +124,8 @@ pub fn write(
         MemoryKey::Elements(s, _) => *s != shape,
         MemoryKey::Other(_) => true,
     };
-    let roll = rng.gen_range(0..23);
+    let list_now = matches!(&cur, MemoryKey::Missing | MemoryKey::Other(Value::List(_)));
+    let roll = rng.gen_range(0..28);
     let change = match roll {
         0..=5 if !other && !counter_only => {
             let value = match shape {
@@ -178,6 +180,9 @@ pub fn write(
                 return None;
             }
         }
+        // List commands, on a list or a missing key (db 0 only: the
+        // semantic checks of db 1 know no lists).
+        23..=27 if !checked && list_now => ElementChange::List(list_op(rng, &cur, unique)?),
         _ => return None,
     };
     let did = match &change {
@@ -185,6 +190,7 @@ pub fn write(
         ElementChange::Del { elem, .. } => Did::Del(elem.clone()),
         ElementChange::Incr { elem, delta, .. } => Did::Incr(elem.clone(), *delta),
         ElementChange::DelKey => Did::DelKey,
+        ElementChange::List(_) => Did::Image,
     };
     apply_locally(store, db, key, &change);
     Some((
@@ -196,6 +202,60 @@ pub fn write(
         },
         did,
     ))
+}
+
+/// A random list command that Redis would run on `cur` (a list or
+/// missing), as the capture records it.
+fn list_op(rng: &mut StdRng, cur: &MemoryKey, unique: u64) -> Option<ListOp> {
+    let len = match cur {
+        MemoryKey::Other(Value::List(l)) => l.len() as i64,
+        _ => 0,
+    };
+    let value = |rng: &mut StdRng| format!("v{}", rng.gen_range(0..4)).into_bytes();
+    let op = match rng.gen_range(0..8) {
+        0..=2 => ListOp::Push {
+            left: rng.gen_bool(0.5),
+            values: (0..rng.gen_range(1..=2))
+                .map(|i| format!("p{unique}.{i}").into_bytes())
+                .collect(),
+        },
+        3 if len > 0 => ListOp::Pop {
+            left: rng.gen_bool(0.5),
+            count: rng.gen_range(1..=2),
+        },
+        4 if len > 0 => ListOp::Set {
+            index: rng.gen_range(-len..len),
+            value: value(rng),
+        },
+        5 if len > 0 => ListOp::Trim {
+            start: rng.gen_range(-2..=1),
+            stop: rng.gen_range(-2..=3),
+        },
+        6 if len > 0 => ListOp::Rem {
+            count: rng.gen_range(-1..=1),
+            value: value(rng),
+        },
+        7 if len > 0 => ListOp::Insert {
+            before: rng.gen_bool(0.5),
+            pivot: value(rng),
+            value: format!("i{unique}").into_bytes(),
+        },
+        _ => return None,
+    };
+    Some(op)
+}
+
+/// Run a list command on the key in `k` (the reference meaning,
+/// `core::list_op::apply`); `Err` where Redis would refuse it.
+pub fn run_list(k: &mut MemoryKey, op: &ListOp) -> Result<(), String> {
+    let mut list = match k {
+        MemoryKey::Missing => None,
+        MemoryKey::Other(Value::List(l)) => Some(l.clone()),
+        other => return Err(format!("a list command on {other:?}")),
+    };
+    list_op::apply(&mut list, op).map_err(|e| format!("{e:?}"))?;
+    *k = list.map_or(MemoryKey::Missing, |l| MemoryKey::Other(Value::List(l)));
+    Ok(())
 }
 
 /// A write the capture cannot describe per element: a new content of the
@@ -266,6 +326,11 @@ fn apply_locally(
             k.execute(&one(*shape, elem, Some(v)));
         }
         ElementChange::DelKey => k = MemoryKey::Missing,
+        ElementChange::List(op) => {
+            if let Err(e) = run_list(&mut k, op) {
+                panic!("the sim wrote a list command Redis refuses: {e}");
+            }
+        }
     }
     put(store, db, key, k);
 }

@@ -35,6 +35,13 @@ pub fn coalesce(changes: Vec<ElementChange>) -> Vec<ElementChange> {
     let mut last: HashMap<Vec<u8>, usize> = HashMap::new();
     let mut shape: Option<Shape> = None;
     for c in changes {
+        if c.is_list() {
+            // A list command folds with nothing: it replays only in order.
+            last.clear();
+            shape = None;
+            out.push(Some(c));
+            continue;
+        }
         if c == ElementChange::DelKey {
             out.clear();
             last.clear();

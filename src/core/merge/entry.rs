@@ -5,9 +5,10 @@
 //! entry must see the effect of the ones before it; the caller executes a
 //! step before planning the next.
 
-use super::rule::{merge_record, Nodes, Outcome, Remote};
+use super::rule::{list_verdict, merge_record, ListVerdict, Nodes, Outcome, Remote};
 use super::view::{KeyPlan, KeyShape, KeyView};
 use super::{check, ElementError};
+use crate::core::list_op::ListOp;
 use crate::core::pending::PendingWrites;
 use crate::core::pending_elements::{shape_bit, PendingChange};
 use crate::core::protocol::{ElementChange, Entry, Op};
@@ -29,6 +30,36 @@ pub enum Step<'r> {
     },
     /// A later local write wins: count it in `conflicts_lost`.
     Lost,
+    /// Replay a list command on `key` of `db` (no concurrent change here).
+    List {
+        /// The db.
+        db: u32,
+        /// The key.
+        key: &'r [u8],
+        /// The command.
+        op: &'r ListOp,
+    },
+    /// A list command took part in a conflict this node's later write
+    /// wins: ignore the record (`conflicts_lost`) and re-ship the key as an
+    /// image (see [`ListVerdict::Won`]).
+    Won {
+        /// The db.
+        db: u32,
+        /// The key.
+        key: &'r [u8],
+    },
+    /// A remote flush an own later flush covers: nothing to apply
+    /// (`conflicts_lost`); re-ship `reship` (keys with a later list command
+    /// of ours, see [`ListVerdict::Won`]).
+    Covered {
+        /// The db.
+        db: u32,
+        /// Keys to re-ship as images.
+        reship: Vec<Vec<u8>>,
+    },
+    /// A later remote record that cannot apply to this node's list: ignore
+    /// it; its origin re-ships the key (see [`ListVerdict::Superseded`]).
+    Superseded,
     /// Already applied (re-sent by a resync): skip it.
     Duplicate,
     /// Empty `db` except `keep` (current values stay: a later local image
@@ -41,6 +72,9 @@ pub enum Step<'r> {
         keep: Vec<Vec<u8>>,
         /// Keys to rebuild after the flush.
         rebuild: Vec<(Vec<u8>, KeyPlan<'static>)>,
+        /// Kept keys (among `keep`) to re-ship as images: a later list
+        /// command of ours won over the flush ([`ListVerdict::Won`]).
+        reship: Vec<Vec<u8>>,
     },
     /// A full resync from the peer starts.
     FullSyncBegin,
@@ -200,10 +234,25 @@ pub fn plan_entry<'r>(
             // What the change had seen is not concurrent with it.
             pending.retain(|p| p.seq > *seen);
             let remote = Remote::Change(change);
-            return Ok(merge(table, entry, key, remote, &pending, nodes, view));
+            return Ok(match list_verdict(&pending, remote, entry.stamp, nodes) {
+                ListVerdict::NotList => merge(table, entry, key, remote, &pending, nodes, view),
+                ListVerdict::Replay => match change {
+                    ElementChange::List(op) => Step::List {
+                        db: entry.db,
+                        key,
+                        op,
+                    },
+                    _ => merge(table, entry, key, remote, &pending, nodes, view),
+                },
+                ListVerdict::Won => Step::Won { db: entry.db, key },
+                ListVerdict::Superseded | ListVerdict::Image => Step::Superseded,
+            });
         }
     };
     let pending = table.changes_of(entry.db, key);
+    if list_verdict(&pending, remote, entry.stamp, nodes) == ListVerdict::Won {
+        return Ok(Step::Won { db: entry.db, key });
+    }
     Ok(merge(table, entry, key, remote, &pending, nodes, view))
 }
 
@@ -241,12 +290,30 @@ fn plan_flush<'r>(table: &mut PendingWrites, entry: &'r Entry, nodes: Nodes<'_>)
         return Step::Duplicate;
     }
     if table.flush_covers(db, entry.stamp, nodes.remote, nodes.local) {
-        return Step::Lost;
+        // Our later flush wins over it, but a list command of ours made
+        // after it still meets it on the peer's side as a concurrent image
+        // (the peer's pending flush), where it cannot replay: re-ship those
+        // keys, as a won conflict would (found by the simulation).
+        let reship: Vec<Vec<u8>> = table
+            .keys_of_db(db)
+            .into_iter()
+            .filter(|key| {
+                let pending = table.changes_of(db, key);
+                list_verdict(&pending, Remote::Flush, entry.stamp, nodes) == ListVerdict::Won
+            })
+            .collect();
+        return Step::Covered { db, reship };
     }
     let mut keep = Vec::new();
     let mut rebuild = Vec::new();
+    let mut reship = Vec::new();
     for key in table.keys_of_db(db) {
         let pending = table.changes_of(db, &key);
+        if list_verdict(&pending, Remote::Flush, entry.stamp, nodes) == ListVerdict::Won {
+            reship.push(key.clone());
+            keep.push(key);
+            continue;
+        }
         match merge_record(&pending, Remote::Flush, entry.stamp, nodes, &NoKey) {
             Outcome::Ignored => keep.push(key),
             Outcome::Apply { plan, .. } => {
@@ -257,7 +324,12 @@ fn plan_flush<'r>(table: &mut PendingWrites, entry: &'r Entry, nodes: Nodes<'_>)
             }
         }
     }
-    Step::Flush { db, keep, rebuild }
+    Step::Flush {
+        db,
+        keep,
+        rebuild,
+        reship,
+    }
 }
 
 /// A plan that refers to no record (a flush's rebuild resets by clearing).

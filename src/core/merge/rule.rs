@@ -149,7 +149,7 @@ pub fn merge_record<'r>(
 fn establishes(c: &ElementChange) -> Option<Shape> {
     match c {
         ElementChange::Set { shape, .. } | ElementChange::Incr { shape, .. } => Some(*shape),
-        ElementChange::Del { .. } | ElementChange::DelKey => None,
+        ElementChange::Del { .. } | ElementChange::DelKey | ElementChange::List(_) => None,
     }
 }
 
@@ -164,6 +164,9 @@ fn other_type(p: &PendingChange, shape: Option<Shape>) -> bool {
 /// The plain local effect of a change (re-applying a pending one, or a
 /// remote one that replaces the key).
 fn effect(key: &mut Planned<'_, '_>, c: &ElementChange) {
+    // A list command is never merged with element changes: the key goes by
+    // `list_verdict` whenever one is involved.
+    debug_assert!(!c.is_list(), "a list command reached the element merge");
     match c {
         ElementChange::Set { shape, elem, value } => {
             key.set(*shape, elem, value.clone());
@@ -172,6 +175,69 @@ fn effect(key: &mut Planned<'_, '_>, c: &ElementChange) {
         ElementChange::Del { shape, elem } => key.delete(*shape, elem),
         ElementChange::Incr { shape, elem, delta } => key.increment(*shape, elem, *delta),
         ElementChange::DelKey => key.clear(),
+        ElementChange::List(_) => {}
+    }
+}
+
+/// What a remote record does to a key when a list command is involved: the
+/// record is one, or this node holds one the record had not seen.
+///
+/// Why whole-list last-writer-wins with a re-ship: a list command replays
+/// exactly only on the list the origin held before it. With no concurrent
+/// change here, that is this node's list; with one, the two lists differ
+/// and no command sequence repairs both. The later side keeps its list and
+/// re-ships it as an image stamped then ([`ListVerdict::Won`]); the earlier
+/// side ignores the other's commands ([`ListVerdict::Superseded`]) until
+/// that image arrives, and takes it, since it is later than all it holds.
+/// Each side meets the other's concurrent records while its own are still
+/// un-acknowledged (an acknowledgement travels behind the writes its sender
+/// made before it), so both reach the same verdict. A re-ship happens only
+/// where a list command took part, and images alone settle by stamps, so
+/// re-ships do not beget each other forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListVerdict {
+    /// No list command involved: the element rule decides.
+    NotList,
+    /// No concurrent change: replay the remote list command.
+    Replay,
+    /// A later local write holds: ignore the record, re-ship the key.
+    Won,
+    /// The remote record is later but cannot be applied to this list:
+    /// ignore it; its origin re-ships the key.
+    Superseded,
+    /// A remote image or flush later than every concurrent local write:
+    /// apply it as an image (the element rule does, pruning what it
+    /// cancelled).
+    Image,
+}
+
+/// Decide for `remote` (stamped `stamp`) against the pending entries it had
+/// not seen (`pending`, as for [`merge_record`]).
+pub fn list_verdict(
+    pending: &[PendingChange],
+    remote: Remote<'_>,
+    stamp: Stamp,
+    nodes: Nodes<'_>,
+) -> ListVerdict {
+    let remote_list = matches!(remote, Remote::Change(c) if c.is_list());
+    let local_list = pending
+        .iter()
+        .any(|p| matches!(&p.write, LocalWrite::Change(c) if c.is_list()));
+    if !remote_list && !local_list {
+        return ListVerdict::NotList;
+    }
+    if pending.is_empty() {
+        return ListVerdict::Replay;
+    }
+    if pending
+        .iter()
+        .any(|p| remote_wins(p.stamp, nodes.local, stamp, nodes.remote))
+    {
+        return ListVerdict::Won;
+    }
+    match remote {
+        Remote::Change(_) => ListVerdict::Superseded,
+        Remote::Image(_) | Remote::Flush => ListVerdict::Image,
     }
 }
 
@@ -206,6 +272,7 @@ fn merge_change(
         ElementChange::Set { elem, .. } | ElementChange::Del { elem, .. } => {
             resolve(key, pending, elem, Some(c), later)
         }
+        ElementChange::List(_) => {}
         ElementChange::DelKey => {
             let named: BTreeSet<&[u8]> = pending
                 .iter()
@@ -226,7 +293,7 @@ fn merge_change(
 fn overwrites(p: &PendingChange, elem: &[u8]) -> bool {
     match &p.write {
         LocalWrite::Image => true,
-        LocalWrite::Change(ElementChange::DelKey) => true,
+        LocalWrite::Change(ElementChange::DelKey | ElementChange::List(_)) => true,
         LocalWrite::Change(
             ElementChange::Set { elem: e, .. } | ElementChange::Del { elem: e, .. },
         ) => e == elem,
