@@ -1292,6 +1292,7 @@ B7S_COMMANDS = {
     "hset": (["hset", "myhash", "element:__rand_int__", "xxx"], "myhash", "HLEN"),
     "sadd": (["sadd", "myset", "element:__rand_int__"], "myset", "SCARD"),
     "zincrby": (["zincrby", "myzset", "1", "element:__rand_int__"], "myzset", "ZCARD"),
+    "lpush": (["lpush", "mylist", "element:__rand_int__"], "mylist", "LLEN"),
 }
 _PREFILL = {}
 
@@ -1307,6 +1308,8 @@ def prefill_cmd(test, size):
         args = [b"HSET", key.encode()] + [x for n in names for x in (n, b"xxx")]
     elif test == "sadd":
         args = [b"SADD", key.encode()] + names
+    elif test == "lpush":
+        args = [b"RPUSH", key.encode()] + names
     else:
         args = [b"ZADD", key.encode()] + [x for i, n in enumerate(names) for x in (b"%d" % (i % 1000), n)]
     _PREFILL[(test, size)] = resp(*args)
