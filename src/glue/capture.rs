@@ -173,6 +173,18 @@ enum ReadAfter {
     Value(Option<i64>, Option<Option<Vec<u8>>>),
 }
 
+/// Bytes of names and values `changes` carry.
+fn changes_payload(changes: &[ElementChange]) -> usize {
+    changes
+        .iter()
+        .map(|c| match c {
+            ElementChange::List(op) => op.payload_bytes(),
+            ElementChange::Set { elem, value, .. } => elem.len() + value.len(),
+            c => c.elem().map_or(0, <[u8]>::len),
+        })
+        .sum()
+}
+
 /// A hinted key expired or was evicted while its command ran.
 fn break_elem_hint(key: &[u8]) {
     if ELEM_ARMED.load(Ordering::Relaxed) {
@@ -324,8 +336,17 @@ pub unsafe extern "C" fn on_keyspace_event(
                 // side only. A key with a TTL travels whole, with its expiry.
                 // Asked now, while this change is the key's last one.
                 let c = Context::new(ctx);
-                let list_as_image = changes.iter().any(ElementChange::is_list)
-                    && !Shared::get().is_some_and(|s| s.list_commands_ship());
+                // A list command replays only on an identical list; one too
+                // large for a frame cannot travel at all (its key is then
+                // left out, see `flush::left_out`).
+                // Any record too large for a frame ships as an image, which
+                // the flush leaves out with an error (as any oversized key).
+                let list_as_image = Shared::get().is_none_or(|s| {
+                    let list = changes.iter().any(ElementChange::is_list);
+                    (list && (!s.list_commands_ship() || super::flush::left_out(db, key)))
+                        || changes_payload(&changes).saturating_mul(2)
+                            >= usize::try_from(s.config.max_frame_size).unwrap_or(usize::MAX)
+                });
                 let confirmed =
                     if list_as_image || ffi::read_expiry(&c, key).is_some_and(|e| e.is_some()) {
                         None

@@ -5,8 +5,8 @@
 //! keys; flushing before an apply means a remote image never lands on a
 //! locally changed key that is not yet stamped (DESIGN §2).
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use redis_module::{CallOptionsBuilder, CallReply, CallResult, Context};
 
@@ -177,17 +177,25 @@ fn oversized(shared: &Shared, db: u32, op: &Op, size: usize) -> bool {
     // Room for the batch's own header and the link's encryption.
     const SLACK: usize = 4096;
     let limit = usize::try_from(shared.config.max_frame_size).unwrap_or(usize::MAX);
-    let Op::Set { key, .. } = op else {
-        return false;
+    let key = match op {
+        Op::Set { key, .. } => key,
+        Op::Delete { key } => {
+            note_travels(db, key);
+            return false;
+        }
+        _ => return false,
     };
     if size.saturating_mul(2) < limit {
+        note_travels(db, key);
         return false;
     }
     // Near the limit: measure it exactly (rare, so the cost is fine).
     let n = codec::encoded_len(op).unwrap_or(usize::MAX);
     if n.saturating_add(SLACK) <= limit {
+        note_travels(db, key);
         return false;
     }
+    note_left_out(db, key);
     let shown = String::from_utf8_lossy(&key[..key.len().min(200)]).into_owned();
     let msg = format!(
         "key {shown:?} in db {db} encodes to {n} bytes, more than max-frame-size ({limit}) allows: not replicated"
@@ -195,6 +203,43 @@ fn oversized(shared: &Shared, db: u32, op: &Op, size: usize) -> bool {
     log::warning(&msg);
     shared.set_error(msg);
     true
+}
+
+/// Keys whose last image was too large to travel (see [`oversized`]).
+///
+/// Why remembered: a later small list command on such a key would replay on
+/// the peer's list, which lacks what was left out; while a key is here its
+/// list commands ship as images (which are left out again, or travel once
+/// the key is small enough, and then it leaves this set).
+static LEFT_OUT: Mutex<Vec<(u32, Vec<u8>)>> = Mutex::new(Vec::new());
+/// Cheap "is any key left out" for the capture's per-write check.
+static ANY_LEFT_OUT: AtomicBool = AtomicBool::new(false);
+
+fn left_out_keys() -> std::sync::MutexGuard<'static, Vec<(u32, Vec<u8>)>> {
+    LEFT_OUT.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn note_left_out(db: u32, key: &[u8]) {
+    let mut l = left_out_keys();
+    if !l.iter().any(|(d, k)| *d == db && k == key) {
+        l.push((db, key.to_vec()));
+    }
+    ANY_LEFT_OUT.store(true, Ordering::Relaxed);
+}
+
+fn note_travels(db: u32, key: &[u8]) {
+    if ANY_LEFT_OUT.load(Ordering::Relaxed) {
+        let mut l = left_out_keys();
+        l.retain(|(d, k)| !(*d == db && k == key));
+        ANY_LEFT_OUT.store(!l.is_empty(), Ordering::Relaxed);
+    }
+}
+
+/// Was the key's last image too large to travel? Then its list commands
+/// must ship as images, not replay on the peer's incomplete list.
+pub fn left_out(db: u32, key: &[u8]) -> bool {
+    ANY_LEFT_OUT.load(Ordering::Relaxed)
+        && left_out_keys().iter().any(|(d, k)| *d == db && k == key)
 }
 
 /// A bound of the bytes `op` adds to a batch, without encoding it: what
