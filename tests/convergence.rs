@@ -2,7 +2,7 @@
 //!
 //! Several client threads on each side of a fresh pair write at random, for at least 15 s, to
 //! a small set of hot keys (20 per db) in three dbs with every kind of write: SET with and
-//! without TTL (long ones, and short ones that expire during the run), APPEND, RPUSH/LPOP,
+//! without TTL (long ones, and short ones that expire during the run), APPEND, the list commands shipped as commands (issue 12: RPUSH/LPUSH(X), LPOP/RPOP with counts, LSET, LINSERT, LREM, LTRIM),
 //! SPOP, XADD (bounded by MAXLEN), EXPIRE/PEXPIREAT/PEXPIRE/PERSIST, DEL/UNLINK, RENAME between
 //! hot keys, MULTI blocks (some switching db inside), Lua scripts writing 2–3 keys, and a rare
 //! FLUSHDB (alone, ASYNC, or inside a MULTI between two SETs).
@@ -167,6 +167,12 @@ const OPS: &[(&str, u32)] = &[
     ("hincrbyfloat", 1),
     ("rpush", 5),
     ("lpop", 3),
+    ("lpush", 2),
+    ("rpop", 1),
+    ("lset", 2),
+    ("linsert", 1),
+    ("lrem", 1),
+    ("ltrim", 1),
     ("sadd", 5),
     ("srem", 2),
     ("spop", 2),
@@ -212,6 +218,12 @@ const SIMPLE_OPS: &[&str] = &[
     "hincrbyfloat",
     "rpush",
     "lpop",
+    "lpush",
+    "rpop",
+    "lset",
+    "linsert",
+    "lrem",
+    "ltrim",
     "sadd",
     "srem",
     "spop",
@@ -519,6 +531,8 @@ fn legit_error(e: &redis::RedisError) -> Option<&'static str> {
         Some("WRONGTYPE")
     } else if s.contains("no such key") {
         Some("no such key")
+    } else if s.contains("index out of range") {
+        Some("index out of range")
     } else if s.contains("not an integer") {
         Some("not an integer")
     } else if s.contains("would overflow") {
@@ -828,6 +842,59 @@ impl Writer {
                 let k = self.key(C_LIST);
                 c = redis::cmd("LPOP");
                 c.arg(k).arg(self.rng.gen_range(1..=3));
+            }
+            "lpush" => {
+                let k = self.key(C_LIST);
+                c = redis::cmd(if self.rng.gen_bool(0.7) {
+                    "LPUSH"
+                } else {
+                    "LPUSHX"
+                });
+                c.arg(k);
+                for _ in 0..self.rng.gen_range(1..=2) {
+                    c.arg(format!("l{}", self.rng.gen_range(0..5)));
+                }
+            }
+            "rpop" => {
+                let k = self.key(C_LIST);
+                c = redis::cmd("RPOP");
+                c.arg(k);
+                if self.rng.gen_bool(0.5) {
+                    c.arg(self.rng.gen_range(1..=3));
+                }
+            }
+            // Index, pivot and value drawn small so they often hit; a miss
+            // is an error or a no-op, as it would be for a client.
+            "lset" => {
+                let k = self.key(C_LIST);
+                c = redis::cmd("LSET");
+                let v = self.value();
+                c.arg(k).arg(self.rng.gen_range(-3..3)).arg(v);
+            }
+            "linsert" => {
+                let k = self.key(C_LIST);
+                c = redis::cmd("LINSERT");
+                let pivot = format!("l{}", self.rng.gen_range(0..5));
+                let v = self.value();
+                let place = if self.rng.gen_bool(0.5) {
+                    "BEFORE"
+                } else {
+                    "AFTER"
+                };
+                c.arg(k).arg(place).arg(pivot).arg(v);
+            }
+            "lrem" => {
+                let k = self.key(C_LIST);
+                c = redis::cmd("LREM");
+                let v = format!("l{}", self.rng.gen_range(0..5));
+                c.arg(k).arg(self.rng.gen_range(-2..=2)).arg(v);
+            }
+            "ltrim" => {
+                let k = self.key(C_LIST);
+                c = redis::cmd("LTRIM");
+                c.arg(k)
+                    .arg(self.rng.gen_range(-2..=1))
+                    .arg(self.rng.gen_range(3..=12));
             }
             "sadd" => {
                 let k = self.key(C_SET);

@@ -27,6 +27,7 @@ use rand::{Rng, SeedableRng};
 use redis_bisync::core::auth::{self, SessionKeys, NONCE_LEN};
 use redis_bisync::core::codec;
 use redis_bisync::core::fuzzing;
+use redis_bisync::core::list_op::ListOp;
 use redis_bisync::core::protocol::{
     Batch, ElementChange, Entry, Frame, Hello, Op, Resume, Shape, Stamp, StreamConsumer,
     StreamGroup, StreamImage, Value, PROTOCOL_VERSION,
@@ -220,6 +221,20 @@ fn batch_ops() -> Frame {
                 Op::Check {
                     key: b"s".to_vec(),
                     digest: b"0000".to_vec(),
+                },
+            ),
+            e(
+                1,
+                8,
+                Op::Element {
+                    key: b"q".to_vec(),
+                    change: ElementChange::List(ListOp::Insert {
+                        before: true,
+                        pivot: b"p".to_vec(),
+                        value: b"v".to_vec(),
+                    }),
+                    shipped_in: 3,
+                    seen: 0,
                 },
             ),
         ],
@@ -883,8 +898,16 @@ fn random_frame(rng: &mut StdRng) -> Frame {
                     op: match rng.gen_range(0..8) {
                         6 => Op::Element {
                             key: random_bytes(rng, 8),
-                            change: match rng.gen_range(0..4) {
+                            change: match rng.gen_range(0..6) {
                                 0 => ElementChange::DelKey,
+                                4 => ElementChange::List(ListOp::Pop {
+                                    left: rng.gen(),
+                                    count: random_u64(rng),
+                                }),
+                                5 => ElementChange::List(ListOp::Set {
+                                    index: rng.gen(),
+                                    value: random_bytes(rng, 4),
+                                }),
                                 1 => ElementChange::Del {
                                     shape: Shape::Set,
                                     elem: random_bytes(rng, 4),

@@ -13,8 +13,9 @@ use common::*;
 use redis::Commands;
 use redis_bisync::core::auth::{self, SessionKeys};
 use redis_bisync::core::codec;
+use redis_bisync::core::list_op::ListOp;
 use redis_bisync::core::protocol::{
-    Batch, Entry, Frame, Hello, Op, Stamp, Value, PROTOCOL_VERSION,
+    Batch, ElementChange, Entry, Frame, Hello, Op, Stamp, Value, PROTOCOL_VERSION,
 };
 
 const T: Duration = Duration::from_secs(20);
@@ -414,6 +415,63 @@ fn crc64(data: &[u8]) -> u64 {
         }
     }
     crc
+}
+
+/// List commands a peer cannot mean (an `LSET` of a missing key, a pop count past what
+/// Redis takes, an index far out of range) are refused by Redis when replayed: the node
+/// logs it, keeps serving and replicating, and does not crash.
+#[test]
+fn list_commands_redis_refuses_are_logged_not_fatal() {
+    let pair = secured_pair();
+    prepare(&pair);
+    let mut f = FakePeer::connect(pair.a_link, "0", Some(SECRET)).expect("handshake");
+    let hlc = (now_ms() as u64) << 16;
+    let ops = [
+        ListOp::Set {
+            index: 0,
+            value: b"v".to_vec(),
+        },
+        ListOp::Pop {
+            left: true,
+            count: u64::MAX,
+        },
+        ListOp::Trim {
+            start: i64::MIN,
+            stop: i64::MAX,
+        },
+        ListOp::Rem {
+            count: i64::MIN,
+            value: Vec::new(),
+        },
+    ];
+    let entries = ops
+        .into_iter()
+        .enumerate()
+        .map(|(i, op)| Entry {
+            db: 0,
+            stamp: Stamp {
+                hlc,
+                index: i as u32,
+            },
+            op: Op::Element {
+                key: b"hostile-list".to_vec(),
+                change: ElementChange::List(op),
+                shipped_in: 1,
+                seen: 0,
+            },
+        })
+        .collect();
+    f.send(&Frame::Batch(Batch {
+        seq: 1,
+        resync: false,
+        entries,
+    }))
+    .expect("send");
+    wait_for("the refused list command is logged", T, || {
+        pair.a.log().contains("list command from the peer failed")
+    });
+    drop(f);
+    assert_healthy(&pair, "after-list");
 }
 
 #[test]
