@@ -88,6 +88,13 @@ suite() {
 
 start plain "$port"
 suite plain "$port"
+# The pair runs with the test hooks on: every element record and list command carries the
+# origin's digest of its key, and b logs a mismatch if its own differs (see README, "Tests").
+export BISYNC_TEST_HOOKS=1
 start a $((port + 1)) node-id a listen 127.0.0.1:$((port + 2)) peer 127.0.0.1:$((port + 3))
 start b $((port + 4)) node-id b listen 127.0.0.1:$((port + 3)) peer 127.0.0.1:$((port + 2))
 suite pair $((port + 1))
+mismatches=$(cat "$out/a/server.log" "$out/b/server.log" | grep -cE 'self-check mismatch|set-hint mismatch' || true)
+echo "$release pair: $mismatches self-check mismatches in the logs of a and b"
+grep -hE 'self-check mismatch|set-hint mismatch' "$out/a/server.log" "$out/b/server.log" | head -5 | sed 's/^/    /' || true
+[ "$mismatches" = 0 ] || exit 1
