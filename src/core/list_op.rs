@@ -1,4 +1,5 @@
-//! One list command as a record: what the peer replays on its identical list.
+//! One list (or stream) command as a record: what the peer replays on its
+//! identical list (or stream).
 //!
 //! Why operations and not elements: a list has no element names, so there is
 //! nothing to merge one by one (issue 12 keeps concurrent list changes
@@ -55,6 +56,28 @@ pub enum ListOp {
         /// The value removed.
         value: Vec<u8>,
     },
+    /// `XADD key <id> field value …`, with the ID the origin's `XADD`
+    /// generated (read after it ran): a stream is a list of entries for this
+    /// rule, replayed exactly on an identical stream.
+    XAdd {
+        /// The entry's ID, `ms-seq`.
+        id: Vec<u8>,
+        /// Field, value, … as given.
+        fields: Vec<Vec<u8>>,
+    },
+    /// What a stream trim (`XTRIM`, or `XADD … MAXLEN|MINID`) left, as
+    /// `XTRIM key MINID = <first ID kept>`: exact whatever the origin's
+    /// trim strategy (`~` trims whole nodes, whose layout differs between
+    /// servers).
+    XTrim {
+        /// The first entry ID the trim kept.
+        min_id: Vec<u8>,
+    },
+    /// `XDEL key id …`.
+    XDel {
+        /// The IDs as given.
+        ids: Vec<Vec<u8>>,
+    },
     /// `LINSERT key BEFORE|AFTER pivot value`.
     Insert {
         /// Before the pivot.
@@ -73,6 +96,9 @@ pub enum ListOpError {
     IndexOutOfRange,
     /// `LSET` on a missing key (Redis: "no such key").
     NoSuchKey,
+    /// A stream command: its meaning is Redis's own (proven by the self-check
+    /// against the origin's digest), not modelled on a list.
+    Stream,
 }
 
 impl ListOp {
@@ -91,6 +117,17 @@ impl ListOp {
             ListOp::Set { index, value } => ("LSET", vec![num(*index), value.clone()]),
             ListOp::Trim { start, stop } => ("LTRIM", vec![num(*start), num(*stop)]),
             ListOp::Rem { count, value } => ("LREM", vec![num(*count), value.clone()]),
+            ListOp::XAdd { id, fields } => {
+                let mut args = Vec::with_capacity(1 + fields.len());
+                args.push(id.clone());
+                args.extend(fields.iter().cloned());
+                ("XADD", args)
+            }
+            ListOp::XTrim { min_id } => (
+                "XTRIM",
+                vec![b"MINID".to_vec(), b"=".to_vec(), min_id.clone()],
+            ),
+            ListOp::XDel { ids } => ("XDEL", ids.clone()),
             ListOp::Insert {
                 before,
                 pivot,
@@ -117,6 +154,9 @@ impl ListOp {
             ListOp::Pop { .. } | ListOp::Trim { .. } => 8,
             ListOp::Set { value, .. } | ListOp::Rem { value, .. } => value.len() + 8,
             ListOp::Insert { pivot, value, .. } => pivot.len() + value.len(),
+            ListOp::XAdd { id, fields } => id.len() + fields.iter().map(Vec::len).sum::<usize>(),
+            ListOp::XTrim { min_id } => min_id.len(),
+            ListOp::XDel { ids } => ids.iter().map(Vec::len).sum(),
         }
     }
 }
@@ -128,6 +168,9 @@ impl ListOp {
 /// down the meaning the glue's replay on Redis must have.
 pub fn apply(list: &mut Option<Vec<Vec<u8>>>, op: &ListOp) -> Result<(), ListOpError> {
     match op {
+        ListOp::XAdd { .. } | ListOp::XTrim { .. } | ListOp::XDel { .. } => {
+            return Err(ListOpError::Stream)
+        }
         ListOp::Push { left, values } => {
             let l = list.get_or_insert_with(Vec::new);
             for v in values {

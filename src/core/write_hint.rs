@@ -38,6 +38,13 @@ pub struct KeyHint {
     /// The changed element's new value must be read after the command and
     /// put into the change (an `INCRBYFLOAT` or `HINCRBYFLOAT`).
     pub read_value: bool,
+    /// After the confirming event, this event of the same command is also
+    /// part of the hint: an `XADD`'s own trim (`xtrim`), whose result is then
+    /// read ([`EventFit::Trimmed`]).
+    pub then_also: Option<&'static [u8]>,
+    /// The stream entry ID the change names must be read after the command:
+    /// the last entry's for an `XADD`, the first entry's for an `XTRIM`.
+    pub read_stream: bool,
     /// The element's value before the command, read by the filter where the
     /// server lets it (7.2+): `Some(None)` = no such element (it starts at
     /// 0). See [`float_incr_change`].
@@ -69,6 +76,8 @@ pub enum EventFit {
     Covered,
     /// Not predicted: note the key for a whole-key image.
     Unexpected,
+    /// The `XADD`'s own trim ([`KeyHint::then_also`]): record what it left.
+    Trimmed,
 }
 
 impl KeyHint {
@@ -81,6 +90,8 @@ impl KeyHint {
             read_score: false,
             int_delta: None,
             read_value: false,
+            then_also: None,
+            read_stream: false,
             value_before: None,
             base_score: None,
             state: HintState::Waiting,
@@ -97,10 +108,14 @@ impl KeyHint {
                 self.then_del = false;
                 EventFit::Covered
             }
+            HintState::Confirmed if self.then_also == Some(event) => {
+                self.then_also = None;
+                EventFit::Trimmed
+            }
             _ => EventFit::Unexpected,
         };
         self.state = match fit {
-            EventFit::Record | EventFit::Covered => HintState::Confirmed,
+            EventFit::Record | EventFit::Covered | EventFit::Trimmed => HintState::Confirmed,
             EventFit::Unexpected => HintState::Broken,
         };
         fit
@@ -316,6 +331,9 @@ pub fn describe(argv: &[&[u8]]) -> Option<Vec<KeyHint>> {
     if let Some(h) = describe_list(name, args) {
         return Some(h);
     }
+    if let Some(h) = describe_stream(name, args) {
+        return Some(h);
+    }
     if is(name, "del") || is(name, "unlink") {
         if args.is_empty() {
             return None;
@@ -410,6 +428,68 @@ fn describe_list(name: &[u8], args: &[&[u8]]) -> Option<Vec<KeyHint>> {
         }
         _ => None,
     }
+}
+
+/// `XADD`, `XTRIM`, `XDEL`: commands replayed on an identical stream (as
+/// list commands). The IDs an `XADD` generates and what a trim keeps are
+/// known only after the command: the change names them once read
+/// ([`KeyHint::read_stream`]). Consumer-group commands get none: they
+/// travel as images.
+fn describe_stream(name: &[u8], args: &[&[u8]]) -> Option<Vec<KeyHint>> {
+    if !(4..=5).contains(&name.len()) || name[0] | 0x20 != b'x' {
+        return None;
+    }
+    let key = args.first()?;
+    if is(name, "xdel") {
+        if args.len() < 2 {
+            return None;
+        }
+        let ids = args[1..].iter().map(|i| i.to_vec()).collect();
+        let change = ElementChange::List(ListOp::XDel { ids });
+        return Some(vec![KeyHint::new(key, b"xdel", false, vec![change])]);
+    }
+    if is(name, "xtrim") {
+        let change = ElementChange::List(ListOp::XTrim { min_id: Vec::new() });
+        let mut h = KeyHint::new(key, b"xtrim", false, vec![change]);
+        h.read_stream = true;
+        return Some(vec![h]);
+    }
+    if !is(name, "xadd") {
+        return None;
+    }
+    // XADD key [NOMKSTREAM] [MAXLEN|MINID [=|~] threshold [LIMIT count]] id field value …
+    let mut i = 1;
+    let mut trims = false;
+    loop {
+        let a = args.get(i)?;
+        if is(a, "nomkstream") {
+            i += 1;
+        } else if is(a, "maxlen") || is(a, "minid") {
+            trims = true;
+            i += 1;
+            if args.get(i).is_some_and(|o| *o == b"=" || *o == b"~") {
+                i += 1;
+            }
+            i += 1; // the threshold
+            if args.get(i).is_some_and(|o| is(o, "limit")) {
+                i += 2;
+            }
+        } else {
+            break;
+        }
+    }
+    let fields = args.get(i + 1..)?;
+    if fields.is_empty() || fields.len() % 2 != 0 {
+        return None;
+    }
+    let change = ElementChange::List(ListOp::XAdd {
+        id: Vec::new(),
+        fields: fields.iter().map(|f| f.to_vec()).collect(),
+    });
+    let mut h = KeyHint::new(key, b"xadd", false, vec![change]);
+    h.read_stream = true;
+    h.then_also = trims.then_some(&b"xtrim"[..]);
+    Some(vec![h])
 }
 
 fn str_incr(delta: i64) -> ElementChange {

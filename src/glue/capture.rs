@@ -33,6 +33,7 @@ use redis_module::{raw, Context};
 use super::ffi;
 use super::guard::guarded;
 use crate::core::dirty::{DirtyLog, Expiry};
+use crate::core::list_op::ListOp;
 use crate::core::protocol::{ElementChange, Shape};
 use crate::core::write_hint::{describe, float_incr_change, zincr_change, EventFit, KeyHint};
 use crate::state::Shared;
@@ -153,7 +154,9 @@ fn elem_event(
     } else {
         Vec::new()
     };
-    let read = if h.read_score {
+    let read = if h.read_stream {
+        Some(ReadAfter::Stream)
+    } else if h.read_score {
         Some(ReadAfter::Score(h.int_delta, h.base_score))
     } else if h.read_value {
         Some(ReadAfter::Value(h.int_delta, h.value_before.take()))
@@ -171,6 +174,50 @@ enum ReadAfter {
     /// An `INCRBYFLOAT` or `HINCRBYFLOAT`: its integral increment and the
     /// value before it, if known.
     Value(Option<i64>, Option<Option<Vec<u8>>>),
+    /// An `XADD` or `XTRIM`: the stream's last or first entry ID.
+    Stream,
+}
+
+/// Must these confirmed changes of `key` ship as a whole-key image instead?
+///
+/// - Only a key without a TTL ships element records: the two sides see a
+///   key expire at slightly different moments, and an element change
+///   applied to the peer's copy after it expired here (or before it expires
+///   there) would live on one side only. Asked now, while this change is the
+///   key's last one.
+/// - A list or stream command replays only on an identical key
+///   (`Shared::list_commands_ship`), and not on a key whose last image was
+///   left out (`flush::left_out`).
+/// - Any record too large for a frame ships as an image, which the flush
+///   leaves out with an error (as any oversized key).
+fn as_image(c: &Context, db: u32, key: &[u8], changes: &[ElementChange]) -> bool {
+    let refused = Shared::get().is_none_or(|s| {
+        let list = changes.iter().any(ElementChange::is_list);
+        (list && (!s.list_commands_ship() || super::flush::left_out(db, key)))
+            || changes_payload(changes).saturating_mul(2)
+                >= usize::try_from(s.config.max_frame_size).unwrap_or(usize::MAX)
+    });
+    refused || ffi::read_expiry(c, key).is_some_and(|e| e.is_some())
+}
+
+/// An `XADD` names the entry ID it generated (the stream's last), an
+/// `XTRIM` the first ID it kept: read now (`None`: the stream has no entry
+/// or cannot be read; the key is imaged).
+fn confirm_stream(
+    c: &Context,
+    key: &[u8],
+    mut changes: Vec<ElementChange>,
+) -> Option<Vec<ElementChange>> {
+    match changes.first_mut() {
+        Some(ElementChange::List(ListOp::XAdd { id, .. })) => {
+            *id = ffi::stream_edge_id(c, key, true)?;
+        }
+        Some(ElementChange::List(ListOp::XTrim { min_id })) => {
+            *min_id = ffi::stream_edge_id(c, key, false)?;
+        }
+        _ => return None,
+    }
+    Some(changes)
 }
 
 /// Bytes of names and values `changes` carry.
@@ -336,31 +383,35 @@ pub unsafe extern "C" fn on_keyspace_event(
                 // side only. A key with a TTL travels whole, with its expiry.
                 // Asked now, while this change is the key's last one.
                 let c = Context::new(ctx);
-                // A list command replays only on an identical list; one too
-                // large for a frame cannot travel at all (its key is then
-                // left out, see `flush::left_out`).
-                // Any record too large for a frame ships as an image, which
-                // the flush leaves out with an error (as any oversized key).
-                let list_as_image = Shared::get().is_none_or(|s| {
-                    let list = changes.iter().any(ElementChange::is_list);
-                    (list && (!s.list_commands_ship() || super::flush::left_out(db, key)))
-                        || changes_payload(&changes).saturating_mul(2)
-                            >= usize::try_from(s.config.max_frame_size).unwrap_or(usize::MAX)
-                });
-                let confirmed =
-                    if list_as_image || ffi::read_expiry(&c, key).is_some_and(|e| e.is_some()) {
-                        None
-                    } else {
-                        match read {
-                            Some(ReadAfter::Score(delta, before)) => {
-                                confirm_score(ctx, key, changes, (delta, before))
-                            }
-                            Some(ReadAfter::Value(delta, before)) => {
-                                confirm_value(ctx, key, changes, delta, before)
-                            }
-                            None => Some(changes),
+                let confirmed = if as_image(&c, db, key, &changes) {
+                    None
+                } else {
+                    match read {
+                        Some(ReadAfter::Score(delta, before)) => {
+                            confirm_score(ctx, key, changes, (delta, before))
                         }
-                    };
+                        Some(ReadAfter::Value(delta, before)) => {
+                            confirm_value(ctx, key, changes, delta, before)
+                        }
+                        Some(ReadAfter::Stream) => confirm_stream(&c, key, changes),
+                        None => Some(changes),
+                    }
+                };
+                match confirmed {
+                    Some(changes) => note(|d| d.elements(db, key, changes)),
+                    None => note_key(db, key),
+                }
+                return 0;
+            }
+            Some((EventFit::Trimmed, _, _)) => {
+                // The XADD's own trim, after its entry: what it kept.
+                let c = Context::new(ctx);
+                let trim = vec![ElementChange::List(ListOp::XTrim { min_id: Vec::new() })];
+                let confirmed = if as_image(&c, db, key, &trim) {
+                    None
+                } else {
+                    confirm_stream(&c, key, trim)
+                };
                 match confirmed {
                     Some(changes) => note(|d| d.elements(db, key, changes)),
                     None => note_key(db, key),
@@ -535,10 +586,12 @@ unsafe fn arm_hint(fctx: *mut raw::RedisModuleCommandFilterCtx, argc: usize) {
 /// cheap test, so other commands cost no argument copy.
 fn hintable(name: &[u8]) -> bool {
     match name.len() {
-        3..=7 => matches!(
-            name[0] | 0x20,
-            b'i' | b'd' | b'g' | b's' | b'h' | b'z' | b'u' | b'l' | b'r'
-        ),
+        3..=7 => {
+            matches!(
+                name[0] | 0x20,
+                b'i' | b'd' | b'g' | b's' | b'h' | b'z' | b'u' | b'l' | b'r'
+            ) || (name.len() <= 5 && name[0] | 0x20 == b'x')
+        }
         // Only the float increments are longer: not every SMEMBERS or
         // ZREVRANGE copies its arguments to find that out.
         11 => name.eq_ignore_ascii_case(b"incrbyfloat"),

@@ -233,6 +233,41 @@ pub unsafe fn filter_client_db(fctx: *mut raw::RedisModuleCommandFilterCtx) -> O
     (ok == raw::REDISMODULE_OK as c_int).then_some(i32::from(ci.db))
 }
 
+/// The ID (`ms-seq`) of a stream's last entry (`last`) or first entry, in
+/// the selected db of `ctx`; `None` when the key is not a stream with an
+/// entry or cannot be read.
+pub fn stream_edge_id(ctx: &Context, key: &[u8], last: bool) -> Option<Vec<u8>> {
+    // SAFETY: main thread, live context; the iterator is started, read once
+    // and stopped before the key is closed.
+    unsafe {
+        let ktype = raw::RedisModule_KeyType?;
+        let start = raw::RedisModule_StreamIteratorStart?;
+        let next = raw::RedisModule_StreamIteratorNextID?;
+        let stop = raw::RedisModule_StreamIteratorStop?;
+        with_open_key(ctx, key, |k| {
+            if k.is_null() || !matches!(kind_of(ktype(k) as isize), KeyKind::Stream) {
+                return None;
+            }
+            let flags = if last {
+                raw::REDISMODULE_STREAM_ITERATOR_REVERSE as c_int
+            } else {
+                0
+            };
+            if start(k, flags, std::ptr::null_mut(), std::ptr::null_mut())
+                != raw::REDISMODULE_OK as c_int
+            {
+                return None;
+            }
+            let mut id = raw::RedisModuleStreamID { ms: 0, seq: 0 };
+            let mut fields: std::os::raw::c_long = 0;
+            let found = next(k, &mut id, &mut fields) == raw::REDISMODULE_OK as c_int;
+            stop(k);
+            found.then(|| format!("{}-{}", id.ms, id.seq).into_bytes())
+        })
+        .flatten()
+    }
+}
+
 /// A sorted-set member's score in `db`, read from the command filter
 /// (before the command runs) through the detached context: `Some(None)`
 /// when the key or the member does not exist, `None` when it cannot be
