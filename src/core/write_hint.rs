@@ -882,6 +882,44 @@ mod tests {
     }
 
     #[test]
+    fn stream_commands_read_their_ids_after_the_command() {
+        let h = d("XADD s NOMKSTREAM MAXLEN ~ 1000 LIMIT 10 * f v g w").unwrap();
+        assert_eq!(h[0].event, &b"xadd"[..]);
+        assert!(h[0].read_stream);
+        assert_eq!(h[0].then_also, Some(&b"xtrim"[..]));
+        assert_eq!(
+            h[0].changes,
+            vec![ElementChange::List(ListOp::XAdd {
+                id: Vec::new(),
+                fields: vec![b"f".to_vec(), b"v".to_vec(), b"g".to_vec(), b"w".to_vec()]
+            })]
+        );
+        let plain = d("xadd s 5-1 f v").unwrap();
+        assert_eq!(plain[0].then_also, None);
+        let trim = d("XTRIM s MINID 5").unwrap();
+        assert!(trim[0].read_stream);
+        assert_eq!(trim[0].event, &b"xtrim"[..]);
+        let del = d("XDEL s 1-1 2-2").unwrap();
+        assert_eq!(
+            del[0].changes,
+            vec![ElementChange::List(ListOp::XDel {
+                ids: vec![b"1-1".to_vec(), b"2-2".to_vec()]
+            })]
+        );
+        for s in ["xadd s * f", "xadd s", "xack s g 1-1", "xadd s maxlen"] {
+            assert!(d(s).is_none(), "{s}");
+        }
+    }
+
+    #[test]
+    fn an_xadd_trim_event_is_part_of_its_hint() {
+        let mut h = d("XADD s MAXLEN 1 * f v").unwrap().remove(0);
+        assert_eq!(h.on_event(b"xadd"), EventFit::Record);
+        assert_eq!(h.on_event(b"xtrim"), EventFit::Trimmed);
+        assert_eq!(h.on_event(b"xtrim"), EventFit::Unexpected);
+    }
+
+    #[test]
     fn other_commands_get_no_hint() {
         for s in [
             "get a",
