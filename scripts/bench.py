@@ -1293,6 +1293,7 @@ B7S_COMMANDS = {
     "sadd": (["sadd", "myset", "element:__rand_int__"], "myset", "SCARD"),
     "zincrby": (["zincrby", "myzset", "1", "element:__rand_int__"], "myzset", "ZCARD"),
     "lpush": (["lpush", "mylist", "element:__rand_int__"], "mylist", "LLEN"),
+    "xadd": (["xadd", "mystream", "*", "f", "element:__rand_int__"], "mystream", "XLEN"),
 }
 _PREFILL = {}
 
@@ -1310,6 +1311,10 @@ def prefill_cmd(test, size):
         args = [b"SADD", key.encode()] + names
     elif test == "lpush":
         args = [b"RPUSH", key.encode()] + names
+    elif test == "xadd":
+        # No command adds many entries: one script of `size` XADDs (one event-loop iteration).
+        script = b"for i = 1, tonumber(ARGV[1]) do redis.call('XADD', KEYS[1], '*', 'n', i) end"
+        args = [b"EVAL", script, b"1", key.encode(), b"%d" % size]
     else:
         args = [b"ZADD", key.encode()] + [x for i, n in enumerate(names) for x in (b"%d" % (i % 1000), n)]
     _PREFILL[(test, size)] = resp(*args)
