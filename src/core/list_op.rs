@@ -59,11 +59,10 @@ pub enum ListOp {
     /// `XADD key <id> field value …`, with the ID the origin's `XADD`
     /// generated (read after it ran): a stream is a list of entries for this
     /// rule, replayed exactly on an identical stream.
+    /// Several in a row fold into one record (see `merge::coalesce`).
     XAdd {
-        /// The entry's ID, `ms-seq`.
-        id: Vec<u8>,
-        /// Field, value, … as given.
-        fields: Vec<Vec<u8>>,
+        /// The entries: ID (`ms-seq`) and field, value, … as given.
+        entries: Vec<(Vec<u8>, Vec<Vec<u8>>)>,
     },
     /// What a stream trim (`XTRIM`, or `XADD … MAXLEN|MINID`) left, as
     /// `XTRIM key MINID = <first ID kept>`: exact whatever the origin's
@@ -102,8 +101,26 @@ pub enum ListOpError {
 }
 
 impl ListOp {
+    /// The commands that do this on Redis, without the key (which goes first
+    /// among the arguments of each): one, except for folded stream appends.
+    pub fn commands(&self) -> Vec<(&'static str, Vec<Vec<u8>>)> {
+        match self {
+            ListOp::XAdd { entries } => entries
+                .iter()
+                .map(|(id, fields)| {
+                    let mut args = Vec::with_capacity(1 + fields.len());
+                    args.push(id.clone());
+                    args.extend(fields.iter().cloned());
+                    ("XADD", args)
+                })
+                .collect(),
+            _ => vec![self.command()],
+        }
+    }
+
     /// The command that does this on Redis, without the key (which goes
-    /// first among the arguments).
+    /// first among the arguments); for stream appends, the first entry's
+    /// (see [`ListOp::commands`]).
     pub fn command(&self) -> (&'static str, Vec<Vec<u8>>) {
         let num = |n: i64| n.to_string().into_bytes();
         match self {
@@ -117,10 +134,12 @@ impl ListOp {
             ListOp::Set { index, value } => ("LSET", vec![num(*index), value.clone()]),
             ListOp::Trim { start, stop } => ("LTRIM", vec![num(*start), num(*stop)]),
             ListOp::Rem { count, value } => ("LREM", vec![num(*count), value.clone()]),
-            ListOp::XAdd { id, fields } => {
-                let mut args = Vec::with_capacity(1 + fields.len());
-                args.push(id.clone());
-                args.extend(fields.iter().cloned());
+            ListOp::XAdd { entries } => {
+                let mut args = Vec::new();
+                if let Some((id, fields)) = entries.first() {
+                    args.push(id.clone());
+                    args.extend(fields.iter().cloned());
+                }
                 ("XADD", args)
             }
             ListOp::XTrim { min_id } => (
@@ -154,7 +173,10 @@ impl ListOp {
             ListOp::Pop { .. } | ListOp::Trim { .. } => 8,
             ListOp::Set { value, .. } | ListOp::Rem { value, .. } => value.len() + 8,
             ListOp::Insert { pivot, value, .. } => pivot.len() + value.len(),
-            ListOp::XAdd { id, fields } => id.len() + fields.iter().map(Vec::len).sum::<usize>(),
+            ListOp::XAdd { entries } => entries
+                .iter()
+                .map(|(id, f)| id.len() + f.iter().map(Vec::len).sum::<usize>())
+                .sum(),
             ListOp::XTrim { min_id } => min_id.len(),
             ListOp::XDel { ids } => ids.iter().map(Vec::len).sum(),
         }

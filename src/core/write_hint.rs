@@ -483,8 +483,7 @@ fn describe_stream(name: &[u8], args: &[&[u8]]) -> Option<Vec<KeyHint>> {
         return None;
     }
     let change = ElementChange::List(ListOp::XAdd {
-        id: Vec::new(),
-        fields: fields.iter().map(|f| f.to_vec()).collect(),
+        entries: vec![(Vec::new(), fields.iter().map(|f| f.to_vec()).collect())],
     });
     let mut h = KeyHint::new(key, b"xadd", false, vec![change]);
     h.read_stream = true;
@@ -890,8 +889,10 @@ mod tests {
         assert_eq!(
             h[0].changes,
             vec![ElementChange::List(ListOp::XAdd {
-                id: Vec::new(),
-                fields: vec![b"f".to_vec(), b"v".to_vec(), b"g".to_vec(), b"w".to_vec()]
+                entries: vec![(
+                    Vec::new(),
+                    vec![b"f".to_vec(), b"v".to_vec(), b"g".to_vec(), b"w".to_vec()]
+                )]
             })]
         );
         let plain = d("xadd s 5-1 f v").unwrap();

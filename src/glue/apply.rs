@@ -169,11 +169,13 @@ fn flush_keeping(
 
 /// Replay a peer's list command on our identical list.
 fn replay_list(ctx: &Context, key: &[u8], op: &ListOp) -> Result<(), String> {
-    let (name, rest) = op.command();
-    let mut args: Vec<&[u8]> = Vec::with_capacity(1 + rest.len());
-    args.push(key);
-    args.extend(rest.iter().map(Vec::as_slice));
-    run(ctx, name, &args)
+    for (name, rest) in op.commands() {
+        let mut args: Vec<&[u8]> = Vec::with_capacity(1 + rest.len());
+        args.push(key);
+        args.extend(rest.iter().map(Vec::as_slice));
+        run(ctx, name, &args)?;
+    }
+    Ok(())
 }
 
 /// During a full resync, remember the keys the source has.

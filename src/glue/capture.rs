@@ -209,7 +209,8 @@ fn confirm_stream(
     mut changes: Vec<ElementChange>,
 ) -> Option<Vec<ElementChange>> {
     match changes.first_mut() {
-        Some(ElementChange::List(ListOp::XAdd { id, .. })) => {
+        Some(ElementChange::List(ListOp::XAdd { entries })) => {
+            let (id, _) = entries.first_mut()?;
             *id = ffi::stream_edge_id(c, key, true)?;
         }
         Some(ElementChange::List(ListOp::XTrim { min_id })) => {

@@ -88,7 +88,8 @@ pub fn coalesce(changes: Vec<ElementChange>) -> Vec<ElementChange> {
 }
 
 /// Two list commands in a row as one, when that is the same command: pushes
-/// at the same end (`LPUSH k a` then `LPUSH k b` is `LPUSH k a b`) and pops
+/// at the same end (`LPUSH k a` then `LPUSH k b` is `LPUSH k a b`), stream
+/// appends (replayed in order, one `XADD` each) and pops
 /// from the same end (`min(c1, len)` then `min(c2, len - that)` elements is
 /// `min(c1 + c2, len)`). Why: a pipeline of `LPUSH`es into one list would
 /// otherwise cost one record, one pending entry and one replayed command each.
@@ -104,6 +105,10 @@ fn fold_list(prev: &mut ListOp, next: &ListOp) -> bool {
             },
         ) if *left == *l2 => {
             values.extend(v2.iter().cloned());
+            true
+        }
+        (ListOp::XAdd { entries }, ListOp::XAdd { entries: more }) => {
+            entries.extend(more.iter().cloned());
             true
         }
         (
