@@ -56,6 +56,15 @@ pub enum ListOp {
         /// The value removed.
         value: Vec<u8>,
     },
+    /// `LINSERT key BEFORE|AFTER pivot value`.
+    Insert {
+        /// Before the pivot.
+        before: bool,
+        /// The first value equal to it (from the head) is the pivot.
+        pivot: Vec<u8>,
+        /// The value inserted.
+        value: Vec<u8>,
+    },
     /// `XADD key <id> field value …`, with the ID the origin's `XADD`
     /// generated (read after it ran): a stream is a list of entries for this
     /// rule, replayed exactly on an identical stream.
@@ -76,15 +85,6 @@ pub enum ListOp {
     XDel {
         /// The IDs as given.
         ids: Vec<Vec<u8>>,
-    },
-    /// `LINSERT key BEFORE|AFTER pivot value`.
-    Insert {
-        /// Before the pivot.
-        before: bool,
-        /// The first value equal to it (from the head) is the pivot.
-        pivot: Vec<u8>,
-        /// The value inserted.
-        value: Vec<u8>,
     },
 }
 
