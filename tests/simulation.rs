@@ -112,7 +112,9 @@ use redis_bisync::core::decide::{check_seq, plan_batch, Action, SeqCheck};
 use redis_bisync::core::dirty::{reduce, Dirty, DirtyLog};
 use redis_bisync::core::hlc::{stamp_ms, Hlc, COUNTER_BITS};
 use redis_bisync::core::merge::coalesce::coalesce;
-use redis_bisync::core::merge::entry::{entry_key, family_clash, plan_entry, BatchPosition, Step};
+use redis_bisync::core::merge::entry::{
+    entry_key, family_clash, full_resync_image_reships, plan_entry, BatchPosition, Step,
+};
 use redis_bisync::core::merge::memory::MemoryKey;
 use redis_bisync::core::merge::rule::{replay, Nodes};
 use redis_bisync::core::outbox::{Item, Outbox, ResumePlan};
@@ -1196,16 +1198,9 @@ impl Node {
             // sides end with it.
             let receiving = self.target.active() && !rules.no_image_reship;
             let step = plan_entry(&mut self.pending, entry, at, nodes, &view).ok()?;
-            if let (true, Op::Set { key, .. } | Op::Delete { key }) = (receiving, &entry.op) {
-                if matches!(
-                    step,
-                    Step::Lost
-                        | Step::Key {
-                            concurrent: true,
-                            ..
-                        }
-                ) {
-                    self.reship.push((entry.db, key.clone()));
+            if receiving && full_resync_image_reships(entry, &step) {
+                if let Some(key) = entry_key(entry) {
+                    self.reship.push((entry.db, key.to_vec()));
                 }
             }
             match step {

@@ -22,7 +22,8 @@ use crate::core::image;
 use crate::core::image::Reply;
 use crate::core::list_op::ListOp;
 use crate::core::merge::entry::{
-    entry_key, expired_as_delete, family_clash, plan_entry, BatchPosition, Step,
+    entry_key, expired_as_delete, family_clash, full_resync_image_reships, plan_entry,
+    BatchPosition, Step,
 };
 use crate::core::merge::rule::Nodes;
 use crate::core::merge::view::{KeyPlan, KeyShape, KeyView, Reset};
@@ -553,21 +554,9 @@ fn apply_batch(
             }
         }
         let step = step.map_err(|e| format!("element change in db {}: {e}", entry.db))?;
-        // A full resync's image folds in the source's own changes; where we
-        // hold changes of the key too (the rule ignored the image, or merged
-        // it with them), the two sides' merges differ (the image does not
-        // say which elements the source changed): our result is re-shipped
-        // as an image, so both sides end with it.
-        if let (true, Op::Set { key, .. } | Op::Delete { key }) = (receiving, &entry.op) {
-            if matches!(
-                step,
-                Step::Lost
-                    | Step::Key {
-                        concurrent: true,
-                        ..
-                    }
-            ) {
-                reship.push((entry.db, key.clone()));
+        if receiving && full_resync_image_reships(entry, &step) {
+            if let Some(key) = entry_key(entry) {
+                reship.push((entry.db, key.to_vec()));
             }
         }
         match step {

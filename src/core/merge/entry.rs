@@ -94,6 +94,26 @@ pub enum Step<'r> {
     },
 }
 
+/// Must a full resync's image (`Op::Set`/`Op::Delete` received while taking
+/// the peer's dataset) be answered with a re-ship of the key, given its step?
+///
+/// Why: the image folds in the source's own changes without naming them;
+/// where this node holds changes of the key too (the rule ignored the image,
+/// or merged it with them), the two sides' merges differ, so this node's
+/// result goes back as an image and both sides end with it. One answer for
+/// the glue and the simulation.
+pub fn full_resync_image_reships(entry: &Entry, step: &Step<'_>) -> bool {
+    matches!(entry.op, Op::Set { .. } | Op::Delete { .. })
+        && matches!(
+            step,
+            Step::Lost
+                | Step::Key {
+                    concurrent: true,
+                    ..
+                }
+        )
+}
+
 /// Where the batch sits in the sender's stream.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchPosition {
