@@ -780,6 +780,60 @@ fn streams_travel_as_commands() {
     assert_eq!(text(&run(&mut a, &["XLEN", "ev"])), "1000");
 }
 
+/// The loser of a stream conflict waits for the winner's image before its own commands on the
+/// key replay again: while it waits, its `XADD`s ship as images. Before (found by the
+/// convergence test on 7.0.15), the winner, whose own change the loser had acknowledged by
+/// ignoring it, replayed the loser's next `XADD` on a stream the loser never held.
+///
+/// The interleaving, made with a 200 ms link delay and b's main thread held by `DEBUG SLEEP`:
+/// a appends `a1`, b appends `b1` just after (later: it wins); a receives `b1`, ignores it
+/// (waiting for b's image) and acknowledges it; a appends `a2`. b then takes `a1`, the
+/// acknowledgement and `a2` in one go: `a1` meets `b1` (b re-ships its stream), and `b1` is
+/// no longer pending when `a2` comes. Replayed, `a2` would land on b's stream, which holds
+/// `b1` and not `a1`: the self-check reports it.
+#[test]
+fn a_stream_conflicts_loser_ships_images_until_the_winners_image_arrives() {
+    let pair = hooked_pair();
+    let (mut a, mut b) = pair.conns();
+    run(&mut a, &["XADD", "s", "*", "f", "0"]);
+    synced(&pair);
+    let (ab, ba) = pair.proxies();
+    ab.delay(Duration::from_millis(200));
+    ba.delay(Duration::from_millis(200));
+    thread::sleep(Duration::from_millis(50)); // the proxies take up the new mode
+    let applied = stat(&pair.a, "applied_seq");
+    run(&mut a, &["XADD", "s", "*", "f", "a1"]);
+    later();
+    run(&mut b, &["XADD", "s", "*", "f", "b1"]);
+    thread::scope(|s| {
+        let sleeper = s.spawn(|| {
+            let mut c = pair.b.conn();
+            run(&mut c, &["DEBUG", "SLEEP", "1"]);
+        });
+        // a ignores b1 (a later change it cannot replay onto its stream) and acknowledges it.
+        let deadline = std::time::Instant::now() + T;
+        while stat(&pair.a, "applied_seq") == applied {
+            assert!(std::time::Instant::now() < deadline, "a never took b1");
+            thread::sleep(Duration::from_millis(5));
+        }
+        run(&mut a, &["XADD", "s", "*", "f", "a2"]);
+        assert!(
+            !sleeper.is_finished(),
+            "b woke before a2 was on its way: the timing failed"
+        );
+        sleeper.join().expect("the DEBUG SLEEP client");
+    });
+    ab.pass();
+    ba.pass();
+    wait_quiet(&pair, T);
+    pair.assert_converged(&[0], T);
+    assert_no_mismatch(&pair);
+    assert!(
+        stat(&pair.b, "conflicts_lost") >= 1,
+        "b never met a1 as a conflict: the test did not make the interleaving it is about"
+    );
+}
+
 /// Every merged type with random concurrent writes (increments, sets, deletes of elements and
 /// keys, SMOVE, and some whole-key writes) from two clients per side on a few hot keys, over a
 /// slow link and then across a cut: the pair converges, nothing stays un-acknowledged, and the

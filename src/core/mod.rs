@@ -23,4 +23,5 @@ pub mod protocol;
 pub mod restart;
 pub mod stats;
 pub mod table_key;
+pub mod unshared;
 pub mod write_hint;

@@ -29,6 +29,7 @@ use crate::core::merge::rule::Nodes;
 use crate::core::merge::view::{KeyPlan, KeyShape, KeyView, Reset};
 use crate::core::protocol::{Batch, Op, Shape, Value};
 use crate::core::stats::Stats;
+use crate::core::unshared::Reason;
 use crate::log;
 use crate::state::{Inbound, Shared};
 
@@ -570,7 +571,10 @@ fn apply_batch(
                 note_received(entry);
                 reship.push((db, key.to_vec()));
             }
-            Step::Superseded => note_received(entry),
+            Step::Superseded { db, key } => {
+                note_received(entry);
+                super::unshared::note(db, key, Reason::Superseded);
+            }
             Step::Covered { db, reship: won } => {
                 lost += 1;
                 reship.extend(won.into_iter().map(|k| (db, k)));
@@ -629,6 +633,10 @@ fn apply_batch(
             } => {
                 merged += u64::from(concurrent);
                 execute(ctx, key, &plan, propagate)?;
+                if let Op::Set { .. } | Op::Delete { .. } = &entry.op {
+                    // The peer's image: both hold its list now.
+                    super::unshared::shared_again(entry.db, key);
+                }
                 note_received(entry);
                 if shared.echo_applied.load(Ordering::Relaxed) {
                     reship.push((entry.db, key.to_vec()));

@@ -186,14 +186,15 @@ enum ReadAfter {
 ///   there) would live on one side only. Asked now, while this change is the
 ///   key's last one.
 /// - A list or stream command replays only on an identical key
-///   (`Shared::list_commands_ship`), and not on a key whose last image was
-///   left out (`flush::left_out`).
+///   (`Shared::list_commands_ship`), and not on a key the peer may hold
+///   otherwise (`core::unshared`: its image was left out, or this node
+///   ignored a later change of the peer's and waits for its image).
 /// - Any record too large for a frame ships as an image, which the flush
 ///   leaves out with an error (as any oversized key).
 fn as_image(c: &Context, db: u32, key: &[u8], changes: &[ElementChange]) -> bool {
     let refused = Shared::get().is_none_or(|s| {
         let list = changes.iter().any(ElementChange::is_list);
-        (list && (!s.list_commands_ship() || super::flush::left_out(db, key)))
+        (list && (!s.list_commands_ship() || super::unshared::contains(db, key)))
             || changes_payload(changes).saturating_mul(2)
                 >= usize::try_from(s.config.max_frame_size).unwrap_or(usize::MAX)
     });

@@ -5,8 +5,8 @@
 //! keys; flushing before an apply means a remote image never lands on a
 //! locally changed key that is not yet stamped (DESIGN §2).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use redis_module::{CallOptionsBuilder, CallReply, CallResult, Context};
 
@@ -23,6 +23,7 @@ use crate::core::merge::coalesce::coalesce;
 use crate::core::pending_elements::LocalWrite;
 use crate::core::protocol::{Batch, Entry, Frame, Op, Stamp, Value};
 use crate::core::stats::{LinkState, Stats};
+use crate::core::unshared::Reason;
 use crate::core::write_hint::format_score;
 use crate::log;
 use crate::state::Shared;
@@ -205,41 +206,17 @@ fn oversized(shared: &Shared, db: u32, op: &Op, size: usize) -> bool {
     true
 }
 
-/// Keys whose last image was too large to travel (see [`oversized`]).
-///
-/// Why remembered: a later small list command on such a key would replay on
-/// the peer's list, which lacks what was left out; while a key is here its
-/// list commands ship as images (which are left out again, or travel once
-/// the key is small enough, and then it leaves this set).
-static LEFT_OUT: Mutex<Vec<(u32, Vec<u8>)>> = Mutex::new(Vec::new());
-/// Cheap "is any key left out" for the capture's per-write check.
-static ANY_LEFT_OUT: AtomicBool = AtomicBool::new(false);
-
-fn left_out_keys() -> std::sync::MutexGuard<'static, Vec<(u32, Vec<u8>)>> {
-    LEFT_OUT.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn note_left_out(db: u32, key: &[u8]) {
-    let mut l = left_out_keys();
-    if !l.iter().any(|(d, k)| *d == db && k == key) {
-        l.push((db, key.to_vec()));
-    }
-    ANY_LEFT_OUT.store(true, Ordering::Relaxed);
-}
-
+/// The key's image travels: its list commands may replay again.
 fn note_travels(db: u32, key: &[u8]) {
-    if ANY_LEFT_OUT.load(Ordering::Relaxed) {
-        let mut l = left_out_keys();
-        l.retain(|(d, k)| !(*d == db && k == key));
-        ANY_LEFT_OUT.store(!l.is_empty(), Ordering::Relaxed);
-    }
+    super::unshared::shared_again(db, key);
 }
 
-/// Was the key's last image too large to travel? Then its list commands
-/// must ship as images, not replay on the peer's incomplete list.
-pub fn left_out(db: u32, key: &[u8]) -> bool {
-    ANY_LEFT_OUT.load(Ordering::Relaxed)
-        && left_out_keys().iter().any(|(d, k)| *d == db && k == key)
+/// Its image is too large to travel: a later small list command on it
+/// would replay on the peer's list, which lacks what was left out, so its
+/// list commands ship as images (left out again, or travelling once the
+/// key is small enough).
+fn note_left_out(db: u32, key: &[u8]) {
+    super::unshared::note(db, key, Reason::LeftOut);
 }
 
 /// A bound of the bytes `op` adds to a batch, without encoding it: what

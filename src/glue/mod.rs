@@ -13,4 +13,5 @@ pub mod guard;
 pub mod load;
 pub mod node;
 pub mod server;
+pub mod unshared;
 pub mod waiters;

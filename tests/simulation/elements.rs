@@ -103,6 +103,7 @@ pub fn write(
     key_index: usize,
     key: &[u8],
     unique: u64,
+    lists: bool,
 ) -> Option<(Op, Did)> {
     let shape = shape_of(key_index);
     let cur = store
@@ -125,7 +126,13 @@ pub fn write(
         MemoryKey::Other(_) => true,
     };
     let list_now = matches!(&cur, MemoryKey::Missing | MemoryKey::Other(Value::List(_)));
-    let roll = rng.gen_range(0..28);
+    // A list-heavy schedule: db 0's lists (and missing keys) mostly take
+    // list commands, so both sides command one list at once often.
+    let roll = if lists && !checked && list_now && rng.gen_bool(0.85) {
+        23
+    } else {
+        rng.gen_range(0..28)
+    };
     let change = match roll {
         0..=5 if !other && !counter_only => {
             let value = match shape {

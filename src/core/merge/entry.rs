@@ -59,7 +59,14 @@ pub enum Step<'r> {
     },
     /// A later remote record that cannot apply to this node's list: ignore
     /// it; its origin re-ships the key (see [`ListVerdict::Superseded`]).
-    Superseded,
+    /// Until that image arrives this node's list lacks the change, so its
+    /// own list commands on the key ship as images (`core::unshared`).
+    Superseded {
+        /// The db.
+        db: u32,
+        /// The key.
+        key: &'r [u8],
+    },
     /// Already applied (re-sent by a resync): skip it.
     Duplicate,
     /// Empty `db` except `keep` (current values stay: a later local image
@@ -265,7 +272,9 @@ pub fn plan_entry<'r>(
                     _ => merge(table, entry, key, remote, &pending, nodes, view),
                 },
                 ListVerdict::Won => Step::Won { db: entry.db, key },
-                ListVerdict::Superseded | ListVerdict::Image => Step::Superseded,
+                ListVerdict::Superseded | ListVerdict::Image => {
+                    Step::Superseded { db: entry.db, key }
+                }
             });
         }
     };
