@@ -204,6 +204,9 @@ struct SimRules {
     /// its image) goes on shipping its own list commands on that key
     /// (`core::unshared` forgotten).
     no_unshared: bool,
+    /// A full resync's source does not re-ship a key it changed by
+    /// replaying the target's list command.
+    no_source_list_echo: bool,
 }
 
 impl SimRules {
@@ -223,6 +226,7 @@ impl SimRules {
             stale_scan: false,
             no_list_reship: false,
             no_unshared: false,
+            no_source_list_echo: false,
         }
     }
 }
@@ -1333,7 +1337,12 @@ impl Node {
                 }
                 Step::List { db, key, op } => {
                     self.target.received(db, key);
-                    if self.echo && !rules.no_echo {
+                    // A source echoes what a target's list command made of
+                    // its key (`apply`'s `Step::List`): the target may keep
+                    // its own list whole (`target_begin`), which the source
+                    // never held.
+                    let sourcing = self.source.is_some() || self.source_done_seq != 0;
+                    if (self.echo && !rules.no_echo) || (sourcing && !rules.no_source_list_echo) {
                         self.reship.push((db, key.to_vec()));
                     }
                     let mut k = view;
@@ -2739,6 +2748,23 @@ fn catches_a_list_loser_that_ships_commands_before_the_winners_image() {
         ],
         SimRules {
             no_unshared: true,
+            ..SimRules::correct(Mode::Elements)
+        },
+    );
+}
+
+/// A full resync's target keeps its own list whole when it holds a list
+/// command the source has not acknowledged (`target_begin`); the source,
+/// which never held that list, replays the command on its own key. Without
+/// the source's re-ship of what it made of the key, the target keeps a list
+/// the source lacks (found in 100,000 list-heavy schedules).
+#[test]
+fn catches_a_full_resync_source_that_does_not_echo_list_commands() {
+    assert_mutation_caught_on(
+        "a full resync's source does not echo the target's list commands",
+        &[14_750_061_317_040_840_528],
+        SimRules {
+            no_source_list_echo: true,
             ..SimRules::correct(Mode::Elements)
         },
     );

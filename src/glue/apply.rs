@@ -590,7 +590,12 @@ fn apply_batch(
                     reship.push((db, key.to_vec()));
                 }
                 note_received(entry);
-                if shared.echo_applied.load(Ordering::Relaxed) {
+                // A full resync's source echoes what a target's list command
+                // made of its key: the target may keep its own list whole
+                // (`fullsync::target_begin`), one the source never held.
+                let sourcing = shared.source_running.load(Ordering::Relaxed)
+                    || shared.source_done_seq.load(Ordering::Relaxed) != 0;
+                if sourcing || shared.echo_applied.load(Ordering::Relaxed) {
                     reship.push((db, key.to_vec()));
                 }
                 applied += 1;
