@@ -40,7 +40,8 @@
 //! quiet).
 //!
 //! Errors that random ops legitimately cause (WRONGTYPE, RENAME of a missing key, INCRBY on a
-//! non-integer, an increment that would overflow, a float increment of a non-float) are
+//! non-integer, an increment that would overflow, a float increment of a non-float, a
+//! consumer-group command on a missing group or stream, a group created twice) are
 //! counted and reported; any other error (connection, protocol, unexpected server error) fails
 //! the test.
 //!
@@ -184,6 +185,9 @@ const OPS: &[(&str, u32)] = &[
     ("zincrby", 3),
     ("zrem", 2),
     ("xadd", 4),
+    ("xgroup", 1),
+    ("xreadgroup", 2),
+    ("xautoclaim", 1),
     ("expire", 3),
     ("expire_short", 1),
     ("expire_mid", 1),
@@ -235,6 +239,9 @@ const SIMPLE_OPS: &[&str] = &[
     "zincrby",
     "zrem",
     "xadd",
+    "xgroup",
+    "xreadgroup",
+    "xautoclaim",
     "expire",
     "persist",
     "del",
@@ -529,6 +536,12 @@ fn legit_error(e: &redis::RedisError) -> Option<&'static str> {
     let s = e.to_string();
     if s.contains("WRONGTYPE") {
         Some("WRONGTYPE")
+    } else if s.contains("NOGROUP") {
+        Some("NOGROUP")
+    } else if s.contains("BUSYGROUP") {
+        Some("BUSYGROUP")
+    } else if s.contains("requires the key to exist") {
+        Some("XGROUP on a missing key")
     } else if s.contains("no such key") {
         Some("no such key")
     } else if s.contains("index out of range") {
@@ -1040,6 +1053,46 @@ impl Writer {
                     .arg("*")
                     .arg("f")
                     .arg(self.rng.gen_range(0..1000));
+            }
+            // Consumer groups: created (or moved to the end, or a consumer dropped with its
+            // pending entries), read (entries delivered, pending), claimed. The group
+            // commands ship the stream whole; `XINFO STREAM … FULL` compares the groups.
+            "xgroup" => {
+                let k = self.key(C_STREAM);
+                let g = format!("g{}", self.rng.gen_range(0..2));
+                c = redis::cmd("XGROUP");
+                match self.rng.gen_range(0..10) {
+                    0..=6 => c.arg("CREATE").arg(k).arg(g).arg("0").arg("MKSTREAM"),
+                    7 | 8 => c.arg("SETID").arg(k).arg(g).arg("$"),
+                    _ => c
+                        .arg("DELCONSUMER")
+                        .arg(k)
+                        .arg(g)
+                        .arg(format!("c{}", self.rng.gen_range(0..2))),
+                };
+            }
+            "xreadgroup" => {
+                let k = self.key(C_STREAM);
+                c = redis::cmd("XREADGROUP");
+                c.arg("GROUP")
+                    .arg(format!("g{}", self.rng.gen_range(0..2)))
+                    .arg(format!("c{}", self.rng.gen_range(0..2)))
+                    .arg("COUNT")
+                    .arg(self.rng.gen_range(1..=3))
+                    .arg("STREAMS")
+                    .arg(k)
+                    .arg(">");
+            }
+            "xautoclaim" => {
+                let k = self.key(C_STREAM);
+                c = redis::cmd("XAUTOCLAIM");
+                c.arg(k)
+                    .arg(format!("g{}", self.rng.gen_range(0..2)))
+                    .arg(format!("c{}", self.rng.gen_range(0..2)))
+                    .arg("0")
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(self.rng.gen_range(1..=3));
             }
             "expire" | "expire_short" => {
                 let k = self.any_key();

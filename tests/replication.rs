@@ -694,6 +694,75 @@ fn stream_edge_cases_and_large_collections_replicate() {
             ">",
         ],
     );
+    // Pending entries whose stream entries are gone: Redis keeps them in the PEL after a
+    // trim (here before any entry left) and after an XDEL (here between two entries); the
+    // group command after them ships the stream whole, and the peer's PEL, largest deleted ID
+    // and count of entries added must be the same (XINFO STREAM FULL, compared below).
+    for i in 1..=6 {
+        cmd(
+            &mut a,
+            &["XADD", "gone", &format!("{i}-0"), "n", &i.to_string()],
+        );
+    }
+    cmd(&mut a, &["XGROUP", "CREATE", "gone", "readers", "0"]);
+    cmd(
+        &mut a,
+        &[
+            "XREADGROUP",
+            "GROUP",
+            "readers",
+            "r",
+            "COUNT",
+            "5",
+            "STREAMS",
+            "gone",
+            ">",
+        ],
+    );
+    cmd(&mut a, &["XTRIM", "gone", "MINID", "=", "3-0"]);
+    cmd(&mut a, &["XDEL", "gone", "4-0"]);
+    cmd(
+        &mut a,
+        &[
+            "XREADGROUP",
+            "GROUP",
+            "readers",
+            "r",
+            "COUNT",
+            "1",
+            "STREAMS",
+            "gone",
+            ">",
+        ],
+    );
+    // The same with nothing left in the stream, and without any XDEL (largest deleted ID 0-0).
+    cmd(&mut a, &["XADD", "drained", "1-0", "n", "1"]);
+    cmd(&mut a, &["XGROUP", "CREATE", "drained", "readers", "0"]);
+    cmd(
+        &mut a,
+        &[
+            "XREADGROUP",
+            "GROUP",
+            "readers",
+            "r",
+            "STREAMS",
+            "drained",
+            ">",
+        ],
+    );
+    cmd(&mut a, &["XTRIM", "drained", "MAXLEN", "=", "0"]);
+    cmd(
+        &mut a,
+        &[
+            "XAUTOCLAIM",
+            "drained",
+            "readers",
+            "r",
+            "0",
+            "0-0",
+            "JUSTID",
+        ],
+    );
     // Collections past the compact encodings, and one past the rebuild chunk size.
     let mut p = redis::pipe();
     for i in 0..20_000 {
@@ -717,6 +786,14 @@ fn stream_edge_cases_and_large_collections_replicate() {
     assert_eq!(n, 20_000);
     let s: f64 = b.zscore("bigzset", "m3").expect("ZSCORE");
     assert_eq!(s, 3.0 / 7.0, "scores replicate exactly");
+    let pel: redis::Value = redis::cmd("XPENDING")
+        .arg(&["gone", "readers", "-", "+", "10"])
+        .query(&mut b)
+        .expect("XPENDING");
+    assert!(
+        format!("{pel:?}").contains("1-0") && format!("{pel:?}").contains("4-0"),
+        "the peer's PEL keeps the trimmed and the deleted entries: {pel:?}"
+    );
 }
 
 #[test]

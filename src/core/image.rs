@@ -185,6 +185,9 @@ pub const CHUNK: usize = 512;
 
 /// Name of the scratch group used to create an empty stream.
 const TMP_GROUP: &[u8] = b"\x00bisync-tmp";
+/// The field of a placeholder entry (see `rebuild_stream`): deleted again before the
+/// rebuild ends.
+const PLACEHOLDER_FIELD: &[u8] = b"\x00bisync-placeholder";
 
 fn cmd(parts: &[&[u8]]) -> Command {
     parts.iter().map(|p| p.to_vec()).collect()
@@ -296,6 +299,21 @@ fn rebuild_hash_ttl(out: &mut Vec<Command>, key: &[u8], fields: &HashFields) {
     }
 }
 
+/// A stream entry ID (`ms-seq`) as numbers, for ordering.
+fn stream_id(id: &[u8]) -> Option<(u64, u64)> {
+    let s = std::str::from_utf8(id).ok()?;
+    let (ms, seq) = s.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// Rebuild a stream: its entries, then its metadata, then its groups.
+///
+/// A pending entry may name an entry that is no longer in the stream (Redis keeps it in the
+/// PEL after an `XDEL` or a trim), and `XCLAIM … FORCE` ignores IDs that are not in the
+/// stream. Such an ID is added as a placeholder entry, in ID order among the real ones,
+/// claimed, then removed again (see the end); `XSETID` then restores the count of entries
+/// added and the largest deleted ID. Without it a peer's PEL lacked those entries (found by the convergence test
+/// with consumer-group traffic).
 fn rebuild_stream(out: &mut Vec<Command>, key: &[u8], s: &StreamImage) {
     out.push(cmd(&[
         b"XGROUP",
@@ -305,12 +323,39 @@ fn rebuild_stream(out: &mut Vec<Command>, key: &[u8], s: &StreamImage) {
         b"0",
         b"MKSTREAM",
     ]));
+    let present: std::collections::BTreeSet<&[u8]> =
+        s.entries.iter().map(|(id, _)| id.as_slice()).collect();
+    let mut placeholders: Vec<((u64, u64), &[u8])> = s
+        .groups
+        .iter()
+        .flat_map(|g| g.consumers.iter())
+        .flat_map(|c| c.pending.iter())
+        .map(|(id, _, _)| id.as_slice())
+        .filter(|id| !present.contains(id))
+        .filter_map(|id| stream_id(id).map(|n| (n, id)))
+        .collect();
+    placeholders.sort_unstable();
+    placeholders.dedup();
+    let mut next = placeholders.iter().peekable();
     for (id, fields) in &s.entries {
+        let here = stream_id(id);
+        while let Some(&&(n, p)) = next.peek() {
+            if here.is_some_and(|h| n > h) {
+                break;
+            }
+            out.push(cmd(&[b"XADD", key, p, PLACEHOLDER_FIELD, b""]));
+            next.next();
+        }
         let mut c = cmd(&[b"XADD", key, id]);
         c.extend(fields.iter().cloned());
         out.push(c);
     }
-    let added = s.entries_added.to_string().into_bytes();
+    for &(_, p) in next {
+        out.push(cmd(&[b"XADD", key, p, PLACEHOLDER_FIELD, b""]));
+    }
+    // Redis refuses an added count below the length, which the placeholders raise for now.
+    let total = (s.entries.len() + placeholders.len()) as i64;
+    let added = s.entries_added.max(total).to_string().into_bytes();
     out.push(cmd(&[
         b"XSETID",
         key,
@@ -355,6 +400,39 @@ fn rebuild_stream(out: &mut Vec<Command>, key: &[u8], s: &StreamImage) {
                 ]));
             }
         }
+    }
+    if !placeholders.is_empty() {
+        // Those before the first entry go as a trim does, which leaves the largest deleted ID
+        // alone (as the trim that removed the originals did; `XSETID` cannot lower it again).
+        // Those after it were `XDEL`ed on the origin, whose largest deleted ID covers them.
+        let first = s
+            .entries
+            .first()
+            .and_then(|(id, _)| stream_id(id).map(|n| (n, id)));
+        let (head, rest): (Vec<_>, Vec<_>) = placeholders
+            .iter()
+            .partition(|(n, _)| first.is_none_or(|(f, _)| *n < f));
+        if !head.is_empty() {
+            out.push(match first {
+                Some((_, id)) => cmd(&[b"XTRIM", key, b"MINID", b"=", id]),
+                None => cmd(&[b"XTRIM", key, b"MAXLEN", b"=", b"0"]),
+            });
+        }
+        if !rest.is_empty() {
+            let mut c = cmd(&[b"XDEL", key]);
+            c.extend(rest.iter().map(|(_, p)| p.to_vec()));
+            out.push(c);
+        }
+        let added = s.entries_added.to_string().into_bytes();
+        out.push(cmd(&[
+            b"XSETID",
+            key,
+            &s.last_id,
+            b"ENTRIESADDED",
+            &added,
+            b"MAXDELETEDID",
+            &s.max_deleted_id,
+        ]));
     }
 }
 
@@ -564,5 +642,50 @@ mod tests {
             ["DEL", "XGROUP", "XADD", "XSETID", "XGROUP", "XGROUP", "XGROUP", "XCLAIM"]
         );
         assert!(c[7].contains(&b"1700".to_vec()) && c[7].contains(&b"2".to_vec()));
+    }
+
+    #[test]
+    fn stream_rebuild_adds_then_deletes_placeholders_for_pending_ids_no_longer_in_the_stream() {
+        let consumer = StreamConsumer {
+            name: b"c".to_vec(),
+            pending: vec![(b"1-0".to_vec(), 5, 1), (b"3-0".to_vec(), 6, 2)],
+        };
+        let s = StreamImage {
+            entries: vec![(b"2-0".to_vec(), vec![b"f".to_vec(), b"v".to_vec()])],
+            last_id: b"3-0".to_vec(),
+            max_deleted_id: b"3-0".to_vec(),
+            entries_added: 3,
+            groups: vec![StreamGroup {
+                name: b"g".to_vec(),
+                last_delivered_id: b"3-0".to_vec(),
+                entries_read: Some(3),
+                consumers: vec![consumer],
+            }],
+        };
+        let c = rebuild(b"s", &Value::Stream(s), None);
+        let shown: Vec<String> = c
+            .iter()
+            .map(|x| String::from_utf8_lossy(&x[..x.len().min(3)].concat()).into_owned())
+            .collect();
+        // Entries and placeholders in ID order, claims, then the placeholders go again.
+        let xadds: Vec<&String> = shown.iter().filter(|s| s.starts_with("XADD")).collect();
+        assert_eq!(xadds, ["XADDs1-0", "XADDs2-0", "XADDs3-0"]);
+        // 1-0 (before the first entry) goes by a trim, 3-0 by a delete.
+        let trim = c.iter().position(|x| x[0] == b"XTRIM").expect("an XTRIM");
+        assert_eq!(
+            c[trim][2..],
+            [b"MINID".to_vec(), b"=".to_vec(), b"2-0".to_vec()]
+        );
+        let del = c.iter().position(|x| x[0] == b"XDEL").expect("an XDEL");
+        assert_eq!(c[del][2..], [b"3-0".to_vec()]);
+        let claims = c.iter().filter(|x| x[0] == b"XCLAIM").count();
+        assert_eq!(claims, 2);
+        assert!(c.iter().rposition(|x| x[0] == b"XCLAIM").unwrap() < del);
+        let last = c.last().unwrap();
+        assert_eq!(last[0], b"XSETID");
+        assert!(
+            last.contains(&b"3".to_vec()),
+            "ENTRIESADDED restored: {last:?}"
+        );
     }
 }

@@ -120,8 +120,9 @@ impl ListOp {
 
     /// The command that does this on Redis, without the key (which goes
     /// first among the arguments); for stream appends, the first entry's
-    /// (see [`ListOp::commands`]).
-    pub fn command(&self) -> (&'static str, Vec<Vec<u8>>) {
+    /// only. Private: a folded append holds several entries, and only
+    /// [`ListOp::commands`] replays them all.
+    fn command(&self) -> (&'static str, Vec<Vec<u8>>) {
         let num = |n: i64| n.to_string().into_bytes();
         match self {
             ListOp::Push { left, values } => {
