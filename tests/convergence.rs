@@ -174,6 +174,7 @@ const OPS: &[(&str, u32)] = &[
     ("linsert", 1),
     ("lrem", 1),
     ("ltrim", 1),
+    ("lmove", 2),
     ("sadd", 5),
     ("srem", 2),
     ("spop", 2),
@@ -228,6 +229,7 @@ const SIMPLE_OPS: &[&str] = &[
     "linsert",
     "lrem",
     "ltrim",
+    "lmove",
     "sadd",
     "srem",
     "spop",
@@ -1150,6 +1152,17 @@ impl Writer {
                     c.arg(k);
                 }
                 c.arg(BLOCK_TIMEOUT);
+            }
+            "lmove" => {
+                let (from, to) = (self.key(C_LIST), self.key(C_LIST));
+                let r = &mut self.rng;
+                let lmove = r.gen_bool(0.8);
+                c = redis::cmd(if lmove { "LMOVE" } else { "RPOPLPUSH" });
+                c.arg(from).arg(to);
+                if lmove {
+                    c.arg(if r.gen_bool(0.5) { "LEFT" } else { "RIGHT" })
+                        .arg(if r.gen_bool(0.5) { "LEFT" } else { "RIGHT" });
+                }
             }
             "blmove" => {
                 let to = self.key(C_LIST);

@@ -716,6 +716,53 @@ fn lists_travel_as_commands_and_a_conflict_settles_on_one_list() {
     finish(&pair, &[exactly("q", &tail_b)]);
 }
 
+/// A move between lists (`LMOVE`, `RPOPLPUSH`, `BLMOVE` and `BRPOPLPUSH` served at once) ships
+/// as a pop on the source and a push of the moved value on the destination, and a blocking pop
+/// served at once (`BLPOP`, `BRPOP`) as a pop: each costs a few dozen link bytes between two
+/// 1,000-element lists, and the self-check proves the peer's lists identical after each.
+#[test]
+fn list_moves_and_blocking_pops_served_at_once_travel_as_commands() {
+    let pair = hooked_pair();
+    let (mut a, mut b) = pair.conns();
+    let big = "v".repeat(100);
+    for key in ["src", "dst"] {
+        for _ in 0..10 {
+            let mut args = vec!["RPUSH", key];
+            args.extend(vec![big.as_str(); 100]);
+            run(&mut a, &args);
+        }
+    }
+    run(&mut a, &["LSET", "src", "0", "head"]);
+    run(&mut a, &["LSET", "src", "-1", "tail"]);
+    synced(&pair);
+    let moves: [(bool, &[&str]); 6] = [
+        (true, &["LMOVE", "src", "dst", "LEFT", "RIGHT"]),
+        (false, &["RPOPLPUSH", "src", "dst"]),
+        (true, &["BLMOVE", "dst", "src", "RIGHT", "LEFT", "1"]),
+        (false, &["BRPOPLPUSH", "dst", "src", "1"]),
+        (true, &["BLPOP", "empty", "src", "1"]),
+        (false, &["BRPOP", "dst", "1"]),
+    ];
+    for (on_a, cmd) in moves {
+        let before = stat(&pair.a, "bytes_sent") + stat(&pair.b, "bytes_sent");
+        run(if on_a { &mut a } else { &mut b }, cmd);
+        wait_quiet(&pair, T);
+        let cost = stat(&pair.a, "bytes_sent") + stat(&pair.b, "bytes_sent") - before;
+        assert!(
+            cost < 600,
+            "{cmd:?} between two 1,000-element lists sent {cost} link bytes: a list travelled whole"
+        );
+    }
+    pair.assert_converged(&[0], T);
+    assert_no_mismatch(&pair);
+    // What moved is where the commands put it, on both sides.
+    for c in [&mut a, &mut b] {
+        assert_eq!(text(&run(c, &["LINDEX", "src", "0"])), "head");
+        assert_eq!(text(&run(c, &["LLEN", "src"])), "999");
+        assert_eq!(text(&run(c, &["LLEN", "dst"])), "999");
+    }
+}
+
 /// Streams travel like lists: `XADD` as the entry with the ID its origin generated, a trim
 /// (`XTRIM`, or `XADD … MAXLEN ~`) as what it kept (`XTRIM MINID = <first ID>`), `XDEL` as
 /// itself; one `XADD` to a 2,000-entry stream costs a few dozen link bytes, and the peer's

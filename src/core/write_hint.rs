@@ -45,6 +45,10 @@ pub struct KeyHint {
     /// The stream entry ID the change names must be read after the command:
     /// the last entry's for an `XADD`, the first entry's for an `XTRIM`.
     pub read_stream: bool,
+    /// The pushed value must be read after the command, from the end of the
+    /// list it was pushed to (an `LMOVE`'s destination: what moved is known
+    /// only once it ran).
+    pub read_list_end: bool,
     /// The element's value before the command, read by the filter where the
     /// server lets it (7.2+): `Some(None)` = no such element (it starts at
     /// 0). See [`float_incr_change`].
@@ -92,6 +96,7 @@ impl KeyHint {
             read_value: false,
             then_also: None,
             read_stream: false,
+            read_list_end: false,
             value_before: None,
             base_score: None,
             state: HintState::Waiting,
@@ -350,10 +355,17 @@ pub fn describe(argv: &[&[u8]]) -> Option<Vec<KeyHint>> {
 }
 
 /// The list commands whose effect, on the list the peer holds too, is
-/// exactly their arguments' (see [`crate::core::list_op`]). The blocking
-/// and moving forms (`BLPOP`, `LMOVE`, ...) get none: what they move is
-/// known only after they ran, so their keys travel as images.
+/// exactly their arguments' (see [`crate::core::list_op`]), and the moves
+/// (`LMOVE`, `RPOPLPUSH` and their blocking forms) and blocking pops
+/// (`BLPOP`, `BRPOP`) when they are served at once: a pop from one end of
+/// the source and a push of that value onto the destination, whose value
+/// is read after the command ([`KeyHint::read_list_end`]). Served later (the
+/// client blocked), their events follow another command's and the keys
+/// travel as images.
 fn describe_list(name: &[u8], args: &[&[u8]]) -> Option<Vec<KeyHint>> {
+    if let Some(h) = describe_list_move(name, args) {
+        return Some(h);
+    }
     if !(name.len() >= 4 && matches!(name[0] | 0x20, b'l' | b'r')) {
         return None;
     }
@@ -428,6 +440,66 @@ fn describe_list(name: &[u8], args: &[&[u8]]) -> Option<Vec<KeyHint>> {
         }
         _ => None,
     }
+}
+
+/// `LMOVE src dst LEFT|RIGHT LEFT|RIGHT`, `RPOPLPUSH src dst` and the
+/// blocking `BLMOVE`, `BRPOPLPUSH`; `BLPOP`/`BRPOP key … timeout`.
+///
+/// A move ships as a pop on the source and a push on the destination, each
+/// a list command of its own key (replayed, or settled by the list rule, as
+/// any). A move within one list (a rotation) gets none: both events name
+/// one key, which a hint of one key cannot tell apart; it ships an image.
+/// A blocking pop names several keys and pops from the first non-empty one:
+/// each key gets a one-element pop, and only the one that fires records.
+fn describe_list_move(name: &[u8], args: &[&[u8]]) -> Option<Vec<KeyHint>> {
+    let end = |a: &[u8]| {
+        if is(a, "left") {
+            Some(true)
+        } else if is(a, "right") {
+            Some(false)
+        } else {
+            None
+        }
+    };
+    let (src, dst, from, to) = match args {
+        [s, d, f, t] if is(name, "lmove") => (*s, *d, end(f)?, end(t)?),
+        [s, d, f, t, _] if is(name, "blmove") => (*s, *d, end(f)?, end(t)?),
+        [s, d] if is(name, "rpoplpush") => (*s, *d, false, true),
+        [s, d, _] if is(name, "brpoplpush") => (*s, *d, false, true),
+        [keys @ .., _] if is(name, "blpop") || is(name, "brpop") => {
+            let left = is(name, "blpop");
+            let event: &'static [u8] = if left { b"lpop" } else { b"rpop" };
+            let mut hints: Vec<KeyHint> = Vec::with_capacity(keys.len());
+            for k in keys {
+                if hints.iter().any(|h| h.key == *k) {
+                    return None;
+                }
+                let pop = ElementChange::List(ListOp::Pop { left, count: 1 });
+                hints.push(KeyHint::new(k, event, true, vec![pop]));
+            }
+            return (!hints.is_empty()).then_some(hints);
+        }
+        _ => return None,
+    };
+    if src == dst {
+        return None;
+    }
+    let pop_event: &'static [u8] = if from { b"lpop" } else { b"rpop" };
+    let push_event: &'static [u8] = if to { b"lpush" } else { b"rpush" };
+    let pop = ElementChange::List(ListOp::Pop {
+        left: from,
+        count: 1,
+    });
+    let push = ElementChange::List(ListOp::Push {
+        left: to,
+        values: vec![Vec::new()],
+    });
+    let mut dst_hint = KeyHint::new(dst, push_event, false, vec![push]);
+    dst_hint.read_list_end = true;
+    Some(vec![
+        KeyHint::new(src, pop_event, true, vec![pop]),
+        dst_hint,
+    ])
 }
 
 /// `XADD`, `XTRIM`, `XDEL`: commands replayed on an identical stream (as
@@ -821,6 +893,51 @@ mod tests {
     }
 
     #[test]
+    fn a_list_move_is_a_pop_from_the_source_and_a_push_read_back_on_the_destination() {
+        let h = d("LMOVE src dst LEFT RIGHT").unwrap();
+        assert_eq!(
+            (h[0].key.as_slice(), h[1].key.as_slice()),
+            (&b"src"[..], &b"dst"[..])
+        );
+        assert_eq!((h[0].event, h[1].event), (&b"lpop"[..], &b"rpush"[..]));
+        assert!(h[0].then_del && !h[1].then_del);
+        assert!(!h[0].read_list_end && h[1].read_list_end);
+        assert_eq!(
+            h[0].changes,
+            vec![ElementChange::List(ListOp::Pop {
+                left: true,
+                count: 1
+            })]
+        );
+        let h = d("rpoplpush s d").unwrap();
+        assert_eq!((h[0].event, h[1].event), (&b"rpop"[..], &b"lpush"[..]));
+        let h = d("BLMOVE s d right left 0.5").unwrap();
+        assert_eq!((h[0].event, h[1].event), (&b"rpop"[..], &b"lpush"[..]));
+        assert_eq!(d("BRPOPLPUSH s d 0").unwrap().len(), 2);
+        // A rotation names one key twice; a bad end is a syntax error.
+        assert!(d("LMOVE l l LEFT RIGHT").is_none());
+        assert!(d("LMOVE s d UP RIGHT").is_none());
+        assert!(d("LMOVE s d LEFT").is_none());
+    }
+
+    #[test]
+    fn a_blocking_pop_hints_each_of_its_keys_with_one_element() {
+        let h = d("BLPOP a b 0").unwrap();
+        assert_eq!(h.len(), 2);
+        assert!(h.iter().all(|k| k.event == b"lpop" && k.then_del));
+        assert_eq!(
+            h[1].changes,
+            vec![ElementChange::List(ListOp::Pop {
+                left: true,
+                count: 1
+            })]
+        );
+        assert_eq!(d("brpop a 1").unwrap()[0].event, b"rpop");
+        assert!(d("BLPOP a a 0").is_none(), "a key named twice");
+        assert!(d("BLPOP 0").is_none());
+    }
+
+    #[test]
     fn del_names_each_key_once() {
         let h = d("DEL a b a").unwrap();
         assert_eq!(h.len(), 2);
@@ -924,12 +1041,12 @@ mod tests {
     fn other_commands_get_no_hint() {
         for s in [
             "get a",
-            "lmove a b left right",
+            "lmove a a left right",
             "lpop l 0",
             "lpop l -1",
             "linsert l middle p v",
             "lset l x v",
-            "rpoplpush a b",
+            "rpoplpush a a",
             "hincrbyfloat h f",
             "incrbyfloat c",
             "exec",

@@ -154,7 +154,9 @@ fn elem_event(
     } else {
         Vec::new()
     };
-    let read = if h.read_stream {
+    let read = if h.read_list_end {
+        Some(ReadAfter::ListEnd)
+    } else if h.read_stream {
         Some(ReadAfter::Stream)
     } else if h.read_score {
         Some(ReadAfter::Score(h.int_delta, h.base_score))
@@ -176,6 +178,8 @@ enum ReadAfter {
     Value(Option<i64>, Option<Option<Vec<u8>>>),
     /// An `XADD` or `XTRIM`: the stream's last or first entry ID.
     Stream,
+    /// An `LMOVE`'s push: the value now at that end of the destination.
+    ListEnd,
 }
 
 /// Must these confirmed changes of `key` ship as a whole-key image instead?
@@ -219,6 +223,21 @@ fn confirm_stream(
         }
         _ => return None,
     }
+    Some(changes)
+}
+
+/// An `LMOVE` pushed what it popped: read it from the destination's end
+/// (`None`: it cannot be read; the key is imaged).
+fn confirm_list_end(
+    c: &Context,
+    key: &[u8],
+    mut changes: Vec<ElementChange>,
+) -> Option<Vec<ElementChange>> {
+    let Some(ElementChange::List(ListOp::Push { left, values })) = changes.first_mut() else {
+        return None;
+    };
+    let value = ffi::list_end(c, key, *left)?;
+    *values = vec![value];
     Some(changes)
 }
 
@@ -396,6 +415,7 @@ pub unsafe extern "C" fn on_keyspace_event(
                             confirm_value(ctx, key, changes, delta, before)
                         }
                         Some(ReadAfter::Stream) => confirm_stream(&c, key, changes),
+                        Some(ReadAfter::ListEnd) => confirm_list_end(&c, key, changes),
                         None => Some(changes),
                     }
                 };
@@ -593,9 +613,14 @@ fn hintable(name: &[u8]) -> bool {
                 name[0] | 0x20,
                 b'i' | b'd' | b'g' | b's' | b'h' | b'z' | b'u' | b'l' | b'r'
             ) || (name.len() <= 5 && name[0] | 0x20 == b'x')
+                || name.eq_ignore_ascii_case(b"blpop")
+                || name.eq_ignore_ascii_case(b"brpop")
+                || name.eq_ignore_ascii_case(b"blmove")
         }
-        // Only the float increments are longer: not every SMEMBERS or
-        // ZREVRANGE copies its arguments to find that out.
+        // Only the float increments and the list moves are longer: not every
+        // SMEMBERS or ZREVRANGE copies its arguments to find that out.
+        9 => name.eq_ignore_ascii_case(b"rpoplpush"),
+        10 => name.eq_ignore_ascii_case(b"brpoplpush"),
         11 => name.eq_ignore_ascii_case(b"incrbyfloat"),
         12 => name.eq_ignore_ascii_case(b"hincrbyfloat"),
         _ => false,

@@ -268,6 +268,31 @@ pub fn stream_edge_id(ctx: &Context, key: &[u8], last: bool) -> Option<Vec<u8>> 
     }
 }
 
+/// The element at the head (`left`) or the tail of a list: what an `LMOVE`
+/// just pushed there (`None`: no such list, or it cannot be read).
+pub fn list_end(ctx: &Context, key: &[u8], left: bool) -> Option<Vec<u8>> {
+    // SAFETY: main thread, live context; the element ListGet returns is
+    // copied and freed before the key is closed.
+    unsafe {
+        let ktype = raw::RedisModule_KeyType?;
+        let get = raw::RedisModule_ListGet?;
+        let free = raw::RedisModule_FreeString?;
+        with_open_key(ctx, key, |k| {
+            if k.is_null() || !matches!(kind_of(ktype(k) as isize), KeyKind::List) {
+                return None;
+            }
+            let value = get(k, if left { 0 } else { -1 });
+            if value.is_null() {
+                return None;
+            }
+            let out = string_bytes(value).to_vec();
+            free(ctx.ctx, value);
+            Some(out)
+        })
+        .flatten()
+    }
+}
+
 /// A sorted-set member's score in `db`, read from the command filter
 /// (before the command runs) through the detached context: `Some(None)`
 /// when the key or the member does not exist, `None` when it cannot be
