@@ -2831,12 +2831,12 @@ fn catches_a_full_resync_image_without_reship() {
     );
 }
 
-/// 9 of 100,000 schedules diverge without it.
+/// 4 of 100,000 schedules diverge without it (re-found whenever the schedules change).
 #[test]
 fn catches_a_tableless_source_without_echo() {
     assert_mutation_caught_on(
         "source without its table does not echo",
-        &[3_228_513_960_783_759_028, 9_225_627_530_608_218_535],
+        &[9_225_627_530_608_218_535, 16_833_498_366_159_256_712],
         SimRules {
             no_echo: true,
             ..SimRules::correct(Mode::Elements)
