@@ -445,7 +445,10 @@ static CHECK_MISMATCHES: AtomicU64 = AtomicU64::new(0);
 
 /// Compare the peer's digest of a key with ours (test builds only: the
 /// proof that a capture hint described its write exactly).
-fn self_check(ctx: &Context, shared: &Shared, db: u32, key: &[u8], theirs: &[u8]) {
+///
+/// A mismatch logs what this node holds and the batch's records of the key
+/// (what it just applied), so an intermittent one can be read from the log.
+fn self_check(ctx: &Context, shared: &Shared, batch: &Batch, db: u32, key: &[u8], theirs: &[u8]) {
     if !super::guard::test_hooks() || UNTRACKED_SINCE_START.load(Ordering::Relaxed) {
         return;
     }
@@ -469,12 +472,22 @@ fn self_check(ctx: &Context, shared: &Shared, db: u32, key: &[u8], theirs: &[u8]
     if ours != theirs {
         let n = CHECK_MISMATCHES.fetch_add(1, Ordering::Relaxed) + 1;
         let mut here = format!("{:?}", read_image(ctx, db, key));
-        here.truncate(300);
+        here.truncate(4000);
+        let mut records = batch
+            .entries
+            .iter()
+            .filter(|e| e.db == db && entry_key(e).is_some_and(|k| k == key))
+            .map(|e| format!("{:?} @{:?}", e.op, e.stamp))
+            .collect::<Vec<_>>()
+            .join("; ");
+        records.truncate(4000);
         log::warning(&format!(
-            "element self-check mismatch #{n} in db {db} for key {:?}: peer digest {}, ours {}; here: {here}",
+            "element self-check mismatch #{n} in db {db} for key {:?}: peer digest {}, ours {}; here: {here}; batch {} (applied before: {}) records of the key: {records}",
             String::from_utf8_lossy(key),
             String::from_utf8_lossy(theirs),
-            String::from_utf8_lossy(&ours)
+            String::from_utf8_lossy(&ours),
+            batch.seq,
+            shared.outbox().applied_seq(),
         ));
     }
 }
@@ -612,7 +625,7 @@ fn apply_batch(
                 // type rule, whose intermediate states may differ (DESIGN
                 // §11): only the end state is compared (by the tests).
                 if !concurrent && !was_retyped(db, key) {
-                    self_check(ctx, shared, db, key, digest);
+                    self_check(ctx, shared, batch, db, key, digest);
                 }
             }
             Step::Flush {
