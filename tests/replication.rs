@@ -698,6 +698,20 @@ fn stream_edge_cases_and_large_collections_replicate() {
     // trim (here before any entry left) and after an XDEL (here between two entries); the
     // group command after them ships the stream whole, and the peer's PEL, largest deleted ID
     // and count of entries added must be the same (XINFO STREAM FULL, compared below).
+    let read = |c: &mut redis::Connection, key: &str, count: &str| {
+        let args = [
+            "XREADGROUP",
+            "GROUP",
+            "readers",
+            "r",
+            "COUNT",
+            count,
+            "STREAMS",
+            key,
+            ">",
+        ];
+        cmd(c, &args);
+    };
     for i in 1..=6 {
         cmd(
             &mut a,
@@ -705,51 +719,14 @@ fn stream_edge_cases_and_large_collections_replicate() {
         );
     }
     cmd(&mut a, &["XGROUP", "CREATE", "gone", "readers", "0"]);
-    cmd(
-        &mut a,
-        &[
-            "XREADGROUP",
-            "GROUP",
-            "readers",
-            "r",
-            "COUNT",
-            "5",
-            "STREAMS",
-            "gone",
-            ">",
-        ],
-    );
+    read(&mut a, "gone", "5");
     cmd(&mut a, &["XTRIM", "gone", "MINID", "=", "3-0"]);
     cmd(&mut a, &["XDEL", "gone", "4-0"]);
-    cmd(
-        &mut a,
-        &[
-            "XREADGROUP",
-            "GROUP",
-            "readers",
-            "r",
-            "COUNT",
-            "1",
-            "STREAMS",
-            "gone",
-            ">",
-        ],
-    );
+    read(&mut a, "gone", "1");
     // The same with nothing left in the stream, and without any XDEL (largest deleted ID 0-0).
     cmd(&mut a, &["XADD", "drained", "1-0", "n", "1"]);
     cmd(&mut a, &["XGROUP", "CREATE", "drained", "readers", "0"]);
-    cmd(
-        &mut a,
-        &[
-            "XREADGROUP",
-            "GROUP",
-            "readers",
-            "r",
-            "STREAMS",
-            "drained",
-            ">",
-        ],
-    );
+    read(&mut a, "drained", "10");
     cmd(&mut a, &["XTRIM", "drained", "MAXLEN", "=", "0"]);
     cmd(
         &mut a,

@@ -355,16 +355,7 @@ fn rebuild_stream(out: &mut Vec<Command>, key: &[u8], s: &StreamImage) {
     }
     // Redis refuses an added count below the length, which the placeholders raise for now.
     let total = (s.entries.len() + placeholders.len()) as i64;
-    let added = s.entries_added.max(total).to_string().into_bytes();
-    out.push(cmd(&[
-        b"XSETID",
-        key,
-        &s.last_id,
-        b"ENTRIESADDED",
-        &added,
-        b"MAXDELETEDID",
-        &s.max_deleted_id,
-    ]));
+    out.push(xsetid(key, s, s.entries_added.max(total)));
     out.push(cmd(&[b"XGROUP", b"DESTROY", key, TMP_GROUP]));
     for g in &s.groups {
         let mut c = cmd(&[b"XGROUP", b"CREATE", key, &g.name, &g.last_delivered_id]);
@@ -423,17 +414,23 @@ fn rebuild_stream(out: &mut Vec<Command>, key: &[u8], s: &StreamImage) {
             c.extend(rest.iter().map(|(_, p)| p.to_vec()));
             out.push(c);
         }
-        let added = s.entries_added.to_string().into_bytes();
-        out.push(cmd(&[
-            b"XSETID",
-            key,
-            &s.last_id,
-            b"ENTRIESADDED",
-            &added,
-            b"MAXDELETEDID",
-            &s.max_deleted_id,
-        ]));
+        out.push(xsetid(key, s, s.entries_added));
     }
+}
+
+/// `XSETID` restoring the stream's last ID, largest deleted ID and `added` as its count of
+/// entries added.
+fn xsetid(key: &[u8], s: &StreamImage, added: i64) -> Command {
+    let added = added.to_string().into_bytes();
+    cmd(&[
+        b"XSETID",
+        key,
+        &s.last_id,
+        b"ENTRIESADDED",
+        &added,
+        b"MAXDELETEDID",
+        &s.max_deleted_id,
+    ])
 }
 
 #[cfg(test)]
