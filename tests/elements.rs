@@ -763,6 +763,109 @@ fn list_moves_and_blocking_pops_served_at_once_travel_as_commands() {
     }
 }
 
+/// The number a server gives for one `INFO` field.
+fn info_field(server: &common::Server, section: &str, field: &str) -> i64 {
+    let mut c = server.conn();
+    let info = text(&run(&mut c, &["INFO", section]));
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in INFO {section}"))
+}
+
+/// A blocked client served right after another command ships what it did, not that command's
+/// hint. Here `BLMOVE ql k` waits on a; b pushes onto `ql`; a applies that push while its
+/// first client command of the next event-loop iteration is already queued, an `LPUSHX k v1`
+/// on the missing `k` (a no-op, so its hint sees no event of its own); 7.2+ and Valkey then
+/// serve the `BLMOVE` right after it, and its `lpush` on `k` meets that hint. Recorded as the
+/// hint says, b would get `v1` where a holds `q1` (this happened in the Valkey convergence
+/// runs). 7.0 serves the `BLMOVE` within the apply's own before-sleep, before the `LPUSHX`.
+/// After the served client is gone, pushes of several values travel as commands again.
+#[test]
+fn a_blocked_client_served_after_another_command_ships_its_own_push() {
+    let pair = hooked_pair();
+    let (mut a, mut b) = pair.conns();
+    for c in [&mut a, &mut b] {
+        run(c, &["SELECT", "1"]);
+    }
+    let version = text(&run(&mut a, &["INFO", "server"]));
+    let served_late = !version.contains("redis_version:7.0.");
+    let mut interleaved = 0;
+    let mut attempts = 0;
+    while attempts < 8 && (interleaved == 0 || attempts < 2) {
+        attempts += 1;
+        let (ql, k) = (format!("ql{attempts}"), format!("k{attempts}"));
+        let pushed = thread::scope(|s| {
+            let blocked = s.spawn(|| {
+                let mut x = pair.a.conn();
+                run(&mut x, &["SELECT", "1"]);
+                text(&run(&mut x, &["BLMOVE", &ql, &k, "RIGHT", "LEFT", "0"]))
+            });
+            let deadline = std::time::Instant::now() + T;
+            while info_field(&pair.a, "clients", "blocked_clients") == 0 {
+                assert!(std::time::Instant::now() < deadline, "BLMOVE never blocked");
+                thread::sleep(Duration::from_millis(5));
+            }
+            let sleeper = s.spawn(|| {
+                let mut c = pair.a.conn();
+                run(&mut c, &["DEBUG", "SLEEP", "0.5"]);
+            });
+            // No probe can ask a whether it sleeps without queuing a command that would serve
+            // the BLMOVE first: give the sleep time to begin, and let the LPUSHX's reply say
+            // whether the interleaving happened (this loop retries when it did not).
+            thread::sleep(Duration::from_millis(50));
+            let sent = stat(&pair.b, "bytes_sent");
+            run(&mut b, &["RPUSH", &ql, "q1"]);
+            let deadline = std::time::Instant::now() + T;
+            while stat(&pair.b, "bytes_sent") == sent {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "b never sent its push"
+                );
+                thread::sleep(Duration::from_millis(1));
+            }
+            let pushed = text(&run(&mut a, &["LPUSHX", &k, "v1"]));
+            sleeper.join().expect("the DEBUG SLEEP client");
+            assert_eq!(blocked.join().expect("the BLMOVE client"), "q1");
+            pushed
+        });
+        let expected = match pushed.as_str() {
+            "0" => "list [q1]",
+            "2" => "list [v1, q1]",
+            other => panic!("LPUSHX {k} v1 answered {other}"),
+        };
+        interleaved += usize::from(pushed == "0");
+        wait_quiet(&pair, T);
+        pair.assert_converged(&[1], T);
+        assert_no_mismatch(&pair);
+        for c in [&mut a, &mut b] {
+            assert_eq!(show(c, &k), expected, "attempt {attempts}");
+        }
+        if !served_late {
+            break;
+        }
+    }
+    assert!(
+        !served_late || interleaved > 0,
+        "in {attempts} attempts the BLMOVE was never served right after the LPUSHX: the test did not make the interleaving it is about"
+    );
+    // Nothing blocked any more: a push of several values into a long list is a command again.
+    let long: Vec<String> = (0..1000).map(|i| format!("e{i:04}")).collect();
+    let mut args = vec!["RPUSH", "big"];
+    args.extend(long.iter().map(String::as_str));
+    run(&mut a, &args);
+    wait_quiet(&pair, T);
+    let before = stat(&pair.a, "bytes_sent") + stat(&pair.b, "bytes_sent");
+    run(&mut a, &["RPUSH", "big", "x1", "x2"]);
+    wait_quiet(&pair, T);
+    let cost = stat(&pair.a, "bytes_sent") + stat(&pair.b, "bytes_sent") - before;
+    assert!(
+        cost < 600,
+        "RPUSH of two values into a 1,000-element list sent {cost} link bytes once no client was blocked: the served-client guard stayed up"
+    );
+    pair.assert_converged(&[1], T);
+}
+
 /// Streams travel like lists: `XADD` as the entry with the ID its origin generated, a trim
 /// (`XTRIM`, or `XADD … MAXLEN ~`) as what it kept (`XTRIM MINID = <first ID>`), `XDEL` as
 /// itself; one `XADD` to a 2,000-entry stream costs a few dozen link bytes, and the peer's

@@ -21,6 +21,7 @@ pub mod pending_elements;
 pub mod protect;
 pub mod protocol;
 pub mod restart;
+pub mod served;
 pub mod stats;
 pub mod table_key;
 pub mod unshared;

@@ -568,6 +568,14 @@ fn apply_batch(
             }
         }
         let step = step.map_err(|e| format!("element change in db {}: {e}", entry.db))?;
+        if let Some(key) = entry_key(entry) {
+            super::trace::key(entry.db, key, || {
+                format!(
+                    "apply batch {} (applied before {}) {:?} {:?} clash {clash}: {step:?}",
+                    batch.seq, at.applied_before, entry.stamp, entry.op
+                )
+            });
+        }
         if receiving && full_resync_image_reships(entry, &step) {
             if let Some(key) = entry_key(entry) {
                 reship.push((entry.db, key.to_vec()));
@@ -661,6 +669,10 @@ fn apply_batch(
                 }
                 applied += 1;
             }
+        }
+        if let Some(key) = entry_key(entry).filter(|k| super::trace::on(k)) {
+            let now = read_image(ctx, entry.db, key);
+            super::trace::key(entry.db, key, || format!("after apply: {now:?}"));
         }
     }
     Stats::add(&shared.stats.ops_applied, applied as u64);

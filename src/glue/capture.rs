@@ -25,7 +25,7 @@
 //! with no hint leaves the key to be read back whole at flush time.
 
 use std::os::raw::{c_char, c_int, c_void};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use redis_module::{raw, Context};
@@ -35,6 +35,7 @@ use super::guard::guarded;
 use crate::core::dirty::{DirtyLog, Expiry};
 use crate::core::list_op::ListOp;
 use crate::core::protocol::{ElementChange, Shape};
+use crate::core::served::{self, Blocking};
 use crate::core::write_hint::{describe, float_incr_change, zincr_change, EventFit, KeyHint};
 use crate::state::Shared;
 
@@ -115,6 +116,34 @@ fn set_options_expiry<'a>(mut opts: impl Iterator<Item = &'a [u8]>) -> Option<Ex
     Some(expiry)
 }
 
+/// Set while a client may be blocked (`core::served`): [`GUARD_ONE`] or
+/// [`GUARD_MANY`] (a multi-pop command may be blocked), 0 when none is.
+/// Set by the filter when it sees a blocking command; cleared at
+/// before-sleep once the server counts no blocked client.
+static SERVED_GUARD: AtomicU8 = AtomicU8::new(0);
+/// A blocking command that pops one element may be waiting.
+const GUARD_ONE: u8 = 1;
+/// A blocking command that may pop several elements may be waiting.
+const GUARD_MANY: u8 = 2;
+
+/// Before-sleep: drop the served-client guard once no client is blocked
+/// (the count is asked only while the guard is up).
+pub fn settle_served_guard(ctx: &Context) {
+    if SERVED_GUARD.load(Ordering::Relaxed) != 0 && ffi::blocked_clients(ctx) == Some(0) {
+        SERVED_GUARD.store(0, Ordering::Relaxed);
+    }
+}
+
+/// The filter saw a command that may block its client.
+fn note_blocking(kind: Blocking) {
+    let level = match kind {
+        Blocking::No => return,
+        Blocking::One => GUARD_ONE,
+        Blocking::Many => GUARD_MANY,
+    };
+    SERVED_GUARD.fetch_max(level, Ordering::Relaxed);
+}
+
 /// The element hint of the command the filter saw last (see the module
 /// doc); empty when there is none.
 static ELEM_HINT: Mutex<Vec<KeyHint>> = Mutex::new(Vec::new());
@@ -148,7 +177,13 @@ fn elem_event(
     }
     let mut hints = elem_hint();
     let h = hints.iter_mut().find(|h| h.key == key)?;
-    let fit = h.on_event(event);
+    let mut fit = h.on_event(event);
+    let guard = SERVED_GUARD.load(Ordering::Relaxed);
+    if fit == EventFit::Record && guard != 0 && !served::trust(h, event, guard == GUARD_MANY) {
+        // A blocked client may be served now, under this hint (`core::served`).
+        h.break_it();
+        fit = EventFit::Unexpected;
+    }
     let changes = if fit == EventFit::Record {
         std::mem::take(&mut h.changes)
     } else {
@@ -395,7 +430,15 @@ pub unsafe extern "C" fn on_keyspace_event(
         } else {
             std::ffi::CStr::from_ptr(event).to_bytes()
         };
-        match elem_event(key, event) {
+        let fit = elem_event(key, event);
+        super::trace::key(db, key, || {
+            format!(
+                "event {:?} fit {:?}",
+                String::from_utf8_lossy(event),
+                fit.as_ref().map(|(f, c, _)| (f, c))
+            )
+        });
+        match fit {
             Some((EventFit::Record, changes, read)) => {
                 // Only a key without a TTL ships element records: the two
                 // sides see a key expire at slightly different moments, and
@@ -419,6 +462,7 @@ pub unsafe extern "C" fn on_keyspace_event(
                         None => Some(changes),
                     }
                 };
+                super::trace::key(db, key, || format!("confirmed {confirmed:?}"));
                 match confirmed {
                     Some(changes) => note(|d| d.elements(db, key, changes)),
                     None => note_key(db, key),
@@ -473,6 +517,7 @@ pub unsafe extern "C" fn on_keyspace_event(
 /// image, stamped then, so both sides settle on one image. Called by the
 /// apply (not a client write, so it does not count as one).
 pub fn note_reship(db: u32, key: &[u8]) {
+    super::trace::key(db, key, || "re-ship noted".to_string());
     dirty().key(db, key);
     ffi::wake_event_loop();
 }
@@ -675,6 +720,12 @@ pub unsafe extern "C" fn on_command_filter(fctx: *mut raw::RedisModuleCommandFil
         // included (a hint armed by a command queued in MULTI must not meet
         // that transaction's events).
         disarm_elem_hint();
+        if argc > 0 && name[0] | 0x20 == b'b' {
+            note_blocking(served::blocking(name, &[]));
+        } else if is_cmd(name, "xread") || is_cmd(name, "xreadgroup") {
+            let args: Vec<&[u8]> = (1..argc).map(|i| ffi::filter_arg(fctx, i)).collect();
+            note_blocking(served::blocking(name, &args));
+        }
         // Not while nothing is captured (a passive replica sees every
         // replicated write here, and our own applies pass through here).
         let capture = capturing();

@@ -709,6 +709,26 @@ pub fn propagation_needed(ctx: &Context) -> bool {
     }
 }
 
+/// How many clients the server counts as blocked (`INFO clients`);
+/// `None` when it cannot be read.
+pub fn blocked_clients(ctx: &Context) -> Option<i64> {
+    // SAFETY: main thread with a live context; the info object is created
+    // and freed here and only read in between.
+    unsafe {
+        let get = raw::RedisModule_GetServerInfo?;
+        let field = raw::RedisModule_ServerInfoGetFieldSigned?;
+        let free = raw::RedisModule_FreeServerInfo?;
+        let info = get(ctx.ctx, c"clients".as_ptr());
+        if info.is_null() {
+            return None;
+        }
+        let mut err: c_int = 0;
+        let n = field(info, c"blocked_clients".as_ptr(), &mut err);
+        free(ctx.ctx, info);
+        (err == 0).then_some(n)
+    }
+}
+
 /// The absolute expiry of `key` in the selected db: `None` if the key does
 /// not exist, `Some(None)` if it has no expiry. Opens the key without
 /// touching its value (no `StringDMA`, which rewrites the stored object).

@@ -292,6 +292,11 @@ pub fn flush(ctx: &Context) -> usize {
                         digest(ctx, &key)
                     })
                     .flatten();
+                if super::trace::on(&key) {
+                    ffi::select_db(ctx, db as i32);
+                    let now = read_image(ctx, db, &key);
+                    super::trace::key(db, &key, || format!("state at flush: {now:?}"));
+                }
                 // Folded: a pipeline of INCRs of one key ships as one record.
                 for change in coalesce(changes) {
                     let op = Op::Element {
@@ -481,6 +486,10 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
                         node.pending.record_element(db, key, stamp, seq, *seen, c);
                     }
                 }
+                if super::trace::on(key) {
+                    let what = format!("ship batch {seq} {stamp:?} {change:?} seen {seen}");
+                    super::trace::key(db, key, || what);
+                }
                 entries.push(Entry { db, stamp, op });
                 continue;
             }
@@ -504,6 +513,9 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
                 (_, Op::FlushDb, _) => node.pending.record_flush(db, stamp, seq),
                 (_, _, Some(k)) => node.pending.record_key(db, k, stamp, seq),
                 (_, _, None) => {}
+            }
+            if let Some(k) = key {
+                super::trace::key(db, k, || format!("ship batch {seq} {stamp:?} {op:?}"));
             }
             entries.push(Entry { db, stamp, op });
         }

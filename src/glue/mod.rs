@@ -13,5 +13,6 @@ pub mod guard;
 pub mod load;
 pub mod node;
 pub mod server;
+pub mod trace;
 pub mod unshared;
 pub mod waiters;
