@@ -849,21 +849,56 @@ fn a_blocked_client_served_after_another_command_ships_its_own_push() {
         !served_late || interleaved > 0,
         "in {attempts} attempts the BLMOVE was never served right after the LPUSHX: the test did not make the interleaving it is about"
     );
-    // Nothing blocked any more: a push of several values into a long list is a command again.
+    // A push of several values into a long list is a command while a client is blocked on
+    // another key (the guard covers only the keys blocking commands named), and an image
+    // into the key a client waits on; a command again once nothing is blocked.
     let long: Vec<String> = (0..1000).map(|i| format!("e{i:04}")).collect();
-    let mut args = vec!["RPUSH", "big"];
-    args.extend(long.iter().map(String::as_str));
-    run(&mut a, &args);
+    for key in ["big", "watched"] {
+        let mut args = vec!["RPUSH", key];
+        args.extend(long.iter().map(String::as_str));
+        run(&mut a, &args);
+    }
     wait_quiet(&pair, T);
-    let before = stat(&pair.a, "bytes_sent") + stat(&pair.b, "bytes_sent");
-    run(&mut a, &["RPUSH", "big", "x1", "x2"]);
-    wait_quiet(&pair, T);
-    let cost = stat(&pair.a, "bytes_sent") + stat(&pair.b, "bytes_sent") - before;
+    let push_cost = |a: &mut Connection, key: &str| {
+        let before = stat(&pair.a, "bytes_sent") + stat(&pair.b, "bytes_sent");
+        run(a, &["RPUSH", key, "x1", "x2"]);
+        wait_quiet(&pair, T);
+        stat(&pair.a, "bytes_sent") + stat(&pair.b, "bytes_sent") - before
+    };
+    thread::scope(|s| {
+        let blocked = s.spawn(|| {
+            let mut x = pair.a.conn();
+            run(&mut x, &["SELECT", "1"]);
+            text(&run(
+                &mut x,
+                &["BLMOVE", "empty", "watched", "LEFT", "LEFT", "0"],
+            ))
+        });
+        let deadline = std::time::Instant::now() + T;
+        while info_field(&pair.a, "clients", "blocked_clients") == 0 {
+            assert!(std::time::Instant::now() < deadline, "BLMOVE never blocked");
+            thread::sleep(Duration::from_millis(5));
+        }
+        let cost = push_cost(&mut a, "big");
+        assert!(
+            cost < 600,
+            "RPUSH of two values into a 1,000-element list sent {cost} link bytes while a client waited on another key"
+        );
+        let cost = push_cost(&mut a, "watched");
+        assert!(
+            cost > 5_000,
+            "RPUSH of two values into the destination of a blocked BLMOVE sent {cost} link bytes: it travelled as a command under a hint a served client could meet"
+        );
+        run(&mut a, &["RPUSH", "empty", "e"]);
+        assert_eq!(blocked.join().expect("the BLMOVE client"), "e");
+    });
+    let cost = push_cost(&mut a, "watched");
     assert!(
         cost < 600,
         "RPUSH of two values into a 1,000-element list sent {cost} link bytes once no client was blocked: the served-client guard stayed up"
     );
     pair.assert_converged(&[1], T);
+    assert_no_mismatch(&pair);
 }
 
 /// Streams travel like lists: `XADD` as the entry with the ID its origin generated, a trim

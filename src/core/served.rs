@@ -14,8 +14,8 @@
 //! (a convergence run on Valkey 8 shipped `RPUSH k v1 v2` for a served
 //! `BLMOVE ql k` that pushed `q1`).
 //!
-//! The cure, while a client may be blocked: trust a hint on the events a
-//! served client fires (`lpush`, `rpush`, `lpop`, `rpop`, `zpopmin`,
+//! The cure, while a client may be blocked on a key (or move into it):
+//! trust a hint on that key's events a served client fires (`lpush`, `rpush`, `lpop`, `rpop`, `zpopmin`,
 //! `zpopmax`) only where the record is right whoever fired the event: a
 //! one-value push whose value is read back from the list's end (as an
 //! `LMOVE`'s push is), a one-element pop (a served client pops one element
@@ -26,15 +26,14 @@ use super::list_op::ListOp;
 use super::protocol::ElementChange;
 use super::write_hint::KeyHint;
 
-/// What a blocking command may leave behind: a client served later.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Blocking {
-    /// Not a blocking command.
-    No,
-    /// May block; served, it pops one element (or reads a stream).
-    One,
-    /// May block; served, it may pop several elements (`BLMPOP`, `BZMPOP`).
-    Many,
+/// A command that may block its client, and the keys a served client of
+/// it may then pop from or push to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocking<'a> {
+    /// The keys it waits on, and the destination of a move.
+    pub keys: Vec<&'a [u8]>,
+    /// Served, it may pop several elements (`BLMPOP`, `BZMPOP`).
+    pub many: bool,
 }
 
 fn is(name: &[u8], want: &str) -> bool {
@@ -42,41 +41,41 @@ fn is(name: &[u8], want: &str) -> bool {
 }
 
 /// Whether the command `name` (with `args`, its arguments after the name)
-/// may block its client. Cheap for every other command: only names that
-/// start with `b` or are `XREAD`/`XREADGROUP` are looked at.
-pub fn blocking(name: &[u8], args: &[&[u8]]) -> Blocking {
-    let Some(first) = name.first() else {
-        return Blocking::No;
-    };
-    match first | 0x20 {
-        b'b' => {
-            if is(name, "blmpop") || is(name, "bzmpop") {
-                Blocking::Many
-            } else if [
-                "blpop",
-                "brpop",
-                "blmove",
-                "brpoplpush",
-                "bzpopmin",
-                "bzpopmax",
-            ]
-            .iter()
-            .any(|w| is(name, w))
-            {
-                Blocking::One
-            } else {
-                Blocking::No
-            }
-        }
-        b'x' if is(name, "xread") || is(name, "xreadgroup") => {
-            if args.iter().any(|a| is(a, "block")) {
-                Blocking::One
-            } else {
-                Blocking::No
-            }
-        }
-        _ => Blocking::No,
+/// may block its client on lists or sorted sets, and on which keys. Only
+/// names that start with `b` are looked at. (`XREAD … BLOCK` served fires
+/// no event a hint expects.)
+pub fn blocking<'a>(name: &[u8], args: &[&'a [u8]]) -> Option<Blocking<'a>> {
+    if name.first().map(|c| c | 0x20) != Some(b'b') {
+        return None;
     }
+    let one = |keys: &[&'a [u8]]| {
+        Some(Blocking {
+            keys: keys.to_vec(),
+            many: false,
+        })
+    };
+    if is(name, "blmpop") || is(name, "bzmpop") {
+        // timeout numkeys key [key ...] LEFT|RIGHT|MIN|MAX [COUNT n]
+        let n = std::str::from_utf8(args.get(1)?)
+            .ok()?
+            .parse::<usize>()
+            .ok()?;
+        let keys = args.get(2..2usize.checked_add(n)?)?;
+        return Some(Blocking {
+            keys: keys.to_vec(),
+            many: true,
+        });
+    }
+    if is(name, "blmove") || is(name, "brpoplpush") {
+        return one(args.get(..2)?);
+    }
+    if ["blpop", "brpop", "bzpopmin", "bzpopmax"]
+        .iter()
+        .any(|w| is(name, w))
+    {
+        return one(args.get(..args.len().checked_sub(1)?)?);
+    }
+    None
 }
 
 /// The events a served blocked client fires on the keys it pops from or
@@ -119,24 +118,34 @@ mod tests {
             .unwrap_or_else(|| panic!("no hint for {cmd}"))
     }
 
-    fn args(cmd: &str) -> Blocking {
-        let argv: Vec<&[u8]> = cmd.split_whitespace().map(str::as_bytes).collect();
-        blocking(argv[0], &argv[1..])
-    }
-
     #[test]
-    fn blocking_commands_are_told_apart() {
-        assert_eq!(args("BLPOP a b 0"), Blocking::One);
-        assert_eq!(args("brpoplpush a b 1"), Blocking::One);
-        assert_eq!(args("BLMOVE a b LEFT RIGHT 0"), Blocking::One);
-        assert_eq!(args("BZPOPMAX z 0"), Blocking::One);
-        assert_eq!(args("BLMPOP 0 1 a LEFT COUNT 5"), Blocking::Many);
-        assert_eq!(args("bzmpop 0 1 z MIN"), Blocking::Many);
-        assert_eq!(args("XREAD BLOCK 0 STREAMS s $"), Blocking::One);
-        assert_eq!(args("XREADGROUP GROUP g c STREAMS s >"), Blocking::No);
-        assert_eq!(args("XREAD STREAMS s 0"), Blocking::No);
-        assert_eq!(args("LPOP a"), Blocking::No);
-        assert_eq!(args("BITCOUNT a"), Blocking::No);
+    fn blocking_commands_name_the_keys_a_served_client_touches() {
+        let keys = |cmd: &str| {
+            let argv: Vec<&[u8]> = cmd.split_whitespace().map(str::as_bytes).collect();
+            blocking(argv[0], &argv[1..]).map(|b| {
+                let k: Vec<String> = b
+                    .keys
+                    .iter()
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .collect();
+                (k.join(" "), b.many)
+            })
+        };
+        let one = |s: &str| Some((s.to_string(), false));
+        assert_eq!(keys("BLPOP a b 0"), one("a b"));
+        assert_eq!(keys("brpoplpush a b 1"), one("a b"));
+        assert_eq!(keys("BLMOVE a b LEFT RIGHT 0"), one("a b"));
+        assert_eq!(keys("BZPOPMAX z 0"), one("z"));
+        assert_eq!(
+            keys("BLMPOP 0 2 a c LEFT COUNT 5"),
+            Some(("a c".into(), true))
+        );
+        assert_eq!(keys("bzmpop 0 1 z MIN"), Some(("z".into(), true)));
+        assert_eq!(keys("BLMPOP 0 9 a LEFT"), None);
+        assert_eq!(keys("BLPOP"), None);
+        assert_eq!(keys("XREAD BLOCK 0 STREAMS s $"), None);
+        assert_eq!(keys("LPOP a"), None);
+        assert_eq!(keys("BITCOUNT a"), None);
     }
 
     #[test]

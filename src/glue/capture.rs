@@ -25,7 +25,7 @@
 //! with no hint leaves the key to be read back whole at flush time.
 
 use std::os::raw::{c_char, c_int, c_void};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use redis_module::{raw, Context};
@@ -35,7 +35,7 @@ use super::guard::guarded;
 use crate::core::dirty::{DirtyLog, Expiry};
 use crate::core::list_op::ListOp;
 use crate::core::protocol::{ElementChange, Shape};
-use crate::core::served::{self, Blocking};
+use crate::core::served;
 use crate::core::write_hint::{describe, float_incr_change, zincr_change, EventFit, KeyHint};
 use crate::state::Shared;
 
@@ -116,32 +116,67 @@ fn set_options_expiry<'a>(mut opts: impl Iterator<Item = &'a [u8]>) -> Option<Ex
     Some(expiry)
 }
 
-/// Set while a client may be blocked (`core::served`): [`GUARD_ONE`] or
-/// [`GUARD_MANY`] (a multi-pop command may be blocked), 0 when none is.
-/// Set by the filter when it sees a blocking command; cleared at
-/// before-sleep once the server counts no blocked client.
-static SERVED_GUARD: AtomicU8 = AtomicU8::new(0);
-/// A blocking command that pops one element may be waiting.
-const GUARD_ONE: u8 = 1;
-/// A blocking command that may pop several elements may be waiting.
-const GUARD_MANY: u8 = 2;
+/// While a client may be blocked (`core::served`): the keys blocking
+/// commands named (what a served client may pop from or push to), and
+/// whether one of them may pop several elements. Filled by the filter when
+/// it sees a blocking command; emptied at before-sleep once the server
+/// counts no blocked client. Past [`SERVED_KEYS_MAX`] names every key is
+/// guarded.
+struct ServedGuard {
+    keys: rustc_hash::FxHashSet<Vec<u8>>,
+    all: bool,
+    many: bool,
+}
+
+/// Bound of [`ServedGuard::keys`].
+const SERVED_KEYS_MAX: usize = 10_000;
+
+static SERVED: Mutex<Option<ServedGuard>> = Mutex::new(None);
+/// Cheap check for "is the guard up" on every event.
+static SERVED_UP: AtomicBool = AtomicBool::new(false);
+
+fn served_guard() -> MutexGuard<'static, Option<ServedGuard>> {
+    SERVED.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Before-sleep: drop the served-client guard once no client is blocked
 /// (the count is asked only while the guard is up).
 pub fn settle_served_guard(ctx: &Context) {
-    if SERVED_GUARD.load(Ordering::Relaxed) != 0 && ffi::blocked_clients(ctx) == Some(0) {
-        SERVED_GUARD.store(0, Ordering::Relaxed);
+    if SERVED_UP.load(Ordering::Relaxed) && ffi::blocked_clients(ctx) == Some(0) {
+        *served_guard() = None;
+        SERVED_UP.store(false, Ordering::Relaxed);
     }
 }
 
 /// The filter saw a command that may block its client.
-fn note_blocking(kind: Blocking) {
-    let level = match kind {
-        Blocking::No => return,
-        Blocking::One => GUARD_ONE,
-        Blocking::Many => GUARD_MANY,
-    };
-    SERVED_GUARD.fetch_max(level, Ordering::Relaxed);
+fn note_blocking(b: &served::Blocking<'_>) {
+    let mut g = served_guard();
+    let g = g.get_or_insert_with(|| ServedGuard {
+        keys: Default::default(),
+        all: false,
+        many: false,
+    });
+    g.many |= b.many;
+    if !g.all {
+        g.keys.extend(b.keys.iter().map(|k| k.to_vec()));
+        if g.keys.len() > SERVED_KEYS_MAX {
+            g.all = true;
+            g.keys = Default::default();
+        }
+    }
+    SERVED_UP.store(true, Ordering::Relaxed);
+}
+
+/// May the hint's record of `event` on `key` stand, given the guard?
+fn served_trust(h: &mut crate::core::write_hint::KeyHint, key: &[u8], event: &[u8]) -> bool {
+    if !SERVED_UP.load(Ordering::Relaxed) {
+        return true;
+    }
+    let g = served_guard();
+    match g.as_ref() {
+        Some(g) if g.all || g.keys.contains(key) => served::trust(h, event, g.many),
+        _ => true,
+    }
 }
 
 /// The element hint of the command the filter saw last (see the module
@@ -178,8 +213,7 @@ fn elem_event(
     let mut hints = elem_hint();
     let h = hints.iter_mut().find(|h| h.key == key)?;
     let mut fit = h.on_event(event);
-    let guard = SERVED_GUARD.load(Ordering::Relaxed);
-    if fit == EventFit::Record && guard != 0 && !served::trust(h, event, guard == GUARD_MANY) {
+    if fit == EventFit::Record && !served_trust(h, key, event) {
         // A blocked client may be served now, under this hint (`core::served`).
         h.break_it();
         fit = EventFit::Unexpected;
@@ -720,11 +754,11 @@ pub unsafe extern "C" fn on_command_filter(fctx: *mut raw::RedisModuleCommandFil
         // included (a hint armed by a command queued in MULTI must not meet
         // that transaction's events).
         disarm_elem_hint();
-        if argc > 0 && name[0] | 0x20 == b'b' {
-            note_blocking(served::blocking(name, &[]));
-        } else if is_cmd(name, "xread") || is_cmd(name, "xreadgroup") {
+        if argc > 1 && name[0] | 0x20 == b'b' {
             let args: Vec<&[u8]> = (1..argc).map(|i| ffi::filter_arg(fctx, i)).collect();
-            note_blocking(served::blocking(name, &args));
+            if let Some(b) = served::blocking(name, &args) {
+                note_blocking(&b);
+            }
         }
         // Not while nothing is captured (a passive replica sees every
         // replicated write here, and our own applies pass through here).
