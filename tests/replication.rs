@@ -904,6 +904,149 @@ fn applied_writes_reach_replicas_watchers_and_subscribers() {
     );
 }
 
+/// The peer's stream appends are applied through the key API, not `XADD`
+/// (`glue::stream_append`), and must still do all that `XADD` does on this
+/// server: a native replica gets the same stream (same entries, IDs and
+/// counters), keyspace subscribers hear `xadd`, WATCH is invalidated, a
+/// reader blocked in `XREAD BLOCK` is served, and the changes count for the
+/// `save` points (`rdb_changes_since_last_save`).
+#[test]
+fn applied_stream_appends_reach_replicas_readers_watchers_and_save_points() {
+    let pair = Pair::start_with(&[], &["--notify-keyspace-events", "KA"]);
+    pair.wait_link_up(T);
+    let (mut a, mut b) = pair.conns();
+    let replica = native_replica_of_a(&pair);
+    let mut r = replica.conn();
+    wait_for("replica linked", T, || {
+        redis::cmd("INFO")
+            .arg("replication")
+            .query::<String>(&mut r)
+            .is_ok_and(|s| s.contains("master_link_status:up"))
+    });
+    cmd(&mut b, &["XADD", "ev", "1-1", "f", "first"]);
+    wait_for("the stream reached a", T, || {
+        a.exists::<_, bool>("ev").unwrap_or(false)
+    });
+    let changes = |c: &mut redis::Connection| -> i64 {
+        let info: String = redis::cmd("INFO")
+            .arg("persistence")
+            .query(c)
+            .expect("INFO");
+        info.lines()
+            .find_map(|l| l.strip_prefix("rdb_changes_since_last_save:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("rdb_changes_since_last_save")
+    };
+    let before = changes(&mut a);
+    let mut watcher = pair.a.conn();
+    cmd(&mut watcher, &["WATCH", "ev"]);
+    let mut sub = pair.a.client().get_connection().expect("sub conn");
+    let mut ps = sub.as_pubsub();
+    ps.subscribe("__keyspace@0__:ev").expect("SUBSCRIBE");
+    ps.set_read_timeout(Some(T)).expect("timeout");
+    thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut c = pair.a.conn();
+            redis::cmd("XREAD")
+                .arg("BLOCK")
+                .arg(20_000)
+                .arg("STREAMS")
+                .arg("ev")
+                .arg("$")
+                .query::<redis::Value>(&mut c)
+                .expect("XREAD BLOCK")
+        });
+        wait_for("the reader blocked", T, || {
+            let info: String = redis::cmd("INFO")
+                .arg("clients")
+                .query(&mut a)
+                .expect("INFO");
+            info.contains("blocked_clients:1")
+        });
+        let _: () = redis::pipe()
+            .cmd("XADD")
+            .arg("ev")
+            .arg("*")
+            .arg("f")
+            .arg("second")
+            .ignore()
+            .cmd("XADD")
+            .arg("ev")
+            .arg("*")
+            .arg("f")
+            .arg("third")
+            .arg("g")
+            .arg("x")
+            .ignore()
+            .cmd("XADD")
+            .arg("ev")
+            .arg("MAXLEN")
+            .arg("10")
+            .arg("*")
+            .arg("f")
+            .arg("fourth")
+            .ignore()
+            .query(&mut b)
+            .expect("XADD pipeline");
+        let served = format!("{:?}", reader.join().expect("the XREAD client"));
+        assert!(served.contains("second"), "the blocked reader got {served}");
+    });
+    for _ in 0..3 {
+        let msg = ps.get_message().expect("keyspace message");
+        let event: String = msg.get_payload().expect("payload");
+        assert_eq!(event, "xadd");
+    }
+    let res: Option<Vec<String>> = redis::pipe()
+        .atomic()
+        .cmd("SET")
+        .arg("other")
+        .arg("1")
+        .query(&mut watcher)
+        .expect("EXEC");
+    assert_eq!(res, None, "EXEC must abort after a watched stream changed");
+    assert!(
+        changes(&mut a) >= before + 3,
+        "applied appends did not count as changes for the save points"
+    );
+    let stream = |c: &mut redis::Connection| -> String {
+        let entries: redis::Value = redis::cmd("XRANGE")
+            .arg("ev")
+            .arg("-")
+            .arg("+")
+            .query(c)
+            .expect("XRANGE");
+        let info = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg("ev")
+            .query::<redis::Value>(c)
+            .map_or_else(|e| format!("{e}"), |v| format!("{v:?}"));
+        let digest: String = redis::cmd("DEBUG")
+            .arg("DIGEST-VALUE")
+            .arg("ev")
+            .query::<Vec<String>>(c)
+            .ok()
+            .and_then(|v| v.into_iter().next())
+            .unwrap_or_default();
+        format!("{entries:?} {info} {digest}")
+    };
+    wait_for("the replica of a holds a's stream", T, || {
+        stream(&mut r) == stream(&mut a)
+    });
+    wait_for("b and a hold one stream", T, || {
+        stream(&mut b) == stream(&mut a)
+    });
+    // b has no replica and no AOF: its applies are not propagated, yet they count too.
+    let before = changes(&mut b);
+    cmd(&mut a, &["XADD", "ev", "*", "f", "from-a"]);
+    wait_for("b applied a's append", T, || {
+        stream(&mut b) == stream(&mut a)
+    });
+    assert!(
+        changes(&mut b) > before,
+        "an append applied without replicas or AOF did not count for the save points"
+    );
+}
+
 /// Plain SETs ship the value the command filter saw instead of reading the
 /// key back. Cases where that value is not what the key holds must fall
 /// back to reading it: a SET queued in MULTI (here the same key name in two

@@ -299,6 +299,22 @@ fn normalize(index: i64, len: usize) -> Option<usize> {
     (0..len).contains(&i).then_some(i as usize)
 }
 
+/// A stream entry ID as `XADD` prints it (`ms-seq`), as its two numbers;
+/// `None` for anything else (`*`, `ms` alone, `ms-*`, out of range).
+///
+/// Why here: the apply appends a peer's entries through the key API, which
+/// takes the ID as numbers; whatever does not parse goes the command way,
+/// where the server's own parser answers.
+pub fn stream_id(id: &[u8]) -> Option<(u64, u64)> {
+    let text = std::str::from_utf8(id).ok()?;
+    let (ms, seq) = text.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(ms) || !digits(seq) {
+        return None;
+    }
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,5 +430,28 @@ mod tests {
         assert_eq!((name, args), ("RPOP", vec![v("3")]));
         let (name, args) = ListOp::Trim { start: -2, stop: 5 }.command();
         assert_eq!((name, args), ("LTRIM", vec![v("-2"), v("5")]));
+    }
+
+    #[test]
+    fn stream_ids_parse_only_in_their_printed_form() {
+        assert_eq!(stream_id(b"1700000000000-3"), Some((1_700_000_000_000, 3)));
+        assert_eq!(stream_id(b"0-1"), Some((0, 1)));
+        assert_eq!(
+            stream_id(b"18446744073709551615-18446744073709551615"),
+            Some((u64::MAX, u64::MAX))
+        );
+        for bad in [
+            &b"*"[..],
+            b"5",
+            b"5-*",
+            b"-1",
+            b"5-",
+            b"5-+1",
+            b"18446744073709551616-0",
+            b"5-1-2",
+            b"\xff",
+        ] {
+            assert_eq!(stream_id(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 }

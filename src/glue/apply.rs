@@ -169,8 +169,14 @@ fn flush_keeping(
     Ok(())
 }
 
-/// Replay a peer's list command on our identical list.
-fn replay_list(ctx: &Context, key: &[u8], op: &ListOp) -> Result<(), String> {
+/// Replay a peer's list command on our identical list (stream appends
+/// through the key API, `glue::stream_append`).
+fn replay_list(ctx: &Context, key: &[u8], op: &ListOp, propagate: bool) -> Result<(), String> {
+    if let ListOp::XAdd { entries } = op {
+        if super::stream_append::fits(entries) {
+            return super::stream_append::append(ctx, key, entries, propagate);
+        }
+    }
     for (name, rest) in op.commands() {
         let mut args: Vec<&[u8]> = Vec::with_capacity(1 + rest.len());
         args.push(key);
@@ -601,7 +607,7 @@ fn apply_batch(
                 reship.extend(won.into_iter().map(|k| (db, k)));
             }
             Step::List { db, key, op } => {
-                if let Err(e) = replay_list(ctx, key, op) {
+                if let Err(e) = replay_list(ctx, key, op, propagate) {
                     // Our list is not the one the origin held (a bug, or a
                     // write outside what the module sees): last-writer-wins
                     // on images settles it rather than leaving it apart.

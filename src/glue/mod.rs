@@ -13,6 +13,7 @@ pub mod guard;
 pub mod load;
 pub mod node;
 pub mod server;
+pub mod stream_append;
 pub mod trace;
 pub mod unshared;
 pub mod waiters;
