@@ -116,69 +116,6 @@ fn set_options_expiry<'a>(mut opts: impl Iterator<Item = &'a [u8]>) -> Option<Ex
     Some(expiry)
 }
 
-/// While a client may be blocked (`core::served`): the keys blocking
-/// commands named (what a served client may pop from or push to), and
-/// whether one of them may pop several elements. Filled by the filter when
-/// it sees a blocking command; emptied at before-sleep once the server
-/// counts no blocked client. Past [`SERVED_KEYS_MAX`] names every key is
-/// guarded.
-struct ServedGuard {
-    keys: rustc_hash::FxHashSet<Vec<u8>>,
-    all: bool,
-    many: bool,
-}
-
-/// Bound of [`ServedGuard::keys`].
-const SERVED_KEYS_MAX: usize = 10_000;
-
-static SERVED: Mutex<Option<ServedGuard>> = Mutex::new(None);
-/// Cheap check for "is the guard up" on every event.
-static SERVED_UP: AtomicBool = AtomicBool::new(false);
-
-fn served_guard() -> MutexGuard<'static, Option<ServedGuard>> {
-    SERVED.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Before-sleep: drop the served-client guard once no client is blocked
-/// (the count is asked only while the guard is up).
-pub fn settle_served_guard(ctx: &Context) {
-    if SERVED_UP.load(Ordering::Relaxed) && ffi::blocked_clients(ctx) == Some(0) {
-        *served_guard() = None;
-        SERVED_UP.store(false, Ordering::Relaxed);
-    }
-}
-
-/// The filter saw a command that may block its client.
-fn note_blocking(b: &served::Blocking<'_>) {
-    let mut g = served_guard();
-    let g = g.get_or_insert_with(|| ServedGuard {
-        keys: Default::default(),
-        all: false,
-        many: false,
-    });
-    g.many |= b.many;
-    if !g.all {
-        g.keys.extend(b.keys.iter().map(|k| k.to_vec()));
-        if g.keys.len() > SERVED_KEYS_MAX {
-            g.all = true;
-            g.keys = Default::default();
-        }
-    }
-    SERVED_UP.store(true, Ordering::Relaxed);
-}
-
-/// May the hint's record of `event` on `key` stand, given the guard?
-fn served_trust(h: &mut crate::core::write_hint::KeyHint, key: &[u8], event: &[u8]) -> bool {
-    if !SERVED_UP.load(Ordering::Relaxed) {
-        return true;
-    }
-    let g = served_guard();
-    match g.as_ref() {
-        Some(g) if g.all || g.keys.contains(key) => served::trust(h, event, g.many),
-        _ => true,
-    }
-}
-
 /// The element hint of the command the filter saw last (see the module
 /// doc); empty when there is none.
 static ELEM_HINT: Mutex<Vec<KeyHint>> = Mutex::new(Vec::new());
@@ -213,7 +150,7 @@ fn elem_event(
     let mut hints = elem_hint();
     let h = hints.iter_mut().find(|h| h.key == key)?;
     let mut fit = h.on_event(event);
-    if fit == EventFit::Record && !served_trust(h, key, event) {
+    if fit == EventFit::Record && !super::served_guard::trust(h, key, event) {
         // A blocked client may be served now, under this hint (`core::served`).
         h.break_it();
         fit = EventFit::Unexpected;
@@ -757,7 +694,7 @@ pub unsafe extern "C" fn on_command_filter(fctx: *mut raw::RedisModuleCommandFil
         if argc > 1 && name[0] | 0x20 == b'b' {
             let args: Vec<&[u8]> = (1..argc).map(|i| ffi::filter_arg(fctx, i)).collect();
             if let Some(b) = served::blocking(name, &args) {
-                note_blocking(&b);
+                super::served_guard::note(&b);
             }
         }
         // Not while nothing is captured (a passive replica sees every

@@ -42,7 +42,7 @@ pub unsafe extern "C" fn on_event_loop(
         // No command's events follow until the next command passes the filter.
         super::capture::disarm_hints();
         let Some(shared) = Shared::get() else { return };
-        super::capture::settle_served_guard(&Context::new(ctx));
+        super::served_guard::settle(&Context::new(ctx));
         // First thing: what arrived before this event (and its command clock) began.
         let queued = shared.inbound_rx.len();
         let ctx = Context::new(ctx);

@@ -12,6 +12,7 @@ pub mod fullsync;
 pub mod guard;
 pub mod load;
 pub mod node;
+pub mod served_guard;
 pub mod server;
 pub mod stream_append;
 pub mod trace;
