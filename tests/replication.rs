@@ -843,14 +843,7 @@ fn applied_writes_reach_replicas_watchers_and_subscribers() {
     let pair = Pair::start_with(&[], &["--notify-keyspace-events", "KA"]);
     pair.wait_link_up(T);
     let (mut a, mut b) = pair.conns();
-    let replica = native_replica_of_a(&pair);
-    let mut r = replica.conn();
-    wait_for("replica linked", T, || {
-        redis::cmd("INFO")
-            .arg("replication")
-            .query::<String>(&mut r)
-            .is_ok_and(|s| s.contains("master_link_status:up"))
-    });
+    let (_replica, mut r) = linked_replica_of_a(&pair);
     // A watcher and a subscriber on A.
     let mut watcher = pair.a.conn();
     cmd(&mut watcher, &["WATCH", "w"]);
@@ -915,14 +908,7 @@ fn applied_stream_appends_reach_replicas_readers_watchers_and_save_points() {
     let pair = Pair::start_with(&[], &["--notify-keyspace-events", "KA"]);
     pair.wait_link_up(T);
     let (mut a, mut b) = pair.conns();
-    let replica = native_replica_of_a(&pair);
-    let mut r = replica.conn();
-    wait_for("replica linked", T, || {
-        redis::cmd("INFO")
-            .arg("replication")
-            .query::<String>(&mut r)
-            .is_ok_and(|s| s.contains("master_link_status:up"))
-    });
+    let (_replica, mut r) = linked_replica_of_a(&pair);
     cmd(&mut b, &["XADD", "ev", "1-1", "f", "first"]);
     wait_for("the stream reached a", T, || {
         a.exists::<_, bool>("ev").unwrap_or(false)
@@ -1124,6 +1110,19 @@ fn known_set_values_never_ship_a_stale_value() {
 
 /// A native replica of `pair.a` that loads the module too (it must stay
 /// passive).
+/// [`native_replica_of_a`], once its link to a is up, with a connection.
+fn linked_replica_of_a(pair: &Pair) -> (Server, redis::Connection) {
+    let replica = native_replica_of_a(pair);
+    let mut r = replica.conn();
+    wait_for("replica linked", T, || {
+        redis::cmd("INFO")
+            .arg("replication")
+            .query::<String>(&mut r)
+            .is_ok_and(|s| s.contains("master_link_status:up"))
+    });
+    (replica, r)
+}
+
 fn native_replica_of_a(pair: &Pair) -> Server {
     let lc = free_port();
     ServerBuilder::new()

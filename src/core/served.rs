@@ -40,12 +40,30 @@ fn is(name: &[u8], want: &str) -> bool {
     name.eq_ignore_ascii_case(want.as_bytes())
 }
 
+/// Whether `name` is one of the blocking list and sorted-set commands: a
+/// test on the name alone, so the filter copies no arguments of others.
+pub fn blocking_name(name: &[u8]) -> bool {
+    name.first().map(|c| c | 0x20) == Some(b'b')
+        && [
+            "blpop",
+            "brpop",
+            "blmove",
+            "brpoplpush",
+            "bzpopmin",
+            "bzpopmax",
+            "blmpop",
+            "bzmpop",
+        ]
+        .iter()
+        .any(|w| is(name, w))
+}
+
 /// Whether the command `name` (with `args`, its arguments after the name)
 /// may block its client on lists or sorted sets, and on which keys. Only
 /// names that start with `b` are looked at. (`XREAD … BLOCK` served fires
 /// no event a hint expects.)
 pub fn blocking<'a>(name: &[u8], args: &[&'a [u8]]) -> Option<Blocking<'a>> {
-    if name.first().map(|c| c | 0x20) != Some(b'b') {
+    if !blocking_name(name) {
         return None;
     }
     let one = |keys: &[&'a [u8]]| {

@@ -691,7 +691,7 @@ pub unsafe extern "C" fn on_command_filter(fctx: *mut raw::RedisModuleCommandFil
         // included (a hint armed by a command queued in MULTI must not meet
         // that transaction's events).
         disarm_elem_hint();
-        if argc > 1 && name[0] | 0x20 == b'b' {
+        if argc > 1 && served::blocking_name(name) {
             let args: Vec<&[u8]> = (1..argc).map(|i| ffi::filter_arg(fctx, i)).collect();
             if let Some(b) = served::blocking(name, &args) {
                 super::served_guard::note(&b);

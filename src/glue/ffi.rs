@@ -66,6 +66,26 @@ unsafe fn with_open_key<T>(
     key: &[u8],
     f: impl FnOnce(*mut raw::RedisModuleKey) -> T,
 ) -> Option<T> {
+    // Our own reads must not change what clients see: no LRU/LFU touch, and on 7.2+ no lazy
+    // expiry (which would delete the key and propagate a DEL out of order), no keyspace
+    // hit/miss counts.
+    let mode = raw::REDISMODULE_READ as c_int | super::server::quiet_open_flags();
+    with_key(ctx, key, mode, |_, k| f(k))
+}
+
+/// Run `f` with the name of `key` (a module string) and the key opened in
+/// `mode` in the selected db (a null handle if it cannot be opened); closed
+/// and freed afterwards. `None`: the key API is unavailable or the name
+/// could not be made.
+///
+/// # Safety
+/// Main thread with a live context; `f` must keep neither pointer.
+pub(super) unsafe fn with_key<T>(
+    ctx: &Context,
+    key: &[u8],
+    mode: c_int,
+    f: impl FnOnce(*mut raw::RedisModuleString, *mut raw::RedisModuleKey) -> T,
+) -> Option<T> {
     let create = raw::RedisModule_CreateString?;
     let open = raw::RedisModule_OpenKey?;
     let close = raw::RedisModule_CloseKey?;
@@ -74,12 +94,8 @@ unsafe fn with_open_key<T>(
     if name.is_null() {
         return None;
     }
-    // Our own reads must not change what clients see: no LRU/LFU touch, and on 7.2+ no lazy
-    // expiry (which would delete the key and propagate a DEL out of order), no keyspace
-    // hit/miss counts.
-    let mode = raw::REDISMODULE_READ as c_int | super::server::quiet_open_flags();
     let k = open(ctx.ctx, name, mode);
-    let out = f(k.cast());
+    let out = f(name, k.cast());
     if !k.is_null() {
         close(k);
     }

@@ -39,102 +39,91 @@ pub fn append(
     entries: &[(Vec<u8>, Vec<Vec<u8>>)],
     propagate: bool,
 ) -> Result<(), String> {
-    // SAFETY: main thread with a live context (the before-sleep apply); every
-    // string created here is freed before returning, and the key is closed
-    // before the strings it was opened with are freed.
+    // SAFETY: main thread with a live context (the before-sleep apply); the
+    // key and its name live for the closure (`ffi::with_key`).
     unsafe {
-        let (
-            Some(create),
-            Some(free),
-            Some(open),
-            Some(close),
-            Some(ktype),
-            Some(add),
-            Some(notify),
-            Some(replicate),
-        ) = (
-            raw::RedisModule_CreateString,
-            raw::RedisModule_FreeString,
-            raw::RedisModule_OpenKey,
-            raw::RedisModule_CloseKey,
-            raw::RedisModule_KeyType,
-            raw::RedisModule_StreamAdd,
-            raw::RedisModule_NotifyKeyspaceEvent,
-            raw::RedisModule_Replicate,
-        )
-        else {
-            return Err("the stream key API is unavailable".into());
-        };
-        let string = |b: &[u8]| create(ctx.ctx, b.as_ptr().cast::<c_char>(), b.len());
-        let name = string(key);
-        if name.is_null() {
-            return Err("cannot create a key name".into());
-        }
-        let k = open(ctx.ctx, name, raw::REDISMODULE_WRITE as c_int).cast::<raw::RedisModuleKey>();
-        let mut result = Ok(());
-        if k.is_null() {
-            result = Err("cannot open the stream".into());
-        } else {
-            let t = ktype(k) as isize;
-            if t != raw::REDISMODULE_KEYTYPE_EMPTY && t != raw::REDISMODULE_KEYTYPE_STREAM {
-                result = Err("WRONGTYPE: not a stream".into());
-            }
-        }
-        let mut argv: Vec<*mut raw::RedisModuleString> = Vec::new();
-        for (id, fields) in entries {
-            if result.is_err() {
-                break;
-            }
-            let Some((ms, seq)) = stream_id(id) else {
-                result = Err(format!("bad stream ID {:?}", String::from_utf8_lossy(id)));
-                break;
-            };
-            // [key, id, field, value, ...]: the fields for the append, all of
-            // it for the propagated XADD.
-            argv.clear();
-            argv.push(name);
-            argv.push(string(id));
-            argv.extend(fields.iter().map(|f| string(f)));
-            if argv.iter().any(|s| s.is_null()) {
-                result = Err("cannot create a stream field".into());
-            } else {
-                let mut sid = raw::RedisModuleStreamID { ms, seq };
-                let pairs = (fields.len() / 2) as i64;
-                if add(k, 0, &mut sid, argv.as_mut_ptr().add(2), pairs)
-                    != raw::REDISMODULE_OK as c_int
-                {
-                    result = Err(format!(
-                        "the stream refused entry {} (not above its last ID?)",
-                        String::from_utf8_lossy(id)
-                    ));
-                } else {
-                    notify(
-                        ctx.ctx,
-                        raw::REDISMODULE_NOTIFY_STREAM as c_int,
-                        c"xadd".as_ptr(),
-                        name,
-                    );
-                    if propagate {
-                        replicate(
-                            ctx.ctx,
-                            c"XADD".as_ptr(),
-                            c"v".as_ptr(),
-                            argv.as_ptr(),
-                            argv.len(),
-                        );
-                    } else {
-                        replicate(ctx.ctx, c"XADD".as_ptr(), c"AR".as_ptr());
-                    }
-                }
-            }
-            for s in argv.iter().skip(1).filter(|s| !s.is_null()) {
-                free(ctx.ctx, *s);
-            }
-        }
-        if !k.is_null() {
-            close(k);
-        }
-        free(ctx.ctx, name);
-        result
+        super::ffi::with_key(ctx, key, raw::REDISMODULE_WRITE as c_int, |name, k| {
+            append_to(ctx, name, k, entries, propagate)
+        })
+        .unwrap_or_else(|| Err("the key API is unavailable".into()))
     }
+}
+
+/// [`append`] on the open key `k` named `name`.
+///
+/// # Safety
+/// Main thread with a live context; `name` and `k` (maybe null) are live.
+unsafe fn append_to(
+    ctx: &Context,
+    name: *mut raw::RedisModuleString,
+    k: *mut raw::RedisModuleKey,
+    entries: &[(Vec<u8>, Vec<Vec<u8>>)],
+    propagate: bool,
+) -> Result<(), String> {
+    let (Some(create), Some(free), Some(ktype), Some(add), Some(notify), Some(replicate)) = (
+        raw::RedisModule_CreateString,
+        raw::RedisModule_FreeString,
+        raw::RedisModule_KeyType,
+        raw::RedisModule_StreamAdd,
+        raw::RedisModule_NotifyKeyspaceEvent,
+        raw::RedisModule_Replicate,
+    ) else {
+        return Err("the stream key API is unavailable".into());
+    };
+    if k.is_null() {
+        return Err("cannot open the stream".into());
+    }
+    let t = ktype(k) as isize;
+    if t != raw::REDISMODULE_KEYTYPE_EMPTY && t != raw::REDISMODULE_KEYTYPE_STREAM {
+        return Err("WRONGTYPE: not a stream".into());
+    }
+    let string = |b: &[u8]| create(ctx.ctx, b.as_ptr().cast::<c_char>(), b.len());
+    // [key, id, field, value, ...]: the fields for the append, all of it for
+    // the propagated XADD.
+    let mut argv: Vec<*mut raw::RedisModuleString> = Vec::new();
+    for (id, fields) in entries {
+        let (ms, seq) = stream_id(id)
+            .ok_or_else(|| format!("bad stream ID {:?}", String::from_utf8_lossy(id)))?;
+        argv.clear();
+        argv.push(name);
+        argv.push(string(id));
+        argv.extend(fields.iter().map(|f| string(f)));
+        let outcome = if argv.iter().any(|s| s.is_null()) {
+            Err("cannot create a stream field".to_string())
+        } else {
+            let mut sid = raw::RedisModuleStreamID { ms, seq };
+            let pairs = (fields.len() / 2) as i64;
+            if add(k, 0, &mut sid, argv.as_mut_ptr().add(2), pairs) != raw::REDISMODULE_OK as c_int
+            {
+                Err(format!(
+                    "the stream refused entry {} (not above its last ID?)",
+                    String::from_utf8_lossy(id)
+                ))
+            } else {
+                notify(
+                    ctx.ctx,
+                    raw::REDISMODULE_NOTIFY_STREAM as c_int,
+                    c"xadd".as_ptr(),
+                    name,
+                );
+                if propagate {
+                    replicate(
+                        ctx.ctx,
+                        c"XADD".as_ptr(),
+                        c"v".as_ptr(),
+                        argv.as_ptr(),
+                        argv.len(),
+                    );
+                } else {
+                    replicate(ctx.ctx, c"XADD".as_ptr(), c"AR".as_ptr());
+                }
+                Ok(())
+            }
+        };
+        for s in argv.iter().skip(1).filter(|s| !s.is_null()) {
+            free(ctx.ctx, *s);
+        }
+        outcome?;
+    }
+    Ok(())
 }
