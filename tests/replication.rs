@@ -1255,3 +1255,103 @@ fn a_key_larger_than_a_frame_is_left_out_with_a_clear_error() {
         assert!(log.contains(key), "the log names {key}");
     }
 }
+
+/// A consumer group's traffic on a big stream ships the groups, not the
+/// stream: `XREADGROUP` and `XACK` on a 20,000-entry stream cost a few
+/// hundred link bytes each (the whole stream, ~600 KB, before), and the
+/// peer's groups, consumers and pending entries (with their delivery times
+/// and counts) end equal. Also a reader blocked in `XREADGROUP … BLOCK` and
+/// served by an append from the peer: the server serves it unseen by the
+/// command filter, and its delivery still reaches the peer.
+#[test]
+fn consumer_group_traffic_ships_the_groups_not_the_entries() {
+    let pair = Pair::start();
+    pair.wait_link_up(T);
+    let (mut a, mut b) = pair.conns();
+    let mut p = redis::pipe();
+    for i in 0..20_000 {
+        p.cmd("XADD")
+            .arg("ev")
+            .arg("*")
+            .arg("payload")
+            .arg(format!("entry-{i:08}"))
+            .ignore();
+    }
+    let _: () = p.query(&mut a).expect("pipeline");
+    cmd(&mut a, &["XGROUP", "CREATE", "ev", "g", "0"]);
+    cmd(&mut a, &["XGROUP", "CREATECONSUMER", "ev", "g", "c1"]);
+    let same = |a: &mut redis::Connection, b: &mut redis::Connection| {
+        snapshot(a, &[0]) == snapshot(b, &[0])
+    };
+    wait_for("b holds the stream and its group", T, || {
+        same(&mut a, &mut b)
+    });
+    let before = stat(&pair.a, "bytes_sent");
+    let mut ops = 0u64;
+    for _ in 0..20 {
+        let read: redis::Value = redis::cmd("XREADGROUP")
+            .arg(&["GROUP", "g", "c1", "COUNT", "10", "STREAMS", "ev", ">"])
+            .query(&mut a)
+            .expect("XREADGROUP");
+        let ids: Vec<String> = format!("{read:?}")
+            .split('"')
+            .filter(|s| s.contains('-') && s.chars().all(|c| c.is_ascii_digit() || c == '-'))
+            .map(str::to_string)
+            .collect();
+        assert!(ids.len() >= 10, "read delivered {ids:?}");
+        // Leave some pending: the peer's PEL must match, not just be empty.
+        let mut ack = vec!["XACK", "ev", "g"];
+        ack.extend(ids.iter().take(7).map(String::as_str));
+        cmd(&mut a, &ack);
+        ops += 2;
+    }
+    wait_for("b holds a's groups", T, || same(&mut a, &mut b));
+    let per_op = (stat(&pair.a, "bytes_sent") - before) / ops;
+    assert!(
+        per_op < 3_000,
+        "a group command cost {per_op} link bytes, as if the 20,000 entries travelled"
+    );
+    let pending: Vec<redis::Value> = redis::cmd("XPENDING")
+        .arg(&["ev", "g", "-", "+", "1000"])
+        .query(&mut b)
+        .expect("XPENDING");
+    assert!(pending.len() >= 60, "b's PEL: {} entries", pending.len());
+
+    // Served later: a reader blocked on a, an append made on b.
+    cmd(&mut a, &["XGROUP", "CREATE", "q", "g", "$", "MKSTREAM"]);
+    cmd(&mut a, &["XGROUP", "CREATECONSUMER", "q", "g", "c1"]);
+    wait_for("b holds q", T, || same(&mut a, &mut b));
+    for round in 0..3 {
+        thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let mut c = pair.a.conn();
+                redis::cmd("XREADGROUP")
+                    .arg(&["GROUP", "g", "c1", "BLOCK", "20000", "STREAMS", "q", ">"])
+                    .query::<redis::Value>(&mut c)
+                    .expect("XREADGROUP BLOCK")
+            });
+            wait_for("the reader blocked", T, || {
+                let info: String = redis::cmd("INFO")
+                    .arg("clients")
+                    .query(&mut a)
+                    .expect("INFO");
+                info.contains("blocked_clients:1")
+            });
+            cmd(&mut b, &["XADD", "q", "*", "round", &round.to_string()]);
+            let got = reader.join().expect("reader");
+            assert!(format!("{got:?}").contains("round"), "reader got {got:?}");
+        });
+        wait_for("b holds the served read's delivery", T, || {
+            same(&mut a, &mut b)
+        });
+        let info: redis::Value = redis::cmd("XINFO")
+            .arg(&["GROUPS", "q"])
+            .query(&mut b)
+            .expect("XINFO");
+        assert!(
+            format!("{info:?}").contains(&format!("int({})", round + 1))
+                || format!("{info:?}").contains(&format!("Int({})", round + 1)),
+            "b's group after round {round}: {info:?}"
+        );
+    }
+}

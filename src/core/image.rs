@@ -143,6 +143,40 @@ pub fn parse_stream(full: &Reply) -> Result<StreamImage, String> {
         };
         img.entries.push((id, fields));
     }
+    img.groups = parse_stream_groups(full)?;
+    Ok(img)
+}
+
+/// The most pending entries any group of an `XINFO GROUPS` reply has.
+pub fn most_pending(groups: &Reply) -> Result<i64, String> {
+    let mut most = 0;
+    for g in groups.array()? {
+        most = most.max(g.field("pending")?.int()?);
+    }
+    Ok(most)
+}
+
+/// Per group of an `XINFO GROUPS` reply: name, consumers, pending count,
+/// last delivered ID and entries read, flattened (what a served
+/// `XREADGROUP` moves; not the lag, which any append moves).
+pub fn group_summary(groups: &Reply) -> Result<Vec<Vec<u8>>, String> {
+    let mut out = Vec::new();
+    for g in groups.array()? {
+        out.push(g.field("name")?.bytes()?);
+        out.push(g.field("consumers")?.int()?.to_string().into_bytes());
+        out.push(g.field("pending")?.int()?.to_string().into_bytes());
+        out.push(g.field("last-delivered-id")?.bytes()?);
+        out.push(match g.field("entries-read")? {
+            Reply::Nil => b"-".to_vec(),
+            r => r.int()?.to_string().into_bytes(),
+        });
+    }
+    Ok(out)
+}
+
+/// The consumer groups of an `XINFO STREAM … FULL` reply.
+pub fn parse_stream_groups(full: &Reply) -> Result<Vec<StreamGroup>, String> {
+    let mut out = Vec::new();
     for g in full.field("groups")?.array()? {
         let entries_read = match g.field("entries-read")? {
             Reply::Nil => None,
@@ -171,9 +205,9 @@ pub fn parse_stream(full: &Reply) -> Result<StreamImage, String> {
             }
             group.consumers.push(consumer);
         }
-        img.groups.push(group);
+        out.push(group);
     }
-    Ok(img)
+    Ok(out)
 }
 
 /// A command as its arguments.

@@ -86,6 +86,14 @@ pub enum ListOp {
         /// The IDs as given.
         ids: Vec<Vec<u8>>,
     },
+    /// The stream's consumer groups are now exactly these (after
+    /// `XREADGROUP`, `XACK`, `XCLAIM`, `XAUTOCLAIM`, or a blocked
+    /// `XREADGROUP` served later): the peer diffs its own groups against
+    /// them (`core::stream_groups`), its entries untouched.
+    XGroups {
+        /// Every group of the stream, as `XINFO STREAM … FULL` shows it.
+        groups: Vec<crate::core::protocol::StreamGroup>,
+    },
 }
 
 /// Why an operation cannot run on a list (as Redis would refuse it).
@@ -148,6 +156,8 @@ impl ListOp {
                 vec![b"MINID".to_vec(), b"=".to_vec(), min_id.clone()],
             ),
             ListOp::XDel { ids } => ("XDEL", ids.clone()),
+            // Not a command: the glue plans it (`core::stream_groups`).
+            ListOp::XGroups { .. } => ("XINFO", Vec::new()),
             ListOp::Insert {
                 before,
                 pivot,
@@ -180,6 +190,20 @@ impl ListOp {
                 .sum(),
             ListOp::XTrim { min_id } => min_id.len(),
             ListOp::XDel { ids } => ids.iter().map(Vec::len).sum(),
+            ListOp::XGroups { groups } => groups
+                .iter()
+                .map(|g| {
+                    g.name.len()
+                        + g.last_delivered_id.len()
+                        + g.consumers
+                            .iter()
+                            .map(|c| {
+                                c.name.len()
+                                    + c.pending.iter().map(|p| p.0.len() + 16).sum::<usize>()
+                            })
+                            .sum::<usize>()
+                })
+                .sum(),
         }
     }
 }
@@ -191,9 +215,10 @@ impl ListOp {
 /// down the meaning the glue's replay on Redis must have.
 pub fn apply(list: &mut Option<Vec<Vec<u8>>>, op: &ListOp) -> Result<(), ListOpError> {
     match op {
-        ListOp::XAdd { .. } | ListOp::XTrim { .. } | ListOp::XDel { .. } => {
-            return Err(ListOpError::Stream)
-        }
+        ListOp::XAdd { .. }
+        | ListOp::XTrim { .. }
+        | ListOp::XDel { .. }
+        | ListOp::XGroups { .. } => return Err(ListOpError::Stream),
         ListOp::Push { left, values } => {
             let l = list.get_or_insert_with(Vec::new);
             for v in values {

@@ -23,6 +23,7 @@ pub mod protocol;
 pub mod restart;
 pub mod served;
 pub mod stats;
+pub mod stream_groups;
 pub mod table_key;
 pub mod unshared;
 pub mod write_hint;

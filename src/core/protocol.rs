@@ -17,7 +17,7 @@ fn borrowed_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::
 }
 
 /// Bumped whenever a message shape or its meaning changes.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Orders one entry among every write of both nodes: the batch's clock
 /// stamp, then the origin node id, then the index inside the batch (a
@@ -109,7 +109,7 @@ pub struct StreamImage {
 }
 
 /// One consumer group.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct StreamGroup {
     /// Group name.
     pub name: Vec<u8>,
@@ -122,7 +122,7 @@ pub struct StreamGroup {
 }
 
 /// One consumer and its pending entries.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct StreamConsumer {
     /// Consumer name.
     pub name: Vec<u8>,

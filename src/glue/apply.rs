@@ -61,7 +61,7 @@ fn opts() -> &'static CallOptions {
     })
 }
 
-fn run(ctx: &Context, cmd: &str, args: &[&[u8]]) -> Result<(), String> {
+pub(super) fn run(ctx: &Context, cmd: &str, args: &[&[u8]]) -> Result<(), String> {
     let reply: CallResult = ctx.call_ext(cmd, opts(), args);
     match reply {
         Ok(CallReply::Unknown) => Err(format!("{cmd}: unknown reply")),
@@ -74,7 +74,7 @@ fn run(ctx: &Context, cmd: &str, args: &[&[u8]]) -> Result<(), String> {
 const RDB_TYPE_MODULE_2: u8 = 7;
 
 /// Write one image into the selected db, with ordinary commands.
-fn write_image(
+pub(super) fn write_image(
     ctx: &Context,
     key: &[u8],
     value: &Value,
@@ -176,6 +176,9 @@ fn replay_list(ctx: &Context, key: &[u8], op: &ListOp, propagate: bool) -> Resul
         if super::stream_append::fits(entries) {
             return super::stream_append::append(ctx, key, entries, propagate);
         }
+    }
+    if let ListOp::XGroups { groups } = op {
+        return super::stream_groups::apply(ctx, key, groups, propagate);
     }
     for (name, rest) in op.commands() {
         let mut args: Vec<&[u8]> = Vec::with_capacity(1 + rest.len());

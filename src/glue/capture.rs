@@ -201,7 +201,7 @@ enum ReadAfter {
 ///   ignored a later change of the peer's and waits for its image).
 /// - Any record too large for a frame ships as an image, which the flush
 ///   leaves out with an error (as any oversized key).
-fn as_image(c: &Context, db: u32, key: &[u8], changes: &[ElementChange]) -> bool {
+pub fn as_image(c: &Context, db: u32, key: &[u8], changes: &[ElementChange]) -> bool {
     let refused = Shared::get().is_none_or(|s| {
         let list = changes.iter().any(ElementChange::is_list);
         (list && (!s.list_commands_ship() || super::unshared::contains(db, key)))
@@ -725,6 +725,10 @@ pub unsafe extern "C" fn on_command_filter(fctx: *mut raw::RedisModuleCommandFil
                 let rest = argc - p - 1;
                 for i in 0..rest / 2 {
                     keys.push(ffi::filter_arg(fctx, p + 1 + i).to_vec());
+                }
+                // Served later, unseen: watched until nothing is blocked.
+                if (1..p).any(|i| is_cmd(ffi::filter_arg(fctx, i), "block")) {
+                    super::group_waiters::note(&keys);
                 }
             }
         }

@@ -19,9 +19,10 @@ use crate::core::codec;
 use crate::core::dirty::{reduce, Dirty, Expiry};
 use crate::core::hlc::wall_ms;
 use crate::core::image::{self, Reply};
+use crate::core::list_op::ListOp;
 use crate::core::merge::coalesce::coalesce;
 use crate::core::pending_elements::LocalWrite;
-use crate::core::protocol::{Batch, Entry, Frame, Op, Stamp, Value};
+use crate::core::protocol::{Batch, ElementChange, Entry, Frame, Op, Stamp, StreamGroup, Value};
 use crate::core::stats::{LinkState, Stats};
 use crate::core::unshared::Reason;
 use crate::core::write_hint::format_score;
@@ -56,7 +57,7 @@ pub fn to_reply(r: &CallResult) -> Reply {
     }
 }
 
-fn query(ctx: &Context, cmd: &str, args: &[&[u8]]) -> Result<Reply, String> {
+pub(super) fn query(ctx: &Context, cmd: &str, args: &[&[u8]]) -> Result<Reply, String> {
     let opts = CallOptionsBuilder::new().errors_as_replies().build();
     let reply: CallResult = ctx.call_ext(cmd, &opts, args);
     match to_reply(&reply) {
@@ -146,6 +147,10 @@ pub fn digest(ctx: &Context, key: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// The streams named `key` in any db, after a command that changed only
+/// their consumer groups (the filter saw it; the db is unknown there): each
+/// ships its groups (a marker read at flush, [`groups_record`]), or its
+/// image where its commands must travel as images (`capture::as_image`).
 fn stream_keys_in_dbs(ctx: &Context, keys: Vec<Vec<u8>>, databases: u32) -> Vec<Dirty> {
     let mut out = Vec::new();
     for key in keys {
@@ -153,14 +158,79 @@ fn stream_keys_in_dbs(ctx: &Context, keys: Vec<Vec<u8>>, databases: u32) -> Vec<
             if !ffi::select_db(ctx, db as i32) {
                 continue;
             }
-            if let Some((kind, _, _)) = ffi::key_shape(ctx, &key) {
-                if kind == KeyKind::Stream {
-                    out.push(Dirty::Key(db, key.clone()));
-                }
+            if let Some((KeyKind::Stream, _, _)) = ffi::key_shape(ctx, &key) {
+                out.push(groups_changed(ctx, db, key.clone()));
             }
         }
     }
     out
+}
+
+/// The groups of stream `key` of `db` (selected) changed.
+fn groups_changed(ctx: &Context, db: u32, key: Vec<u8>) -> Dirty {
+    let marker = [groups_marker()];
+    if capture::as_image(ctx, db, &key, &marker) {
+        Dirty::Key(db, key)
+    } else {
+        Dirty::Elements {
+            db,
+            key,
+            changes: marker.to_vec(),
+        }
+    }
+}
+
+/// Stands for "the groups as they are at flush" in the dirty log.
+fn groups_marker() -> ElementChange {
+    ElementChange::List(ListOp::XGroups { groups: Vec::new() })
+}
+
+/// A key's element changes with every groups marker replaced by one record
+/// of its groups read now, last (the state after every change of this
+/// flush, which its entries' records bring to the peer first). `None`: the
+/// groups cannot be read or are too large for a record; ship the image.
+fn groups_record(
+    ctx: &Context,
+    db: u32,
+    key: &[u8],
+    mut changes: Vec<ElementChange>,
+) -> Option<Vec<ElementChange>> {
+    let marked = |c: &ElementChange| matches!(c, ElementChange::List(ListOp::XGroups { .. }));
+    if !changes.iter().any(marked) {
+        return Some(changes);
+    }
+    changes.retain(|c| !marked(c));
+    ffi::select_db(ctx, db as i32);
+    let groups = match read_groups(ctx, key) {
+        Ok(g) => g,
+        Err(e) => {
+            log::verbose(&format!(
+                "stream groups unreadable ({e}): shipping the stream whole"
+            ));
+            return None;
+        }
+    };
+    let record = ElementChange::List(ListOp::XGroups { groups });
+    if capture::as_image(ctx, db, key, std::slice::from_ref(&record)) {
+        return None;
+    }
+    changes.push(record);
+    Some(changes)
+}
+
+/// A stream's consumer groups, complete, without reading its entries past
+/// what the largest group's pending entries need (`XINFO STREAM … FULL
+/// COUNT n` bounds both the entries and each pending list by `n`, and 0
+/// means all).
+pub fn read_groups(ctx: &Context, key: &[u8]) -> Result<Vec<StreamGroup>, String> {
+    let summary = query(ctx, "XINFO", &[b"GROUPS", key])?;
+    let n = image::most_pending(&summary)?.max(1).to_string();
+    let full = query(
+        ctx,
+        "XINFO",
+        &[b"STREAM", key, b"FULL", b"COUNT", n.as_bytes()],
+    )?;
+    image::parse_stream_groups(&full)
 }
 
 /// Leave out images the peer could not take: larger than `max-frame-size`,
@@ -263,6 +333,10 @@ pub fn flush(ctx: &Context) -> usize {
     if !streams.is_empty() {
         log_items.extend(stream_keys_in_dbs(ctx, streams, shared.databases));
     }
+    for (db, key) in super::group_waiters::moved(ctx, shared.databases) {
+        ffi::select_db(ctx, db as i32);
+        log_items.push(groups_changed(ctx, db, key));
+    }
     if log_items.is_empty() {
         return 0;
     }
@@ -283,6 +357,16 @@ pub fn flush(ctx: &Context) -> usize {
         match t {
             Dirty::Flush(db) => ops.push((db, Op::FlushDb)),
             Dirty::Elements { db, key, changes } => {
+                let Some(changes) = groups_record(ctx, db, &key, changes) else {
+                    match key_op(ctx, db, key) {
+                        Ok(op) => ops.push((db, op)),
+                        Err(e) => {
+                            log::warning(&format!("cannot read key image in db {db}: {e}"));
+                            shared.set_error(format!("cannot read key image: {e}"));
+                        }
+                    }
+                    continue;
+                };
                 // Element records are only captured for keys without a TTL
                 // (capture checks at the event; a later EXPIRE in this
                 // window turned the key into an image in `reduce`).
