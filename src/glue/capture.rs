@@ -473,6 +473,21 @@ pub unsafe extern "C" fn on_keyspace_event(
                 None => note_key(db, key),
             },
             b"expire" => note(|d| d.expiry(db, key)),
+            // A group's consumers or position changed (also a consumer an
+            // `XREADGROUP` or `XCLAIM` created): the groups ship, not the
+            // entries. `xgroup-create` stays an image: it may have made
+            // the stream (`MKSTREAM`), which the peer then lacks.
+            b"xgroup-createconsumer"
+            | b"xgroup-delconsumer"
+            | b"xgroup-setid"
+            | b"xgroup-destroy" => {
+                let marker = [super::flush::groups_marker()];
+                if as_image(&Context::new(ctx), db, key, &marker) {
+                    note_key(db, key);
+                } else {
+                    note(|d| d.elements(db, key, marker.to_vec()));
+                }
+            }
             // A field reaching its TTL (7.4+), like a key's `expired`: both sides hold the same
             // absolute field TTL and expire it by themselves; shipping it would let that
             // expiry overrule a concurrent write on the other side.

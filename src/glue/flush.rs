@@ -181,7 +181,7 @@ fn groups_changed(ctx: &Context, db: u32, key: Vec<u8>) -> Dirty {
 }
 
 /// Stands for "the groups as they are at flush" in the dirty log.
-fn groups_marker() -> ElementChange {
+pub fn groups_marker() -> ElementChange {
     ElementChange::List(ListOp::XGroups { groups: Vec::new() })
 }
 
