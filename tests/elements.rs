@@ -2345,3 +2345,77 @@ fn incr_does_not_turn_a_counter_into_a_raw_string() {
     pair.assert_converged(&[0], T);
     assert_no_mismatch(&pair);
 }
+
+/// Consumer groups changed on both sides during a cut: group states settle
+/// by last writer wins on the state alone (b read later, so both end with
+/// b's deliveries, a's consumer gone), and a group read on one side
+/// commutes with appends on the other (both survive). Neither ships the
+/// stream's 5,000 entries at the heal.
+#[test]
+fn consumer_groups_on_both_sides_settle_without_reshipping_the_stream() {
+    let pair = hooked_pair();
+    let (mut a, mut b) = pair.conns();
+    for key in ["ev", "ev2"] {
+        let mut p = redis::pipe();
+        for i in 0..5_000 {
+            p.cmd("XADD")
+                .arg(key)
+                .arg("*")
+                .arg("payload")
+                .arg(format!("entry-{i:06}"))
+                .ignore();
+        }
+        let _: () = p.query(&mut a).expect("pipeline");
+        run(&mut a, &["XGROUP", "CREATE", key, "g", "0"]);
+    }
+    synced(&pair);
+    cut(&pair);
+    let read = |c: &mut Connection, key: &str, consumer: &str, n: &str| {
+        run(
+            c,
+            &[
+                "XREADGROUP",
+                "GROUP",
+                "g",
+                consumer,
+                "COUNT",
+                n,
+                "STREAMS",
+                key,
+                ">",
+            ],
+        );
+    };
+    read(&mut a, "ev", "ca", "5");
+    read(&mut a, "ev2", "ca", "4");
+    later();
+    read(&mut b, "ev", "cb", "8");
+    for i in 0..3 {
+        run(
+            &mut b,
+            &["XADD", "ev2", "*", "payload", &format!("new-{i}")],
+        );
+    }
+    let before = stat(&pair.a, "bytes_sent") + stat(&pair.b, "bytes_sent");
+    heal(&pair);
+    wait_quiet(&pair, T);
+    pair.assert_converged(&[0], T);
+    let cost = stat(&pair.a, "bytes_sent") + stat(&pair.b, "bytes_sent") - before;
+    assert!(
+        cost < 30_000,
+        "the heal cost {cost} link bytes, as if a 5,000-entry stream travelled"
+    );
+    let groups = |c: &mut Connection, key: &str| text(&run(c, &["XINFO", "GROUPS", key]));
+    let ev = groups(&mut a, "ev");
+    assert!(ev.contains("\"pending\", 8,"), "b's later read lost: {ev}");
+    let consumers = text(&run(&mut a, &["XINFO", "CONSUMERS", "ev", "g"]));
+    assert!(
+        !consumers.contains("\"ca\""),
+        "a's earlier read kept: {consumers}"
+    );
+    let ev2 = groups(&mut b, "ev2");
+    assert!(ev2.contains("\"pending\", 4,"), "a's read lost on b: {ev2}");
+    let len = text(&run(&mut a, &["XLEN", "ev2"]));
+    assert_eq!(len, "5003", "b's appends lost on a");
+    assert_no_mismatch(&pair);
+}

@@ -207,6 +207,11 @@ struct SimRules {
     /// A full resync's source does not re-ship a key it changed by
     /// replaying the target's list command.
     no_source_list_echo: bool,
+    /// Workload, not a mutation: db 0's missing keys sometimes become
+    /// streams, which take appends (clashing IDs when concurrent) and
+    /// consumer-group states (`ListOp::XGroups`). Off in the other tests,
+    /// whose fixed seeds must replay the same schedules.
+    streams: bool,
 }
 
 impl SimRules {
@@ -227,6 +232,7 @@ impl SimRules {
             no_list_reship: false,
             no_unshared: false,
             no_source_list_echo: false,
+            streams: false,
         }
     }
 }
@@ -1859,7 +1865,10 @@ impl Sim {
             k,
             KEYS[k],
             node.writes,
-            self.params.lists,
+            elements::Workload {
+                lists: self.params.lists,
+                streams: self.rules.streams,
+            },
         ) else {
             return;
         };
@@ -2655,6 +2664,30 @@ fn elements_converge_and_keep_their_semantics() {
         assert!(
             c.dirty_key > 0 && c.overflows > 0,
             "no dirty-key resync after an overflow: {c:?}"
+        );
+    }
+}
+
+/// Streams in the element schedules: concurrent appends (whose IDs clash)
+/// settle by whole-stream last writer wins with a re-ship, consumer-group
+/// states against each other by stamps alone (`ListVerdict::GroupsLost`,
+/// no re-ship), and groups against appends commute (DESIGN §11, issue 12).
+#[test]
+fn streams_converge_with_appends_and_group_states() {
+    let started = Instant::now();
+    let n = env_u64("SIM_SCHEDULES").unwrap_or(DEFAULT_SCHEDULES);
+    let rules = SimRules {
+        streams: true,
+        ..SimRules::correct(Mode::Elements)
+    };
+    let out = run_schedules(rules, n);
+    out.report("streams", started);
+    out.assert_no_failures("streams_converge");
+    if env_u64("SIM_SEED").is_none() {
+        assert!(
+            out.counters.lost > 0,
+            "no conflict ever lost: {:?}",
+            out.counters
         );
     }
 }

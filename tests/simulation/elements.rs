@@ -18,7 +18,9 @@ use redis_bisync::core::list_op::{self, ListOp};
 use redis_bisync::core::merge::counter;
 use redis_bisync::core::merge::memory::MemoryKey;
 use redis_bisync::core::merge::view::{KeyPlan, KeyView, Reset};
-use redis_bisync::core::protocol::{ElementChange, Op, Shape, Stamp, Value};
+use redis_bisync::core::protocol::{
+    ElementChange, Op, Shape, Stamp, StreamConsumer, StreamGroup, StreamImage, Value,
+};
 
 /// One write, as the capture side records it until the next flush point.
 #[derive(Debug, Clone)]
@@ -94,6 +96,15 @@ pub fn shape_of(key_index: usize) -> Shape {
     ][key_index % 5]
 }
 
+/// What a schedule's writes favour.
+#[derive(Debug, Clone, Copy)]
+pub struct Workload {
+    /// db 0's lists (and missing keys) mostly take list commands.
+    pub lists: bool,
+    /// db 0's missing keys sometimes become streams (appends, group states).
+    pub streams: bool,
+}
+
 /// One random client write on `key` of `db`, applied to `store`; returns
 /// the record the capture ships for it, or `None` if Redis would not write.
 pub fn write(
@@ -103,8 +114,9 @@ pub fn write(
     key_index: usize,
     key: &[u8],
     unique: u64,
-    lists: bool,
+    workload: Workload,
 ) -> Option<(Op, Did)> {
+    let Workload { lists, streams } = workload;
     let shape = shape_of(key_index);
     let cur = store
         .get(&(db, key.to_vec()))
@@ -125,7 +137,10 @@ pub fn write(
         MemoryKey::Elements(s, _) => *s != shape,
         MemoryKey::Other(_) => true,
     };
-    let list_now = matches!(&cur, MemoryKey::Missing | MemoryKey::Other(Value::List(_)));
+    let list_now = matches!(
+        &cur,
+        MemoryKey::Missing | MemoryKey::Other(Value::List(_) | Value::Stream(_))
+    );
     // A list-heavy schedule: db 0's lists (and missing keys) mostly take
     // list commands, so both sides command one list at once often.
     let roll = if lists && !checked && list_now && rng.gen_bool(0.85) {
@@ -189,7 +204,9 @@ pub fn write(
         }
         // List commands, on a list or a missing key (db 0 only: the
         // semantic checks of db 1 know no lists).
-        23..=27 if !checked && list_now => ElementChange::List(list_op(rng, &cur, unique)?),
+        23..=27 if !checked && list_now => {
+            ElementChange::List(list_op(rng, &cur, unique, streams)?)
+        }
         _ => return None,
     };
     let did = match &change {
@@ -213,7 +230,14 @@ pub fn write(
 
 /// A random list command that Redis would run on `cur` (a list or
 /// missing), as the capture records it.
-fn list_op(rng: &mut StdRng, cur: &MemoryKey, unique: u64) -> Option<ListOp> {
+fn list_op(rng: &mut StdRng, cur: &MemoryKey, unique: u64, streams: bool) -> Option<ListOp> {
+    match cur {
+        MemoryKey::Other(Value::Stream(s)) => return Some(stream_op(rng, s, unique)),
+        MemoryKey::Missing if streams && rng.gen_bool(0.25) => {
+            return Some(stream_op(rng, &StreamImage::default(), unique))
+        }
+        _ => {}
+    }
     let len = match cur {
         MemoryKey::Other(Value::List(l)) => l.len() as i64,
         _ => 0,
@@ -252,9 +276,76 @@ fn list_op(rng: &mut StdRng, cur: &MemoryKey, unique: u64) -> Option<ListOp> {
     Some(op)
 }
 
+/// A stream's entry ID as numbers (the sim's IDs are always `ms-seq`).
+fn id_of(id: &[u8]) -> (u64, u64) {
+    let s = String::from_utf8_lossy(id);
+    let (ms, seq) = s.split_once('-').unwrap_or(("0", "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+/// A stream write: an append with the next ID the origin generates (both
+/// sides generate the same one from the same stream: concurrent appends
+/// clash, as `XADD *` in the same millisecond does), or a new state of its
+/// consumer groups (what `XREADGROUP`, `XACK`, … ship).
+fn stream_op(rng: &mut StdRng, s: &StreamImage, unique: u64) -> ListOp {
+    if !s.entries.is_empty() && rng.gen_bool(0.4) {
+        let groups = if rng.gen_bool(0.15) {
+            Vec::new()
+        } else {
+            let (id, _) = &s.entries[rng.gen_range(0..s.entries.len())];
+            vec![StreamGroup {
+                name: b"g".to_vec(),
+                last_delivered_id: id.clone(),
+                entries_read: Some(unique as i64 % 7),
+                consumers: vec![StreamConsumer {
+                    name: format!("c{}", rng.gen_range(0..2)).into_bytes(),
+                    pending: vec![(id.clone(), unique as i64, 1)],
+                }],
+            }]
+        };
+        return ListOp::XGroups { groups };
+    }
+    let (ms, _) = id_of(&s.last_id);
+    let id = format!("{}-0", ms + rng.gen_range(1..=2)).into_bytes();
+    ListOp::XAdd {
+        entries: vec![(id, vec![b"n".to_vec(), format!("x{unique}").into_bytes()])],
+    }
+}
+
+/// Run a stream command as Redis would (`Err` where it refuses).
+fn run_stream(k: &mut MemoryKey, op: &ListOp) -> Result<(), String> {
+    let mut s = match k {
+        MemoryKey::Other(Value::Stream(s)) => s.clone(),
+        MemoryKey::Missing if matches!(op, ListOp::XAdd { .. }) => StreamImage {
+            last_id: b"0-0".to_vec(),
+            ..Default::default()
+        },
+        other => return Err(format!("a stream command on {other:?}")),
+    };
+    match op {
+        ListOp::XAdd { entries } => {
+            for (id, fields) in entries {
+                if id_of(id) <= id_of(&s.last_id) {
+                    return Err("ID not above the stream's last".into());
+                }
+                s.entries.push((id.clone(), fields.clone()));
+                s.last_id = id.clone();
+                s.entries_added += 1;
+            }
+        }
+        ListOp::XGroups { groups } => s.groups = groups.clone(),
+        other => return Err(format!("{other:?} is not simulated")),
+    }
+    *k = MemoryKey::Other(Value::Stream(s));
+    Ok(())
+}
+
 /// Run a list command on the key in `k` (the reference meaning,
 /// `core::list_op::apply`); `Err` where Redis would refuse it.
 pub fn run_list(k: &mut MemoryKey, op: &ListOp) -> Result<(), String> {
+    if matches!(op, ListOp::XAdd { .. } | ListOp::XGroups { .. }) {
+        return run_stream(k, op);
+    }
     let mut list = match k {
         MemoryKey::Missing => None,
         MemoryKey::Other(Value::List(l)) => Some(l.clone()),

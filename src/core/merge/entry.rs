@@ -272,6 +272,7 @@ pub fn plan_entry<'r>(
                     _ => merge(table, entry, key, remote, &pending, nodes, view),
                 },
                 ListVerdict::Won => Step::Won { db: entry.db, key },
+                ListVerdict::GroupsLost => Step::Lost,
                 ListVerdict::Superseded | ListVerdict::Image => {
                     Step::Superseded { db: entry.db, key }
                 }

@@ -40,6 +40,7 @@ use std::collections::BTreeSet;
 
 use super::counter;
 use super::view::{KeyPlan, KeyView, Planned};
+use crate::core::list_op::ListOp;
 use crate::core::pending::remote_wins;
 use crate::core::pending_elements::{LocalWrite, PendingChange};
 use crate::core::protocol::{ElementChange, Op, Shape, Stamp};
@@ -209,6 +210,35 @@ pub enum ListVerdict {
     /// apply it as an image (the element rule does, pruning what it
     /// cancelled).
     Image,
+    /// A remote stream-groups record an own later one overrides: ignore it
+    /// (`conflicts_lost`); ours reaches the peer, which takes it. No
+    /// re-ship: groups records are whole states, settled by stamps alone.
+    GroupsLost,
+}
+
+/// Do `remote` and a pending local change commute, so that the pending one
+/// is not concurrent with it for [`list_verdict`]? A stream's consumer
+/// groups and its appended entries do: an `XADD` replays the same on either
+/// groups, and a groups record (a state, diffed) lands the same whatever
+/// was appended meanwhile. Without this, consumers reading on one side and
+/// writers appending on the other would re-ship the whole stream at every
+/// overlap.
+fn commutes(remote: Remote<'_>, p: &PendingChange) -> bool {
+    let LocalWrite::Change(ElementChange::List(local)) = &p.write else {
+        return false;
+    };
+    let Remote::Change(ElementChange::List(remote)) = remote else {
+        return false;
+    };
+    matches!(
+        (remote, local),
+        (ListOp::XGroups { .. }, ListOp::XAdd { .. })
+            | (ListOp::XAdd { .. }, ListOp::XGroups { .. })
+    )
+}
+
+fn is_groups(c: &ElementChange) -> bool {
+    matches!(c, ElementChange::List(ListOp::XGroups { .. }))
 }
 
 /// Decide for `remote` (stamped `stamp`) against the pending entries it had
@@ -226,13 +256,27 @@ pub fn list_verdict(
     if !remote_list && !local_list {
         return ListVerdict::NotList;
     }
+    let pending: Vec<&PendingChange> = pending.iter().filter(|p| !commutes(remote, p)).collect();
     if pending.is_empty() {
         return ListVerdict::Replay;
     }
-    if pending
+    let later_here = pending
         .iter()
-        .any(|p| remote_wins(p.stamp, nodes.local, stamp, nodes.remote))
-    {
+        .any(|p| remote_wins(p.stamp, nodes.local, stamp, nodes.remote));
+    // Groups records against groups records only: last writer wins on the
+    // state, no re-ship (each side's record reaches the other).
+    let groups_only = matches!(remote, Remote::Change(c) if is_groups(c))
+        && pending
+            .iter()
+            .all(|p| matches!(&p.write, LocalWrite::Change(c) if is_groups(c)));
+    if groups_only {
+        return if later_here {
+            ListVerdict::GroupsLost
+        } else {
+            ListVerdict::Replay
+        };
+    }
+    if later_here {
         return ListVerdict::Won;
     }
     match remote {
@@ -363,5 +407,89 @@ fn resolve(
                 .fold(start, |a, (_, d)| counter::add(shape, a, *d));
             key.set(shape, elem, counter::format(sum));
         }
+    }
+}
+
+#[cfg(test)]
+mod verdict_tests {
+    use super::*;
+    use crate::core::protocol::StreamGroup;
+
+    const NODES: Nodes<'static> = Nodes {
+        remote: "b",
+        local: "a",
+    };
+
+    fn stamp(hlc: u64) -> Stamp {
+        Stamp { hlc, index: 0 }
+    }
+
+    fn groups(last: &str) -> ElementChange {
+        ElementChange::List(ListOp::XGroups {
+            groups: vec![StreamGroup {
+                name: b"g".to_vec(),
+                last_delivered_id: last.as_bytes().to_vec(),
+                entries_read: None,
+                consumers: Vec::new(),
+            }],
+        })
+    }
+
+    fn append(id: &str) -> ElementChange {
+        ElementChange::List(ListOp::XAdd {
+            entries: vec![(id.as_bytes().to_vec(), vec![b"f".to_vec(), b"v".to_vec()])],
+        })
+    }
+
+    fn pending(hlc: u64, c: ElementChange) -> PendingChange {
+        PendingChange {
+            stamp: stamp(hlc),
+            seq: 1,
+            seen: 0,
+            write: LocalWrite::Change(c),
+        }
+    }
+
+    fn verdict(local: &[PendingChange], remote: &ElementChange, hlc: u64) -> ListVerdict {
+        list_verdict(local, Remote::Change(remote), stamp(hlc), NODES)
+    }
+
+    #[test]
+    fn groups_records_settle_by_stamps_without_a_reship() {
+        let mine = [pending(10, groups("1-0"))];
+        assert_eq!(verdict(&mine, &groups("2-0"), 20), ListVerdict::Replay);
+        assert_eq!(verdict(&mine, &groups("2-0"), 5), ListVerdict::GroupsLost);
+    }
+
+    #[test]
+    fn groups_and_appends_commute() {
+        let appended = [pending(30, append("9-0"))];
+        assert_eq!(verdict(&appended, &groups("2-0"), 20), ListVerdict::Replay);
+        let read = [pending(30, groups("2-0"))];
+        assert_eq!(verdict(&read, &append("9-0"), 20), ListVerdict::Replay);
+        // Appends against appends stay whole-stream last writer wins.
+        assert_eq!(verdict(&appended, &append("8-0"), 20), ListVerdict::Won);
+        assert_eq!(
+            verdict(&appended, &append("8-0"), 40),
+            ListVerdict::Superseded
+        );
+    }
+
+    #[test]
+    fn groups_against_other_stream_changes_stay_whole_stream() {
+        let trimmed = [pending(
+            30,
+            ElementChange::List(ListOp::XTrim {
+                min_id: b"3-0".to_vec(),
+            }),
+        )];
+        assert_eq!(verdict(&trimmed, &groups("2-0"), 20), ListVerdict::Won);
+        assert_eq!(
+            verdict(&trimmed, &groups("2-0"), 40),
+            ListVerdict::Superseded
+        );
+        let mixed = [pending(10, groups("1-0")), pending(30, append("9-0"))];
+        assert_eq!(verdict(&mixed, &groups("2-0"), 20), ListVerdict::Replay);
+        assert_eq!(verdict(&mixed, &groups("2-0"), 5), ListVerdict::GroupsLost);
     }
 }
