@@ -237,6 +237,26 @@ fn batch_ops() -> Frame {
                     seen: 0,
                 },
             ),
+            e(
+                1,
+                9,
+                Op::Element {
+                    key: b"ev".to_vec(),
+                    change: ElementChange::List(ListOp::XGroups {
+                        groups: vec![StreamGroup {
+                            name: b"g".to_vec(),
+                            last_delivered_id: b"5-0".to_vec(),
+                            entries_read: Some(5),
+                            consumers: vec![StreamConsumer {
+                                name: b"c".to_vec(),
+                                pending: vec![(b"4-0".to_vec(), 1_700_000_000_000, 2)],
+                            }],
+                        }],
+                    }),
+                    shipped_in: 3,
+                    seen: 0,
+                },
+            ),
         ],
     })
 }
