@@ -147,6 +147,30 @@ pub fn parse_stream(full: &Reply) -> Result<StreamImage, String> {
     Ok(img)
 }
 
+/// A stream entry as text: ID (`ms-seq`) and field, value, ….
+pub type RawEntry = (Vec<u8>, Vec<Vec<u8>>);
+
+/// The entries of an `XRANGE` reply.
+pub fn stream_entries(items: &[Reply]) -> Result<Vec<RawEntry>, String> {
+    items
+        .iter()
+        .map(|e| match e.array()? {
+            [id, fields] => Ok((id.bytes()?, strings(fields)?)),
+            _ => Err("malformed stream entry".to_string()),
+        })
+        .collect()
+}
+
+/// The last generated ID, the count of entries ever added and the largest
+/// deleted ID, from an `XINFO STREAM` reply.
+pub fn stream_meta(info: &Reply) -> Result<(Vec<u8>, i64, Vec<u8>), String> {
+    Ok((
+        info.field("last-generated-id")?.bytes()?,
+        info.field("entries-added")?.int()?,
+        info.field("max-deleted-entry-id")?.bytes()?,
+    ))
+}
+
 /// The most pending entries any group of an `XINFO GROUPS` reply has.
 pub fn most_pending(groups: &Reply) -> Result<i64, String> {
     let mut most = 0;

@@ -24,6 +24,7 @@ pub mod restart;
 pub mod served;
 pub mod stats;
 pub mod stream_groups;
+pub mod stream_merge;
 pub mod table_key;
 pub mod unshared;
 pub mod write_hint;

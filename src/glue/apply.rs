@@ -609,6 +609,28 @@ fn apply_batch(
                 lost += 1;
                 reship.extend(won.into_iter().map(|k| (db, k)));
             }
+            Step::MergeAppend {
+                db,
+                key,
+                op,
+                local_first,
+            } => {
+                note_received(entry);
+                match super::stream_merge::apply(ctx, key, op, local_first, propagate) {
+                    Ok(()) => {
+                        applied += 1;
+                        merged += 1;
+                    }
+                    Err(e) => {
+                        // Whole-stream last writer wins, as before the merge.
+                        log::verbose(&format!(
+                            "concurrent stream appends not merged ({e}): re-shipping the key"
+                        ));
+                        lost += 1;
+                        reship.push((db, key.to_vec()));
+                    }
+                }
+            }
             Step::List { db, key, op } => {
                 if let Err(e) = replay_list(ctx, key, op, propagate) {
                     // Our list is not the one the origin held (a bug, or a

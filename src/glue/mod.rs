@@ -17,6 +17,7 @@ pub mod served_guard;
 pub mod server;
 pub mod stream_append;
 pub mod stream_groups;
+pub mod stream_merge;
 pub mod trace;
 pub mod unshared;
 pub mod waiters;

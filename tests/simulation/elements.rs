@@ -21,6 +21,7 @@ use redis_bisync::core::merge::view::{KeyPlan, KeyView, Reset};
 use redis_bisync::core::protocol::{
     ElementChange, Op, Shape, Stamp, StreamConsumer, StreamGroup, StreamImage, Value,
 };
+use redis_bisync::core::stream_merge::{self, StreamEntry};
 
 /// One write, as the capture side records it until the next flush point.
 #[derive(Debug, Clone)]
@@ -305,11 +306,45 @@ fn stream_op(rng: &mut StdRng, s: &StreamImage, unique: u64) -> ListOp {
         };
         return ListOp::XGroups { groups };
     }
-    let (ms, _) = id_of(&s.last_id);
-    let id = format!("{}-0", ms + rng.gen_range(1..=2)).into_bytes();
+    // `XADD *` in the same millisecond (the next sequence) or a later one.
+    let (ms, seq) = id_of(&s.last_id);
+    let id = if rng.gen_bool(0.3) {
+        format!("{ms}-{}", seq.saturating_add(1))
+    } else {
+        format!("{}-0", ms + rng.gen_range(1..=2))
+    }
+    .into_bytes();
     ListOp::XAdd {
         entries: vec![(id, vec![b"n".to_vec(), format!("x{unique}").into_bytes()])],
     }
+}
+
+/// Merge a peer's concurrent append into the stream in `k` by the rule
+/// (`core::stream_merge`), as `glue::stream_merge` does on Redis.
+pub fn merge_append(k: &mut MemoryKey, op: &ListOp, local_first: bool) -> Result<(), String> {
+    let (MemoryKey::Other(Value::Stream(s)), ListOp::XAdd { entries }) = (&mut *k, op) else {
+        return Err("not an append to a stream".into());
+    };
+    let parse = |es: &[(Vec<u8>, Vec<Vec<u8>>)]| -> Vec<StreamEntry> {
+        es.iter().map(|(id, f)| (id_of(id), f.clone())).collect()
+    };
+    let all = parse(&s.entries);
+    let incoming = parse(entries);
+    let min = incoming.iter().map(|(id, _)| *id).min().ok_or("empty")?;
+    let from = all.partition_point(|(id, _)| *id < min);
+    let new =
+        stream_merge::merge(&all[from..], &incoming, local_first).map_err(|e| format!("{e:?}"))?;
+    let last = new
+        .last()
+        .map_or(id_of(&s.last_id), |(id, _)| (*id).max(id_of(&s.last_id)));
+    s.entries = all[..from]
+        .iter()
+        .chain(&new)
+        .map(|(id, f)| (stream_merge::format_id(*id), f.clone()))
+        .collect();
+    s.last_id = stream_merge::format_id(last);
+    s.entries_added += incoming.len() as i64;
+    Ok(())
 }
 
 /// Run a stream command as Redis would (`Err` where it refuses).

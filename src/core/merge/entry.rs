@@ -39,6 +39,19 @@ pub enum Step<'r> {
         /// The command.
         op: &'r ListOp,
     },
+    /// Merge a remote stream append into this node's stream, which holds
+    /// concurrent appends of its own (`core::stream_merge`); where the rule
+    /// cannot place an entry, act as [`Step::Won`].
+    MergeAppend {
+        /// The db.
+        db: u32,
+        /// The key.
+        key: &'r [u8],
+        /// The append.
+        op: &'r ListOp,
+        /// This node's id sorts first: its entries keep a shared ID.
+        local_first: bool,
+    },
     /// A list command took part in a conflict this node's later write
     /// wins: ignore the record (`conflicts_lost`) and re-ship the key as an
     /// image (see [`ListVerdict::Won`]).
@@ -273,6 +286,15 @@ pub fn plan_entry<'r>(
                 },
                 ListVerdict::Won => Step::Won { db: entry.db, key },
                 ListVerdict::GroupsLost => Step::Lost,
+                ListVerdict::MergeAppend => match change {
+                    ElementChange::List(op) => Step::MergeAppend {
+                        db: entry.db,
+                        key,
+                        op,
+                        local_first: nodes.local < nodes.remote,
+                    },
+                    _ => Step::Won { db: entry.db, key },
+                },
                 ListVerdict::Superseded | ListVerdict::Image => {
                     Step::Superseded { db: entry.db, key }
                 }

@@ -210,6 +210,10 @@ pub enum ListVerdict {
     /// apply it as an image (the element rule does, pruning what it
     /// cancelled).
     Image,
+    /// A remote stream append against concurrent local appends only: merge
+    /// the entries by the ID rule of `core::stream_merge` (both sides end
+    /// with every entry, no re-ship).
+    MergeAppend,
     /// A remote stream-groups record an own later one overrides: ignore it
     /// (`conflicts_lost`); ours reaches the peer, which takes it. No
     /// re-ship: groups records are whole states, settled by stamps alone.
@@ -259,6 +263,14 @@ pub fn list_verdict(
     let pending: Vec<&PendingChange> = pending.iter().filter(|p| !commutes(remote, p)).collect();
     if pending.is_empty() {
         return ListVerdict::Replay;
+    }
+    let appends = |c: &ElementChange| matches!(c, ElementChange::List(ListOp::XAdd { .. }));
+    if matches!(remote, Remote::Change(c) if appends(c))
+        && pending
+            .iter()
+            .all(|p| matches!(&p.write, LocalWrite::Change(c) if appends(c)))
+    {
+        return ListVerdict::MergeAppend;
     }
     let later_here = pending
         .iter()
@@ -467,11 +479,14 @@ mod verdict_tests {
         assert_eq!(verdict(&appended, &groups("2-0"), 20), ListVerdict::Replay);
         let read = [pending(30, groups("2-0"))];
         assert_eq!(verdict(&read, &append("9-0"), 20), ListVerdict::Replay);
-        // Appends against appends stay whole-stream last writer wins.
-        assert_eq!(verdict(&appended, &append("8-0"), 20), ListVerdict::Won);
+        // Appends against appends merge, whichever is later.
+        assert_eq!(
+            verdict(&appended, &append("8-0"), 20),
+            ListVerdict::MergeAppend
+        );
         assert_eq!(
             verdict(&appended, &append("8-0"), 40),
-            ListVerdict::Superseded
+            ListVerdict::MergeAppend
         );
     }
 
