@@ -2360,16 +2360,7 @@ fn consumer_groups_on_both_sides_settle_without_reshipping_the_stream() {
     let pair = hooked_pair();
     let (mut a, mut b) = pair.conns();
     for key in ["ev", "ev2"] {
-        let mut p = redis::pipe();
-        for i in 0..5_000 {
-            p.cmd("XADD")
-                .arg(key)
-                .arg("*")
-                .arg("payload")
-                .arg(format!("entry-{i:06}"))
-                .ignore();
-        }
-        let _: () = p.query(&mut a).expect("pipeline");
+        fill_stream(&mut a, key, 5_000, "entry");
         run(&mut a, &["XGROUP", "CREATE", key, "g", "0"]);
     }
     synced(&pair);
@@ -2434,16 +2425,7 @@ fn consumer_groups_on_both_sides_settle_without_reshipping_the_stream() {
 fn concurrent_stream_appends_all_survive_at_the_cost_of_what_was_appended() {
     let pair = hooked_pair();
     let (mut a, mut b) = pair.conns();
-    let mut p = redis::pipe();
-    for i in 0..50_000 {
-        p.cmd("XADD")
-            .arg("ev")
-            .arg("*")
-            .arg("payload")
-            .arg(format!("old-{i:06}"))
-            .ignore();
-    }
-    let _: () = p.query(&mut a).expect("pipeline");
+    fill_stream(&mut a, "ev", 50_000, "old");
     synced(&pair);
     cut(&pair);
     let append = |c: &mut Connection, side: &str, id: &str, go: &std::sync::Barrier| {

@@ -122,17 +122,17 @@ impl ListOp {
                     ("XADD", args)
                 })
                 .collect(),
-            _ => vec![self.command()],
+            _ => self.command().into_iter().collect(),
         }
     }
 
-    /// The command that does this on Redis, without the key (which goes
-    /// first among the arguments); for stream appends, the first entry's
-    /// only. Private: a folded append holds several entries, and only
-    /// [`ListOp::commands`] replays them all.
-    fn command(&self) -> (&'static str, Vec<Vec<u8>>) {
+    /// The one command that does this on Redis, without the key (which goes
+    /// first among the arguments); `None` for stream appends (one command
+    /// per entry, [`ListOp::commands`]) and consumer groups (planned against
+    /// this node's groups, `core::stream_groups`).
+    fn command(&self) -> Option<(&'static str, Vec<Vec<u8>>)> {
         let num = |n: i64| n.to_string().into_bytes();
-        match self {
+        Some(match self {
             ListOp::Push { left, values } => {
                 (if *left { "LPUSH" } else { "RPUSH" }, values.clone())
             }
@@ -143,21 +143,12 @@ impl ListOp {
             ListOp::Set { index, value } => ("LSET", vec![num(*index), value.clone()]),
             ListOp::Trim { start, stop } => ("LTRIM", vec![num(*start), num(*stop)]),
             ListOp::Rem { count, value } => ("LREM", vec![num(*count), value.clone()]),
-            ListOp::XAdd { entries } => {
-                let mut args = Vec::new();
-                if let Some((id, fields)) = entries.first() {
-                    args.push(id.clone());
-                    args.extend(fields.iter().cloned());
-                }
-                ("XADD", args)
-            }
+            ListOp::XAdd { .. } | ListOp::XGroups { .. } => return None,
             ListOp::XTrim { min_id } => (
                 "XTRIM",
                 vec![b"MINID".to_vec(), b"=".to_vec(), min_id.clone()],
             ),
             ListOp::XDel { ids } => ("XDEL", ids.clone()),
-            // Not a command: the glue plans it (`core::stream_groups`).
-            ListOp::XGroups { .. } => ("XINFO", Vec::new()),
             ListOp::Insert {
                 before,
                 pivot,
@@ -174,7 +165,7 @@ impl ListOp {
                     value.clone(),
                 ],
             ),
-        }
+        })
     }
 
     /// Bytes of values the record carries (a lower bound of its encoded size).
@@ -444,17 +435,23 @@ mod tests {
             pivot: v("p"),
             value: v("n"),
         }
-        .command();
+        .command()
+        .expect("one command");
         assert_eq!(name, "LINSERT");
         assert_eq!(args, vec![v("AFTER"), v("p"), v("n")]);
         let (name, args) = ListOp::Pop {
             left: false,
             count: 3,
         }
-        .command();
+        .command()
+        .expect("one command");
         assert_eq!((name, args), ("RPOP", vec![v("3")]));
-        let (name, args) = ListOp::Trim { start: -2, stop: 5 }.command();
+        let (name, args) = ListOp::Trim { start: -2, stop: 5 }
+            .command()
+            .expect("one command");
         assert_eq!((name, args), ("LTRIM", vec![v("-2"), v("5")]));
+        // Consumer groups are planned, never replayed as a command.
+        assert!(ListOp::XGroups { groups: Vec::new() }.commands().is_empty());
     }
 
     #[test]

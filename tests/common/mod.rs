@@ -2234,3 +2234,31 @@ fn pump_write(
         }
     }
 }
+
+/// Waits until the server behind `c` counts exactly `n` blocked clients (`INFO clients`).
+pub fn wait_blocked_clients(c: &mut redis::Connection, n: usize, timeout: Duration) {
+    let want = format!("blocked_clients:{n}\r");
+    wait_for("the client to block", timeout, || {
+        redis::cmd("INFO")
+            .arg("clients")
+            .query::<String>(c)
+            .is_ok_and(|info| info.contains(&want))
+    });
+}
+
+/// Appends `n` entries `payload <prefix>-<i>` to stream `key` with `XADD *`, pipelined in
+/// chunks.
+pub fn fill_stream(c: &mut redis::Connection, key: &str, n: usize, prefix: &str) {
+    for start in (0..n).step_by(50_000) {
+        let mut p = redis::pipe();
+        for i in start..n.min(start + 50_000) {
+            p.cmd("XADD")
+                .arg(key)
+                .arg("*")
+                .arg("payload")
+                .arg(format!("{prefix}-{i:08}"))
+                .ignore();
+        }
+        let _: () = p.query(c).expect("XADD pipeline");
+    }
+}
