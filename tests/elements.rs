@@ -34,10 +34,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use rand::rngs::StdRng;
@@ -1890,6 +1890,97 @@ fn float_increments_add_up_when_integral_where_the_filter_names_the_client() {
 // any type: a key changed to another type
 // ---------------------------------------------------------------------------------------------
 
+/// Row "TTL": b gives `h` a TTL (its image carries it) while a, not having seen it, increments
+/// a field of `h`. b's image reaches a before the TTL passes (a holds the field in the key
+/// with the TTL); a's increment reaches b only after it (b is held in `DEBUG SLEEP`, so the key
+/// has expired there). By stamps the increment went with the key that expired, so both sides
+/// end without `h`. Before the rule (`merge_record`), b applied the increment to a missing key
+/// and kept `h = {f: 10}` without a TTL while a's `h` expired: diverged for good. (The
+/// convergence test's self-check found it: a field incremented around a short `PEXPIRE`.)
+#[test]
+fn a_change_made_before_a_concurrent_ttl_goes_with_the_key_on_both_sides() {
+    let pair = hooked_pair();
+    let (mut a, mut b) = pair.conns();
+    run(&mut a, &["HSET", "h", "g", "1"]);
+    synced(&pair);
+    let (ab, ba) = pair.proxies();
+    ab.stall();
+    ba.stall();
+    let issued = |s: &Server| stat(s, "issued_seq");
+    let (a0, b0) = (issued(&pair.a), issued(&pair.b));
+    let ttl_ms = 1_500;
+    run(&mut b, &["PEXPIRE", "h", &ttl_ms.to_string()]);
+    wait_for_state("b's image flushed", T, || {
+        (issued(&pair.b) > b0)
+            .then_some(())
+            .ok_or_else(|| "not yet".to_string())
+    });
+    // a's increment is stamped in a later millisecond than b's image (later on both sides).
+    let flushed_by = now_ms();
+    wait_for_state("a clock tick", T, || {
+        (now_ms() > flushed_by + 1)
+            .then_some(())
+            .ok_or_else(|| "same millisecond".to_string())
+    });
+    run(&mut a, &["HINCRBY", "h", "f", "10"]);
+    wait_for_state("a's increment flushed", T, || {
+        (issued(&pair.a) > a0)
+            .then_some(())
+            .ok_or_else(|| "not yet".to_string())
+    });
+    // b's main thread sleeps past the TTL: what reaches it now is applied after the expiry.
+    let mut probe = pair.b.conn();
+    let sleeper = {
+        let mut c = pair.b.conn();
+        c.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        thread::spawn(move || {
+            let _: redis::RedisResult<Value> =
+                redis::cmd("DEBUG").arg(&["SLEEP", "2.5"]).query(&mut c);
+        })
+    };
+    // Probed on a connection opened before (opening one waits for the server's reply).
+    probe
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("read timeout");
+    wait_for_state("b asleep", T, || {
+        match redis::cmd("PING").query::<String>(&mut probe) {
+            Err(_) => Ok(()),
+            Ok(_) => Err("b still answers".to_string()),
+        }
+    });
+    drop(probe);
+    ab.pass();
+    ba.pass();
+    // a applies b's image while its TTL still runs: the field joins the key with the TTL.
+    wait_for_state("a to hold h with b's TTL", T, || {
+        let pttl = text(&run(&mut a, &["PTTL", "h"]));
+        match pttl.parse::<i64>() {
+            Ok(ms) if ms > 0 => Ok(()),
+            _ => Err(format!("PTTL h on a: {pttl}")),
+        }
+    });
+    assert_eq!(text(&run(&mut a, &["HGET", "h", "f"])), "10");
+    sleeper.join().expect("the sleeping client");
+    wait_for_state("h gone on both sides", T, || {
+        let (ea, eb) = (
+            text(&run(&mut a, &["EXISTS", "h"])),
+            text(&run(&mut b, &["EXISTS", "h"])),
+        );
+        if ea == "0" && eb == "0" {
+            Ok(())
+        } else {
+            Err(format!(
+                "EXISTS h: a {ea}, b {eb}; b holds {:?}",
+                run(&mut b, &["HGETALL", "h"])
+            ))
+        }
+    });
+    wait_quiet(&pair, T);
+    pair.assert_converged(&[0], T);
+    assert_no_mismatch(&pair);
+}
+
 /// Row "any type": a key turned into another type on one side (`DEL k; RPUSH k a`) while the
 /// other side writes an element of the old type (`HSET k f v`, `SADD`, `INCR`) is whole-key
 /// last writer wins: both sides end equal, holding one side's version.
@@ -2423,9 +2514,14 @@ fn consumer_groups_on_both_sides_settle_without_reshipping_the_stream() {
 /// 50,000 entries the stream held before.
 #[test]
 fn concurrent_stream_appends_all_survive_at_the_cost_of_what_was_appended() {
+    // `STREAM_PREFILL=1000000` gives BENCHMARKS.md's figure for a 1M-entry stream.
+    let prefill: usize = std::env::var("STREAM_PREFILL")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(50_000);
     let pair = hooked_pair();
     let (mut a, mut b) = pair.conns();
-    fill_stream(&mut a, "ev", 50_000, "old");
+    fill_stream(&mut a, "ev", prefill, "old");
     synced(&pair);
     cut(&pair);
     let append = |c: &mut Connection, side: &str, id: &str, go: &std::sync::Barrier| {
@@ -2482,13 +2578,19 @@ fn concurrent_stream_appends_all_survive_at_the_cost_of_what_was_appended() {
         "only {shared} IDs were handed out on both sides"
     );
     let rounds = 2;
-    let total = 50_000 + 2_000 * rounds;
+    let total = prefill + 2_000 * rounds;
     let before = stat(&pair.a, "bytes_sent") + stat(&pair.b, "bytes_sent");
+    let healing = Instant::now();
     heal(&pair);
     wait_quiet(&pair, T);
+    let settled = healing.elapsed();
     pair.assert_converged(&[0], T);
     let cost = stat(&pair.a, "bytes_sent") + stat(&pair.b, "bytes_sent") - before;
-    eprintln!("heal after {rounds} x 2 x 1,000 appends: {shared} IDs clashed, {cost} link bytes");
+    eprintln!(
+        "heal after {rounds} x 2 x 1,000 appends to a stream of {prefill}: {shared} IDs clashed, \
+         {cost} link bytes, quiet {} ms after the heal",
+        settled.as_millis()
+    );
     let len = text(&run(&mut a, &["XLEN", "ev"]));
     assert_eq!(
         len,
@@ -2503,17 +2605,15 @@ fn concurrent_stream_appends_all_survive_at_the_cost_of_what_was_appended() {
     values.sort();
     values.dedup();
     assert_eq!(values.len(), total, "an entry is missing or doubled");
-    for (id, value) in ids_a
+    let by_id: HashMap<&str, &str> = all
         .iter()
-        .filter(|(id, _)| ids_b.iter().any(|(o, _)| o == id))
-    {
-        let here = all
-            .iter()
-            .find(|(i, _)| i == id)
-            .map(|(_, f)| f[0].1.clone());
+        .map(|(id, f)| (id.as_str(), f[0].1.as_str()))
+        .collect();
+    let of_b: HashSet<&str> = ids_b.iter().map(|(id, _)| id.as_str()).collect();
+    for (id, value) in ids_a.iter().filter(|(id, _)| of_b.contains(id.as_str())) {
         assert_eq!(
-            here.as_ref(),
-            Some(value),
+            by_id.get(id.as_str()).copied(),
+            Some(value.as_str()),
             "shared ID {id} did not stay with a's entry"
         );
     }

@@ -47,7 +47,10 @@
 //! it is the source next time. 100,000 schedules converge; of 300,000, one
 //! still diverges (seed 3047454444859383473, open: a change of the target
 //! that a `DEL` from the source had seen, still un-acknowledged when the
-//! resync begins, is replayed by the sweep). TTLs are not modelled.
+//! resync begins, is replayed by the sweep). TTLs are modelled in one
+//! workload (`SimRules::ttls`): db 0's keys take short TTLs, each side
+//! expires them by its own clock, and element writes of a key with a TTL
+//! ship whole, as the capture does; those schedules run without clock skew.
 //!
 //! Two modes ([`Mode`]) run the same schedules (same link faults, resyncs
 //! and overflows):
@@ -118,12 +121,13 @@ use redis_bisync::core::merge::entry::{
 };
 use redis_bisync::core::merge::memory::MemoryKey;
 use redis_bisync::core::merge::rule::{replay, Nodes};
+use redis_bisync::core::merge::view::{KeyPlan, Reset};
 use redis_bisync::core::outbox::{Item, Outbox, ResumePlan};
 use redis_bisync::core::pairing::{decide, PairInfo, Role};
 use redis_bisync::core::pending::PendingWrites;
-use redis_bisync::core::pending_elements::LocalWrite;
+use redis_bisync::core::pending_elements::{ImageTtl, LocalWrite};
 use redis_bisync::core::protocol::{
-    Batch, ElementChange, Entry, Frame, Hello, Op, Resume, Stamp, Value, PROTOCOL_VERSION,
+    Batch, ElementChange, Entry, Frame, Hello, Op, Resume, Shape, Stamp, Value, PROTOCOL_VERSION,
 };
 use redis_bisync::core::unshared::{Reason, UnsharedLists};
 use redis_bisync::link::handshake::peer_position;
@@ -219,6 +223,21 @@ struct SimRules {
     /// Both sides keep their own entry on a shared stream ID (each thinks
     /// its node id sorts first).
     both_first: bool,
+    /// Workload, not a mutation: db 0's keys sometimes get a short TTL
+    /// (`PEXPIRE`, captured as an image with its TTL; later element writes
+    /// of such a key ship as images, as the capture does), and each side
+    /// expires them by its own wall clock. Clocks run without skew or jumps
+    /// in these schedules (see `merge_record`: the rule reads a stamp's
+    /// milliseconds as the wall time its write happened).
+    ttls: bool,
+    /// The rule is blind to TTLs: images keep no TTL in the table of
+    /// un-acknowledged writes and no TTL counts as passed at apply (what the
+    /// glue did before: a concurrent change made before a TTL lived on where
+    /// the key had expired first). 10,000 schedules of the `ttls` workload:
+    /// 19 diverge this way, none with the rule (about 1 in 10,000 still
+    /// does: changes that went with an expired key count in a later merge
+    /// on the side that never held that key's TTL locally; open).
+    forget_image_ttls: bool,
 }
 
 impl SimRules {
@@ -242,6 +261,8 @@ impl SimRules {
             streams: false,
             take_lost_groups: false,
             both_first: false,
+            ttls: false,
+            forget_image_ttls: false,
         }
     }
 }
@@ -451,6 +472,10 @@ struct Node {
     self_check_failures: Vec<String>,
     /// Element self-checks made.
     self_checked: u64,
+    /// Element mode: keys with a TTL (Unix ms, on this node's wall clock).
+    ttls: BTreeMap<KeyId, i64>,
+    /// `SimRules::forget_image_ttls`, where the table is fed.
+    forget_image_ttls_rule: bool,
 }
 
 /// A key of the typed keyspace.
@@ -608,6 +633,8 @@ impl Node {
             retyped: BTreeSet::new(),
             self_check_failures: Vec::new(),
             self_checked: 0,
+            ttls: BTreeMap::new(),
+            forget_image_ttls_rule: false,
         }
     }
 
@@ -663,6 +690,7 @@ impl Node {
     /// requested resync, a step of the full resync's source, then (after
     /// the caller applies what arrived) a step of the target's sweep.
     fn before_sleep(&mut self, wall: u64, rules: SimRules) {
+        self.expire_due(wall);
         self.flush(wall);
         if std::mem::take(&mut self.target_reset_requested) {
             // Writes made before the full resync began lose to the source's data.
@@ -770,7 +798,10 @@ impl Node {
             };
             match (&op, &key, recorded) {
                 (Op::FlushDb, _, Some(stamp)) => self.pending.record_flush(db, stamp, seq),
-                (_, Some(k), Some(stamp)) => self.pending.record_key(db, k, stamp, seq),
+                (_, Some(k), Some(stamp)) => {
+                    let ttl = image_ttl(&op, self.forget_image_ttls_rule);
+                    self.pending.record_key(db, k, stamp, seq, ttl)
+                }
                 _ => {}
             }
             let stamp = recorded.unwrap_or(Stamp { hlc: 0, index });
@@ -786,6 +817,7 @@ impl Node {
             target,
             pending,
             elements,
+            ttls,
             chunk,
             ..
         } = self;
@@ -800,6 +832,7 @@ impl Node {
             if let Some(changes) = target.changes.get(&k).filter(|_| !rules.keep_unsent_whole) {
                 let mut key = MemoryKey::Missing;
                 key.execute(&replay(changes));
+                ttls.remove(&k);
                 if key == MemoryKey::Missing {
                     elements.remove(&k);
                 } else {
@@ -811,6 +844,7 @@ impl Node {
                 continue;
             }
             elements.remove(&k);
+            ttls.remove(&k);
         }
         if queue.is_empty() {
             target.sweeping = None;
@@ -859,6 +893,10 @@ impl Node {
             }
         }
         for (db, key) in keys {
+            // A key with a TTL ships whole at the glue's flush (no check).
+            if self.ttls.contains_key(&(db, key.clone())) {
+                continue;
+            }
             let digest = self.digest(db, &key);
             ops.push((db, Op::Check { key, digest }));
         }
@@ -871,6 +909,7 @@ impl Node {
             || self.fresh
             || self.target.active()
             || self.retyped.contains(&(db, key.to_vec()))
+            || self.ttls.contains_key(&(db, key.to_vec()))
         {
             return;
         }
@@ -966,11 +1005,16 @@ impl Node {
                 .as_ref()
                 .and_then(|st| st.get(i).copied())
                 .unwrap_or(fresh);
+            let ttl = image_ttl(&op, self.forget_image_ttls_rule);
             match &mut op {
                 Op::FlushDb if track => self.pending.record_flush(db, stamp, seq),
-                Op::Set { key, .. } | Op::Delete { key } if track => {
+                Op::Set { key, .. } if track => {
                     self.unshared.shared_again(db, key);
-                    self.pending.record_key(db, key, stamp, seq)
+                    self.pending.record_key(db, key, stamp, seq, ttl)
+                }
+                Op::Delete { key } if track => {
+                    self.unshared.shared_again(db, key);
+                    self.pending.record_key(db, key, stamp, seq, None)
                 }
                 Op::Set { key, .. } | Op::Delete { key } => self.unshared.shared_again(db, key),
                 Op::FlushDb => {}
@@ -1156,11 +1200,62 @@ impl Node {
             .and_then(MemoryKey::to_value)
         {
             Some(value) => Op::Set {
+                expire_at_ms: self.ttls.get(&(db, key.clone())).copied(),
                 key,
                 value,
-                expire_at_ms: None,
             },
             None => Op::Delete { key },
+        }
+    }
+
+    /// Redis's expiry: keys whose TTL passed on this node's wall clock are
+    /// gone (not captured: each side expires its own keys).
+    fn expire_due(&mut self, wall: u64) {
+        let now = wall as i64;
+        let due: Vec<KeyId> = self
+            .ttls
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in due {
+            self.ttls.remove(&k);
+            self.elements.remove(&k);
+        }
+    }
+
+    /// A TTL goes with its key.
+    fn forget_gone_ttls(&mut self) {
+        let elements = &self.elements;
+        self.ttls.retain(|k, _| elements.contains_key(k));
+    }
+
+    /// Mirror of `glue::apply::execute`'s expiry: an image sets its TTL, a
+    /// clear drops it, a string `SET` without `KEEPTTL` drops it.
+    fn note_plan_ttl(&mut self, db: u32, key: &[u8], plan: &KeyPlan<'_>) {
+        let k = (db, key.to_vec());
+        match plan.reset {
+            Reset::Keep => {}
+            Reset::Clear | Reset::Image(Op::Delete { .. }) => {
+                self.ttls.remove(&k);
+            }
+            Reset::Image(Op::Set { expire_at_ms, .. }) => match expire_at_ms {
+                Some(at) => {
+                    self.ttls.insert(k.clone(), *at);
+                }
+                None => {
+                    self.ttls.remove(&k);
+                }
+            },
+            Reset::Image(_) => {}
+        }
+        let string_set =
+            plan.shape == Some(Shape::Str) && plan.writes.iter().any(|(_, v)| v.is_some());
+        if string_set && !plan.keep_ttl {
+            self.ttls.remove(&k);
+        }
+        if !self.elements.contains_key(&k) {
+            self.ttls.remove(&k);
         }
     }
 
@@ -1216,7 +1311,7 @@ impl Node {
             return Applied::Broken;
         }
         if rules.mode == Mode::Elements {
-            let Some(lost) = self.apply_element_batch(origin, batch, rules) else {
+            let Some(lost) = self.apply_element_batch(origin, batch, wall, rules) else {
                 return Applied::Broken;
             };
             if rules.ack_bypasses_fifo {
@@ -1256,10 +1351,22 @@ impl Node {
     /// What the glue's apply must do once it plans with `merge`: one step
     /// per entry, each executed before the next is planned (it reads the
     /// key). `None`: a record the rule refuses (the session ends).
-    fn apply_element_batch(&mut self, origin: &str, batch: &Batch, rules: SimRules) -> Option<u64> {
+    fn apply_element_batch(
+        &mut self,
+        origin: &str,
+        batch: &Batch,
+        wall: u64,
+        rules: SimRules,
+    ) -> Option<u64> {
+        self.expire_due(wall);
         let at = BatchPosition {
             seq: batch.seq,
             applied_before: self.outbox.applied_seq(),
+            now_ms: if rules.forget_image_ttls {
+                0
+            } else {
+                wall as i64
+            },
         };
         let nodes = Nodes {
             remote: origin,
@@ -1282,6 +1389,20 @@ impl Node {
                         MemoryKey::Missing => self.elements.remove(&(entry.db, key.clone())),
                         k => self.elements.insert((entry.db, key.clone()), k),
                     };
+                    self.ttls.remove(&(entry.db, key.clone()));
+                }
+                // `drop_stale_incarnation`: a key with a TTL here meets a
+                // change made on a key without one: the peer's expired
+                // before it wrote a new one (delete ours), unless we hold
+                // changes of it the peer has not seen (re-ship ours).
+                let k = (entry.db, key.clone());
+                if self.ttls.contains_key(&k) && !self.table_overflowed {
+                    if self.pending.changes_of(entry.db, key).is_empty() {
+                        self.elements.remove(&k);
+                        self.ttls.remove(&k);
+                    } else {
+                        self.reship.push(k);
+                    }
                 }
             }
             let view = entry_key(entry)
@@ -1332,6 +1453,7 @@ impl Node {
                     } else {
                         self.elements.insert((db, key.to_vec()), k);
                     }
+                    self.note_plan_ttl(db, key, &plan);
                 }
                 Step::Lost => {
                     lost += 1;
@@ -1438,6 +1560,7 @@ impl Node {
                     for (key, plan) in rebuild {
                         let mut k = MemoryKey::Missing;
                         k.execute(&plan);
+                        self.ttls.remove(&(db, key.clone()));
                         if k != MemoryKey::Missing {
                             self.elements.insert((db, key), k);
                         }
@@ -1485,7 +1608,7 @@ impl Node {
                                 LocalWrite::Change(c) => {
                                     self.target.changes.entry(k.clone()).or_default().push(c)
                                 }
-                                LocalWrite::Image => {
+                                LocalWrite::Image { .. } => {
                                     self.target.imaged.insert(k.clone());
                                 }
                             }
@@ -1506,6 +1629,7 @@ impl Node {
                 }
             }
         }
+        self.forget_gone_ttls();
         Some(lost)
     }
 
@@ -1669,7 +1793,11 @@ struct Sim {
 impl Sim {
     fn new(seed: u64, rules: SimRules, trace: bool) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
-        let params = Params::draw(&mut rng);
+        let mut params = Params::draw(&mut rng);
+        if rules.ttls {
+            params.skew_b_ms = 0;
+            params.weights[6] = 0;
+        }
         // Key mode models the key-level rule of protocol 2 only: no overflow.
         let max_pending = match rules.mode {
             Mode::Keys => u64::MAX,
@@ -1691,6 +1819,9 @@ impl Sim {
             max_pending,
             params.chunk,
         );
+        let (mut a, mut b) = (a, b);
+        a.forget_image_ttls_rule = rules.forget_image_ttls;
+        b.forget_image_ttls_rule = rules.forget_image_ttls;
         Sim {
             rules,
             params,
@@ -1875,7 +2006,15 @@ impl Sim {
     /// SET, APPEND or DEL of a random key of `db` on node `i`.
     fn write_in(&mut self, i: usize, db: u32) {
         if self.rules.mode == Mode::Elements {
-            return self.element_write(i, db);
+            self.element_write(i, db);
+            // With TTLs the flush follows the write in the same millisecond,
+            // as the glue's does (end of the event-loop iteration): the rule
+            // reads a stamp's milliseconds as the time of its write, which a
+            // flush point hundreds of ms later would not be.
+            if self.rules.ttls {
+                self.before_sleep(i);
+            }
+            return;
         }
         let key = KEYS[self.rng.gen_range(0..KEYS.len())];
         let op = self.rng.gen_range(0..10);
@@ -1900,6 +2039,12 @@ impl Sim {
     /// An element-level client write on node `i` (see `elements`).
     fn element_write(&mut self, i: usize, db: u32) {
         let k = self.rng.gen_range(0..KEYS.len());
+        let wall = self.wall(i);
+        self.nodes[i].expire_due(wall);
+        if self.rules.ttls && db == 0 && self.rng.gen_bool(0.15) {
+            self.expire_write(i, k, wall);
+            return;
+        }
         let node = &mut self.nodes[i];
         node.writes += 1;
         let Some((mut op, did)) = elements::write(
@@ -1916,6 +2061,17 @@ impl Sim {
         ) else {
             return;
         };
+        let clears_ttl = match &op {
+            Op::Element {
+                change:
+                    ElementChange::Set {
+                        shape: Shape::Str, ..
+                    },
+                ..
+            } => true,
+            Op::Element { .. } => false,
+            _ => true,
+        };
         if let Op::Element { seen, .. } = &mut op {
             if !self.rules.forget_seen {
                 *seen = node.outbox.applied_seq();
@@ -1926,6 +2082,15 @@ impl Sim {
         if matches!(&op, Op::Element { change, .. } if change.is_list())
             && (!node.list_commands_ship() || unshared)
         {
+            op = node.element_image(db, KEYS[k].to_vec());
+        }
+        // Expiry: a `SET` (string value or image) clears the key's TTL,
+        // any other write keeps it, and a key that has one ships whole
+        // (`capture::as_image`).
+        let id = (db, KEYS[k].to_vec());
+        if clears_ttl || !node.elements.contains_key(&id) {
+            node.ttls.remove(&id);
+        } else if node.ttls.contains_key(&id) {
             op = node.element_image(db, KEYS[k].to_vec());
         }
         let seen = node.history.seen;
@@ -1940,6 +2105,31 @@ impl Sim {
         node.captured.push(Captured { db, op, op_id });
         let now = node.elements.get(&(db, KEYS[k].to_vec())).cloned();
         self.log(|| format!("{} write db{db} {shown} -> {now:?}", IDS[i]));
+    }
+
+    /// `PEXPIRE` of a few hundred ms on an existing key of db 0: captured
+    /// as the key's image with its TTL (the capture of an expiry change).
+    fn expire_write(&mut self, i: usize, k: usize, wall: u64) {
+        let ttl = self.rng.gen_range(1..=300);
+        let node = &mut self.nodes[i];
+        let id = (0, KEYS[k].to_vec());
+        if !node.elements.contains_key(&id) {
+            return;
+        }
+        node.writes += 1;
+        node.ttls.insert(id, (wall + ttl) as i64);
+        let op = node.element_image(0, KEYS[k].to_vec());
+        let seen = node.history.seen;
+        node.history.done.push(elements::Done {
+            db: 0,
+            key: Some(KEYS[k].to_vec()),
+            did: elements::Did::Image,
+            seen,
+        });
+        let op_id = node.history.done.len() as u64;
+        let shown = show_op(&op);
+        node.captured.push(Captured { db: 0, op, op_id });
+        self.log(|| format!("{} pexpire db0 {shown} ({ttl} ms)", IDS[i]));
     }
 
     fn local_flush(&mut self, i: usize) {
@@ -1961,6 +2151,7 @@ impl Sim {
         self.log(|| format!("{} flush [0]", IDS[i]));
         let node = &mut self.nodes[i];
         node.elements.retain(|(d, _), _| *d != 0);
+        node.forget_gone_ttls();
         let seen = node.history.seen;
         node.history.done.push(elements::Done {
             db: 0,
@@ -2370,7 +2561,18 @@ impl Sim {
     /// Both stores identical, both tables empty; in element mode, the
     /// semantics hold too.
     fn check(&mut self) -> Result<(), Failure> {
+        // Compared as both hold them at the later of the two clocks: a key
+        // that expired on one side must be gone or expiring on the other.
+        let later = self.wall(0).max(self.wall(1));
+        for n in &mut self.nodes {
+            n.expire_due(later);
+        }
         let [a, b] = &self.nodes;
+        if a.ttls != b.ttls {
+            return Err(Failure::Diverged(diff(&a.ttls, &b.ttls, |v| {
+                format!("ttl {v:?}")
+            })));
+        }
         if a.store != b.store {
             return Err(Failure::Diverged(diff(&a.store, &b.store, |v| {
                 show_opt(&v.cloned())
@@ -2426,6 +2628,11 @@ fn show(b: &[u8]) -> String {
 
 fn show_opt(v: &Option<Vec<u8>>) -> String {
     v.as_deref().map_or("(none)".to_string(), show)
+}
+
+/// The TTL an image records in the table (none under the mutation).
+fn image_ttl(op: &Op, forget: bool) -> Option<ImageTtl> {
+    ImageTtl::of(op).filter(|_| !forget)
 }
 
 /// A stamp as `ms since the sim epoch + counter / index`.
@@ -2736,6 +2943,27 @@ fn streams_converge_with_appends_and_group_states() {
     }
 }
 
+/// Element mode with keys that expire: db 0's keys take short TTLs (an
+/// image with its TTL), element writes of such keys ship as images, and
+/// each side expires keys by its own clock, so a concurrent element change
+/// meets the key before its expiry on one side and after it on the other.
+/// The rule settles it by stamps and the TTL (`merge_record`): a change made
+/// before the TTL went with the key. Found by the convergence test with
+/// real servers (a field incremented on one side lived on where the key had
+/// expired before the increment arrived).
+#[test]
+fn elements_converge_with_expiring_keys() {
+    let started = Instant::now();
+    let n = env_u64("SIM_SCHEDULES").unwrap_or(DEFAULT_SCHEDULES);
+    let rules = SimRules {
+        ttls: true,
+        ..SimRules::correct(Mode::Elements)
+    };
+    let out = run_schedules(rules, n);
+    out.report("ttls", started);
+    out.assert_no_failures("elements_converge_with_expiring_keys");
+}
+
 /// Run a mutation and require that it makes some schedule diverge that
 /// converges under the correct rules (so the mutation, not some other
 /// fault, is what the simulation caught).
@@ -3015,6 +3243,21 @@ fn catches_stream_merges_that_disagree_on_a_shared_id() {
         SimRules {
             both_first: true,
             streams: true,
+            ..SimRules::correct(Mode::Elements)
+        },
+    );
+}
+
+/// Blind to TTLs, the two sides disagree on whether a concurrent change
+/// made before a TTL went with the key.
+#[test]
+fn catches_image_ttls_forgotten() {
+    assert_mutation_caught(
+        "the merge rule is blind to TTLs",
+        "catches_image_ttls_forgotten",
+        SimRules {
+            forget_image_ttls: true,
+            ttls: true,
             ..SimRules::correct(Mode::Elements)
         },
     );

@@ -126,7 +126,7 @@ mod tests {
     #[test]
     fn plan_respects_table() {
         let mut t = PendingWrites::new();
-        t.record_key(0, b"k", Stamp { hlc: 10, index: 0 }, 1);
+        t.record_key(0, b"k", Stamp { hlc: 10, index: 0 }, 1, None);
         let set = |key: &str, hlc| Entry {
             db: 0,
             stamp: Stamp { hlc, index: 0 },

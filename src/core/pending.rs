@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap as HashMap;
 
-use super::pending_elements::{shape_bit, ElementLog, LocalWrite, PendingChange};
+use super::pending_elements::{shape_bit, ElementLog, ImageTtl, LocalWrite, PendingChange};
 use super::protocol::{ElementChange, Shape, Stamp};
 use super::table_key::TableKey;
 
@@ -23,6 +23,8 @@ pub struct PendingEntry {
     pub stamp: Stamp,
     /// The sequence number of the batch that carried it.
     pub seq: u64,
+    /// The TTL the write gave its key (`None`: none, or a flush).
+    pub ttl: Option<ImageTtl>,
 }
 
 /// What to do with one remote entry.
@@ -44,7 +46,7 @@ pub fn remote_wins(remote: Stamp, remote_node: &str, local: Stamp, local_node: &
 #[derive(Debug)]
 struct LoggedBatch {
     seq: u64,
-    entries: Vec<(TableKey, Stamp)>,
+    entries: Vec<(TableKey, Stamp, Option<ImageTtl>)>,
 }
 
 /// Un-acknowledged local writes, keyed by `(db, key)`, plus pending flushes per db.
@@ -94,20 +96,27 @@ impl PendingWrites {
     }
 
     /// Record a local write of `key` in batch `seq` (batches are recorded
-    /// in increasing `seq`).
-    pub fn record_key(&mut self, db: u32, key: &[u8], stamp: Stamp, seq: u64) {
+    /// in increasing `seq`) that left the key expiring with `ttl`.
+    pub fn record_key(
+        &mut self,
+        db: u32,
+        key: &[u8],
+        stamp: Stamp,
+        seq: u64,
+        ttl: Option<ImageTtl>,
+    ) {
         let key = TableKey::new(db, key);
         match self.log.back_mut() {
-            Some(b) if b.seq == seq => b.entries.push((key, stamp)),
+            Some(b) if b.seq == seq => b.entries.push((key, stamp, ttl)),
             Some(b) if b.seq > seq => {
                 // Out of order (not done today): keep the index rule.
                 self.index_all();
-                self.keys.insert(key, PendingEntry { stamp, seq });
+                self.keys.insert(key, PendingEntry { stamp, seq, ttl });
                 return;
             }
             _ => self.log.push_back(LoggedBatch {
                 seq,
-                entries: vec![(key, stamp)],
+                entries: vec![(key, stamp, ttl)],
             }),
         }
         self.log_entries += 1;
@@ -124,8 +133,8 @@ impl PendingWrites {
             moved += batch.entries.len();
             self.log_entries -= batch.entries.len();
             let seq = batch.seq;
-            for (key, stamp) in batch.entries {
-                self.keys.insert(key, PendingEntry { stamp, seq });
+            for (key, stamp, ttl) in batch.entries {
+                self.keys.insert(key, PendingEntry { stamp, seq, ttl });
             }
         }
     }
@@ -175,7 +184,14 @@ impl PendingWrites {
             Some(e) if e.stamp == stamp => e.seq.min(seq),
             _ => seq,
         };
-        self.flushes.insert(db, PendingEntry { stamp, seq });
+        self.flushes.insert(
+            db,
+            PendingEntry {
+                stamp,
+                seq,
+                ttl: None,
+            },
+        );
     }
 
     /// The key's own pending entry stamp (not its db's flush).
@@ -313,7 +329,7 @@ impl PendingWrites {
                 stamp: e.stamp,
                 seq: e.seq,
                 seen: 0,
-                write: LocalWrite::Image,
+                write: LocalWrite::Image { ttl: e.ttl },
             });
         }
         // Own stamps grow in execution order.
@@ -361,6 +377,17 @@ impl PendingWrites {
         self.elements.prune(&k, older);
         if self.keys.get(&k).is_some_and(|e| older(e.stamp)) {
             self.keys.remove(&k);
+        }
+    }
+
+    /// A remote change replaced the key a pending image with a TTL made (a
+    /// delete, a `SET`, another type): later remote changes no longer meet
+    /// that key when it expires, so its TTL no longer decides for them
+    /// (see [`crate::core::merge::rule::merge_record`]).
+    pub fn forget_image_ttl(&mut self, db: u32, key: &[u8]) {
+        self.index_all();
+        if let Some(e) = self.keys.get_mut(&TableKey::new(db, key)) {
+            e.ttl = None;
         }
     }
 
@@ -421,7 +448,7 @@ impl PendingWrites {
         let logged = self
             .log
             .iter()
-            .flat_map(|b| b.entries.iter().map(|(_, s)| *s));
+            .flat_map(|b| b.entries.iter().map(|(_, s, _)| *s));
         self.keys
             .values()
             .chain(self.flushes.values())
@@ -462,7 +489,7 @@ mod tests {
         t.record_element(0, b"h", st(1, 0), 1, 0, incr(Shape::Hash));
         assert_eq!(t.increment_fast_path(0, b"h", Shape::Hash), Some(true));
         assert_eq!(t.increment_fast_path(0, b"h", Shape::Str), None);
-        t.record_key(0, b"img", st(2, 0), 2);
+        t.record_key(0, b"img", st(2, 0), 2, None);
         assert_eq!(t.increment_fast_path(0, b"img", Shape::Str), None);
         t.record_flush(1, st(3, 0), 3);
         assert_eq!(t.increment_fast_path(1, b"x", Shape::Str), None);
@@ -475,7 +502,7 @@ mod tests {
     #[test]
     fn element_writes_count_as_local_writes_for_a_full_resync() {
         let mut t = PendingWrites::new();
-        t.record_key(0, b"img", st(5, 0), 1);
+        t.record_key(0, b"img", st(5, 0), 1, None);
         let change = crate::core::protocol::ElementChange::DelKey;
         t.record_element(0, b"el", st(9, 1), 2, 0, change.clone());
         t.record_element(0, b"img", st(11, 0), 3, 0, change);
@@ -489,7 +516,7 @@ mod tests {
     #[test]
     fn newer_local_write_wins() {
         let mut t = PendingWrites::new();
-        t.record_key(0, b"k", st(10, 0), 1);
+        t.record_key(0, b"k", st(10, 0), 1, None);
         assert_eq!(
             t.decide_key(0, b"k", st(9, 0), "b", "a"),
             Decision::LocalWins
@@ -517,9 +544,9 @@ mod tests {
     #[test]
     fn ack_prunes_only_batches_up_to_seq_and_keeps_rewrites() {
         let mut t = PendingWrites::new();
-        t.record_key(0, b"a", st(1, 0), 1);
-        t.record_key(0, b"b", st(1, 1), 1);
-        t.record_key(0, b"a", st(2, 0), 2);
+        t.record_key(0, b"a", st(1, 0), 1, None);
+        t.record_key(0, b"b", st(1, 1), 1, None);
+        t.record_key(0, b"a", st(2, 0), 2, None);
         t.acknowledge(1);
         assert_eq!(t.len(), 1);
         assert!(t.local_stamp(0, b"a").is_some());
@@ -544,9 +571,9 @@ mod tests {
     #[test]
     fn survivors_of_remote_flush_are_newer_local_writes() {
         let mut t = PendingWrites::new();
-        t.record_key(0, b"old", st(5, 0), 1);
-        t.record_key(0, b"new", st(15, 0), 2);
-        t.record_key(1, b"other", st(15, 0), 2);
+        t.record_key(0, b"old", st(5, 0), 1, None);
+        t.record_key(0, b"new", st(15, 0), 2, None);
+        t.record_key(1, b"other", st(15, 0), 2, None);
         assert_eq!(
             t.survivors_of_flush(0, st(10, 0), "b", "a"),
             vec![b"new".to_vec()]
@@ -556,7 +583,7 @@ mod tests {
     #[test]
     fn entries_by_stamp_are_oldest_first() {
         let mut t = PendingWrites::new();
-        t.record_key(0, b"b", st(20, 0), 2);
+        t.record_key(0, b"b", st(20, 0), 2, None);
         t.record_flush(0, st(10, 0), 1);
         let e = t.entries_by_stamp();
         assert_eq!(e[0].1, None);
@@ -566,9 +593,9 @@ mod tests {
     #[test]
     fn acknowledged_batches_leave_without_being_indexed() {
         let mut t = PendingWrites::new();
-        t.record_key(0, b"a", st(1, 0), 1);
-        t.record_key(0, b"b", st(2, 0), 2);
-        t.record_key(0, b"c", st(3, 0), 3);
+        t.record_key(0, b"a", st(1, 0), 1, None);
+        t.record_key(0, b"b", st(2, 0), 2, None);
+        t.record_key(0, b"c", st(3, 0), 3, None);
         assert_eq!(t.len(), 3);
         t.acknowledge(2);
         assert_eq!(t.len(), 1);
@@ -579,9 +606,9 @@ mod tests {
     #[test]
     fn an_indexed_write_acknowledged_leaves_the_logged_rewrite_pending() {
         let mut t = PendingWrites::new();
-        t.record_key(0, b"k", st(1, 0), 1);
+        t.record_key(0, b"k", st(1, 0), 1, None);
         assert_eq!(t.key_stamp(0, b"k"), Some(st(1, 0)), "indexes batch 1");
-        t.record_key(0, b"k", st(2, 0), 2);
+        t.record_key(0, b"k", st(2, 0), 2, None);
         t.acknowledge(1);
         assert_eq!(t.key_stamp(0, b"k"), Some(st(2, 0)));
         t.acknowledge(2);
@@ -592,7 +619,7 @@ mod tests {
     fn maintain_folds_rewrites_of_a_hot_key() {
         let mut t = PendingWrites::new();
         for seq in 1..=10_000u64 {
-            t.record_key(0, b"hot", st(seq, 0), seq);
+            t.record_key(0, b"hot", st(seq, 0), seq, None);
             t.maintain(100, 1);
             assert!(!t.over(100), "one key never overflows (seq {seq})");
         }
@@ -604,11 +631,11 @@ mod tests {
     fn over_counts_distinct_keys() {
         let mut t = PendingWrites::new();
         for seq in 1..=5u64 {
-            t.record_key(0, b"a", st(seq, 0), seq);
-            t.record_key(0, b"b", st(seq, 1), seq);
+            t.record_key(0, b"a", st(seq, 0), seq, None);
+            t.record_key(0, b"b", st(seq, 1), seq, None);
         }
         assert!(!t.over(2));
-        t.record_key(0, b"c", st(9, 0), 9);
+        t.record_key(0, b"c", st(9, 0), 9, None);
         assert!(t.over(2));
     }
 
@@ -660,8 +687,8 @@ mod tests {
                             if new_batch { seq += 1; }
                             clock += 1;
                             let stamp = st(clock, 0);
-                            t.record_key(0, &[k], stamp, seq);
-                            m.insert(k, PendingEntry { stamp, seq });
+                            t.record_key(0, &[k], stamp, seq, None);
+                            m.insert(k, PendingEntry { stamp, seq, ttl: None });
                         }
                         Step::Ack { back } => {
                             let upto = seq.saturating_sub(u64::from(back));

@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap as HashMap;
 
-use super::protocol::{ElementChange, Shape, Stamp};
+use super::protocol::{ElementChange, Op, Shape, Stamp, Value};
 use super::table_key::TableKey;
 
 /// A pending local write on one key, as the merge rule reads it.
@@ -39,8 +39,53 @@ pub enum LocalWrite {
     /// An element-level change, exactly as shipped.
     Change(ElementChange),
     /// A whole-key image or a flush of the key's db (no content needed:
-    /// the rule only asks when it was).
-    Image,
+    /// the rule only asks when it was, and until when the key it left
+    /// lives).
+    Image {
+        /// The TTL the image gave the key (`None` for a flush or a key
+        /// without one).
+        ttl: Option<ImageTtl>,
+    },
+}
+
+/// The TTL a whole-key image gave its key, and the key's element family.
+///
+/// Why kept until acknowledged: a concurrent element change the peer made
+/// before that moment went, by stamps, with the key the image made when it
+/// expired; unless it gave the key another type, which replaced it (see
+/// [`crate::core::merge::rule::merge_record`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageTtl {
+    /// When the key expires (Unix ms).
+    pub at_ms: i64,
+    /// Its element family (`None`: a type element changes do not fit, a
+    /// list or a stream).
+    pub family: Option<Shape>,
+}
+
+impl ImageTtl {
+    /// The TTL `op` gives its key, if it is an image with one.
+    pub fn of(op: &Op) -> Option<ImageTtl> {
+        let Op::Set {
+            value,
+            expire_at_ms: Some(at_ms),
+            ..
+        } = op
+        else {
+            return None;
+        };
+        let family = match value {
+            Value::String(_) => Some(Shape::Str),
+            Value::Hash(_) | Value::HashTtl(_) => Some(Shape::Hash),
+            Value::Set(_) => Some(Shape::Set),
+            Value::ZSet(_) => Some(Shape::ZSet),
+            _ => None,
+        };
+        Some(ImageTtl {
+            at_ms: *at_ms,
+            family,
+        })
+    }
 }
 
 /// The bit of a family in [`ElementLog::shapes_of`].

@@ -22,8 +22,7 @@ use crate::core::image;
 use crate::core::image::Reply;
 use crate::core::list_op::ListOp;
 use crate::core::merge::entry::{
-    entry_key, expired_as_delete, family_clash, full_resync_image_reships, plan_entry,
-    BatchPosition, Step,
+    entry_key, family_clash, full_resync_image_reships, plan_entry, BatchPosition, Step,
 };
 use crate::core::merge::rule::Nodes;
 use crate::core::merge::view::{KeyPlan, KeyShape, KeyView, Reset};
@@ -529,6 +528,7 @@ fn apply_batch(
     let at = BatchPosition {
         seq: batch.seq,
         applied_before: shared.outbox().applied_seq(),
+        now_ms: i64::try_from(wall_ms()).unwrap_or(i64::MAX),
     };
     let nodes = Nodes {
         remote: origin,
@@ -539,10 +539,7 @@ fn apply_batch(
     let mut lost = 0u64;
     let mut merged = 0u64;
     let mut reship: Vec<(u32, Vec<u8>)> = Vec::new();
-    let now = wall_ms() as i64;
     for entry in &batch.entries {
-        let expired = expired_as_delete(entry, now);
-        let entry = expired.as_ref().unwrap_or(entry);
         if !ffi::select_db(ctx, entry.db as i32) {
             return Err(format!("cannot select db {}", entry.db));
         }

@@ -21,7 +21,7 @@ use crate::core::hlc::wall_ms;
 use crate::core::image::{self, Reply};
 use crate::core::list_op::ListOp;
 use crate::core::merge::coalesce::coalesce;
-use crate::core::pending_elements::LocalWrite;
+use crate::core::pending_elements::{ImageTtl, LocalWrite};
 use crate::core::protocol::{Batch, ElementChange, Entry, Frame, Op, Stamp, StreamGroup, Value};
 use crate::core::stats::{LinkState, Stats};
 use crate::core::unshared::Reason;
@@ -581,10 +581,11 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
                 Op::Set { key, .. } | Op::Delete { key } => Some(key),
                 _ => None,
             };
+            let ttl = ImageTtl::of(&op);
             match (&stamping, &op, key) {
                 (Stamping::FullSync { .. }, _, Some(k)) => {
                     if node.pending.key_stamp(db, k).is_some() {
-                        node.pending.record_key(db, k, stamp, seq);
+                        node.pending.record_key(db, k, stamp, seq, ttl);
                     }
                 }
                 (Stamping::FullSync { .. }, Op::FlushDb, None) => {
@@ -595,7 +596,7 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
                 (Stamping::FullSync { .. }, _, None) => {}
                 (Stamping::Fresh, _, _) if untracked => {}
                 (_, Op::FlushDb, _) => node.pending.record_flush(db, stamp, seq),
-                (_, _, Some(k)) => node.pending.record_key(db, k, stamp, seq),
+                (_, _, Some(k)) => node.pending.record_key(db, k, stamp, seq, ttl),
                 (_, _, None) => {}
             }
             if let Some(k) = key {

@@ -328,7 +328,7 @@ pub fn target_begin() {
                         imaged.insert(key.clone());
                     }
                     LocalWrite::Change(c) => changes.entry(key.clone()).or_default().push(c),
-                    LocalWrite::Image => {
+                    LocalWrite::Image { .. } => {
                         imaged.insert(key.clone());
                     }
                 }

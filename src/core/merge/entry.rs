@@ -5,12 +5,12 @@
 //! entry must see the effect of the ones before it; the caller executes a
 //! step before planning the next.
 
-use super::rule::{list_verdict, merge_record, ListVerdict, Nodes, Outcome, Remote};
+use super::rule::{list_verdict, merge_record, replaces_key, ListVerdict, Nodes, Outcome, Remote};
 use super::view::{KeyPlan, KeyShape, KeyView};
 use super::{check, ElementError};
 use crate::core::list_op::ListOp;
 use crate::core::pending::PendingWrites;
-use crate::core::pending_elements::{shape_bit, PendingChange};
+use crate::core::pending_elements::{shape_bit, ImageTtl, LocalWrite, PendingChange};
 use crate::core::protocol::{ElementChange, Entry, Op};
 
 /// What to do for one entry.
@@ -141,6 +141,9 @@ pub struct BatchPosition {
     pub seq: u64,
     /// The highest seq applied from that stream before this batch.
     pub applied_before: u64,
+    /// This node's wall clock (Unix ms) as the batch is applied: whether a
+    /// TTL has passed here.
+    pub now_ms: i64,
 }
 
 /// The view of a key that is not read (a flush rebuilds from nothing).
@@ -163,28 +166,6 @@ pub fn entry_key(entry: &Entry) -> Option<&[u8]> {
     match &entry.op {
         Op::Set { key, .. } | Op::Delete { key } | Op::Element { key, .. } => Some(key),
         Op::FlushDb | Op::FullSyncBegin | Op::FullSyncEnd | Op::Check { .. } => None,
-    }
-}
-
-/// The entry to plan instead of `entry` when it is an image already past its
-/// expiry at `now_ms` (Unix ms): a delete of the key.
-///
-/// Why: the key expired on the way. Planned as the image, the key's pending
-/// changes made after it would be merged into a value this side never held;
-/// planned as a delete they restart from nothing, as they did on the side
-/// where the key had expired (and Redis would drop the image anyway).
-pub fn expired_as_delete(entry: &Entry, now_ms: i64) -> Option<Entry> {
-    match &entry.op {
-        Op::Set {
-            key,
-            expire_at_ms: Some(at),
-            ..
-        } if *at <= now_ms => Some(Entry {
-            db: entry.db,
-            stamp: entry.stamp,
-            op: Op::Delete { key: key.clone() },
-        }),
-        _ => None,
     }
 }
 
@@ -224,7 +205,7 @@ pub fn plan_entry<'r>(
     let (key, remote) = match &entry.op {
         Op::FullSyncBegin => return Ok(Step::FullSyncBegin),
         Op::FullSyncEnd => return Ok(Step::FullSyncEnd),
-        Op::FlushDb => return Ok(plan_flush(table, entry, nodes)),
+        Op::FlushDb => return Ok(plan_flush(table, entry, nodes, at.now_ms)),
         Op::Check { key, digest } => {
             let concurrent = !table.changes_of(entry.db, key).is_empty();
             return Ok(Step::Check {
@@ -234,7 +215,16 @@ pub fn plan_entry<'r>(
                 concurrent,
             });
         }
-        Op::Set { key, .. } | Op::Delete { key } => (key, Remote::Image(&entry.op)),
+        // An image whose TTL passed on the way is a delete here, and took
+        // with it what this node changed in its key before that moment
+        // (`merge_record`).
+        Op::Set { key, .. } | Op::Delete { key } => {
+            let expired = ImageTtl::of(&entry.op).filter(|t| t.at_ms <= at.now_ms);
+            (
+                key,
+                expired.map_or(Remote::Image(&entry.op), Remote::Expired),
+            )
+        }
         Op::Element {
             key,
             change,
@@ -259,7 +249,7 @@ pub fn plan_entry<'r>(
                 {
                     let remote = Remote::Change(change);
                     if let Outcome::Apply { plan, .. } =
-                        merge_record(&[], remote, entry.stamp, nodes, view)
+                        merge_record(&[], remote, entry.stamp, nodes, view, at.now_ms)
                     {
                         return Ok(Step::Key {
                             db: entry.db,
@@ -275,14 +265,28 @@ pub fn plan_entry<'r>(
             pending.retain(|p| p.seq > *seen);
             let remote = Remote::Change(change);
             return Ok(match list_verdict(&pending, remote, entry.stamp, nodes) {
-                ListVerdict::NotList => merge(table, entry, key, remote, &pending, nodes, view),
+                ListVerdict::NotList => merge(
+                    table,
+                    entry,
+                    (key, remote),
+                    &pending,
+                    (nodes, at.now_ms),
+                    view,
+                ),
                 ListVerdict::Replay => match change {
                     ElementChange::List(op) => Step::List {
                         db: entry.db,
                         key,
                         op,
                     },
-                    _ => merge(table, entry, key, remote, &pending, nodes, view),
+                    _ => merge(
+                        table,
+                        entry,
+                        (key, remote),
+                        &pending,
+                        (nodes, at.now_ms),
+                        view,
+                    ),
                 },
                 ListVerdict::Won => Step::Won { db: entry.db, key },
                 ListVerdict::GroupsLost => Step::Lost,
@@ -305,25 +309,41 @@ pub fn plan_entry<'r>(
     if list_verdict(&pending, remote, entry.stamp, nodes) == ListVerdict::Won {
         return Ok(Step::Won { db: entry.db, key });
     }
-    Ok(merge(table, entry, key, remote, &pending, nodes, view))
+    Ok(merge(
+        table,
+        entry,
+        (key, remote),
+        &pending,
+        (nodes, at.now_ms),
+        view,
+    ))
 }
 
 /// Run the rule; prune what a record that replaced the key cancelled.
 fn merge<'r>(
     table: &mut PendingWrites,
     entry: &'r Entry,
-    key: &'r [u8],
-    remote: Remote<'r>,
+    (key, remote): (&'r [u8], Remote<'r>),
     pending: &[PendingChange],
-    nodes: Nodes<'_>,
+    (nodes, now_ms): (Nodes<'_>, i64),
     view: &dyn KeyView,
 ) -> Step<'r> {
     let concurrent = !pending.is_empty();
-    match merge_record(pending, remote, entry.stamp, nodes, view) {
+    match merge_record(pending, remote, entry.stamp, nodes, view, now_ms) {
         Outcome::Ignored => Step::Lost,
         Outcome::Apply { plan, prune } => {
             if prune {
                 table.prune_before(entry.db, key, entry.stamp, nodes.remote, nodes.local);
+            }
+            if let Remote::Change(c) = remote {
+                // It replaced the key a pending image with a TTL made: that
+                // TTL no longer decides for the peer's later changes.
+                let ttl_image = pending.iter().any(
+                    |p| matches!(p.write, LocalWrite::Image { ttl: Some(t) } if replaces_key(c, t)),
+                );
+                if ttl_image {
+                    table.forget_image_ttl(entry.db, key);
+                }
             }
             Step::Key {
                 db: entry.db,
@@ -336,7 +356,12 @@ fn merge<'r>(
 }
 
 /// A remote flush: an image of nothing on every key of the db.
-fn plan_flush<'r>(table: &mut PendingWrites, entry: &'r Entry, nodes: Nodes<'_>) -> Step<'r> {
+fn plan_flush<'r>(
+    table: &mut PendingWrites,
+    entry: &'r Entry,
+    nodes: Nodes<'_>,
+    now_ms: i64,
+) -> Step<'r> {
     let db = entry.db;
     if !table.first_sight_of_remote_flush(db, entry.stamp) {
         return Step::Duplicate;
@@ -366,7 +391,7 @@ fn plan_flush<'r>(table: &mut PendingWrites, entry: &'r Entry, nodes: Nodes<'_>)
             keep.push(key);
             continue;
         }
-        match merge_record(&pending, Remote::Flush, entry.stamp, nodes, &NoKey) {
+        match merge_record(&pending, Remote::Flush, entry.stamp, nodes, &NoKey, now_ms) {
             Outcome::Ignored => keep.push(key),
             Outcome::Apply { plan, .. } => {
                 table.prune_before(db, &key, entry.stamp, nodes.remote, nodes.local);
@@ -397,27 +422,185 @@ pub(super) fn owned(plan: KeyPlan<'_>) -> KeyPlan<'static> {
 
 #[cfg(test)]
 mod expiry_tests {
-    use super::*;
-    use crate::core::protocol::{Stamp, Value};
+    //! A key with a TTL met by a concurrent element change: each side
+    //! decides by stamps and the TTL, whenever the records arrive.
 
-    fn image(expire_at_ms: Option<i64>) -> Entry {
-        Entry {
-            db: 3,
-            stamp: Stamp { hlc: 1, index: 0 },
-            op: Op::Set {
-                key: b"k".to_vec(),
-                value: Value::String(b"v".to_vec()),
-                expire_at_ms,
-            },
+    use super::*;
+    use crate::core::hlc::stamp_from_ms;
+    use crate::core::merge::memory::MemoryKey;
+    use crate::core::merge::rule::{merge_record, Outcome, Remote};
+    use crate::core::pending_elements::{ImageTtl, LocalWrite, PendingChange};
+    use crate::core::protocol::{Shape, Stamp, Value};
+
+    /// The image's TTL (Unix ms).
+    const TTL: i64 = 10_000;
+    const NODES: Nodes<'static> = Nodes {
+        remote: "a",
+        local: "b",
+    };
+
+    fn at(ms: i64) -> Stamp {
+        Stamp {
+            hlc: stamp_from_ms(ms as u64),
+            index: 0,
         }
     }
 
+    fn incr(field: &str, delta: i64) -> ElementChange {
+        ElementChange::Incr {
+            shape: Shape::Hash,
+            elem: field.as_bytes().to_vec(),
+            delta,
+        }
+    }
+
+    fn hash(fields: &[(&str, &str)]) -> MemoryKey {
+        MemoryKey::Elements(
+            Shape::Hash,
+            fields
+                .iter()
+                .map(|(f, v)| (f.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                .collect(),
+        )
+    }
+
+    /// The key after merging `remote` into `key`, or `None` when ignored.
+    fn merged(
+        key: &MemoryKey,
+        pending: &[PendingChange],
+        remote: Remote<'_>,
+        stamp: Stamp,
+        now_ms: i64,
+    ) -> Option<MemoryKey> {
+        match merge_record(pending, remote, stamp, NODES, key, now_ms) {
+            Outcome::Ignored => None,
+            Outcome::Apply { plan, .. } => {
+                let mut k = key.clone();
+                k.execute(&plan);
+                Some(k)
+            }
+        }
+    }
+
+    /// The side that wrote the image (TTL at 10 s) meets the peer's
+    /// increment made at 9 s, before the image reached the peer.
     #[test]
-    fn an_image_past_its_expiry_is_planned_as_a_delete() {
-        let gone = expired_as_delete(&image(Some(1_000)), 1_000).expect("expired at now");
-        assert_eq!(gone.db, 3);
-        assert_eq!(gone.op, Op::Delete { key: b"k".to_vec() });
-        assert!(expired_as_delete(&image(Some(1_001)), 1_000).is_none());
-        assert!(expired_as_delete(&image(None), i64::MAX).is_none());
+    fn a_change_made_before_the_ttl_of_a_pending_image_goes_with_its_key() {
+        let image = PendingChange {
+            stamp: at(5_000),
+            seq: 1,
+            seen: 0,
+            write: LocalWrite::Image {
+                ttl: Some(ImageTtl {
+                    at_ms: TTL,
+                    family: Some(Shape::Hash),
+                }),
+            },
+        };
+        let change = incr("f", 10);
+        let before_ttl = at(9_000);
+        // Still alive here: the change joins the key, which keeps its TTL.
+        let alive = hash(&[("g", "1")]);
+        let kept = merged(
+            &alive,
+            std::slice::from_ref(&image),
+            Remote::Change(&change),
+            before_ttl,
+            9_500,
+        );
+        assert_eq!(kept, Some(hash(&[("f", "10"), ("g", "1")])));
+        // Expired here: the change went with the key (before the rule, it
+        // made a new key without a TTL, which lived on here only).
+        let gone = merged(
+            &MemoryKey::Missing,
+            std::slice::from_ref(&image),
+            Remote::Change(&change),
+            before_ttl,
+            TTL + 1,
+        );
+        assert_eq!(gone, None, "a change of the expired key came back");
+        // A change made from the TTL on made a new key on its side: kept.
+        let after_ttl = at(TTL);
+        let fresh = merged(
+            &MemoryKey::Missing,
+            std::slice::from_ref(&image),
+            Remote::Change(&change),
+            after_ttl,
+            TTL + 1,
+        );
+        assert_eq!(fresh, Some(hash(&[("f", "10")])));
+        // An image without a TTL never takes a later change with it.
+        let forever = PendingChange {
+            write: LocalWrite::Image { ttl: None },
+            ..image
+        };
+        let applied = merged(
+            &MemoryKey::Missing,
+            &[forever],
+            Remote::Change(&change),
+            before_ttl,
+            TTL + 1,
+        );
+        assert_eq!(applied, Some(hash(&[("f", "10")])));
+    }
+
+    /// The side that made the increment at 9 s receives the image (TTL at
+    /// 10 s, stamped 5 s) after 10 s: what it changed before 10 s went with
+    /// the image's key, what it changed from 10 s on is a new key.
+    #[test]
+    fn an_image_that_arrives_expired_keeps_only_the_changes_made_after_its_ttl() {
+        let pending = [
+            PendingChange {
+                stamp: at(9_000),
+                seq: 3,
+                seen: 0,
+                write: LocalWrite::Change(incr("f", 10)),
+            },
+            PendingChange {
+                stamp: at(TTL + 20),
+                seq: 4,
+                seen: 0,
+                write: LocalWrite::Change(incr("h", 1)),
+            },
+        ];
+        let here = hash(&[("f", "10"), ("h", "1")]);
+        let image = Op::Set {
+            key: b"k".to_vec(),
+            value: Value::Hash(vec![(b"g".to_vec(), b"1".to_vec())]),
+            expire_at_ms: Some(TTL),
+        };
+        let entry = Entry {
+            db: 0,
+            stamp: at(5_000),
+            op: image,
+        };
+        let mut table = PendingWrites::new();
+        let position = BatchPosition {
+            seq: 1,
+            applied_before: 0,
+            now_ms: TTL + 50,
+        };
+        // Planned from the entry: an expired image is `Remote::Expired`.
+        let step = plan_entry(&mut table, &entry, position, NODES, &here).expect("a plan");
+        let Step::Key { plan, .. } = step else {
+            panic!("an image applies: {step:?}");
+        };
+        assert_eq!(plan.reset, super::super::view::Reset::Clear);
+        let ttl = ImageTtl {
+            at_ms: TTL,
+            family: Some(Shape::Hash),
+        };
+        let after = merged(&here, &pending, Remote::Expired(ttl), at(5_000), TTL + 50);
+        assert_eq!(after, Some(hash(&[("h", "1")])));
+        // Arriving before its TTL, the image holds the change made before
+        // it (and takes it along at 10 s, as on its origin).
+        let alive = merged(
+            &here,
+            &pending[..1],
+            Remote::Image(&entry.op),
+            at(5_000),
+            9_500,
+        );
+        assert_eq!(alive, Some(hash(&[("f", "10"), ("g", "1")])));
     }
 }

@@ -40,9 +40,10 @@ use std::collections::BTreeSet;
 
 use super::counter;
 use super::view::{KeyPlan, KeyView, Planned};
+use crate::core::hlc::stamp_ms;
 use crate::core::list_op::ListOp;
 use crate::core::pending::remote_wins;
-use crate::core::pending_elements::{LocalWrite, PendingChange};
+use crate::core::pending_elements::{ImageTtl, LocalWrite, PendingChange};
 use crate::core::protocol::{ElementChange, Op, Shape, Stamp};
 
 /// The remote record to merge.
@@ -54,6 +55,11 @@ pub enum Remote<'r> {
     Image(&'r Op),
     /// A remote flush of the key's db: an image of nothing.
     Flush,
+    /// A remote image whose TTL had passed here on arrival: an image of
+    /// nothing, which also took with it the pending local changes made
+    /// before that moment that did not give the key another type (see
+    /// [`merge_record`]).
+    Expired(ImageTtl),
 }
 
 /// Node ids, for ordering stamps of the two sides.
@@ -85,26 +91,66 @@ pub enum Outcome<'r> {
 /// node's pending entries on the key that the record had not seen
 /// (`pending`, in execution order, a pending flush of the db included as an
 /// image; [`super::entry::plan_entry`] drops those the record's `seen`
-/// position covers).
+/// position covers). `now_ms` is this node's wall clock (Unix ms).
+///
+/// Keys with a TTL: an element change made on one side before the other
+/// side's concurrent image with a TTL reached it belongs, by stamps, to the
+/// key that image made, and goes when that key expires, unless it gives the
+/// key another type (then, as everywhere in the rule, it replaced the key:
+/// a new key without a TTL). Each side decides that from stamps, the TTL
+/// and the image's family, not from when the records arrived (before the
+/// expiry on one side, after it on the other): a remote change stamped
+/// before the TTL of an earlier pending local image that has expired here
+/// is ignored, and a remote image that arrives expired re-applies only the
+/// pending local changes that outlived it. Without this, the change lived
+/// on where the key had expired before it arrived (the convergence test's
+/// self-check caught it). A stamp's milliseconds are read as the wall time
+/// of its write: with clocks apart, a change stamped ahead of a TTL that has
+/// not passed on its side can still end differently (open).
 pub fn merge_record<'r>(
     pending: &[PendingChange],
     remote: Remote<'r>,
     stamp: Stamp,
     nodes: Nodes<'_>,
     view: &dyn KeyView,
+    now_ms: i64,
 ) -> Outcome<'r> {
     let later = |p: &PendingChange| remote_wins(p.stamp, nodes.local, stamp, nodes.remote);
     let shape = match remote {
         Remote::Change(c) => establishes(c),
-        Remote::Image(_) | Remote::Flush => None,
+        Remote::Image(_) | Remote::Flush | Remote::Expired(_) => None,
     };
     if pending
         .iter()
-        .any(|p| later(p) && (p.write == LocalWrite::Image || other_type(p, shape)))
+        .any(|p| later(p) && (matches!(p.write, LocalWrite::Image { .. }) || other_type(p, shape)))
     {
         return Outcome::Ignored;
     }
+    if let Remote::Change(c) = remote {
+        // The key of the last earlier local image, if no earlier local
+        // change replaced it since.
+        let earlier: Vec<&PendingChange> = pending.iter().filter(|p| !later(p)).collect();
+        let image = earlier
+            .iter()
+            .rposition(|p| matches!(p.write, LocalWrite::Image { .. }));
+        if let Some(i) = image {
+            if let LocalWrite::Image { ttl: Some(ttl) } = earlier[i].write {
+                let replaced = earlier[i + 1..].iter().any(|p| match &p.write {
+                    LocalWrite::Change(local) => replaces_key(local, ttl),
+                    LocalWrite::Image { .. } => false,
+                });
+                if !replaced
+                    && ttl.at_ms <= now_ms
+                    && made_before(stamp, ttl.at_ms)
+                    && !replaces_key(c, ttl)
+                {
+                    return Outcome::Ignored;
+                }
+            }
+        }
+    }
     let mut key = Planned::new(view);
+    let mut expired_at = None;
     let replaces = match remote {
         Remote::Image(op) => {
             key.image(op);
@@ -112,6 +158,11 @@ pub fn merge_record<'r>(
         }
         Remote::Flush => {
             key.clear();
+            true
+        }
+        Remote::Expired(ttl) => {
+            key.clear();
+            expired_at = Some(ttl);
             true
         }
         Remote::Change(c) => {
@@ -128,20 +179,52 @@ pub fn merge_record<'r>(
         }
     };
     if replaces {
+        // After an image that expired on the way: the changes made on its
+        // key before its TTL went with it, until one replaced the key
+        // (another type) or came after the TTL (a new key).
+        let mut expired_key = expired_at;
         for p in pending.iter().filter(|p| later(p)) {
-            if let LocalWrite::Change(c) = &p.write {
-                effect(&mut key, c);
+            let LocalWrite::Change(c) = &p.write else {
+                continue;
+            };
+            if let Some(ttl) = expired_key {
+                if made_before(p.stamp, ttl.at_ms) && !replaces_key(c, ttl) {
+                    continue;
+                }
+                expired_key = None;
             }
+            effect(&mut key, c);
         }
     }
     // A type change replaces the key but prunes nothing: the entries it
     // cancelled here must still reach the peer (its origin does not hold
     // the change as an image, so nothing there would cancel them).
-    let prune = matches!(remote, Remote::Image(_) | Remote::Flush);
+    let prune = matches!(
+        remote,
+        Remote::Image(_) | Remote::Flush | Remote::Expired(_)
+    );
     Outcome::Apply {
         plan: key.finish(),
         prune,
     }
+}
+
+/// Does `c` end the key an image with `ttl` made (so that what follows it
+/// is a new key, without that TTL): a key delete, a string `SET` (which
+/// clears the TTL), or a change that gives the key another type?
+pub fn replaces_key(c: &ElementChange, ttl: ImageTtl) -> bool {
+    match c {
+        ElementChange::DelKey
+        | ElementChange::Set {
+            shape: Shape::Str, ..
+        } => true,
+        c => establishes(c).is_some_and(|s| ttl.family != Some(s)),
+    }
+}
+
+/// Was a write stamped `stamp` made before the Unix ms `at`?
+fn made_before(stamp: Stamp, at: i64) -> bool {
+    i64::try_from(stamp_ms(stamp.hlc)).is_ok_and(|ms| ms < at)
 }
 
 /// The type a change gives its key: a set or an increment creates the key
@@ -293,7 +376,7 @@ pub fn list_verdict(
     }
     match remote {
         Remote::Change(_) => ListVerdict::Superseded,
-        Remote::Image(_) | Remote::Flush => ListVerdict::Image,
+        Remote::Image(_) | Remote::Flush | Remote::Expired(_) => ListVerdict::Image,
     }
 }
 
@@ -334,7 +417,7 @@ fn merge_change(
                 .iter()
                 .filter_map(|p| match &p.write {
                     LocalWrite::Change(c) => c.elem(),
-                    LocalWrite::Image => None,
+                    LocalWrite::Image { .. } => None,
                 })
                 .collect();
             key.clear();
@@ -348,7 +431,7 @@ fn merge_change(
 /// Does `p` overwrite `elem` (a set or delete of it, a key delete, an image)?
 fn overwrites(p: &PendingChange, elem: &[u8]) -> bool {
     match &p.write {
-        LocalWrite::Image => true,
+        LocalWrite::Image { .. } => true,
         LocalWrite::Change(ElementChange::DelKey | ElementChange::List(_)) => true,
         LocalWrite::Change(
             ElementChange::Set { elem: e, .. } | ElementChange::Del { elem: e, .. },

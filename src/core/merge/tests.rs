@@ -180,7 +180,7 @@ impl Pair {
                     n.table
                         .record_element(0, KEY, stamp, n.seq, n.applied, change.clone())
                 }
-                _ => n.table.record_key(0, KEY, stamp, n.seq),
+                _ => n.table.record_key(0, KEY, stamp, n.seq, None),
             }
             entries.push(Entry { db: 0, stamp, op });
         }
@@ -204,6 +204,7 @@ impl Pair {
                 let at = BatchPosition {
                     seq,
                     applied_before: n.applied,
+                    now_ms: 0,
                 };
                 for e in &entries {
                     n.clock = n.clock.max(e.stamp.hlc);
