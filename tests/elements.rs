@@ -2514,15 +2514,28 @@ fn consumer_groups_on_both_sides_settle_without_reshipping_the_stream() {
 /// 50,000 entries the stream held before.
 #[test]
 fn concurrent_stream_appends_all_survive_at_the_cost_of_what_was_appended() {
-    // `STREAM_PREFILL=1000000` gives BENCHMARKS.md's figure for a 1M-entry stream.
+    // `STREAM_PREFILL=1000000` gives BENCHMARKS.md's figure for a 1M-entry stream. Past
+    // 100,000 entries the test hooks are off: their self-check digests the whole stream at
+    // every flush of the pre-fill (quadratic), and the end states are compared by digest.
     let prefill: usize = std::env::var("STREAM_PREFILL")
         .ok()
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(50_000);
-    let pair = hooked_pair();
+    let large = prefill > 100_000;
+    let pair = if large {
+        let pair = Pair::builder().proxied().without_test_hooks().start();
+        pair.wait_link_up(T);
+        pair
+    } else {
+        hooked_pair()
+    };
     let (mut a, mut b) = pair.conns();
     fill_stream(&mut a, "ev", prefill, "old");
-    synced(&pair);
+    if large {
+        wait_quiet(&pair, Duration::from_secs(600));
+    } else {
+        synced(&pair);
+    }
     cut(&pair);
     let append = |c: &mut Connection, side: &str, id: &str, go: &std::sync::Barrier| {
         let mut p = redis::pipe();
@@ -2584,7 +2597,12 @@ fn concurrent_stream_appends_all_survive_at_the_cost_of_what_was_appended() {
     heal(&pair);
     wait_quiet(&pair, T);
     let settled = healing.elapsed();
-    pair.assert_converged(&[0], T);
+    if large {
+        let digest = |c: &mut Connection| text(&run(c, &["DEBUG", "DIGEST-VALUE", "ev"]));
+        assert_eq!(digest(&mut a), digest(&mut b), "the streams differ");
+    } else {
+        pair.assert_converged(&[0], T);
+    }
     let cost = stat(&pair.a, "bytes_sent") + stat(&pair.b, "bytes_sent") - before;
     eprintln!(
         "heal after {rounds} x 2 x 1,000 appends to a stream of {prefill}: {shared} IDs clashed, \
@@ -2622,5 +2640,7 @@ fn concurrent_stream_appends_all_survive_at_the_cost_of_what_was_appended() {
         "the heal cost {cost} link bytes for {rounds} x 2,000 entries of ~40 bytes: the \
          50,000-entry stream travelled"
     );
-    assert_no_mismatch(&pair);
+    if !large {
+        assert_no_mismatch(&pair);
+    }
 }
