@@ -361,6 +361,16 @@ impl PendingWrites {
         self.elements.shapes_of(&TableKey::new(db, key))
     }
 
+    /// The batch and TTL of `key`'s pending image, if it gave the key one.
+    pub fn image_ttl(&mut self, db: u32, key: &[u8]) -> Option<(u64, ImageTtl)> {
+        if self.keys.is_empty() && self.log.is_empty() {
+            return None;
+        }
+        self.index_all();
+        let e = self.keys.get(&TableKey::new(db, key))?;
+        e.ttl.map(|t| (e.seq, t))
+    }
+
     /// Drop the pending writes of `key` stamped before a remote record
     /// `(remote, remote_node)` that acted as an image: it cancelled them.
     pub fn prune_before(

@@ -22,7 +22,7 @@ use crate::core::image;
 use crate::core::image::Reply;
 use crate::core::list_op::ListOp;
 use crate::core::merge::entry::{
-    entry_key, family_clash, full_resync_image_reships, plan_entry, BatchPosition, Step,
+    entry_key, family_clash, full_resync_image_reships, plan_entry, ttl_clash, BatchPosition, Step,
 };
 use crate::core::merge::rule::Nodes;
 use crate::core::merge::view::{KeyPlan, KeyShape, KeyView, Reset};
@@ -562,11 +562,19 @@ fn apply_batch(
                 reship.push((entry.db, key.clone()));
             }
         }
-        // One hold of the node for both questions (asked for every entry).
-        let (clash, step) = with_node(|n| {
+        // One hold of the node for the questions (asked for every entry).
+        let (clash, ttl_clashed, step) = with_node(|n| {
             let clash = family_clash(&mut n.pending, entry, &view);
-            (clash, plan_entry(&mut n.pending, entry, at, nodes, &view))
+            let ttl_clashed = ttl_clash(&mut n.pending, entry);
+            let step = plan_entry(&mut n.pending, entry, at, nodes, &view);
+            (clash, ttl_clashed, step)
         });
+        if let (true, Some(key)) = (ttl_clashed, entry_key(entry)) {
+            reship.push((entry.db, key.to_vec()));
+            if super::guard::test_hooks() {
+                note_retyped(entry.db, key);
+            }
+        }
         if let (true, Op::Element { key, .. }) = (clash, &entry.op) {
             reship.push((entry.db, key.clone()));
             if super::guard::test_hooks() {

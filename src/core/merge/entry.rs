@@ -8,10 +8,11 @@
 use super::rule::{list_verdict, merge_record, replaces_key, ListVerdict, Nodes, Outcome, Remote};
 use super::view::{KeyPlan, KeyShape, KeyView};
 use super::{check, ElementError};
+use crate::core::hlc::stamp_ms;
 use crate::core::list_op::ListOp;
 use crate::core::pending::PendingWrites;
 use crate::core::pending_elements::{shape_bit, ImageTtl, LocalWrite, PendingChange};
-use crate::core::protocol::{ElementChange, Entry, Op};
+use crate::core::protocol::{ElementChange, Entry, Op, Stamp};
 
 /// What to do for one entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,6 +193,40 @@ pub fn family_clash(table: &mut PendingWrites, entry: &Entry, view: &dyn KeyView
         KeyShape::Other => true,
     };
     here || table.element_shapes(entry.db, key) & !shape_bit(theirs) != 0
+}
+
+/// Does this entry meet a key with a TTL on one side only: a remote element
+/// change concurrent with this node's pending image that carries a TTL, or
+/// a remote image with a TTL while this node holds pending element changes
+/// of the key?
+///
+/// Why it matters: the two sides see the key expire at different moments
+/// relative to when the other's records arrive, and element changes merged
+/// around an expiry can end differently (observed-remove meets a key that
+/// has already gone on one side only). `merge_record` settles the common
+/// case by stamps; the receiver also re-ships its resulting key as a
+/// whole-key image, stamped now, so that whatever remains apart ends on one
+/// image by last-writer-wins (the README's TTL row). Ask before
+/// [`plan_entry`].
+pub fn ttl_clash(table: &mut PendingWrites, entry: &Entry) -> bool {
+    let before = |stamp: Stamp, at: i64| i64::try_from(stamp_ms(stamp.hlc)).is_ok_and(|ms| ms < at);
+    match &entry.op {
+        Op::Element { key, seen, .. } => table
+            .image_ttl(entry.db, key)
+            .is_some_and(|(seq, ttl)| seq > *seen && before(entry.stamp, ttl.at_ms)),
+        Op::Set {
+            key,
+            expire_at_ms: Some(at),
+            ..
+        } => {
+            table.element_shapes(entry.db, key) != 0
+                && table
+                    .changes_of(entry.db, key)
+                    .iter()
+                    .any(|p| matches!(p.write, LocalWrite::Change(_)) && before(p.stamp, *at))
+        }
+        _ => false,
+    }
 }
 
 /// Plan one entry; `view` shows the entry's key ([`entry_key`]) as it is now.
