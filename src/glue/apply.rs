@@ -565,7 +565,7 @@ fn apply_batch(
         // One hold of the node for the questions (asked for every entry).
         let (clash, ttl_clashed, step) = with_node(|n| {
             let clash = family_clash(&mut n.pending, entry, &view);
-            let ttl_clashed = ttl_clash(&mut n.pending, entry);
+            let ttl_clashed = ttl_clash(&mut n.pending, entry, at.now_ms);
             let step = plan_entry(&mut n.pending, entry, at, nodes, &view);
             (clash, ttl_clashed, step)
         });

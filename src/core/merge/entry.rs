@@ -208,22 +208,26 @@ pub fn family_clash(table: &mut PendingWrites, entry: &Entry, view: &dyn KeyView
 /// whole-key image, stamped now, so that whatever remains apart ends on one
 /// image by last-writer-wins (the README's TTL row). Ask before
 /// [`plan_entry`].
-pub fn ttl_clash(table: &mut PendingWrites, entry: &Entry) -> bool {
+pub fn ttl_clash(table: &mut PendingWrites, entry: &Entry, now_ms: i64) -> bool {
     let before = |stamp: Stamp, at: i64| i64::try_from(stamp_ms(stamp.hlc)).is_ok_and(|ms| ms < at);
+    // Only while the TTL runs here: past it, the rule decides by stamps
+    // alone, the same on both sides, and changes made after it merge.
     match &entry.op {
-        Op::Element { key, seen, .. } => table
-            .image_ttl(entry.db, key)
-            .is_some_and(|(seq, ttl)| seq > *seen && before(entry.stamp, ttl.at_ms)),
+        Op::Element { key, seen, .. } => {
+            table.image_ttl(entry.db, key).is_some_and(|(seq, ttl)| {
+                seq > *seen && ttl.at_ms > now_ms && before(entry.stamp, ttl.at_ms)
+            })
+        }
         Op::Set {
             key,
             expire_at_ms: Some(at),
             ..
-        } => {
-            table.element_shapes(entry.db, key) != 0
-                && table
-                    .changes_of(entry.db, key)
-                    .iter()
-                    .any(|p| matches!(p.write, LocalWrite::Change(_)) && before(p.stamp, *at))
+        } if *at > now_ms && table.element_shapes(entry.db, key) != 0 => {
+            table.changes_of(entry.db, key).iter().any(|p| {
+                matches!(p.write, LocalWrite::Change(_))
+                    && p.stamp > entry.stamp
+                    && before(p.stamp, *at)
+            })
         }
         _ => false,
     }
