@@ -2883,13 +2883,20 @@ fn replay_hint(seed: u64, test: &str) -> String {
     )
 }
 
-#[test]
-fn converges_under_correct_rules() {
+/// Run the default number of schedules (`SIM_SCHEDULES`) under `rules`,
+/// report them under `label` and fail `test` on any schedule that failed.
+fn converging(rules: SimRules, label: &str, test: &str) -> Outcome {
     let started = Instant::now();
     let n = env_u64("SIM_SCHEDULES").unwrap_or(DEFAULT_SCHEDULES);
-    let out = run_schedules(SimRules::correct(Mode::Keys), n);
-    out.report("correct rules", started);
-    out.assert_no_failures("converges");
+    let out = run_schedules(rules, n);
+    out.report(label, started);
+    out.assert_no_failures(test);
+    out
+}
+
+#[test]
+fn converges_under_correct_rules() {
+    let out = converging(SimRules::correct(Mode::Keys), "correct rules", "converges");
     if env_u64("SIM_SEED").is_none() {
         assert!(
             out.counters.lost > 0,
@@ -2905,11 +2912,11 @@ fn converges_under_correct_rules() {
 /// concurrent with removes survives).
 #[test]
 fn elements_converge_and_keep_their_semantics() {
-    let started = Instant::now();
-    let n = env_u64("SIM_SCHEDULES").unwrap_or(DEFAULT_SCHEDULES);
-    let out = run_schedules(SimRules::correct(Mode::Elements), n);
-    out.report("element merge", started);
-    out.assert_no_failures("elements_converge");
+    let out = converging(
+        SimRules::correct(Mode::Elements),
+        "element merge",
+        "elements_converge",
+    );
     if env_u64("SIM_SEED").is_none() {
         let c = &out.counters;
         assert!(
@@ -2933,15 +2940,14 @@ fn elements_converge_and_keep_their_semantics() {
 /// no re-ship), and groups against appends commute (DESIGN §11, issue 12).
 #[test]
 fn streams_converge_with_appends_and_group_states() {
-    let started = Instant::now();
-    let n = env_u64("SIM_SCHEDULES").unwrap_or(DEFAULT_SCHEDULES);
-    let rules = SimRules {
-        streams: true,
-        ..SimRules::correct(Mode::Elements)
-    };
-    let out = run_schedules(rules, n);
-    out.report("streams", started);
-    out.assert_no_failures("streams_converge");
+    let out = converging(
+        SimRules {
+            streams: true,
+            ..SimRules::correct(Mode::Elements)
+        },
+        "streams",
+        "streams_converge",
+    );
     if env_u64("SIM_SEED").is_none() {
         assert!(
             out.counters.lost > 0,
@@ -2961,15 +2967,14 @@ fn streams_converge_with_appends_and_group_states() {
 /// expired before the increment arrived).
 #[test]
 fn elements_converge_with_expiring_keys() {
-    let started = Instant::now();
-    let n = env_u64("SIM_SCHEDULES").unwrap_or(DEFAULT_SCHEDULES);
-    let rules = SimRules {
-        ttls: true,
-        ..SimRules::correct(Mode::Elements)
-    };
-    let out = run_schedules(rules, n);
-    out.report("ttls", started);
-    out.assert_no_failures("elements_converge_with_expiring_keys");
+    converging(
+        SimRules {
+            ttls: true,
+            ..SimRules::correct(Mode::Elements)
+        },
+        "ttls",
+        "elements_converge_with_expiring_keys",
+    );
 }
 
 /// Run a mutation and require that it makes some schedule diverge that

@@ -72,6 +72,9 @@ pub struct PendingWrites {
     seen_remote_flushes: HashMap<u32, Stamp>,
     /// Element-level changes, every one of them until acknowledged.
     elements: ElementLog,
+    /// The newest batch that carried an image with a TTL (0: none): lets
+    /// [`PendingWrites::ttl_image_after`] answer without the index.
+    newest_ttl_image: u64,
 }
 
 impl PendingWrites {
@@ -106,6 +109,9 @@ impl PendingWrites {
         ttl: Option<ImageTtl>,
     ) {
         let key = TableKey::new(db, key);
+        if ttl.is_some() {
+            self.newest_ttl_image = self.newest_ttl_image.max(seq);
+        }
         match self.log.back_mut() {
             Some(b) if b.seq == seq => b.entries.push((key, stamp, ttl)),
             Some(b) if b.seq > seq => {
@@ -359,6 +365,12 @@ impl PendingWrites {
     /// copying them.
     pub fn element_shapes(&mut self, db: u32, key: &[u8]) -> u8 {
         self.elements.shapes_of(&TableKey::new(db, key))
+    }
+
+    /// May an image with a TTL carried after batch `seen` still be pending?
+    /// O(1): the apply loop asks it for every remote element change.
+    pub fn ttl_image_after(&self, seen: u64) -> bool {
+        self.newest_ttl_image > seen && !(self.keys.is_empty() && self.log.is_empty())
     }
 
     /// The batch and TTL of `key`'s pending image, if it gave the key one.

@@ -5,14 +5,15 @@
 //! entry must see the effect of the ones before it; the caller executes a
 //! step before planning the next.
 
-use super::rule::{list_verdict, merge_record, replaces_key, ListVerdict, Nodes, Outcome, Remote};
+use super::rule::{
+    list_verdict, made_before, merge_record, replaces_key, ListVerdict, Nodes, Outcome, Remote,
+};
 use super::view::{KeyPlan, KeyShape, KeyView};
 use super::{check, ElementError};
-use crate::core::hlc::stamp_ms;
 use crate::core::list_op::ListOp;
 use crate::core::pending::PendingWrites;
 use crate::core::pending_elements::{shape_bit, ImageTtl, LocalWrite, PendingChange};
-use crate::core::protocol::{ElementChange, Entry, Op, Stamp};
+use crate::core::protocol::{ElementChange, Entry, Op};
 
 /// What to do for one entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,14 +210,14 @@ pub fn family_clash(table: &mut PendingWrites, entry: &Entry, view: &dyn KeyView
 /// image by last-writer-wins (the README's TTL row). Ask before
 /// [`plan_entry`].
 pub fn ttl_clash(table: &mut PendingWrites, entry: &Entry, now_ms: i64) -> bool {
-    let before = |stamp: Stamp, at: i64| i64::try_from(stamp_ms(stamp.hlc)).is_ok_and(|ms| ms < at);
     // Only while the TTL runs here: past it, the rule decides by stamps
     // alone, the same on both sides, and changes made after it merge.
     match &entry.op {
         Op::Element { key, seen, .. } => {
-            table.image_ttl(entry.db, key).is_some_and(|(seq, ttl)| {
-                seq > *seen && ttl.at_ms > now_ms && before(entry.stamp, ttl.at_ms)
-            })
+            table.ttl_image_after(*seen)
+                && table.image_ttl(entry.db, key).is_some_and(|(seq, ttl)| {
+                    seq > *seen && ttl.at_ms > now_ms && made_before(entry.stamp, ttl.at_ms)
+                })
         }
         Op::Set {
             key,
@@ -226,7 +227,7 @@ pub fn ttl_clash(table: &mut PendingWrites, entry: &Entry, now_ms: i64) -> bool 
             table.changes_of(entry.db, key).iter().any(|p| {
                 matches!(p.write, LocalWrite::Change(_))
                     && p.stamp > entry.stamp
-                    && before(p.stamp, *at)
+                    && made_before(p.stamp, *at)
             })
         }
         _ => false,
@@ -304,28 +305,16 @@ pub fn plan_entry<'r>(
             pending.retain(|p| p.seq > *seen);
             let remote = Remote::Change(change);
             return Ok(match list_verdict(&pending, remote, entry.stamp, nodes) {
-                ListVerdict::NotList => merge(
-                    table,
-                    entry,
-                    (key, remote),
-                    &pending,
-                    (nodes, at.now_ms),
-                    view,
-                ),
+                ListVerdict::NotList => {
+                    merge(table, entry, remote, &pending, nodes, view, at.now_ms)
+                }
                 ListVerdict::Replay => match change {
                     ElementChange::List(op) => Step::List {
                         db: entry.db,
                         key,
                         op,
                     },
-                    _ => merge(
-                        table,
-                        entry,
-                        (key, remote),
-                        &pending,
-                        (nodes, at.now_ms),
-                        view,
-                    ),
+                    _ => merge(table, entry, remote, &pending, nodes, view, at.now_ms),
                 },
                 ListVerdict::Won => Step::Won { db: entry.db, key },
                 ListVerdict::GroupsLost => Step::Lost,
@@ -349,24 +338,24 @@ pub fn plan_entry<'r>(
         return Ok(Step::Won { db: entry.db, key });
     }
     Ok(merge(
-        table,
-        entry,
-        (key, remote),
-        &pending,
-        (nodes, at.now_ms),
-        view,
+        table, entry, remote, &pending, nodes, view, at.now_ms,
     ))
 }
 
-/// Run the rule; prune what a record that replaced the key cancelled.
+/// Run the rule on the entry's key; prune what a record that replaced the
+/// key cancelled.
 fn merge<'r>(
     table: &mut PendingWrites,
     entry: &'r Entry,
-    (key, remote): (&'r [u8], Remote<'r>),
+    remote: Remote<'r>,
     pending: &[PendingChange],
-    (nodes, now_ms): (Nodes<'_>, i64),
+    nodes: Nodes<'_>,
     view: &dyn KeyView,
+    now_ms: i64,
 ) -> Step<'r> {
+    let Some(key) = entry_key(entry) else {
+        return Step::Duplicate;
+    };
     let concurrent = !pending.is_empty();
     match merge_record(pending, remote, entry.stamp, nodes, view, now_ms) {
         Outcome::Ignored => Step::Lost,
@@ -468,6 +457,7 @@ mod expiry_tests {
     use crate::core::hlc::stamp_from_ms;
     use crate::core::merge::memory::MemoryKey;
     use crate::core::merge::rule::{merge_record, Outcome, Remote};
+    use crate::core::merge::tests::hash;
     use crate::core::pending_elements::{ImageTtl, LocalWrite, PendingChange};
     use crate::core::protocol::{Shape, Stamp, Value};
 
@@ -491,16 +481,6 @@ mod expiry_tests {
             elem: field.as_bytes().to_vec(),
             delta,
         }
-    }
-
-    fn hash(fields: &[(&str, &str)]) -> MemoryKey {
-        MemoryKey::Elements(
-            Shape::Hash,
-            fields
-                .iter()
-                .map(|(f, v)| (f.as_bytes().to_vec(), v.as_bytes().to_vec()))
-                .collect(),
-        )
     }
 
     /// The key after merging `remote` into `key`, or `None` when ignored.

@@ -127,25 +127,22 @@ pub fn merge_record<'r>(
         return Outcome::Ignored;
     }
     if let Remote::Change(c) = remote {
-        // The key of the last earlier local image, if no earlier local
-        // change replaced it since.
-        let earlier: Vec<&PendingChange> = pending.iter().filter(|p| !later(p)).collect();
-        let image = earlier
-            .iter()
-            .rposition(|p| matches!(p.write, LocalWrite::Image { .. }));
-        if let Some(i) = image {
-            if let LocalWrite::Image { ttl: Some(ttl) } = earlier[i].write {
-                let replaced = earlier[i + 1..].iter().any(|p| match &p.write {
-                    LocalWrite::Change(local) => replaces_key(local, ttl),
-                    LocalWrite::Image { .. } => false,
-                });
-                if !replaced
-                    && ttl.at_ms <= now_ms
-                    && made_before(stamp, ttl.at_ms)
-                    && !replaces_key(c, ttl)
-                {
-                    return Outcome::Ignored;
+        // The TTL of the key the last earlier local image made, unless an
+        // earlier local change replaced that key since.
+        let mut live: Option<ImageTtl> = None;
+        for p in pending.iter().filter(|p| !later(p)) {
+            match &p.write {
+                LocalWrite::Image { ttl } => live = *ttl,
+                LocalWrite::Change(local) => {
+                    if live.is_some_and(|t| replaces_key(local, t)) {
+                        live = None;
+                    }
                 }
+            }
+        }
+        if let Some(ttl) = live {
+            if ttl.at_ms <= now_ms && made_before(stamp, ttl.at_ms) && !replaces_key(c, ttl) {
+                return Outcome::Ignored;
             }
         }
     }
@@ -223,7 +220,7 @@ pub fn replaces_key(c: &ElementChange, ttl: ImageTtl) -> bool {
 }
 
 /// Was a write stamped `stamp` made before the Unix ms `at`?
-fn made_before(stamp: Stamp, at: i64) -> bool {
+pub fn made_before(stamp: Stamp, at: i64) -> bool {
     i64::try_from(stamp_ms(stamp.hlc)).is_ok_and(|ms| ms < at)
 }
 

@@ -49,7 +49,8 @@ struct Pair {
     wires: [VecDeque<Msg>; 2],
 }
 
-fn hash(pairs: &[(&str, &str)]) -> MemoryKey {
+/// A hash key holding `pairs`.
+pub(super) fn hash(pairs: &[(&str, &str)]) -> MemoryKey {
     MemoryKey::Elements(
         Shape::Hash,
         pairs
