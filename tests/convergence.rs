@@ -3,7 +3,7 @@
 //! Several client threads on each side of a fresh pair write at random, for at least 15 s, to
 //! a small set of hot keys (20 per db) in three dbs with every kind of write: SET with and
 //! without TTL (long ones, and short ones that expire during the run), APPEND, the list commands shipped as commands (issue 12: RPUSH/LPUSH(X), LPOP/RPOP with counts, LSET, LINSERT, LREM, LTRIM),
-//! SPOP, XADD (bounded by MAXLEN), EXPIRE/PEXPIREAT/PEXPIRE/PERSIST, DEL/UNLINK, RENAME between
+//! SPOP, XADD (bounded by MAXLEN or MINID), XDEL, XTRIM (MAXLEN, MINID), EXPIRE/PEXPIREAT/PEXPIRE/PERSIST, DEL/UNLINK, RENAME between
 //! hot keys, MULTI blocks (some switching db inside), Lua scripts writing 2–3 keys, and a rare
 //! FLUSHDB (alone, ASYNC, or inside a MULTI between two SETs).
 //!
@@ -186,6 +186,8 @@ const OPS: &[(&str, u32)] = &[
     ("zincrby", 3),
     ("zrem", 2),
     ("xadd", 4),
+    ("xdel", 1),
+    ("xtrim", 1),
     ("xgroup", 1),
     ("xreadgroup", 2),
     ("xautoclaim", 1),
@@ -241,6 +243,8 @@ const SIMPLE_OPS: &[&str] = &[
     "zincrby",
     "zrem",
     "xadd",
+    "xdel",
+    "xtrim",
     "xgroup",
     "xreadgroup",
     "xautoclaim",
@@ -1056,6 +1060,50 @@ impl Writer {
                     .arg("f")
                     .arg(self.rng.gen_range(0..1000));
             }
+            // Entries deleted by ID: the IDs `XADD *` hands out are the milliseconds of the
+            // run, so a recent millisecond with a low sequence often names a live entry (and
+            // the one-in-three `XDEL` of an older one names none: a no-op that must stay one).
+            "xdel" => {
+                let k = self.key(C_STREAM);
+                c = redis::cmd("XDEL");
+                c.arg(k);
+                for _ in 0..self.rng.gen_range(1..=3) {
+                    let back = if self.rng.gen_ratio(1, 3) {
+                        self.rng.gen_range(5_000..60_000)
+                    } else {
+                        self.rng.gen_range(0..400)
+                    };
+                    c.arg(format!(
+                        "{}-{}",
+                        now_ms().saturating_sub(back),
+                        self.rng.gen_range(0..3)
+                    ));
+                }
+            }
+            // Trims by count or by the oldest ID kept, and `XADD` trimming by `MINID`.
+            "xtrim" => {
+                let k = self.key(C_STREAM);
+                let min_id = format!("{}", now_ms().saturating_sub(self.rng.gen_range(0..2_000)));
+                match self.rng.gen_range(0..3) {
+                    0 => {
+                        c = redis::cmd("XTRIM");
+                        c.arg(k).arg("MAXLEN").arg(self.rng.gen_range(0..15));
+                    }
+                    1 => {
+                        c = redis::cmd("XTRIM");
+                        c.arg(k).arg("MINID").arg(min_id);
+                    }
+                    _ => {
+                        c = redis::cmd("XADD");
+                        c.arg(k)
+                            .arg("MINID")
+                            .arg(min_id)
+                            .arg("*")
+                            .arg("f")
+                            .arg(self.rng.gen_range(0..1000));
+                    }
+                }
+            }
             // Consumer groups: created (or moved to the end, or a consumer dropped with its
             // pending entries), read (entries delivered, pending), claimed. The group
             // commands ship the stream whole; `XINFO STREAM … FULL` compares the groups.
@@ -1525,6 +1573,33 @@ impl Writer {
                 *desc = format!("EVAL elem script {i} {keys:?} {v} {n}");
                 let mut c = redis::cmd("EVAL");
                 c.arg(script).arg(nkeys).arg(&keys).arg(v).arg(n);
+                c.query::<Value>(&mut self.conn).map(|_| ())
+            }
+            "xdel" => {
+                // Outside MULTI, delete entries that exist: read a few IDs, delete 1-2 of them
+                // (the other side may delete or trim the same ones meanwhile).
+                let k = self.key(C_STREAM);
+                let ids: Vec<String> = match redis::cmd("XRANGE")
+                    .arg(&k)
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(30)
+                    .query::<Vec<(String, Value)>>(&mut self.conn)
+                {
+                    Ok(entries) => entries.into_iter().map(|(id, _)| id).collect(),
+                    Err(e) => return Err(e),
+                };
+                let mut c = redis::cmd("XDEL");
+                c.arg(&k);
+                if ids.is_empty() {
+                    c.arg("1-1");
+                } else {
+                    for _ in 0..self.rng.gen_range(1..=2) {
+                        c.arg(&ids[self.rng.gen_range(0..ids.len())]);
+                    }
+                }
+                *desc = describe(&c);
                 c.query::<Value>(&mut self.conn).map(|_| ())
             }
             "fcall" => {
