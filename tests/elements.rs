@@ -968,6 +968,99 @@ fn streams_travel_as_commands() {
     assert_eq!(text(&run(&mut a, &["XLEN", "ev"])), "1000");
 }
 
+/// A pipelined run of `XADD *`s is named without reading each entry's ID (`core::append_id`):
+/// the IDs worked out must be the server's, in the build that ships (no test hooks, so no
+/// check at each guess; a wrong guess is caught where its run ends, logged as an append-id
+/// self-check mismatch, which fails this test, and re-ships the stream whole, which the
+/// bytes bound fails). The run switches streams, trims itself, meets an explicit ID far
+/// ahead of the clock (guessed from then on) and an `ms-*` ID.
+#[test]
+fn runs_of_appends_are_named_as_the_server_named_them() {
+    let pair = Pair::builder().proxied().without_test_hooks().start();
+    pair.wait_link_up(T);
+    let (mut a, mut b) = pair.conns();
+    let before = stat(&pair.a, "bytes_sent");
+    let mut appends = 0u64;
+    for chunk in 0..10u64 {
+        let mut p = redis::pipe();
+        for i in 0..1_000u64 {
+            let n = chunk * 1_000 + i;
+            let value = format!("v{n}");
+            if n % 777 == 0 {
+                p.cmd("XADD")
+                    .arg("other")
+                    .arg("*")
+                    .arg("n")
+                    .arg(&value)
+                    .ignore();
+            } else if n % 500 == 0 {
+                p.cmd("XADD")
+                    .arg("s")
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(4_000)
+                    .arg("*")
+                    .arg("n")
+                    .arg(&value)
+                    .ignore();
+            } else if n == 6_001 {
+                p.cmd("XADD")
+                    .arg("s")
+                    .arg("9999999999000-*")
+                    .arg("n")
+                    .arg(&value)
+                    .ignore();
+            } else if n == 8_001 {
+                p.cmd("XADD")
+                    .arg("s")
+                    .arg("9999999999999-5")
+                    .arg("n")
+                    .arg(&value)
+                    .ignore();
+            } else {
+                p.cmd("XADD")
+                    .arg("s")
+                    .arg("*")
+                    .arg("n")
+                    .arg(&value)
+                    .arg("f")
+                    .arg(n)
+                    .ignore();
+            }
+            appends += 1;
+        }
+        p.query::<()>(&mut a).expect("pipelined appends");
+    }
+    wait_quiet(&pair, T);
+    let sent = stat(&pair.a, "bytes_sent") - before;
+    for key in ["s", "other"] {
+        let digest = |c: &mut Connection| text(&run(c, &["DEBUG", "DIGEST-VALUE", key]));
+        assert_eq!(
+            digest(&mut a),
+            digest(&mut b),
+            "stream {key} differs between the sides"
+        );
+        let info = |c: &mut Connection| format!("{:?}", run(c, &["XINFO", "STREAM", key]));
+        assert_eq!(info(&mut a), info(&mut b), "XINFO STREAM {key} differs");
+    }
+    let last = text(
+        &run(&mut b, &["XREVRANGE", "s", "+", "-", "COUNT", "1"])
+            .as_sequence()
+            .and_then(|e| e.first().cloned())
+            .and_then(|e| e.as_sequence().and_then(|p| p.first().cloned()))
+            .expect("s has entries"),
+    );
+    assert!(
+        last.starts_with("9999999999999-") && last != "9999999999999-5",
+        "after the explicit IDs, `XADD *` went on in their millisecond: last ID {last}"
+    );
+    assert!(
+        sent < appends * 100,
+        "{appends} appends sent {sent} link bytes: streams travelled whole"
+    );
+    assert_no_mismatch(&pair);
+}
+
 /// Appends that meet as a conflict in a tangled order merge: a appends `a1`, b appends `b1`
 /// just after; a merges `b1` and acknowledges it, then appends `a2`; b takes `a1`, the
 /// acknowledgement and `a2` in one go (a 200 ms link delay and b's main thread held by

@@ -1,5 +1,6 @@
 //! The pure core: no Redis, no sockets. Everything here is unit-tested.
 
+pub mod append_id;
 pub mod auth;
 pub mod codec;
 pub mod config;

@@ -45,6 +45,9 @@ pub struct KeyHint {
     /// The stream entry ID the change names must be read after the command:
     /// the last entry's for an `XADD`, the first entry's for an `XTRIM`.
     pub read_stream: bool,
+    /// An `XADD *`: the server generated the ID from the stream's last one
+    /// and its clock, so it can often be worked out (`core::append_id`).
+    pub auto_id: bool,
     /// The pushed value must be read after the command, from the end of the
     /// list it was pushed to (an `LMOVE`'s destination: what moved is known
     /// only once it ran).
@@ -96,6 +99,7 @@ impl KeyHint {
             read_value: false,
             then_also: None,
             read_stream: false,
+            auto_id: false,
             read_list_end: false,
             value_before: None,
             base_score: None,
@@ -559,6 +563,7 @@ fn describe_stream(name: &[u8], args: &[&[u8]]) -> Option<Vec<KeyHint>> {
     });
     let mut h = KeyHint::new(key, b"xadd", false, vec![change]);
     h.read_stream = true;
+    h.auto_id = args[i] == b"*";
     h.then_also = trims.then_some(&b"xtrim"[..]);
     Some(vec![h])
 }
@@ -1012,8 +1017,11 @@ mod tests {
                 )]
             })]
         );
+        assert!(h[0].auto_id);
         let plain = d("xadd s 5-1 f v").unwrap();
         assert_eq!(plain[0].then_also, None);
+        assert!(!plain[0].auto_id);
+        assert!(!d("XADD s 5-* f v").unwrap()[0].auto_id);
         let trim = d("XTRIM s MINID 5").unwrap();
         assert!(trim[0].read_stream);
         assert_eq!(trim[0].event, &b"xtrim"[..]);

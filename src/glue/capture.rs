@@ -32,10 +32,12 @@ use redis_module::{raw, Context};
 
 use super::ffi;
 use super::guard::guarded;
+use crate::core::append_id::next_auto_id;
 use crate::core::dirty::{DirtyLog, Expiry};
 use crate::core::list_op::ListOp;
 use crate::core::protocol::{ElementChange, Shape};
 use crate::core::served;
+use crate::core::stream_merge::{format_id, EntryId};
 use crate::core::write_hint::{describe, float_incr_change, zincr_change, EventFit, KeyHint};
 use crate::state::Shared;
 
@@ -163,7 +165,7 @@ fn elem_event(
     let read = if h.read_list_end {
         Some(ReadAfter::ListEnd)
     } else if h.read_stream {
-        Some(ReadAfter::Stream)
+        Some(ReadAfter::Stream { auto_id: h.auto_id })
     } else if h.read_score {
         Some(ReadAfter::Score(h.int_delta, h.base_score))
     } else if h.read_value {
@@ -174,6 +176,168 @@ fn elem_event(
     Some((fit, changes, read))
 }
 
+/// The stream appended to last, and the last ID this node knows there.
+///
+/// Why: the event of an `XADD *` does not name the ID it generated, and
+/// reading it back after each append (a seek to the end of the stream) was
+/// the largest part of the module's cost per append. While appends go to
+/// one stream, each `XADD *` whose event sees a clock that has not passed
+/// the last ID's millisecond took that millisecond's next sequence number
+/// (`core::append_id`): no read. The first append of a run, an explicit ID
+/// and a clock that moved on read the ID (and, after guesses, the entry
+/// before it, which must be the last guess). A run ends when anything else
+/// may touch the stream: the command filter sees any command but an `XADD`
+/// to this key name, an append to another key ends it at its event, and so
+/// does the flush; a run that guessed checks then that the stream's newest
+/// entry is its last guess. A guess found wrong ships the key whole. Test
+/// builds also check every guess when it is made.
+struct AppendRun {
+    db: u32,
+    key: Vec<u8>,
+    /// The ID of the run's last append.
+    last: EntryId,
+    /// Appends whose IDs were worked out since the last read.
+    guessed: usize,
+}
+
+static APPEND_RUN: Mutex<Option<AppendRun>> = Mutex::new(None);
+/// Cheap check for "is a run open" on every command.
+static RUN_OPEN: AtomicBool = AtomicBool::new(false);
+
+fn append_run() -> MutexGuard<'static, Option<AppendRun>> {
+    APPEND_RUN.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Is the open run one of a key named `key` (in any db: the filter does not
+/// know the client's db, and an append to that name in another db leaves
+/// the run's stream alone)?
+fn run_named(key: &[u8]) -> bool {
+    RUN_OPEN.load(Ordering::Relaxed) && append_run().as_ref().is_some_and(|r| r.key == key)
+}
+
+/// The open run's last ID and guesses, if it is the one of `key` in `db`.
+fn run_of(db: u32, key: &[u8]) -> Option<(EntryId, usize)> {
+    if !RUN_OPEN.load(Ordering::Relaxed) {
+        return None;
+    }
+    append_run()
+        .as_ref()
+        .filter(|r| r.db == db && r.key == key)
+        .map(|r| (r.last, r.guessed))
+}
+
+/// The run of `key` in `db` goes on from `last`.
+fn continue_run(db: u32, key: &[u8], last: EntryId, guessed: usize) {
+    let mut run = append_run();
+    match run.as_mut() {
+        Some(r) if r.db == db && r.key == key => {
+            r.last = last;
+            r.guessed = guessed;
+        }
+        _ => {
+            *run = Some(AppendRun {
+                db,
+                key: key.to_vec(),
+                last,
+                guessed,
+            })
+        }
+    }
+    RUN_OPEN.store(true, Ordering::Relaxed);
+}
+
+/// Forget the run of `key` in `db` unchecked: the key ships whole (its
+/// records never travel), or it is gone here.
+fn forget_run(db: u32, key: &[u8]) {
+    if run_of(db, key).is_some() {
+        RUN_OPEN.store(false, Ordering::Relaxed);
+        append_run().take();
+    }
+}
+
+/// Log a guessed ID found wrong (the key ships whole).
+fn wrong_guess(db: u32, key: &[u8], guessed: EntryId, found: Option<EntryId>) {
+    crate::log::warning(&format!(
+        "append-id self-check mismatch in db {db} for key {:?}: worked out {}, the stream \
+         holds {:?} (the key is shipped whole)",
+        String::from_utf8_lossy(key),
+        String::from_utf8_lossy(&format_id(guessed)),
+        found.map(|id| String::from_utf8_lossy(&format_id(id)).into_owned())
+    ));
+}
+
+/// End the open run; `newest(db, key)` reads the stream's newest ID, which
+/// must be the run's last guess.
+fn end_run(newest: impl FnOnce(u32, &[u8]) -> Option<Vec<EntryId>>) {
+    if !RUN_OPEN.swap(false, Ordering::Relaxed) {
+        return;
+    }
+    let Some(run) = append_run().take() else {
+        return;
+    };
+    if run.guessed == 0 {
+        return;
+    }
+    let found = newest(run.db, &run.key).and_then(|ids| ids.first().copied());
+    if found != Some(run.last) {
+        // An empty stream (the run's own trims) proves nothing either way.
+        if found.is_some() {
+            wrong_guess(run.db, &run.key, run.last, found);
+        }
+        note_key(run.db, &run.key);
+    }
+}
+
+/// End the open run of appends, reading through `ctx` (an event's or the
+/// flush's), whose selected db is kept.
+pub fn end_append_run(ctx: &Context) {
+    end_run(|db, key| {
+        let saved = ffi::selected_db(ctx);
+        let ids = i32::try_from(db)
+            .ok()
+            .filter(|&d| ffi::select_db(ctx, d))
+            .and_then(|_| ffi::stream_newest(ctx, key, 1));
+        ffi::select_db(ctx, saved);
+        ids
+    });
+}
+
+/// The ID of the append just made to `key` (`run`: the open run of `key`,
+/// if any): worked out when [`AppendRun`] allows, else read. `None`: it
+/// cannot be known, or a guess proved wrong; the key ships whole.
+fn name_append(
+    c: &Context,
+    db: u32,
+    key: &[u8],
+    run: Option<(EntryId, usize)>,
+    auto_id: bool,
+) -> Option<EntryId> {
+    let guess = run
+        .filter(|_| auto_id)
+        .and_then(|(last, _)| next_auto_id(last, ffi::milliseconds()));
+    if let Some(id) = guess {
+        if super::guard::test_hooks() {
+            let found = ffi::stream_newest(c, key, 1).and_then(|ids| ids.first().copied());
+            if found != Some(id) {
+                wrong_guess(db, key, id, found);
+                return None;
+            }
+        }
+        continue_run(db, key, id, run.map_or(0, |r| r.1) + 1);
+        return Some(id);
+    }
+    // Read it; after guesses, the entry before must be the last guess.
+    let (last, guessed) = run.unwrap_or(((0, 0), 0));
+    let ids = ffi::stream_newest(c, key, if guessed > 0 { 2 } else { 1 })?;
+    let (id, before) = (*ids.first()?, ids.get(1).copied());
+    if guessed > 0 && before != Some(last) {
+        wrong_guess(db, key, last, before);
+        return None;
+    }
+    continue_run(db, key, id, 0);
+    Some(id)
+}
+
 /// What a confirmed change still needs: its element's value, read after
 /// the command.
 enum ReadAfter {
@@ -182,8 +346,12 @@ enum ReadAfter {
     /// An `INCRBYFLOAT` or `HINCRBYFLOAT`: its integral increment and the
     /// value before it, if known.
     Value(Option<i64>, Option<Option<Vec<u8>>>),
-    /// An `XADD` or `XTRIM`: the stream's last or first entry ID.
-    Stream,
+    /// An `XADD` or `XTRIM`: the stream's last or first entry ID (an
+    /// `XADD *`'s can often be worked out, see [`AppendRun`]).
+    Stream {
+        /// An `XADD *`.
+        auto_id: bool,
+    },
     /// An `LMOVE`'s push: the value now at that end of the destination.
     ListEnd,
 }
@@ -202,28 +370,38 @@ enum ReadAfter {
 /// - Any record too large for a frame ships as an image, which the flush
 ///   leaves out with an error (as any oversized key).
 pub fn as_image(c: &Context, db: u32, key: &[u8], changes: &[ElementChange]) -> bool {
-    let refused = Shared::get().is_none_or(|s| {
+    refused_as_records(db, key, changes) || ffi::read_expiry(c, key).is_some_and(|e| e.is_some())
+}
+
+/// [`as_image`] but for the TTL: an append of an open run needs no second
+/// look (the run's first append found none, and only a command, which ends
+/// the run, can set one).
+fn refused_as_records(db: u32, key: &[u8], changes: &[ElementChange]) -> bool {
+    Shared::get().is_none_or(|s| {
         let list = changes.iter().any(ElementChange::is_list);
         (list && (!s.list_commands_ship() || super::unshared::contains(db, key)))
             || changes_payload(changes).saturating_mul(2)
                 >= usize::try_from(s.config.max_frame_size).unwrap_or(usize::MAX)
-    });
-    refused || ffi::read_expiry(c, key).is_some_and(|e| e.is_some())
+    })
 }
 
-/// An `XADD` names the entry ID it generated (the stream's last), an
-/// `XTRIM` the first ID it kept: read now (`None`: the stream has no entry
-/// or cannot be read; the key is imaged).
+/// One stream append waiting for its ID.
+fn is_append(changes: &[ElementChange]) -> bool {
+    matches!(
+        changes,
+        [ElementChange::List(ListOp::XAdd { entries })] if entries.len() == 1
+    )
+}
+
+/// An `XTRIM` (or an `XADD`'s own trim) names the first ID it kept: read
+/// now (`None`: the stream has no entry or cannot be read; the key is
+/// imaged). An `XADD`'s own ID: [`name_append`].
 fn confirm_stream(
     c: &Context,
     key: &[u8],
     mut changes: Vec<ElementChange>,
 ) -> Option<Vec<ElementChange>> {
     match changes.first_mut() {
-        Some(ElementChange::List(ListOp::XAdd { entries })) => {
-            let (id, _) = entries.first_mut()?;
-            *id = ffi::stream_edge_id(c, key, true)?;
-        }
         Some(ElementChange::List(ListOp::XTrim { min_id })) => {
             *min_id = ffi::stream_edge_id(c, key, false)?;
         }
@@ -344,6 +522,8 @@ fn capturing() -> bool {
 }
 
 fn note_key(db: u32, key: &[u8]) {
+    // Its records never travel: an open run of it needs no check.
+    forget_run(db, key);
     note(|d| d.key(db, key));
 }
 
@@ -382,6 +562,17 @@ pub unsafe extern "C" fn on_keyspace_event(
         if class & (raw::REDISMODULE_NOTIFY_EXPIRED | raw::REDISMODULE_NOTIFY_EVICTED) != 0 {
             break_elem_hint(ffi::string_bytes(key));
         }
+        if class & (raw::REDISMODULE_NOTIFY_EXPIRED | raw::REDISMODULE_NOTIFY_EVICTED) != 0
+            && RUN_OPEN.load(Ordering::Relaxed)
+        {
+            // The run's stream is gone here: nothing left to check (its
+            // appends travel as recorded; the loss itself travels only if
+            // evictions are shipped).
+            forget_run(
+                ffi::selected_db(&Context::new(ctx)).max(0) as u32,
+                ffi::string_bytes(key),
+            );
+        }
         if class & raw::REDISMODULE_NOTIFY_EXPIRED != 0 {
             return 0;
         }
@@ -410,6 +601,38 @@ pub unsafe extern "C" fn on_keyspace_event(
             )
         });
         match fit {
+            Some((EventFit::Record, mut changes, Some(ReadAfter::Stream { auto_id })))
+                if is_append(&changes) =>
+            {
+                // An append: another key's run ends first (only appends to
+                // this key ran since it was checked).
+                let c = Context::new(ctx);
+                let run = run_of(db, key);
+                if run.is_none() {
+                    end_append_run(&c);
+                }
+                let image = if run.is_some() {
+                    refused_as_records(db, key, &changes)
+                } else {
+                    as_image(&c, db, key, &changes)
+                };
+                let id = if image {
+                    None
+                } else {
+                    name_append(&c, db, key, run, auto_id)
+                };
+                match (id, changes.first_mut()) {
+                    (Some(id), Some(ElementChange::List(ListOp::XAdd { entries }))) => {
+                        if let Some(entry) = entries.first_mut() {
+                            entry.0 = format_id(id);
+                        }
+                        super::trace::key(db, key, || format!("append {:?}", changes));
+                        note(|d| d.elements(db, key, changes));
+                    }
+                    _ => note_key(db, key),
+                }
+                return 0;
+            }
             Some((EventFit::Record, changes, read)) => {
                 // Only a key without a TTL ships element records: the two
                 // sides see a key expire at slightly different moments, and
@@ -428,7 +651,7 @@ pub unsafe extern "C" fn on_keyspace_event(
                         Some(ReadAfter::Value(delta, before)) => {
                             confirm_value(ctx, key, changes, delta, before)
                         }
-                        Some(ReadAfter::Stream) => confirm_stream(&c, key, changes),
+                        Some(ReadAfter::Stream { .. }) => confirm_stream(&c, key, changes),
                         Some(ReadAfter::ListEnd) => confirm_list_end(&c, key, changes),
                         None => Some(changes),
                     }
@@ -706,6 +929,13 @@ pub unsafe extern "C" fn on_command_filter(fctx: *mut raw::RedisModuleCommandFil
         // included (a hint armed by a command queued in MULTI must not meet
         // that transaction's events).
         disarm_elem_hint();
+        // Anything but an append to the same stream may touch it: the open
+        // run of appends is checked now, before this command runs.
+        if RUN_OPEN.load(Ordering::Relaxed)
+            && !(argc > 2 && is_cmd(name, "xadd") && run_named(ffi::filter_arg(fctx, 1)))
+        {
+            end_run(|db, key| ffi::stream_newest_in(db, key, 1));
+        }
         if argc > 1 && served::blocking_name(name) {
             let args: Vec<&[u8]> = (1..argc).map(|i| ffi::filter_arg(fctx, i)).collect();
             if let Some(b) = served::blocking(name, &args) {

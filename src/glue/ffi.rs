@@ -10,6 +10,7 @@ use std::os::raw::{c_char, c_int, c_void};
 use redis_module::{raw, Context};
 
 use crate::core::protocol::Shape;
+use crate::core::stream_merge::{format_id, EntryId};
 
 /// The kind of value a key holds, as far as imaging cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -278,9 +279,78 @@ pub fn stream_edge_id(ctx: &Context, key: &[u8], last: bool) -> Option<Vec<u8>> 
             let mut fields: std::os::raw::c_long = 0;
             let found = next(k, &mut id, &mut fields) == raw::REDISMODULE_OK as c_int;
             stop(k);
-            found.then(|| format!("{}-{}", id.ms, id.seq).into_bytes())
+            found.then(|| format_id((id.ms, id.seq)))
         })
         .flatten()
+    }
+}
+
+/// The IDs of a stream's `n` newest entries, newest first, in the selected
+/// db of `ctx`: `None` when the key is not a stream holding `n` entries or
+/// cannot be read. Checks the IDs `capture` worked out for a run of
+/// appends without reading them (`core::append_id`).
+pub fn stream_newest(ctx: &Context, key: &[u8], n: usize) -> Option<Vec<EntryId>> {
+    // SAFETY: main thread, live context; the iterator is started, read and
+    // stopped before the key is closed; the strings NextField returns are
+    // ours (no automatic memory here) and freed at once.
+    unsafe {
+        let ktype = raw::RedisModule_KeyType?;
+        let start = raw::RedisModule_StreamIteratorStart?;
+        let next = raw::RedisModule_StreamIteratorNextID?;
+        let next_field = raw::RedisModule_StreamIteratorNextField?;
+        let stop = raw::RedisModule_StreamIteratorStop?;
+        let free = raw::RedisModule_FreeString?;
+        with_open_key(ctx, key, |k| {
+            if k.is_null() || !matches!(kind_of(ktype(k) as isize), KeyKind::Stream) {
+                return None;
+            }
+            let reverse = raw::REDISMODULE_STREAM_ITERATOR_REVERSE as c_int;
+            let ok = raw::REDISMODULE_OK as c_int;
+            if start(k, reverse, std::ptr::null_mut(), std::ptr::null_mut()) != ok {
+                return None;
+            }
+            let mut out = Vec::with_capacity(n);
+            while out.len() < n {
+                if !out.is_empty() {
+                    // The iterator finds the entry before only from the end
+                    // of this one's fields (7.0.15 asserts in `lpPrev`
+                    // otherwise): read them all.
+                    let (mut f, mut v) = (std::ptr::null_mut(), std::ptr::null_mut());
+                    while next_field(k, &mut f, &mut v) == ok {
+                        free(ctx.ctx, f);
+                        free(ctx.ctx, v);
+                    }
+                }
+                let mut id = raw::RedisModuleStreamID { ms: 0, seq: 0 };
+                let mut count: std::os::raw::c_long = 0;
+                if next(k, &mut id, &mut count) != ok {
+                    break;
+                }
+                out.push((id.ms, id.seq));
+            }
+            stop(k);
+            (out.len() == n).then_some(out)
+        })
+        .flatten()
+    }
+}
+
+/// [`stream_newest`] from the command filter (before the command runs),
+/// through the detached context with `db` selected.
+pub fn stream_newest_in(db: u32, key: &[u8], n: usize) -> Option<Vec<EntryId>> {
+    // SAFETY: called only from the command filter, on the main thread.
+    let ctx = unsafe { detached_in(i32::try_from(db).ok()?)? };
+    stream_newest(&ctx, key, n)
+}
+
+/// The server's clock (`mstime()`), as the commands of this moment read it
+/// at the latest.
+pub fn milliseconds() -> u64 {
+    // SAFETY: reads the clock only.
+    unsafe {
+        raw::RedisModule_Milliseconds
+            .map(|f| u64::try_from(f()).unwrap_or(0))
+            .unwrap_or(0)
     }
 }
 
