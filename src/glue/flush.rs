@@ -554,7 +554,11 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
         stamping,
         Stamping::Recorded(_) | Stamping::FullSync { first: true }
     );
-    let (entries, table_over) = with_node(|node| {
+    // Entries whose element change the table records once the frame is
+    // encoded: moved there then, not copied (a folded run of appends holds
+    // every appended entry).
+    let mut fresh = vec![false; n];
+    let entries = with_node(|node| {
         let hlc = node.hlc.now(wall_ms());
         let mut entries = Vec::with_capacity(n);
         for (i, (db, mut op)) in ops.into_iter().enumerate() {
@@ -585,10 +589,7 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
                 // is in the table already, under the seq that first carried it.
                 if *shipped_in == 0 {
                     *shipped_in = seq;
-                    if !untracked {
-                        let c = change.clone();
-                        node.pending.record_element(db, key, stamp, seq, *seen, c);
-                    }
+                    fresh[i] = !untracked;
                 }
                 if super::trace::on(key) {
                     let what = format!("ship batch {seq} {stamp:?} {change:?} seen {seen}");
@@ -624,17 +625,40 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
             }
             entries.push(Entry { db, stamp, op });
         }
-        let max = shared.max_pending_keys();
-        node.pending.maintain(max, n);
-        let over = node.pending.over(max);
-        (entries, over)
+        entries
     });
     let frame = Frame::Batch(Batch {
         seq,
         resync,
         entries,
     });
-    let bytes = match codec::encode(&frame) {
+    let encoded = codec::encode(&frame);
+    let Frame::Batch(batch) = frame else {
+        return 0;
+    };
+    let table_over = with_node(|node| {
+        for (entry, fresh) in batch.entries.into_iter().zip(fresh) {
+            if let (
+                true,
+                Entry {
+                    db,
+                    stamp,
+                    op:
+                        Op::Element {
+                            key, change, seen, ..
+                        },
+                },
+            ) = (fresh, entry)
+            {
+                node.pending
+                    .record_element(db, &key, stamp, seq, seen, change);
+            }
+        }
+        let max = shared.max_pending_keys();
+        node.pending.maintain(max, n);
+        node.pending.over(max)
+    });
+    let bytes = match encoded {
         Ok(b) => b,
         Err(e) => {
             log::warning(&format!("cannot encode batch {seq}: {e}"));
