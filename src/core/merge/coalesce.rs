@@ -36,20 +36,23 @@ pub fn coalesce(changes: Vec<ElementChange>) -> Vec<ElementChange> {
     let mut last: HashMap<Vec<u8>, usize> = HashMap::new();
     let mut shape: Option<Shape> = None;
     for c in changes {
-        if let ElementChange::List(op) = &c {
-            // A list command replays only in order: it folds only with the
-            // list command right before it (see `fold_list`).
-            last.clear();
-            shape = None;
-            let folded = match out.last_mut() {
-                Some(Some(ElementChange::List(prev))) => fold_list(prev, op),
-                _ => false,
-            };
-            if !folded {
-                out.push(Some(c));
+        let c = match (c, out.last_mut()) {
+            (ElementChange::List(op), last_out) => {
+                // A list command replays only in order: it folds only with
+                // the list command right before it (see `fold_list`).
+                last.clear();
+                shape = None;
+                let unfolded = match last_out {
+                    Some(Some(ElementChange::List(prev))) => fold_list(prev, op),
+                    _ => Some(op),
+                };
+                if let Some(op) = unfolded {
+                    out.push(Some(ElementChange::List(op)));
+                }
+                continue;
             }
-            continue;
-        }
+            (c, _) => c,
+        };
         if c == ElementChange::DelKey {
             out.clear();
             last.clear();
@@ -93,9 +96,10 @@ pub fn coalesce(changes: Vec<ElementChange>) -> Vec<ElementChange> {
 /// from the same end (`min(c1, len)` then `min(c2, len - that)` elements is
 /// `min(c1 + c2, len)`). Why: a pipeline of `LPUSH`es into one list would
 /// otherwise cost one record, one pending entry and one replayed command each.
-/// Folds in place (a long pipeline must not copy what it gathered at every
-/// step); false when the two do not fold.
-fn fold_list(prev: &mut ListOp, next: &ListOp) -> bool {
+/// Folds in place, moving what `next` carries (a long pipeline must not
+/// copy what it gathered, at any step); gives `next` back when the two do
+/// not fold.
+fn fold_list(prev: &mut ListOp, next: ListOp) -> Option<ListOp> {
     match (prev, next) {
         (
             ListOp::Push { left, values },
@@ -103,13 +107,13 @@ fn fold_list(prev: &mut ListOp, next: &ListOp) -> bool {
                 left: l2,
                 values: v2,
             },
-        ) if *left == *l2 => {
-            values.extend(v2.iter().cloned());
-            true
+        ) if *left == l2 => {
+            values.extend(v2);
+            None
         }
         (ListOp::XAdd { entries }, ListOp::XAdd { entries: more }) => {
-            entries.extend(more.iter().cloned());
-            true
+            entries.extend(more);
+            None
         }
         (
             ListOp::Pop { left, count },
@@ -117,11 +121,11 @@ fn fold_list(prev: &mut ListOp, next: &ListOp) -> bool {
                 left: l2,
                 count: c2,
             },
-        ) if *left == *l2 => {
-            *count = count.saturating_add(*c2).min(i64::MAX as u64);
-            true
+        ) if *left == l2 => {
+            *count = count.saturating_add(c2).min(i64::MAX as u64);
+            None
         }
-        _ => false,
+        (_, next) => Some(next),
     }
 }
 
