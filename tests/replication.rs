@@ -1025,6 +1025,90 @@ fn applied_stream_appends_reach_replicas_readers_watchers_and_save_points() {
     );
 }
 
+/// The peer's hash field sets are applied through the key API, not `HSET`
+/// (`glue::hash_set`), and must still do all that `HSET` does on this server:
+/// a native replica gets the same hash, keyspace subscribers hear `hset`,
+/// WATCH is invalidated, the changes count for the `save` points, and a
+/// value past `hash-max-listpack-value` converts the hash as `HSET` does.
+#[test]
+fn applied_hash_field_sets_reach_replicas_watchers_and_save_points() {
+    let pair = Pair::start_with(&[], &["--notify-keyspace-events", "KA"]);
+    pair.wait_link_up(T);
+    let (mut a, mut b) = pair.conns();
+    let (_replica, mut r) = linked_replica_of_a(&pair);
+    cmd(&mut b, &["HSET", "h", "f1", "one"]);
+    wait_for("the hash reached a", T, || {
+        a.exists::<_, bool>("h").unwrap_or(false)
+    });
+    let changes = |c: &mut redis::Connection| -> i64 {
+        let info: String = redis::cmd("INFO")
+            .arg("persistence")
+            .query(c)
+            .expect("INFO");
+        info.lines()
+            .find_map(|l| l.strip_prefix("rdb_changes_since_last_save:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("rdb_changes_since_last_save")
+    };
+    let before = changes(&mut a);
+    let mut watcher = pair.a.conn();
+    cmd(&mut watcher, &["WATCH", "h"]);
+    let mut sub = pair.a.client().get_connection().expect("sub conn");
+    let mut ps = sub.as_pubsub();
+    ps.subscribe("__keyspace@0__:h").expect("SUBSCRIBE");
+    ps.set_read_timeout(Some(T)).expect("timeout");
+    let long = "x".repeat(100);
+    cmd(&mut b, &["HSET", "h", "f2", "two", "f3", "three"]);
+    cmd(&mut b, &["HSET", "h", "f4", &long]);
+    for _ in 0..2 {
+        let msg = ps.get_message().expect("keyspace message");
+        let event: String = msg.get_payload().expect("payload");
+        assert_eq!(event, "hset");
+    }
+    let res: Option<Vec<String>> = redis::pipe()
+        .atomic()
+        .cmd("SET")
+        .arg("other")
+        .arg("1")
+        .query(&mut watcher)
+        .expect("EXEC");
+    assert_eq!(res, None, "EXEC must abort after a watched hash changed");
+    assert!(
+        changes(&mut a) >= before + 2,
+        "applied field sets did not count as changes for the save points"
+    );
+    let hash = |c: &mut redis::Connection| -> String {
+        let mut fields: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg("h")
+            .query(c)
+            .expect("HGETALL");
+        fields.sort();
+        let encoding: String = redis::cmd("OBJECT")
+            .arg("ENCODING")
+            .arg("h")
+            .query(c)
+            .expect("OBJECT ENCODING");
+        format!("{fields:?} {encoding}")
+    };
+    wait_for("the replica of a holds a's hash", T, || {
+        hash(&mut r) == hash(&mut a)
+    });
+    assert_eq!(hash(&mut a), hash(&mut b), "a and b hold different hashes");
+    assert!(
+        hash(&mut a).ends_with("hashtable"),
+        "a 100-byte value must convert the hash as HSET does: {}",
+        hash(&mut a)
+    );
+    // b has no replica and no AOF: its applies are not propagated, yet they count too.
+    let before = changes(&mut b);
+    cmd(&mut a, &["HSET", "h", "f5", "from-a"]);
+    wait_for("b applied a's field", T, || hash(&mut b) == hash(&mut a));
+    assert!(
+        changes(&mut b) > before,
+        "a field set applied without replicas or AOF did not count for the save points"
+    );
+}
+
 /// Plain SETs ship the value the command filter saw instead of reading the
 /// key back. Cases where that value is not what the key holds must fall
 /// back to reading it: a SET queued in MULTI (here the same key name in two

@@ -334,11 +334,15 @@ pub(super) fn execute(
             return Ok(());
         }
         Shape::Hash if !sets.is_empty() => {
-            args.push(key);
-            for (e, v) in &sets {
-                args.extend([*e, *v]);
+            // Through the key API (`glue::hash_set`); `HSET` where it cannot.
+            if let Err(e) = super::hash_set::set(ctx, key, &sets, propagate) {
+                log::verbose(&format!("hash fields through HSET: {e}"));
+                args.push(key);
+                for (e, v) in &sets {
+                    args.extend([*e, *v]);
+                }
+                run(ctx, "HSET", &args)?;
             }
-            run(ctx, "HSET", &args)?;
         }
         Shape::Set if !sets.is_empty() => {
             args.push(key);

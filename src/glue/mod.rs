@@ -15,6 +15,7 @@ pub mod load;
 pub mod node;
 pub mod served_guard;
 pub mod server;
+pub mod hash_set;
 pub mod stream_append;
 pub mod stream_groups;
 pub mod stream_merge;
