@@ -1078,10 +1078,8 @@ fn applied_hash_field_sets_reach_replicas_watchers_and_save_points() {
         "applied field sets did not count as changes for the save points"
     );
     let hash = |c: &mut redis::Connection| -> String {
-        let mut fields: Vec<(String, String)> = redis::cmd("HGETALL")
-            .arg("h")
-            .query(c)
-            .expect("HGETALL");
+        let mut fields: Vec<(String, String)> =
+            redis::cmd("HGETALL").arg("h").query(c).expect("HGETALL");
         fields.sort();
         let encoding: String = redis::cmd("OBJECT")
             .arg("ENCODING")

@@ -94,7 +94,13 @@ unsafe fn set_in(
             name,
         );
         if propagate {
-            replicate(ctx.ctx, c"HSET".as_ptr(), c"v".as_ptr(), argv.as_ptr(), argv.len());
+            replicate(
+                ctx.ctx,
+                c"HSET".as_ptr(),
+                c"v".as_ptr(),
+                argv.as_ptr(),
+                argv.len(),
+            );
         } else {
             replicate(ctx.ctx, c"HSET".as_ptr(), c"AR".as_ptr());
         }
