@@ -895,6 +895,18 @@ fn applied_writes_reach_replicas_watchers_and_subscribers() {
     );
 }
 
+/// What a server counts towards its `save` points (`rdb_changes_since_last_save`).
+fn rdb_changes(c: &mut redis::Connection) -> i64 {
+    let info: String = redis::cmd("INFO")
+        .arg("persistence")
+        .query(c)
+        .expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix("rdb_changes_since_last_save:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("rdb_changes_since_last_save")
+}
+
 /// The peer's stream appends are applied through the key API, not `XADD`
 /// (`glue::stream_append`), and must still do all that `XADD` does on this
 /// server: a native replica gets the same stream (same entries, IDs and
@@ -911,17 +923,7 @@ fn applied_stream_appends_reach_replicas_readers_watchers_and_save_points() {
     wait_for("the stream reached a", T, || {
         a.exists::<_, bool>("ev").unwrap_or(false)
     });
-    let changes = |c: &mut redis::Connection| -> i64 {
-        let info: String = redis::cmd("INFO")
-            .arg("persistence")
-            .query(c)
-            .expect("INFO");
-        info.lines()
-            .find_map(|l| l.strip_prefix("rdb_changes_since_last_save:"))
-            .and_then(|v| v.trim().parse().ok())
-            .expect("rdb_changes_since_last_save")
-    };
-    let before = changes(&mut a);
+    let before = rdb_changes(&mut a);
     let mut watcher = pair.a.conn();
     cmd(&mut watcher, &["WATCH", "ev"]);
     let mut sub = pair.a.client().get_connection().expect("sub conn");
@@ -983,7 +985,7 @@ fn applied_stream_appends_reach_replicas_readers_watchers_and_save_points() {
         .expect("EXEC");
     assert_eq!(res, None, "EXEC must abort after a watched stream changed");
     assert!(
-        changes(&mut a) >= before + 3,
+        rdb_changes(&mut a) >= before + 3,
         "applied appends did not count as changes for the save points"
     );
     let stream = |c: &mut redis::Connection| -> String {
@@ -1014,13 +1016,13 @@ fn applied_stream_appends_reach_replicas_readers_watchers_and_save_points() {
         stream(&mut b) == stream(&mut a)
     });
     // b has no replica and no AOF: its applies are not propagated, yet they count too.
-    let before = changes(&mut b);
+    let before = rdb_changes(&mut b);
     cmd(&mut a, &["XADD", "ev", "*", "f", "from-a"]);
     wait_for("b applied a's append", T, || {
         stream(&mut b) == stream(&mut a)
     });
     assert!(
-        changes(&mut b) > before,
+        rdb_changes(&mut b) > before,
         "an append applied without replicas or AOF did not count for the save points"
     );
 }
@@ -1040,17 +1042,7 @@ fn applied_hash_field_sets_reach_replicas_watchers_and_save_points() {
     wait_for("the hash reached a", T, || {
         a.exists::<_, bool>("h").unwrap_or(false)
     });
-    let changes = |c: &mut redis::Connection| -> i64 {
-        let info: String = redis::cmd("INFO")
-            .arg("persistence")
-            .query(c)
-            .expect("INFO");
-        info.lines()
-            .find_map(|l| l.strip_prefix("rdb_changes_since_last_save:"))
-            .and_then(|v| v.trim().parse().ok())
-            .expect("rdb_changes_since_last_save")
-    };
-    let before = changes(&mut a);
+    let before = rdb_changes(&mut a);
     let mut watcher = pair.a.conn();
     cmd(&mut watcher, &["WATCH", "h"]);
     let mut sub = pair.a.client().get_connection().expect("sub conn");
@@ -1074,7 +1066,7 @@ fn applied_hash_field_sets_reach_replicas_watchers_and_save_points() {
         .expect("EXEC");
     assert_eq!(res, None, "EXEC must abort after a watched hash changed");
     assert!(
-        changes(&mut a) >= before + 2,
+        rdb_changes(&mut a) >= before + 2,
         "applied field sets did not count as changes for the save points"
     );
     let hash = |c: &mut redis::Connection| -> String {
@@ -1093,17 +1085,26 @@ fn applied_hash_field_sets_reach_replicas_watchers_and_save_points() {
         hash(&mut r) == hash(&mut a)
     });
     assert_eq!(hash(&mut a), hash(&mut b), "a and b hold different hashes");
+    // Applied through the key API: no `HSET` ran on a (its clients wrote none yet).
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut a)
+        .expect("INFO commandstats");
+    assert!(
+        !stats.contains("cmdstat_hset:"),
+        "b's field sets were applied on a through HSET, not the key API:\n{stats}"
+    );
     assert!(
         hash(&mut a).ends_with("hashtable"),
         "a 100-byte value must convert the hash as HSET does: {}",
         hash(&mut a)
     );
     // b has no replica and no AOF: its applies are not propagated, yet they count too.
-    let before = changes(&mut b);
+    let before = rdb_changes(&mut b);
     cmd(&mut a, &["HSET", "h", "f5", "from-a"]);
     wait_for("b applied a's field", T, || hash(&mut b) == hash(&mut a));
     assert!(
-        changes(&mut b) > before,
+        rdb_changes(&mut b) > before,
         "a field set applied without replicas or AOF did not count for the save points"
     );
 }

@@ -268,7 +268,7 @@ fn wrong_guess(db: u32, key: &[u8], guessed: EntryId, found: Option<EntryId>) {
 
 /// End the open run; `newest(db, key)` reads the stream's newest ID, which
 /// must be the run's last guess.
-fn end_run(newest: impl FnOnce(u32, &[u8]) -> Option<Vec<EntryId>>) {
+fn end_run(newest: impl FnOnce(u32, &[u8]) -> Option<EntryId>) {
     if !RUN_OPEN.swap(false, Ordering::Relaxed) {
         return;
     }
@@ -278,7 +278,7 @@ fn end_run(newest: impl FnOnce(u32, &[u8]) -> Option<Vec<EntryId>>) {
     if run.guessed == 0 {
         return;
     }
-    let found = newest(run.db, &run.key).and_then(|ids| ids.first().copied());
+    let found = newest(run.db, &run.key);
     if found != Some(run.last) {
         // An empty stream (the run's own trims) proves nothing either way.
         if found.is_some() {
@@ -293,13 +293,18 @@ fn end_run(newest: impl FnOnce(u32, &[u8]) -> Option<Vec<EntryId>>) {
 pub fn end_append_run(ctx: &Context) {
     end_run(|db, key| {
         let saved = ffi::selected_db(ctx);
-        let ids = i32::try_from(db)
+        let id = i32::try_from(db)
             .ok()
             .filter(|&d| ffi::select_db(ctx, d))
-            .and_then(|_| ffi::stream_newest(ctx, key, 1));
+            .and_then(|_| newest_id(ctx, key));
         ffi::select_db(ctx, saved);
-        ids
+        id
     });
+}
+
+/// The ID of the newest entry of stream `key` in the selected db.
+fn newest_id(c: &Context, key: &[u8]) -> Option<EntryId> {
+    ffi::stream_ids(c, key, 1, true)?.first().copied()
 }
 
 /// The ID of the append just made to `key` (`run`: the open run of `key`,
@@ -317,7 +322,7 @@ fn name_append(
         .and_then(|(last, _)| next_auto_id(last, ffi::milliseconds()));
     if let Some(id) = guess {
         if super::guard::test_hooks() {
-            let found = ffi::stream_newest(c, key, 1).and_then(|ids| ids.first().copied());
+            let found = newest_id(c, key);
             if found != Some(id) {
                 wrong_guess(db, key, id, found);
                 return None;
@@ -328,7 +333,7 @@ fn name_append(
     }
     // Read it; after guesses, the entry before must be the last guess.
     let (last, guessed) = run.unwrap_or(((0, 0), 0));
-    let ids = ffi::stream_newest(c, key, if guessed > 0 { 2 } else { 1 })?;
+    let ids = ffi::stream_ids(c, key, if guessed > 0 { 2 } else { 1 }, true)?;
     let (id, before) = (*ids.first()?, ids.get(1).copied());
     if guessed > 0 && before != Some(last) {
         wrong_guess(db, key, last, before);
@@ -403,7 +408,7 @@ fn confirm_stream(
 ) -> Option<Vec<ElementChange>> {
     match changes.first_mut() {
         Some(ElementChange::List(ListOp::XTrim { min_id })) => {
-            *min_id = ffi::stream_edge_id(c, key, false)?;
+            *min_id = format_id(*ffi::stream_ids(c, key, 1, false)?.first()?);
         }
         _ => return None,
     }
@@ -561,17 +566,15 @@ pub unsafe extern "C" fn on_keyspace_event(
     guarded("keyspace event", 0, || {
         if class & (raw::REDISMODULE_NOTIFY_EXPIRED | raw::REDISMODULE_NOTIFY_EVICTED) != 0 {
             break_elem_hint(ffi::string_bytes(key));
-        }
-        if class & (raw::REDISMODULE_NOTIFY_EXPIRED | raw::REDISMODULE_NOTIFY_EVICTED) != 0
-            && RUN_OPEN.load(Ordering::Relaxed)
-        {
-            // The run's stream is gone here: nothing left to check (its
-            // appends travel as recorded; the loss itself travels only if
-            // evictions are shipped).
-            forget_run(
-                ffi::selected_db(&Context::new(ctx)).max(0) as u32,
-                ffi::string_bytes(key),
-            );
+            // A run's stream gone here: nothing left to check (its appends
+            // travel as recorded; the loss itself travels only if evictions
+            // are shipped).
+            if RUN_OPEN.load(Ordering::Relaxed) {
+                forget_run(
+                    ffi::selected_db(&Context::new(ctx)).max(0) as u32,
+                    ffi::string_bytes(key),
+                );
+            }
         }
         if class & raw::REDISMODULE_NOTIFY_EXPIRED != 0 {
             return 0;
@@ -934,7 +937,7 @@ pub unsafe extern "C" fn on_command_filter(fctx: *mut raw::RedisModuleCommandFil
         if RUN_OPEN.load(Ordering::Relaxed)
             && !(argc > 2 && is_cmd(name, "xadd") && run_named(ffi::filter_arg(fctx, 1)))
         {
-            end_run(|db, key| ffi::stream_newest_in(db, key, 1));
+            end_run(ffi::stream_newest_in);
         }
         if argc > 1 && served::blocking_name(name) {
             let args: Vec<&[u8]> = (1..argc).map(|i| ffi::filter_arg(fctx, i)).collect();

@@ -10,7 +10,7 @@ use std::os::raw::{c_char, c_int, c_void};
 use redis_module::{raw, Context};
 
 use crate::core::protocol::Shape;
-use crate::core::stream_merge::{format_id, EntryId};
+use crate::core::stream_merge::EntryId;
 
 /// The kind of value a key holds, as far as imaging cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +102,49 @@ pub(super) unsafe fn with_key<T>(
     }
     free(ctx.ctx, name);
     Some(out)
+}
+
+/// [`with_key`] with `key` opened for writing, for the appliers that write
+/// through the key API (`stream_append`, `hash_set`).
+///
+/// # Safety
+/// Main thread with a live context; `f` must keep neither pointer.
+pub(super) unsafe fn with_write_key<T>(
+    ctx: &Context,
+    key: &[u8],
+    f: impl FnOnce(*mut raw::RedisModuleString, *mut raw::RedisModuleKey) -> Result<T, String>,
+) -> Result<T, String> {
+    with_key(ctx, key, raw::REDISMODULE_WRITE as c_int, f)
+        .unwrap_or_else(|| Err("the key API is unavailable".into()))
+}
+
+/// After a write through the key API: propagate `cmd argv…` to replicas and
+/// the AOF when `propagate` (`propagation_needed`), else only count the
+/// change for the `save` points (`RM_Replicate` with no target), as the
+/// command itself would have.
+///
+/// # Safety
+/// Main thread with a live context; `argv` holds live strings.
+pub(super) unsafe fn replicate_or_count(
+    ctx: &Context,
+    cmd: &std::ffi::CStr,
+    argv: &[*mut raw::RedisModuleString],
+    propagate: bool,
+) {
+    let Some(replicate) = raw::RedisModule_Replicate else {
+        return;
+    };
+    if propagate {
+        replicate(
+            ctx.ctx,
+            cmd.as_ptr(),
+            c"v".as_ptr(),
+            argv.as_ptr(),
+            argv.len(),
+        );
+    } else {
+        replicate(ctx.ctx, cmd.as_ptr(), c"AR".as_ptr());
+    }
 }
 
 /// Run `f` with a temporary module string holding `bytes` (null if it could
@@ -250,46 +293,12 @@ pub unsafe fn filter_client_db(fctx: *mut raw::RedisModuleCommandFilterCtx) -> O
     (ok == raw::REDISMODULE_OK as c_int).then_some(i32::from(ci.db))
 }
 
-/// The ID (`ms-seq`) of a stream's last entry (`last`) or first entry, in
-/// the selected db of `ctx`; `None` when the key is not a stream with an
-/// entry or cannot be read.
-pub fn stream_edge_id(ctx: &Context, key: &[u8], last: bool) -> Option<Vec<u8>> {
-    // SAFETY: main thread, live context; the iterator is started, read once
-    // and stopped before the key is closed.
-    unsafe {
-        let ktype = raw::RedisModule_KeyType?;
-        let start = raw::RedisModule_StreamIteratorStart?;
-        let next = raw::RedisModule_StreamIteratorNextID?;
-        let stop = raw::RedisModule_StreamIteratorStop?;
-        with_open_key(ctx, key, |k| {
-            if k.is_null() || !matches!(kind_of(ktype(k) as isize), KeyKind::Stream) {
-                return None;
-            }
-            let flags = if last {
-                raw::REDISMODULE_STREAM_ITERATOR_REVERSE as c_int
-            } else {
-                0
-            };
-            if start(k, flags, std::ptr::null_mut(), std::ptr::null_mut())
-                != raw::REDISMODULE_OK as c_int
-            {
-                return None;
-            }
-            let mut id = raw::RedisModuleStreamID { ms: 0, seq: 0 };
-            let mut fields: std::os::raw::c_long = 0;
-            let found = next(k, &mut id, &mut fields) == raw::REDISMODULE_OK as c_int;
-            stop(k);
-            found.then(|| format_id((id.ms, id.seq)))
-        })
-        .flatten()
-    }
-}
-
-/// The IDs of a stream's `n` newest entries, newest first, in the selected
-/// db of `ctx`: `None` when the key is not a stream holding `n` entries or
-/// cannot be read. Checks the IDs `capture` worked out for a run of
-/// appends without reading them (`core::append_id`).
-pub fn stream_newest(ctx: &Context, key: &[u8], n: usize) -> Option<Vec<EntryId>> {
+/// The IDs of a stream's `n` newest entries, newest first (`newest`), or of
+/// its `n` oldest, oldest first, in the selected db of `ctx`: `None` when
+/// the key is not a stream holding `n` entries or cannot be read. What an
+/// `XTRIM` kept (the first ID), and the checks of the IDs `capture` worked
+/// out for a run of appends without reading them (`core::append_id`).
+pub fn stream_ids(ctx: &Context, key: &[u8], n: usize, newest: bool) -> Option<Vec<EntryId>> {
     // SAFETY: main thread, live context; the iterator is started, read and
     // stopped before the key is closed; the strings NextField returns are
     // ours (no automatic memory here) and freed at once.
@@ -304,16 +313,20 @@ pub fn stream_newest(ctx: &Context, key: &[u8], n: usize) -> Option<Vec<EntryId>
             if k.is_null() || !matches!(kind_of(ktype(k) as isize), KeyKind::Stream) {
                 return None;
             }
-            let reverse = raw::REDISMODULE_STREAM_ITERATOR_REVERSE as c_int;
+            let flags = if newest {
+                raw::REDISMODULE_STREAM_ITERATOR_REVERSE as c_int
+            } else {
+                0
+            };
             let ok = raw::REDISMODULE_OK as c_int;
-            if start(k, reverse, std::ptr::null_mut(), std::ptr::null_mut()) != ok {
+            if start(k, flags, std::ptr::null_mut(), std::ptr::null_mut()) != ok {
                 return None;
             }
             let mut out = Vec::with_capacity(n);
             while out.len() < n {
                 if !out.is_empty() {
-                    // The iterator finds the entry before only from the end
-                    // of this one's fields (7.0.15 asserts in `lpPrev`
+                    // The iterator finds the next entry only from the end of
+                    // this one's fields (7.0.15 asserts in `lpPrev`
                     // otherwise): read them all.
                     let (mut f, mut v) = (std::ptr::null_mut(), std::ptr::null_mut());
                     while next_field(k, &mut f, &mut v) == ok {
@@ -335,12 +348,12 @@ pub fn stream_newest(ctx: &Context, key: &[u8], n: usize) -> Option<Vec<EntryId>
     }
 }
 
-/// [`stream_newest`] from the command filter (before the command runs),
-/// through the detached context with `db` selected.
-pub fn stream_newest_in(db: u32, key: &[u8], n: usize) -> Option<Vec<EntryId>> {
+/// The newest entry's ID, read from the command filter (before the command
+/// runs) through the detached context with `db` selected.
+pub fn stream_newest_in(db: u32, key: &[u8]) -> Option<EntryId> {
     // SAFETY: called only from the command filter, on the main thread.
     let ctx = unsafe { detached_in(i32::try_from(db).ok()?)? };
-    stream_newest(&ctx, key, n)
+    stream_ids(&ctx, key, 1, true)?.first().copied()
 }
 
 /// The server's clock (`mstime()`), as the commands of this moment read it

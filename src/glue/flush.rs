@@ -315,7 +315,7 @@ pub fn flush(ctx: &Context) -> usize {
     let Some(shared) = Shared::get() else {
         return 0;
     };
-    // The last run of stream appends learns its IDs (`capture::AppendRun`).
+    // The last run of stream appends is checked (`capture::AppendRun`).
     capture::end_append_run(ctx);
     if shared.passive.load(Ordering::Relaxed) {
         capture::dirty().take();
@@ -359,25 +359,7 @@ pub fn flush(ctx: &Context) -> usize {
         match t {
             Dirty::Flush(db) => ops.push((db, Op::FlushDb)),
             Dirty::Elements { db, key, changes } => {
-                let named = changes.iter().all(|c| match c {
-                    ElementChange::List(ListOp::XAdd { entries }) => {
-                        entries.iter().all(|(id, _)| !id.is_empty())
-                    }
-                    _ => true,
-                });
-                if !named {
-                    // Never expected: an append whose ID was not read. Its
-                    // key ships whole; test builds fail on the line.
-                    log::warning(&format!(
-                        "element self-check mismatch in db {db} for key {:?}: a stream append \
-                         without its ID reached the flush",
-                        String::from_utf8_lossy(&key)
-                    ));
-                }
-                let groups = named
-                    .then(|| groups_record(ctx, db, &key, changes))
-                    .flatten();
-                let Some(changes) = groups else {
+                let Some(changes) = groups_record(ctx, db, &key, changes) else {
                     match key_op(ctx, db, key) {
                         Ok(op) => ops.push((db, op)),
                         Err(e) => {

@@ -30,10 +30,7 @@ pub fn set(
     // SAFETY: main thread with a live context (the before-sleep apply); the
     // key and its name live for the closure (`ffi::with_key`).
     unsafe {
-        super::ffi::with_key(ctx, key, raw::REDISMODULE_WRITE as c_int, |name, k| {
-            set_in(ctx, name, k, fields, propagate)
-        })
-        .unwrap_or_else(|| Err("the key API is unavailable".into()))
+        super::ffi::with_write_key(ctx, key, |name, k| set_in(ctx, name, k, fields, propagate))
     }
 }
 
@@ -48,13 +45,12 @@ unsafe fn set_in(
     fields: &[(&[u8], &[u8])],
     propagate: bool,
 ) -> Result<(), String> {
-    let (Some(create), Some(free), Some(ktype), Some(hset), Some(notify), Some(replicate)) = (
+    let (Some(create), Some(free), Some(ktype), Some(hset), Some(notify)) = (
         raw::RedisModule_CreateString,
         raw::RedisModule_FreeString,
         raw::RedisModule_KeyType,
         raw::RedisModule_HashSet,
         raw::RedisModule_NotifyKeyspaceEvent,
-        raw::RedisModule_Replicate,
     ) else {
         return Err("the hash key API is unavailable".into());
     };
@@ -93,17 +89,7 @@ unsafe fn set_in(
             c"hset".as_ptr(),
             name,
         );
-        if propagate {
-            replicate(
-                ctx.ctx,
-                c"HSET".as_ptr(),
-                c"v".as_ptr(),
-                argv.as_ptr(),
-                argv.len(),
-            );
-        } else {
-            replicate(ctx.ctx, c"HSET".as_ptr(), c"AR".as_ptr());
-        }
+        super::ffi::replicate_or_count(ctx, c"HSET", &argv, propagate);
         Ok(())
     };
     for s in argv.iter().skip(1).filter(|s| !s.is_null()) {

@@ -42,10 +42,9 @@ pub fn append(
     // SAFETY: main thread with a live context (the before-sleep apply); the
     // key and its name live for the closure (`ffi::with_key`).
     unsafe {
-        super::ffi::with_key(ctx, key, raw::REDISMODULE_WRITE as c_int, |name, k| {
+        super::ffi::with_write_key(ctx, key, |name, k| {
             append_to(ctx, name, k, entries, propagate)
         })
-        .unwrap_or_else(|| Err("the key API is unavailable".into()))
     }
 }
 
@@ -60,13 +59,12 @@ unsafe fn append_to(
     entries: &[(Vec<u8>, Vec<Vec<u8>>)],
     propagate: bool,
 ) -> Result<(), String> {
-    let (Some(create), Some(free), Some(ktype), Some(add), Some(notify), Some(replicate)) = (
+    let (Some(create), Some(free), Some(ktype), Some(add), Some(notify)) = (
         raw::RedisModule_CreateString,
         raw::RedisModule_FreeString,
         raw::RedisModule_KeyType,
         raw::RedisModule_StreamAdd,
         raw::RedisModule_NotifyKeyspaceEvent,
-        raw::RedisModule_Replicate,
     ) else {
         return Err("the stream key API is unavailable".into());
     };
@@ -106,17 +104,7 @@ unsafe fn append_to(
                     c"xadd".as_ptr(),
                     name,
                 );
-                if propagate {
-                    replicate(
-                        ctx.ctx,
-                        c"XADD".as_ptr(),
-                        c"v".as_ptr(),
-                        argv.as_ptr(),
-                        argv.len(),
-                    );
-                } else {
-                    replicate(ctx.ctx, c"XADD".as_ptr(), c"AR".as_ptr());
-                }
+                super::ffi::replicate_or_count(ctx, c"XADD", &argv, propagate);
                 Ok(())
             }
         };
