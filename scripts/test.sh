@@ -49,7 +49,7 @@ run() {
 # Unit, property, simulation and fuzz-corpus tests do not start servers: run them once.
 run "unit+simulation" --lib --test simulation --test fuzz_corpus --test harness_selftest
 
-integration=(--test replication --test convergence --test resilience --test fullsync --test hostile --test tls --test operator --test elements)
+integration=(--test replication --test convergence --test resilience --test fullsync --test hostile --test tls --test operator --test elements --test restart)
 
 # server LABEL → path of its binary (empty if the label is unknown).
 server_path() {

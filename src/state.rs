@@ -44,8 +44,32 @@ pub struct Shared {
     pub config: Config,
     /// Counters.
     pub stats: Stats,
-    /// Our outgoing stream id (random per pairing state).
-    pub stream_id: u64,
+    /// Our outgoing stream id (random per pairing state; a node restarted
+    /// from a snapshot that carried its state takes the saved one back, see
+    /// [`Shared::stream_id`]).
+    stream_id: AtomicU64,
+    /// Which keys recent batches changed in both streams (`history-size`):
+    /// what lets a restarted peer resume instead of taking a full resync.
+    pub history: Mutex<crate::core::history::History>,
+    /// The last own seq issued and the last peer seq applied, as plain
+    /// atomics: the forked child that saves an RDB reads them without a
+    /// lock a link thread may have held at the fork.
+    pub own_seq_mirror: AtomicU64,
+    /// See `own_seq_mirror`.
+    pub applied_mirror: AtomicU64,
+    /// The snapshot position this node restarted from, told to the peer
+    /// until the resume (or a full resync) completes.
+    pub restored: Mutex<Option<crate::core::restart::SavedPosition>>,
+    /// The peer's position in our stream, said in its hello, to acknowledge
+    /// our restored table with before the dirty-key resync re-sends it.
+    pub handshake_ack: AtomicU64,
+    /// Keys a restarted peer must get images of (a restart resume), set by
+    /// the link and taken by the main thread.
+    pub resume_keys: Mutex<Option<Vec<crate::core::table_key::TableKey>>>,
+    /// The resync of ours in flight (not acknowledged whole) is a restart
+    /// resume: a session that breaks during it may resume again (it is
+    /// idempotent), where a broken full resync starts over as a full one.
+    pub resume_in_flight: AtomicBool,
     /// `databases` of this server.
     pub databases: u32,
     /// RDB version of this server's DUMP payloads.
@@ -166,6 +190,7 @@ impl Shared {
     ) -> Self {
         let (tx, rx) = crossbeam_channel::bounded(INBOUND_CAPACITY);
         let backlog = config.backlog_size as usize;
+        let history = usize::try_from(config.history_size).unwrap_or(usize::MAX);
         Shared {
             settings: Mutex::new(config.clone()),
             max_pending_keys: AtomicU64::new(config.max_pending_keys),
@@ -174,7 +199,14 @@ impl Shared {
             ship_evictions: AtomicBool::new(config.ship_evictions),
             config,
             stats: Stats::default(),
-            stream_id,
+            stream_id: AtomicU64::new(stream_id),
+            history: Mutex::new(crate::core::history::History::new(history)),
+            own_seq_mirror: AtomicU64::new(0),
+            applied_mirror: AtomicU64::new(0),
+            restored: Mutex::new(None),
+            handshake_ack: AtomicU64::new(0),
+            resume_keys: Mutex::new(None),
+            resume_in_flight: AtomicBool::new(false),
             databases,
             rdb_version,
             outbox: Mutex::new(Outbox::new(backlog)),
@@ -208,6 +240,32 @@ impl Shared {
             wake_pending: AtomicBool::new(false),
             debug_start_delay_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Our outgoing stream id.
+    pub fn stream_id(&self) -> u64 {
+        self.stream_id.load(Ordering::Relaxed)
+    }
+
+    /// Take back the stream of a saved pairing state (before any handshake).
+    pub fn restore_stream_id(&self, id: u64) {
+        self.stream_id.store(id, Ordering::Relaxed);
+    }
+
+    /// Lock the history; poisoning is ignored (every operation leaves it
+    /// consistent).
+    pub fn history(&self) -> MutexGuard<'_, crate::core::history::History> {
+        self.history.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The restart position this node still tells its peer, if any.
+    pub fn restored(&self) -> Option<crate::core::restart::SavedPosition> {
+        *self.restored.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The restart is settled (resumed, or replaced by a full resync).
+    pub fn clear_restored(&self) {
+        *self.restored.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Install the process-wide instance (once).
@@ -356,6 +414,8 @@ impl Shared {
         self.ship_evictions
             .store(next.ship_evictions, Ordering::Relaxed);
         self.outbox().set_max_bytes(next.backlog_size as usize);
+        self.history()
+            .set_budget(usize::try_from(next.history_size).unwrap_or(usize::MAX));
         *cfg = next;
         Ok(())
     }

@@ -1262,13 +1262,14 @@ fn increments_the_source_applied_before_its_full_resync_are_not_counted_twice() 
 /// a holds once it applied b's change. Keeping b's whole hash, as the sweep did, left `h` =
 /// {old1, old2, new} on b and {new} on a for good. b's writer starts late (`SYNC.DEBUG
 /// START-DELAY`), so its change reaches a after a's scan, which would otherwise often pick
-/// `h` up and hide the case.
-#[test]
-fn a_full_resync_keeps_only_the_targets_changes_of_a_key_the_source_deleted() {
+/// `h` up and hide the case. With `resume`, a's history names `h` and b resumes instead:
+/// a's delete arrives as an image older than b's change, with the same result.
+fn the_target_keeps_only_its_changes_of_a_key_the_source_deleted(resume: bool) {
     let mut pair = Pair::builder()
         .proxied()
         .env("BISYNC_TEST_HOOKS", "1")
         .server_args(["--dbfilename", "dump.rdb"])
+        .module_args(["history-size", if resume { "1mb" } else { "0" }])
         .start();
     pair.wait_link_up(T);
     let (mut a, mut b) = pair.conns();
@@ -1285,10 +1286,29 @@ fn a_full_resync_keeps_only_the_targets_changes_of_a_key_the_source_deleted() {
     let full_before = stat(&pair.b, "full_syncs");
     heal(&pair);
     finish(&pair, &[exactly("h", "hash {new=1}")]);
-    assert!(
-        stat(&pair.b, "full_syncs") > full_before,
-        "b took a full resync from a (the case under test)"
-    );
+    if resume {
+        assert_eq!(stat(&pair.b, "restart_resumes"), 1, "b resumed");
+        assert_eq!(
+            stat(&pair.a, "restart_resume_keys"),
+            stat(&pair.a, "restart_resumes_served"),
+            "only h crossed, in each resume served"
+        );
+    } else {
+        assert!(
+            stat(&pair.b, "full_syncs") > full_before,
+            "b took a full resync from a (the case under test)"
+        );
+    }
+}
+
+#[test]
+fn a_full_resync_keeps_only_the_targets_changes_of_a_key_the_source_deleted() {
+    the_target_keeps_only_its_changes_of_a_key_the_source_deleted(false);
+}
+
+#[test]
+fn a_restart_resume_keeps_only_the_targets_changes_of_a_key_the_source_deleted() {
+    the_target_keeps_only_its_changes_of_a_key_the_source_deleted(true);
 }
 
 /// Row "string counter", at scale: a long outage on one hot counter (40,000 `INCR`s per side

@@ -200,10 +200,14 @@ fn a_node_written_during_its_first_handshake_does_not_merge() {
     assert_eq!(status_u64(&mut cb, "full_syncs"), 0);
 }
 
-#[test]
-fn a_node_restarted_from_a_stale_snapshot_does_not_resurrect_data() {
+/// B restarts from a snapshot taken before 200 keys changed on the
+/// survivor A (100 deleted, 100 rewritten). With `history_size` covering
+/// those changes, A resumes B with exactly those keys; with no history
+/// (`0`) B takes A's whole dataset. Either way no deleted key comes back.
+fn restart_from_a_stale_snapshot(history_size: &str) -> (Pair, bool) {
     let pair = Pair::builder()
         .server_args(["--dbfilename", "dump.rdb"])
+        .module_args(["history-size", history_size])
         .start();
     pair.wait_link_up(T);
     let (mut a, mut b) = pair.conns();
@@ -220,9 +224,10 @@ fn a_node_restarted_from_a_stale_snapshot_does_not_resurrect_data() {
     pair.b.kill9();
     pair.b.restart();
     let mut b = pair.b.conn();
+    let resumed = history_size != "0";
     // B came back with the stale snapshot; A is the source.
-    wait_for("B resynced from A", T, || {
-        status_u64(&mut b, "full_syncs") >= 1
+    wait_for("B caught up with A", T, || {
+        status_u64(&mut b, "full_syncs") + status_u64(&mut b, "restart_resumes") >= 1
     });
     pair.assert_converged(&[0], T);
     let mut a = pair.a.conn();
@@ -232,6 +237,37 @@ fn a_node_restarted_from_a_stale_snapshot_does_not_resurrect_data() {
         let v: String = a.get(format!("k:{}", 500 + i)).expect("GET");
         assert_eq!(v, "new", "the survivor's value won");
     }
+    (pair, resumed)
+}
+
+#[test]
+fn a_node_restarted_from_a_stale_snapshot_resumes_with_only_the_changed_keys() {
+    let (pair, _) = restart_from_a_stale_snapshot("32mb");
+    let (mut a, mut b) = pair.conns();
+    assert_eq!(status_u64(&mut b, "restart_resumes"), 1);
+    assert_eq!(status_u64(&mut b, "full_syncs"), 0, "no full resync");
+    // (A session that breaks during the resume serves it again, whole.)
+    let served = status_u64(&mut a, "restart_resumes_served");
+    assert!(served >= 1);
+    assert_eq!(
+        status_u64(&mut a, "restart_resume_keys"),
+        200 * served,
+        "exactly the keys changed since B's snapshot crossed"
+    );
+    assert_eq!(status(&mut b)["next_resync"], "partial");
+}
+
+#[test]
+fn a_node_restarted_without_a_covering_history_takes_a_full_resync() {
+    let (pair, _) = restart_from_a_stale_snapshot("0");
+    let (mut a, mut b) = pair.conns();
+    assert_eq!(status_u64(&mut b, "full_syncs"), 1);
+    assert_eq!(status_u64(&mut b, "restart_resumes"), 0);
+    assert!(
+        status(&mut a)["last_error"].contains("history-size"),
+        "the survivor says why: {:?}",
+        status(&mut a)["last_error"]
+    );
 }
 
 /// A restarted node takes the survivor's dataset, but what its clients wrote

@@ -290,6 +290,7 @@ fn their_hello() -> Hello {
         empty: false,
         source: false,
         overflowed: false,
+        restored: None,
     }
 }
 
@@ -903,6 +904,14 @@ fn random_frame(rng: &mut StdRng) -> Frame {
             empty: rng.gen(),
             source: rng.gen(),
             overflowed: rng.gen(),
+            restored: rng
+                .gen_bool(0.3)
+                .then(|| redis_bisync::core::restart::SavedPosition {
+                    stream_id: random_u64(rng),
+                    own_seq: random_u64(rng),
+                    peer_stream_id: [7, random_u64(rng)][rng.gen_range(0..2)],
+                    applied_seq: random_u64(rng),
+                }),
         }),
         1 => Frame::Refuse(String::from_utf8_lossy(&random_bytes(rng, 20)).into_owned()),
         2 => Frame::Proof(random_bytes(rng, 40)),

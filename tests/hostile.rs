@@ -81,6 +81,7 @@ impl FakePeer {
             empty: true,
             source: false,
             overflowed: false,
+            restored: None,
         };
         let mut w = &s;
         w.write_all(&codec::encode(&Frame::Hello(hello)).expect("encode"))

@@ -571,7 +571,7 @@ impl TargetState {
                 self.changes.retain(|(d, _), _| *d != db);
                 self.imaged.retain(|(d, _)| *d != db);
             }
-            Op::FullSyncBegin | Op::FullSyncEnd | Op::Check { .. } => {}
+            Op::FullSyncBegin | Op::FullSyncEnd | Op::ResumeEnd | Op::Check { .. } => {}
         }
     }
 
@@ -1036,7 +1036,7 @@ impl Node {
                         }
                     }
                 }
-                Op::FullSyncBegin | Op::FullSyncEnd | Op::Check { .. } => {}
+                Op::FullSyncBegin | Op::FullSyncEnd | Op::ResumeEnd | Op::Check { .. } => {}
             }
             stamps.push(stamp);
             entries.push(Entry { db, stamp, op });
@@ -1277,6 +1277,8 @@ impl Node {
             empty: self.store.is_empty() && self.elements.is_empty(),
             source: false,
             overflowed: self.table_overflowed,
+            // The simulation does not restart from snapshots yet.
+            restored: None,
         }
     }
 
@@ -1332,7 +1334,10 @@ impl Node {
                 Action::Flush { db, survivors } => self.flush_keeping(db, &survivors),
                 Action::Write(entry) => self.write(entry),
                 Action::Duplicate => {}
-                Action::FullSyncBegin | Action::FullSyncEnd | Action::Unsupported(_) => {
+                Action::FullSyncBegin
+                | Action::FullSyncEnd
+                | Action::ResumeEnd
+                | Action::Unsupported(_) => {
                     panic!("the sim never runs a full resync nor ships element records")
                 }
             }
@@ -1628,6 +1633,8 @@ impl Node {
                         }
                     }
                 }
+                // The simulation does not restart from snapshots yet.
+                Step::ResumeEnd => {}
                 Step::FullSyncEnd => {
                     // `target_end`: sweep what the source does not have.
                     if let Some(r) = self.target.receiving.take() {
@@ -1657,6 +1664,7 @@ impl Node {
             Op::FlushDb
             | Op::FullSyncBegin
             | Op::FullSyncEnd
+            | Op::ResumeEnd
             | Op::Element { .. }
             | Op::Check { .. } => {}
         }
@@ -2219,6 +2227,7 @@ impl Sim {
             source: h.source,
             overflowed: h.overflowed,
             knows_peer: recorded != 0 && recorded == peer.stream_id,
+            restored: h.restored,
         };
         let roles: Vec<Role> = (0..2)
             .map(|i| {

@@ -80,6 +80,25 @@ pub fn encoded_len<T: serde::Serialize>(value: &T) -> Result<usize, CodecError> 
     Ok(n.0)
 }
 
+/// Encode any value with the link's settings (the pairing state saved in
+/// an RDB uses the same format, so one codec change covers both).
+pub fn encode_value<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    bincode::serde::encode_to_vec(value, config()).map_err(|e| CodecError::Malformed(e.to_string()))
+}
+
+/// Decode a value written by [`encode_value`]. Trailing bytes are an error.
+pub fn decode_value<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (v, used): (T, usize) = bincode::serde::decode_from_slice(bytes, config())
+        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(CodecError::Malformed(format!(
+            "{} trailing bytes",
+            bytes.len() - used
+        )));
+    }
+    Ok(v)
+}
+
 /// Decode a frame body (without its prefix). Trailing bytes are an error.
 pub fn decode_body(body: &[u8]) -> Result<Frame, CodecError> {
     let (frame, used): (Frame, usize) = bincode::serde::decode_from_slice(body, config())

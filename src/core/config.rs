@@ -41,6 +41,7 @@ pub const KNOWN: &[&str] = &[
     "peer",
     "secret-file",
     "backlog-size",
+    "history-size",
     "max-pending-keys",
     "max-clock-skew",
     "max-frame-size",
@@ -83,6 +84,9 @@ pub struct Config {
     pub secret_file: Option<String>,
     /// Bound on the backlog of un-acknowledged batches, bytes.
     pub backlog_size: u64,
+    /// Bound on the record of which keys recent batches changed, bytes
+    /// (0: none kept; a restarted peer then always takes a full resync).
+    pub history_size: u64,
     /// Bound on the un-acknowledged writes table, keys.
     pub max_pending_keys: u64,
     /// Largest accepted distance of a peer stamp ahead of the wall clock, ms.
@@ -104,6 +108,8 @@ pub struct Config {
 pub mod defaults {
     /// 64 MiB of backlog.
     pub const BACKLOG_SIZE: u64 = 64 << 20;
+    /// 32 MiB of history: about 400,000 changed keys of 20 bytes.
+    pub const HISTORY_SIZE: u64 = 32 << 20;
     /// One million pending keys.
     pub const MAX_PENDING_KEYS: u64 = 1_000_000;
     /// One minute of clock skew.
@@ -208,6 +214,7 @@ fn yes_no(b: bool) -> String {
 /// Arguments that `CONFIG SET bisync.<name>` may change at run time.
 pub const RUNTIME: &[&str] = &[
     "backlog-size",
+    "history-size",
     "max-pending-keys",
     "max-clock-skew",
     "apply-budget",
@@ -223,6 +230,7 @@ impl Config {
             "peer" => self.peer.to_string(),
             "secret-file" => self.secret_file.clone().unwrap_or_default(),
             "backlog-size" => self.backlog_size.to_string(),
+            "history-size" => self.history_size.to_string(),
             "max-pending-keys" => self.max_pending_keys.to_string(),
             "max-clock-skew" => self.max_clock_skew_ms.to_string(),
             "max-frame-size" => self.max_frame_size.to_string(),
@@ -252,6 +260,9 @@ impl Config {
             "backlog-size" => {
                 self.backlog_size = parse_u64("backlog-size", value, 1 << 10, 1 << 40, true)?
             }
+            "history-size" => {
+                self.history_size = parse_u64("history-size", value, 0, 1 << 40, true)?
+            }
             "max-pending-keys" => {
                 self.max_pending_keys = parse_u64("max-pending-keys", value, 1, 1 << 40, false)?
             }
@@ -280,6 +291,7 @@ impl Config {
         let mut secret = None;
         let mut secret_file = None;
         let mut cfg_backlog = defaults::BACKLOG_SIZE;
+        let mut cfg_history = defaults::HISTORY_SIZE;
         let mut cfg_pending = defaults::MAX_PENDING_KEYS;
         let mut cfg_skew = defaults::MAX_CLOCK_SKEW_MS;
         let mut cfg_frame = defaults::MAX_FRAME_SIZE;
@@ -347,6 +359,7 @@ impl Config {
                     secret_file = Some(value.clone());
                 }
                 "backlog-size" => cfg_backlog = parse_u64(name, value, 1 << 10, 1 << 40, true)?,
+                "history-size" => cfg_history = parse_u64(name, value, 0, 1 << 40, true)?,
                 "max-pending-keys" => cfg_pending = parse_u64(name, value, 1, 1 << 40, false)?,
                 "max-clock-skew" => cfg_skew = parse_u64(name, value, 1, 1 << 40, false)?,
                 "max-frame-size" => cfg_frame = parse_u64(name, value, 1 << 16, 1 << 32, true)?,
@@ -418,6 +431,7 @@ impl Config {
             secret,
             secret_file,
             backlog_size: cfg_backlog,
+            history_size: cfg_history,
             max_pending_keys: cfg_pending,
             max_clock_skew_ms: cfg_skew,
             max_frame_size: cfg_frame,

@@ -55,6 +55,8 @@ pub enum Action<'a> {
     FullSyncBegin,
     /// The peer's full resync has sent every key.
     FullSyncEnd,
+    /// The peer's restart resume has sent every key.
+    ResumeEnd,
     /// An element-level record: protocol 1 does not carry them (the glue
     /// ships whole-key images), so a peer sending one is refused.
     Unsupported(&'a Entry),
@@ -74,6 +76,7 @@ pub fn plan_batch<'a>(
         .map(|e| match &e.op {
             Op::FullSyncBegin => Action::FullSyncBegin,
             Op::FullSyncEnd => Action::FullSyncEnd,
+            Op::ResumeEnd => Action::ResumeEnd,
             Op::Check { .. } => Action::Duplicate,
             Op::FlushDb => {
                 if !table.first_sight_of_remote_flush(e.db, e.stamp) {

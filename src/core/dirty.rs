@@ -91,6 +91,19 @@ impl DirtyLog {
         self.items.len()
     }
 
+    /// The keys noted, or `None` if a flush is among the changes (a
+    /// snapshot taken now cannot describe it by keys).
+    pub fn keys(&self) -> Option<Vec<(u32, Vec<u8>)>> {
+        let mut out = Vec::with_capacity(self.items.len());
+        for item in &self.items {
+            let (db, key) = item.key_of()?;
+            out.push((db, key.to_vec()));
+        }
+        out.sort_unstable();
+        out.dedup();
+        Some(out)
+    }
+
     /// Record a key change.
     pub fn key(&mut self, db: u32, key: &[u8]) {
         self.items.push(Dirty::Key(db, key.to_vec()));

@@ -49,6 +49,7 @@ pub fn handshake(data: &[u8]) {
         empty: false,
         source: false,
         overflowed: false,
+        restored: None,
     };
     let mut r = data;
     if let Ok(Frame::Hello(theirs)) = codec::read_frame(&mut r, PRE_AUTH_FRAME_LIMIT) {

@@ -20,6 +20,24 @@ use std::collections::{HashSet, VecDeque};
 
 use crate::core::table_key::TableKey;
 
+/// The keys a batch's entries change, and whether one of them changes a
+/// whole db (a flush): what the history records for the batch.
+pub fn touched(entries: &[crate::core::protocol::Entry]) -> (Vec<TableKey>, bool) {
+    use crate::core::protocol::Op;
+    let mut keys = Vec::with_capacity(entries.len());
+    let mut whole_db = false;
+    for e in entries {
+        match &e.op {
+            Op::Set { key, .. } | Op::Delete { key } | Op::Element { key, .. } => {
+                keys.push(TableKey::new(e.db, key));
+            }
+            Op::FlushDb => whole_db = true,
+            _ => {}
+        }
+    }
+    (keys, whole_db)
+}
+
 /// Bytes counted per recorded key beyond its own bytes (the vector slot,
 /// the hash-set probe later): keeps the budget honest for short keys.
 const KEY_OVERHEAD: usize = 32;
@@ -61,6 +79,26 @@ impl Window {
         self.batches.push_back((seq, change, cost));
         self.bytes += cost;
         cost
+    }
+
+    fn anchor(&mut self, stream_id: u64, floor: u64) {
+        if stream_id != self.stream_id {
+            *self = Window {
+                stream_id,
+                floor,
+                ..Window::default()
+            };
+        }
+    }
+
+    /// Batch `seq` went by unrecorded (no budget): the window is complete
+    /// only after it.
+    fn pass(&mut self, stream_id: u64, seq: u64) {
+        self.anchor(stream_id, seq);
+        while !self.batches.is_empty() {
+            self.evict_oldest();
+        }
+        self.floor = self.floor.max(seq);
     }
 
     fn evict_oldest(&mut self) {
@@ -150,6 +188,36 @@ impl History {
     pub fn set_budget(&mut self, budget: usize) {
         self.budget = budget;
         self.trim();
+    }
+
+    /// Is anything kept at all (`history-size` above 0)?
+    pub fn enabled(&self) -> bool {
+        self.budget > 0
+    }
+
+    /// This node's stream `stream_id` is complete after `floor` from now on
+    /// (its first batch, or where this process took it over), unless the
+    /// window already records that stream.
+    pub fn anchor_own(&mut self, stream_id: u64, floor: u64) {
+        self.own.anchor(stream_id, floor);
+    }
+
+    /// This node applies the peer's stream `stream_id` from after `floor`
+    /// on (a session starts there), unless the window already records it.
+    pub fn anchor_applied(&mut self, stream_id: u64, floor: u64) {
+        self.applied.anchor(stream_id, floor);
+    }
+
+    /// This node issued batch `seq` of `stream_id` without recording it
+    /// (`history-size` 0): nothing before it can be named any more.
+    pub fn pass_own(&mut self, stream_id: u64, seq: u64) {
+        self.own.pass(stream_id, seq);
+    }
+
+    /// This node applied the peer's batch `seq` of `stream_id` without
+    /// recording it (`history-size` 0).
+    pub fn pass_applied(&mut self, stream_id: u64, seq: u64) {
+        self.applied.pass(stream_id, seq);
     }
 
     /// Bytes held (reported in SYNC.STATUS).
@@ -267,6 +335,23 @@ mod tests {
     }
 
     #[test]
+    fn an_anchored_window_covers_a_quiet_stream() {
+        let mut h = History::new(1 << 20);
+        // Nothing applied yet this process, but the session started at 40.
+        h.anchor_own(7, 0);
+        h.anchor_applied(9, 40);
+        assert!(h.changed_since(7, 0, 9, 40).expect("covered").is_empty());
+        assert!(matches!(
+            h.changed_since(7, 0, 9, 39),
+            Err(Gap::Forgotten { floor: 40, .. })
+        ));
+        // Anchoring the same stream again keeps what it recorded.
+        h.record_applied(9, 41, vec![k("x")], false);
+        h.anchor_applied(9, 41);
+        assert_eq!(set(&h.changed_since(7, 0, 9, 40).expect("covered")), ["x"]);
+    }
+
+    #[test]
     fn a_flush_after_the_position_refuses_a_resume() {
         let mut h = History::new(1 << 20);
         h.record_own(7, 1, vec![k("a")], false);
@@ -292,6 +377,25 @@ mod tests {
         assert!(h.changed_since(7, 95, 9, 0).is_ok());
         h.set_budget(0);
         assert_eq!(h.bytes(), 0);
+    }
+
+    #[test]
+    fn batches_passed_unrecorded_are_a_gap() {
+        let mut h = History::new(0);
+        h.anchor_own(7, 0);
+        h.anchor_applied(9, 0);
+        assert!(h.changed_since(7, 0, 9, 0).is_ok(), "nothing happened yet");
+        h.pass_own(7, 1);
+        h.pass_applied(9, 1);
+        assert!(matches!(
+            h.changed_since(7, 0, 9, 1),
+            Err(Gap::Forgotten { floor: 1, .. })
+        ));
+        assert!(matches!(
+            h.changed_since(7, 1, 9, 0),
+            Err(Gap::Forgotten { floor: 1, .. })
+        ));
+        assert!(h.changed_since(7, 1, 9, 1).is_ok());
     }
 
     proptest! {

@@ -334,6 +334,7 @@ mod tests {
             empty: true,
             source: false,
             overflowed: false,
+            restored: None,
         };
         assert_eq!(claims_changed(&sent, &sent.clone()), None);
         // Only what the pairing decision reads counts, not the nonce.

@@ -22,6 +22,7 @@ pub mod pending_elements;
 pub mod protect;
 pub mod protocol;
 pub mod restart;
+pub mod saved_state;
 pub mod served;
 pub mod stats;
 pub mod stream_groups;

@@ -37,6 +37,21 @@ pub enum ResumePlan {
     NeedResync,
 }
 
+/// Where a stream restored from a snapshot goes on, restarted at wall time
+/// `now_ms`: past every seq the node may have issued before the restart,
+/// which the snapshot did not see and the peer may have applied.
+///
+/// Why the clock: a node can restart twice from the same snapshot, so a
+/// fixed jump past the saved seq could land on seqs the first restart
+/// issued. `now_ms × 65536` is past any seq issued at an earlier time, as a
+/// node issues far fewer than 65,536 batches a millisecond (one per
+/// event-loop pass); `saved + 2^32` covers a clock that stepped back.
+pub fn restart_seq(saved_seq: u64, now_ms: u64) -> u64 {
+    saved_seq
+        .saturating_add(1 << 32)
+        .max(now_ms.saturating_mul(1 << 16))
+}
+
 /// The outgoing FIFO and backlog.
 #[derive(Debug)]
 pub struct Outbox {
@@ -247,6 +262,17 @@ impl Outbox {
             self.items.pop_front();
             self.first_index += 1;
         }
+    }
+
+    /// Continue a stream saved with a snapshot: its last batch before the
+    /// restart is unknown (the snapshot saw `saved_seq`; batches issued after
+    /// it may have reached the peer), so the stream goes on far past it and
+    /// nothing before that can be resent from here (a resync serves it).
+    pub fn restore(&mut self, saved_seq: u64, applied: u64, now_ms: u64) {
+        self.last_seq = restart_seq(saved_seq, now_ms);
+        self.dropped_upto = self.last_seq;
+        self.acked_seq = saved_seq;
+        self.applied_seq = applied;
     }
 
     /// Set the applied position without queuing an ack (restart, resync).
@@ -542,5 +568,27 @@ mod tests {
         let o = Outbox::new(100);
         assert_eq!(o.plan_resume(5), ResumePlan::NeedResync);
         assert_eq!(o.plan_resume(0), ResumePlan::Partial);
+    }
+
+    #[test]
+    fn a_restored_stream_never_reuses_a_seq_of_an_earlier_restart() {
+        let t0 = 1_800_000_000_000u64;
+        let mut o = Outbox::new(1 << 20);
+        o.restore(5, 9, t0);
+        let first = o.last_seq();
+        assert!(first > 5 + (1 << 31));
+        assert_eq!(o.applied_seq(), 9);
+        // The peer says it applied something we no longer hold: a resync.
+        assert_eq!(o.plan_resume(7), ResumePlan::NeedResync);
+        // 100,000 batches a second for a day, then a restart from the
+        // same snapshot: the new stream starts past all of them.
+        let issued = first + 100_000 * 86_400;
+        let mut again = Outbox::new(1 << 20);
+        again.restore(5, 9, t0 + 86_400_000);
+        assert!(again.last_seq() > issued);
+        // A clock that stepped back still moves past the saved seq.
+        let mut back = Outbox::new(1 << 20);
+        back.restore(first, 9, 0);
+        assert!(back.last_seq() > first);
     }
 }

@@ -8,6 +8,8 @@
 //! becomes the source of an authoritative full resync and the restarted
 //! node never pushes old values or deleted keys back.
 
+use crate::core::restart::{both_restarted, SavedPosition};
+
 /// What one side knows about itself when it says hello.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PairInfo {
@@ -22,6 +24,9 @@ pub struct PairInfo {
     /// Its table of un-acknowledged writes overflowed: its stream cannot be
     /// resumed safely, only replaced by a full resync from it.
     pub overflowed: bool,
+    /// It restarted from a snapshot that carried its pairing state and has
+    /// not caught up yet: how far its data goes.
+    pub restored: Option<SavedPosition>,
 }
 
 /// This node's part in the sync that starts now.
@@ -48,34 +53,44 @@ pub enum Role {
 /// tie-break when nothing else decides).
 pub fn decide(me: PairInfo, them: PairInfo, me_first: bool) -> Role {
     match (me.fresh, them.fresh) {
-        (false, false) if me.overflowed || them.overflowed => match (me.overflowed, them.overflowed) {
-            (true, false) => Role::Source,
-            // Our table is intact: our un-acknowledged writes still win
-            // over the source's older images.
-            (false, true) => Role::Target { discard_local: false },
-            // Both tables are incomplete: no merge is possible. The node
-            // with the smaller id wins; the other's writes since its last
-            // acknowledged batch are replaced (documented limit).
-            _ => {
-                if me_first {
-                    Role::Source
-                } else {
-                    Role::Target { discard_local: true }
+        (false, false) if me.overflowed || them.overflowed => {
+            match (me.overflowed, them.overflowed) {
+                (true, false) => Role::Source,
+                // Our table is intact: our un-acknowledged writes still win
+                // over the source's older images.
+                (false, true) => Role::Target {
+                    discard_local: false,
+                },
+                // Both tables are incomplete: no merge is possible. The node
+                // with the smaller id wins; the other's writes since its last
+                // acknowledged batch are replaced (documented limit).
+                _ => {
+                    if me_first {
+                        Role::Source
+                    } else {
+                        Role::Target {
+                            discard_local: true,
+                        }
+                    }
                 }
             }
-        },
+        }
         (false, false) => match (me.knows_peer, them.knows_peer) {
             (true, true) => Role::Stream,
             // One side's record of the other was replaced (another node
             // spoke to it in between): the side whose record is intact
             // is the source.
-            (false, true) => Role::Target { discard_local: false },
+            (false, true) => Role::Target {
+                discard_local: false,
+            },
             (true, false) => Role::Source,
             (false, false) => {
                 if me_first {
                     Role::Source
                 } else {
-                    Role::Target { discard_local: false }
+                    Role::Target {
+                        discard_local: false,
+                    }
                 }
             }
         },
@@ -88,18 +103,36 @@ pub fn decide(me: PairInfo, them: PairInfo, me_first: bool) -> Role {
         (true, false) => Role::Target {
             discard_local: them.source,
         },
-        (true, true) => match (me.source, them.source) {
-            (true, true) => Role::Refuse("both nodes were chosen as the source: choose one".into()),
-            (true, false) => Role::Source,
-            (false, true) => Role::Target { discard_local: true },
-            (false, false) => match (me.empty, them.empty) {
-                (true, true) => Role::Stream,
-                (false, true) => Role::Source,
-                (true, false) => Role::Target { discard_local: false },
-                (false, false) => Role::Refuse(
-                    "both nodes hold data and have never synced: run SYNC.PAIR SOURCE on the node whose data should win (the other node's data is replaced)".into(),
-                ),
-            },
+        // Both restarted from snapshots of this pairing (a power loss at
+        // both sites): if neither lacks a batch the other's data holds,
+        // they simply resume their streams.
+        (true, true) if !me.source && !them.source && me.restored.is_some() => {
+            match (me.restored, them.restored) {
+                (Some(a), Some(b)) => match both_restarted(a, b) {
+                    Ok(()) => Role::Stream,
+                    Err(why) => Role::Refuse(why),
+                },
+                _ => first_contact(me, them),
+            }
+        }
+        (true, true) => first_contact(me, them),
+    }
+}
+
+/// Two fresh nodes that cannot simply resume: the operator's choice, else
+/// the empty side takes the other's data, else they refuse.
+fn first_contact(me: PairInfo, them: PairInfo) -> Role {
+    match (me.source, them.source) {
+        (true, true) => Role::Refuse("both nodes were chosen as the source: choose one".into()),
+        (true, false) => Role::Source,
+        (false, true) => Role::Target { discard_local: true },
+        (false, false) => match (me.empty, them.empty) {
+            (true, true) => Role::Stream,
+            (false, true) => Role::Source,
+            (true, false) => Role::Target { discard_local: false },
+            (false, false) => Role::Refuse(
+                "both nodes hold data and have never synced: run SYNC.PAIR SOURCE on the node whose data should win (the other node's data is replaced)".into(),
+            ),
         },
     }
 }
@@ -117,6 +150,7 @@ mod tests {
                 source: bits & 4 != 0,
                 knows_peer: bits & 8 != 0,
                 overflowed: bits & 16 != 0,
+                restored: None,
             });
         }
         v
@@ -146,6 +180,7 @@ mod tests {
             source: false,
             knows_peer: !fresh,
             overflowed: false,
+            restored: None,
         }
     }
 
@@ -201,6 +236,48 @@ mod tests {
             decide(info(true, false), a, false),
             Role::Target {
                 discard_local: true
+            }
+        );
+    }
+
+    #[test]
+    fn both_restarted_from_matching_snapshots_resume_else_refuse() {
+        let a = SavedPosition {
+            stream_id: 1,
+            own_seq: 5,
+            peer_stream_id: 2,
+            applied_seq: 3,
+        };
+        let b = SavedPosition {
+            stream_id: 2,
+            own_seq: 3,
+            peer_stream_id: 1,
+            applied_seq: 5,
+        };
+        let node = |restored| PairInfo {
+            restored: Some(restored),
+            ..info(true, false)
+        };
+        assert_eq!(decide(node(a), node(b), true), Role::Stream);
+        assert_eq!(decide(node(b), node(a), false), Role::Stream);
+        // B's snapshot lacks A's batch 5: neither may simply go on.
+        let behind = SavedPosition {
+            applied_seq: 4,
+            ..b
+        };
+        assert!(matches!(
+            decide(node(a), node(behind), true),
+            Role::Refuse(_)
+        ));
+        assert!(matches!(
+            decide(node(behind), node(a), false),
+            Role::Refuse(_)
+        ));
+        // A restored node meeting a survivor takes its data, as before.
+        assert_eq!(
+            decide(node(b), info(false, false), false),
+            Role::Target {
+                discard_local: false
             }
         );
     }

@@ -54,7 +54,7 @@ pub enum LocalWrite {
 /// before that moment went, by stamps, with the key the image made when it
 /// expired; unless it gave the key another type, which replaced it (see
 /// [`crate::core::merge::rule::merge_record`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ImageTtl {
     /// When the key expires (Unix ms).
     pub at_ms: i64,

@@ -17,7 +17,7 @@ fn borrowed_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::
 }
 
 /// Bumped whenever a message shape or its meaning changes.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Orders one entry among every write of both nodes: the batch's clock
 /// stamp, then the origin node id, then the index inside the batch (a
@@ -184,6 +184,9 @@ pub enum Op {
         /// The sender's digest of it (empty: the key does not exist).
         digest: Vec<u8>,
     },
+    /// A restart resume has sent every key changed since the receiver's
+    /// snapshot: the receiver has caught up (protocol 6+).
+    ResumeEnd,
 }
 
 /// The family of a key whose elements merge one by one.
@@ -308,6 +311,9 @@ pub struct Hello {
     pub source: bool,
     /// The sender's un-acknowledged writes table overflowed.
     pub overflowed: bool,
+    /// The sender restarted from a snapshot that carried its pairing state
+    /// and has not caught up yet: how far its data goes (protocol 6+).
+    pub restored: Option<crate::core::restart::SavedPosition>,
 }
 
 /// A frame on an established link.

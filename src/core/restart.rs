@@ -14,7 +14,7 @@ use crate::core::history::History;
 use crate::core::table_key::TableKey;
 
 /// How far a snapshot's data goes, saved with it (RDB aux data).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SavedPosition {
     /// The snapshot's node's outgoing stream id.
     pub stream_id: u64,

@@ -67,6 +67,13 @@ pub struct Stats {
     pub dirty_key_syncs: AtomicU64,
     /// Full dataset transfers.
     pub full_syncs: AtomicU64,
+    /// Restarts of this node from a snapshot that ended in a resume (only
+    /// the keys changed since the snapshot crossed), not a full resync.
+    pub restart_resumes: AtomicU64,
+    /// Resumes this node served to a restarted peer.
+    pub restart_resumes_served: AtomicU64,
+    /// Keys sent (images or deletes) by the resumes this node served.
+    pub restart_resume_keys: AtomicU64,
     /// Connections refused or dropped for a protocol or handshake error.
     pub link_errors: AtomicU64,
     /// Bytes of the peer's frames waiting for the main thread now.

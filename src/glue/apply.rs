@@ -663,6 +663,7 @@ fn apply_batch(
             }
             Step::FullSyncBegin => fullsync::target_begin(),
             Step::FullSyncEnd => fullsync::target_end(),
+            Step::ResumeEnd => super::persist::resumed(shared),
             Step::Check {
                 db,
                 key,
@@ -762,7 +763,10 @@ pub fn apply_inbound(ctx: &Context, queued: usize) -> bool {
                         log::notice(&format!("peer {node_id} has a new stream (restarted without its pairing state): applying it from the start"));
                     }
                     shared.outbox().set_applied(0);
+                    shared.applied_mirror.store(0, Ordering::Relaxed);
                 }
+                let applied = shared.outbox().applied_seq();
+                shared.history().anchor_applied(stream_id, applied);
                 peer_node = node_id;
             }
             Inbound::Ack(seq) => {
@@ -771,6 +775,7 @@ pub fn apply_inbound(ctx: &Context, queued: usize) -> bool {
                 let done = shared.source_done_seq.load(Ordering::Relaxed);
                 if done != 0 && seq >= done {
                     shared.source_done_seq.store(0, Ordering::Relaxed);
+                    shared.resume_in_flight.store(false, Ordering::Relaxed);
                     shared.echo_applied.store(false, Ordering::Relaxed);
                     shared.force_source.store(false, Ordering::Relaxed);
                 }
@@ -803,6 +808,15 @@ pub fn apply_inbound(ctx: &Context, queued: usize) -> bool {
                         any_batch = true;
                         // Ack in the same hold, after the flush that preceded it.
                         shared.outbox().push_ack(batch.seq);
+                        shared.applied_mirror.store(batch.seq, Ordering::Relaxed);
+                        let mut history = shared.history();
+                        let stream = shared.peer_stream_id.load(Ordering::Relaxed);
+                        if history.enabled() {
+                            let (keys, whole_db) = crate::core::history::touched(&batch.entries);
+                            history.record_applied(stream, batch.seq, keys, whole_db);
+                        } else {
+                            history.pass_applied(stream, batch.seq);
+                        }
                     }
                     Err(e) => {
                         let msg = format!("refused batch {} from the peer: {e}", batch.seq);

@@ -507,6 +507,20 @@ pub fn dirty() -> MutexGuard<'static, DirtyLog> {
     DIRTY.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The keys of a dirty log, `None` if it holds a flush.
+pub type DirtyKeys = Option<Vec<(u32, Vec<u8>)>>;
+
+/// The keys of the dirty log (see [`DirtyLog::keys`]), if its lock is free:
+/// the outer `None` means busy (the forked child saving an RDB must not
+/// wait for a lock a thread held at the fork).
+pub fn try_dirty_keys() -> Option<DirtyKeys> {
+    match DIRTY.try_lock() {
+        Ok(g) => Some(g.keys()),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner().keys()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
 /// Take the stream keys noted by the command filter.
 pub fn take_stream_touched() -> Vec<Vec<u8>> {
     std::mem::take(&mut *STREAM_TOUCHED.lock().unwrap_or_else(|p| p.into_inner()))
@@ -564,6 +578,10 @@ pub unsafe extern "C" fn on_keyspace_event(
     key: *mut raw::RedisModuleString,
 ) -> c_int {
     guarded("keyspace event", 0, || {
+        if LOADING.load(Ordering::Relaxed) && super::persist::AUX_READ.load(Ordering::Relaxed) {
+            // An AOF tail replayed after the snapshot's pairing state.
+            super::persist::REPLAYED_AFTER.fetch_add(1, Ordering::Relaxed);
+        }
         if class & (raw::REDISMODULE_NOTIFY_EXPIRED | raw::REDISMODULE_NOTIFY_EVICTED) != 0 {
             break_elem_hint(ffi::string_bytes(key));
             // A run's stream gone here: nothing left to check (its appends

@@ -47,7 +47,14 @@ pub fn status_fields(shared: &Shared) -> Vec<(&'static str, Field)> {
     let lag = oldest
         .map(|st| wall_ms().saturating_sub(stamp_ms(st.hlc)))
         .unwrap_or(0);
-    let next = if shared.table_overflowed.load(Ordering::Relaxed)
+    let next = if shared.fresh.load(Ordering::Relaxed)
+        && shared.restored().is_some()
+        && !shared.table_overflowed.load(Ordering::Relaxed)
+    {
+        // Restarted from a snapshot with its pairing state: the peer
+        // resumes it if its history covers the snapshot, else a full resync.
+        "restart"
+    } else if shared.table_overflowed.load(Ordering::Relaxed)
         || shared.fresh.load(Ordering::Relaxed)
     {
         "full"
@@ -86,7 +93,7 @@ pub fn status_fields(shared: &Shared) -> Vec<(&'static str, Field)> {
                 .to_string(),
             ),
         ),
-        ("stream_id", Text(format!("{:016x}", shared.stream_id))),
+        ("stream_id", Text(format!("{:016x}", shared.stream_id()))),
         ("issued_seq", Num(sent_seq)),
         ("sent_seq", Num(Stats::get(&s.sent_seq))),
         ("acked_seq", Num(acked)),
@@ -106,6 +113,16 @@ pub fn status_fields(shared: &Shared) -> Vec<(&'static str, Field)> {
         ("partial_syncs", Num(Stats::get(&s.partial_syncs))),
         ("dirty_key_syncs", Num(Stats::get(&s.dirty_key_syncs))),
         ("full_syncs", Num(Stats::get(&s.full_syncs))),
+        ("restart_resumes", Num(Stats::get(&s.restart_resumes))),
+        (
+            "restart_resumes_served",
+            Num(Stats::get(&s.restart_resumes_served)),
+        ),
+        (
+            "restart_resume_keys",
+            Num(Stats::get(&s.restart_resume_keys)),
+        ),
+        ("history_bytes", Num(shared.history().bytes() as u64)),
         ("link_errors", Num(Stats::get(&s.link_errors))),
         ("next_resync", Text(next.to_string())),
         ("last_error", Text(shared.last_error())),

@@ -42,6 +42,10 @@ pub unsafe extern "C" fn on_event_loop(
         // No command's events follow until the next command passes the filter.
         super::capture::disarm_hints();
         let Some(shared) = Shared::get() else { return };
+        if !shared.ready.load(Ordering::Acquire) {
+            // The dataset is loaded: take back the pairing state it carried.
+            super::persist::restore(shared);
+        }
         super::served_guard::settle(&Context::new(ctx));
         // First thing: what arrived before this event (and its command clock) began.
         let queued = shared.inbound_rx.len();
@@ -50,6 +54,13 @@ pub unsafe extern "C" fn on_event_loop(
         flush(&ctx);
         if shared.target_cancel.swap(false, Ordering::AcqRel) {
             fullsync::target_cancel();
+        }
+        let ack = shared.handshake_ack.swap(0, Ordering::AcqRel);
+        if ack > 0 {
+            // A restored node: what the peer said it applied leaves the
+            // table before the dirty-key resync re-sends the rest.
+            shared.outbox().acknowledge(ack);
+            with_node(|n| n.pending.acknowledge(ack));
         }
         if shared.target_reset_requested.swap(false, Ordering::AcqRel) {
             // Writes made before the full resync began lose to the source's data.

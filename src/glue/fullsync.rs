@@ -40,11 +40,17 @@ struct Source {
     keys_sent: u64,
     /// Every db has been scanned to its end.
     scanned_all: bool,
-    /// Keys of a SCAN step that did not fit in its chunk, and their db:
+    /// Keys of a SCAN step that did not fit in its chunk, with their db:
     /// sent by the next steps before the scan goes on.
-    leftover: Vec<Vec<u8>>,
-    leftover_db: u32,
+    leftover: Vec<(u32, Vec<u8>)>,
+    /// A restart resume: only these keys are sent (no scan), deletes
+    /// included, and the end is a `ResumeEnd` (the receiver keeps the rest
+    /// of its data).
+    resume: Option<Vec<(u32, Vec<u8>)>>,
 }
+
+/// Keys per step of a restart resume (as many as a SCAN step reads, about).
+const RESUME_STEP: usize = 256;
 
 /// Keys the full-resync source is known to have.
 type KeySet = FxHashSet<TableKey>;
@@ -142,8 +148,23 @@ pub fn all_keys(ctx: &Context, db: u32) -> Vec<Vec<u8>> {
     out
 }
 
-/// Begin sending the whole dataset (called on the main thread when the link asks).
+/// Begin sending the whole dataset, or for a restart resume the keys the
+/// link put in `resume_keys` (called on the main thread when the link asks).
 pub fn start_source(shared: &Shared) {
+    let resume = shared
+        .resume_keys
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .map(|keys| {
+            let mut v: Vec<(u32, Vec<u8>)> = keys
+                .into_iter()
+                .map(|k| (k.db(), k.key().to_vec()))
+                .collect();
+            // Sent from the end (`pop`): reverse so the order is kept.
+            v.reverse();
+            v
+        });
     shared.echo_applied.store(false, Ordering::Relaxed);
     if shared.table_overflowed.swap(false, Ordering::Relaxed) {
         // The table is incomplete: drop it; the full resync carries everything.
@@ -160,12 +181,14 @@ pub fn start_source(shared: &Shared) {
             db: 0,
             cursor: b"0".to_vec(),
             keys_sent: 0,
-            scanned_all: false,
+            scanned_all: resume.is_some(),
             leftover: Vec::new(),
-            leftover_db: 0,
+            resume,
         }
     });
-    log::notice("full resync: sending the whole dataset to the peer");
+    if !source(|s| s.resume.is_some()) {
+        log::notice("full resync: sending the whole dataset to the peer");
+    }
 }
 
 /// One bounded step of the source's scan. Returns true while active.
@@ -177,7 +200,7 @@ pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
         log::notice("full resync: stopped sending (this node takes the peer's dataset now)");
         return false;
     }
-    let (active, first) = source(|s| (s.active, s.first));
+    let (active, first, resuming) = source(|s| (s.active, s.first, s.resume.is_some()));
     if !active {
         return false;
     }
@@ -190,7 +213,7 @@ pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
     }
     let saved = ffi::selected_db(ctx);
     let mut ops: Vec<(u32, Op)> = Vec::new();
-    if first {
+    if first && !resuming {
         ops.push((0, Op::FullSyncBegin));
         // A pending flush of ours is newer than the target's older changes
         // in that db: the target cancels them as we do when they arrive
@@ -212,16 +235,24 @@ pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
             }
         }
     }
-    // Keys left over by the last step first, else the next SCAN step.
+    // Keys left over by the last step first, else the next resume keys or
+    // SCAN step.
     let leftover = source(|s| {
-        (!s.leftover.is_empty()).then(|| (s.leftover_db, std::mem::take(&mut s.leftover)))
+        if !s.leftover.is_empty() {
+            return Some(std::mem::take(&mut s.leftover));
+        }
+        let list = s.resume.as_mut()?;
+        let at = list.len().saturating_sub(RESUME_STEP);
+        let mut step = list.split_off(at);
+        step.reverse();
+        Some(step)
     });
-    let (db, keys) = match leftover {
+    let keys: Vec<(u32, Vec<u8>)> = match leftover {
         Some(x) => x,
         None => {
             let (db, cursor, scanned_all) = source(|s| (s.db, s.cursor.clone(), s.scanned_all));
             if scanned_all {
-                (db, Vec::new())
+                Vec::new()
             } else {
                 match scan(ctx, db, &cursor) {
                     Ok((next, keys)) => {
@@ -234,12 +265,12 @@ pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
                                 s.cursor = next;
                             }
                         });
-                        (db, keys)
+                        keys.into_iter().map(|k| (db, k)).collect()
                     }
                     Err(e) => {
                         log::warning(&format!("full resync scan failed: {e}"));
                         source(|s| s.scanned_all = true);
-                        (db, Vec::new())
+                        Vec::new()
                     }
                 }
             }
@@ -252,39 +283,47 @@ pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
     let budget = usize::try_from(shared.config.max_frame_size / 2).unwrap_or(usize::MAX);
     let mut bytes = 0usize;
     let mut taken = 0usize;
-    let mut rest: Vec<Vec<u8>> = Vec::new();
-    for key in keys {
+    let mut rest: Vec<(u32, Vec<u8>)> = Vec::new();
+    for (db, key) in keys {
         if !rest.is_empty() {
-            rest.push(key);
+            rest.push((db, key));
             continue;
         }
         match key_op(ctx, db, key.clone()) {
             Ok(op @ Op::Set { .. }) => {
                 let n = op_size(&op);
                 if taken > 0 && bytes.saturating_add(n) > budget {
-                    rest.push(key);
+                    rest.push((db, key));
                     continue;
                 }
                 bytes = bytes.saturating_add(n);
                 taken += 1;
                 ops.push((db, op));
             }
+            // A resume names keys that changed: one that is gone now is
+            // deleted on the peer (its snapshot may hold it).
+            Ok(op @ Op::Delete { .. }) if resuming => ops.push((db, op)),
             Ok(_) => {} // gone since the scan listed it: nothing to send
             Err(e) => log::warning(&format!("full resync: cannot read a key: {e}")),
         }
     }
     let more_keys = !rest.is_empty();
     if more_keys {
-        source(|s| {
-            s.leftover = rest;
-            s.leftover_db = db;
-        });
+        source(|s| s.leftover = rest);
     }
     ffi::select_db(ctx, saved);
     drop_oversized(shared, &mut ops);
-    let done = !more_keys && source(|s| s.scanned_all);
+    let done =
+        !more_keys && source(|s| s.scanned_all && s.resume.as_ref().is_none_or(|l| l.is_empty()));
     if done {
-        ops.push((0, Op::FullSyncEnd));
+        ops.push((
+            0,
+            if resuming {
+                Op::ResumeEnd
+            } else {
+                Op::FullSyncEnd
+            },
+        ));
     }
     let n = ops.len() as u64;
     enqueue_batch(shared, ops, Stamping::FullSync { first });
@@ -300,7 +339,17 @@ pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
         if done {
             s.active = false;
             shared.source_running.store(false, Ordering::Relaxed);
-            log::notice(&format!("full resync: sent {} keys", s.keys_sent));
+            if resuming {
+                // (`keys_sent` counts entries: the end marker is one.)
+                let keys = s.keys_sent.saturating_sub(1);
+                Stats::add(&shared.stats.restart_resumes_served, 1);
+                Stats::add(&shared.stats.restart_resume_keys, keys);
+                log::notice(&format!(
+                    "restart resume: sent the {keys} keys changed since the peer's snapshot"
+                ));
+            } else {
+                log::notice(&format!("full resync: sent {} keys", s.keys_sent));
+            }
         }
     });
     !done
@@ -413,7 +462,7 @@ pub fn note_local_op(db: u32, op: &Op) {
             t.changes.retain(|k, _| k.db() != db);
             t.imaged.retain(|k| k.db() != db);
         }
-        Op::FullSyncBegin | Op::FullSyncEnd | Op::Check { .. } => {}
+        Op::FullSyncBegin | Op::FullSyncEnd | Op::ResumeEnd | Op::Check { .. } => {}
     });
 }
 
@@ -609,6 +658,7 @@ pub fn target_step(ctx: &Context, shared: &Shared) -> bool {
         });
         TARGET_ACTIVE.store(false, Ordering::Relaxed);
         shared.fresh.store(false, Ordering::Relaxed);
+        shared.clear_restored();
         shared.awaiting_full_sync.store(false, Ordering::Relaxed);
         // What our table missed before the resync is settled by the dataset
         // we took; what it missed since is not.

@@ -100,6 +100,11 @@ fn init_inner(ctx: &Context, args: &[RedisString]) -> Status {
             return Status::Err;
         }
     };
+    if let Err(e) = super::persist::register(ctx) {
+        log::warning(&format!("refusing to load: {e}"));
+        return Status::Err;
+    }
+    shared.history().anchor_own(shared.stream_id(), 0);
     if let Err(e) = super::configs::register(ctx, &shared) {
         log::warning(&format!("refusing to load: {e}"));
         return Status::Err;

@@ -14,6 +14,7 @@ pub mod guard;
 pub mod hash_set;
 pub mod load;
 pub mod node;
+pub mod persist;
 pub mod served_guard;
 pub mod server;
 pub mod stream_append;

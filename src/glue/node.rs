@@ -26,3 +26,14 @@ pub fn with_node<T>(f: impl FnOnce(&mut NodeState) -> T) -> T {
     let mut g: MutexGuard<'_, Option<NodeState>> = NODE.lock().unwrap_or_else(|p| p.into_inner());
     f(g.get_or_insert_with(NodeState::default))
 }
+
+/// Like [`with_node`], but `None` instead of waiting when the lock is held
+/// (the forked child that saves an RDB: a holder at the fork never lets go).
+pub fn try_with_node<T>(f: impl FnOnce(&mut NodeState) -> T) -> Option<T> {
+    let mut g = match NODE.try_lock() {
+        Ok(g) => g,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return None,
+    };
+    Some(f(g.get_or_insert_with(NodeState::default)))
+}

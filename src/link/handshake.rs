@@ -78,6 +78,7 @@ mod tests {
             empty: false,
             source: false,
             overflowed: false,
+            restored: None,
         }
     }
 

@@ -80,7 +80,7 @@ fn our_hello(shared: &Shared, nonce: &[u8]) -> (Hello, u64) {
         node_id: shared.config.node_id.clone(),
         databases: shared.databases,
         rdb_version: shared.rdb_version,
-        stream_id: shared.stream_id,
+        stream_id: shared.stream_id(),
         resume: (peer_stream != 0).then_some(Resume {
             stream_id: peer_stream,
             seq: applied,
@@ -91,6 +91,9 @@ fn our_hello(shared: &Shared, nonce: &[u8]) -> (Hello, u64) {
         empty,
         source: shared.force_source.load(Ordering::Relaxed),
         overflowed: shared.table_overflowed.load(Ordering::Relaxed),
+        restored: shared
+            .restored()
+            .filter(|_| shared.fresh.load(Ordering::Relaxed)),
     };
     (hello, writes)
 }
@@ -103,6 +106,7 @@ fn pair_info(shared: &Shared, h: &Hello, peer: &Hello, peer_stream_recorded: u64
         source: h.source,
         overflowed: h.overflowed,
         knows_peer: peer_stream_recorded != 0 && peer_stream_recorded == peer.stream_id,
+        restored: h.restored,
     }
 }
 
@@ -593,6 +597,47 @@ fn end(shared: &Shared, stream: &TcpStream, gen: u64) {
     release(shared, gen);
 }
 
+/// What a restarted peer needs, from this node's history: the keys to
+/// send, or `None` (a full resync; the reason is logged and recorded).
+fn restart_plan(
+    shared: &Shared,
+    saved: crate::core::restart::SavedPosition,
+    peer: &str,
+) -> Option<Vec<crate::core::table_key::TableKey>> {
+    use crate::core::restart::{plan, RestartPlan, Survivor};
+    // Batches of the peer's previous process still queued here must be
+    // applied (and recorded) first, or their keys would be missing from
+    // the plan. The peer's new session sends nothing before our resync, so
+    // the queue drains; the wait is bounded all the same.
+    let until = Instant::now() + Duration::from_secs(2);
+    while !shared.inbound_rx.is_empty() && Instant::now() < until {
+        shared.wake_main();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The outbox first, then the history: never both held (the main thread
+    // takes them in the other order).
+    let (issued_seq, applied_seq) = {
+        let o = shared.outbox();
+        (o.last_seq(), o.applied_seq())
+    };
+    let survivor = Survivor {
+        stream_id: shared.stream_id(),
+        issued_seq,
+        peer_stream_id: shared.peer_stream_id.load(Ordering::Relaxed),
+        applied_seq,
+    };
+    let decided = plan(survivor, saved, &shared.history());
+    match decided {
+        RestartPlan::Resume(keys) => Some(keys.into_iter().collect()),
+        RestartPlan::Full(why) => {
+            let msg = format!("peer {peer} restarted: full resync ({why})");
+            log::notice(&msg);
+            shared.set_error(msg);
+            None
+        }
+    }
+}
+
 fn write_loop(
     shared: &Arc<Shared>,
     stream: LinkWriter,
@@ -611,7 +656,7 @@ fn write_loop(
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let peer_pos = peer_position(shared.stream_id, theirs);
+    let peer_pos = peer_position(shared.stream_id(), theirs);
     // Decide how the peer catches up.
     let plan = shared.outbox().plan_resume(peer_pos);
     let mut cursor;
@@ -652,6 +697,27 @@ fn write_loop(
     // A full resync of ours the backlog can no longer serve starts again
     // (the peer may have missed chunks, and waits for its end).
     let full = *role == Role::Source || (*role == Role::Stream && needs_resync && in_flight);
+    // A peer restarted from a snapshot with its pairing state: send only
+    // what changed since, if the history can name it (`core::restart`).
+    let resume = match (role, theirs.restored) {
+        (Role::Source, Some(saved))
+            if theirs.fresh
+                && (!in_flight || shared.resume_in_flight.load(Ordering::Relaxed))
+                && !theirs.overflowed
+                && !shared.table_overflowed.load(Ordering::Relaxed) =>
+        {
+            restart_plan(shared, saved, &theirs.node_id)
+        }
+        _ => None,
+    };
+    // A restored node: the peer's position in our stream acknowledges our
+    // restored table before the dirty-key resync re-sends what is left.
+    if shared.restored().is_some() {
+        let pos = peer_position(shared.stream_id(), theirs);
+        if pos > 0 {
+            shared.handshake_ack.store(pos, Ordering::Release);
+        }
+    }
     let discard_local = matches!(
         role,
         Role::Target {
@@ -661,6 +727,14 @@ fn write_loop(
     if !matches!(role, Role::Target { .. }) {
         // From now on this node's data is authoritative toward the peer.
         shared.fresh.store(false, Ordering::Relaxed);
+        if shared.restored().is_some() {
+            shared.clear_restored();
+            if *role == Role::Stream {
+                // Both nodes restarted from matching snapshots: resumed.
+                Stats::add(&shared.stats.restart_resumes, 1);
+                log::notice("restart resume: both nodes restarted from snapshots that hold each other's batches; streaming on");
+            }
+        }
     }
     if !needs_resync && !full && !discard_local {
         let (batches, ack, end) = shared.outbox().start_partial(peer_pos);
@@ -685,7 +759,18 @@ fn write_loop(
                 theirs.node_id
             ));
             shared.target_reset_requested.store(true, Ordering::Relaxed);
+        } else if let Some(keys) = resume {
+            log::notice(&format!(
+                "restart resume of peer {}: sending the {} keys changed since its snapshot",
+                theirs.node_id,
+                keys.len()
+            ));
+            *shared.resume_keys.lock().unwrap_or_else(|p| p.into_inner()) = Some(keys);
+            shared.resume_in_flight.store(true, Ordering::Relaxed);
+            shared.full_sync_requested.store(true, Ordering::Relaxed);
         } else if full {
+            shared.resume_in_flight.store(false, Ordering::Relaxed);
+            *shared.resume_keys.lock().unwrap_or_else(|p| p.into_inner()) = None;
             log::notice(&format!("full resync of peer {} requested", theirs.node_id));
             shared.full_sync_requested.store(true, Ordering::Relaxed);
         } else {

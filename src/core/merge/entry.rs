@@ -102,6 +102,8 @@ pub enum Step<'r> {
     FullSyncBegin,
     /// The peer's full resync has sent every key.
     FullSyncEnd,
+    /// The peer's restart resume has sent every key.
+    ResumeEnd,
     /// Compare the key's digest with the sender's (test builds), unless
     /// this node holds a concurrent change of it (then they may differ).
     Check {
@@ -167,7 +169,9 @@ impl KeyView for NoKey {
 pub fn entry_key(entry: &Entry) -> Option<&[u8]> {
     match &entry.op {
         Op::Set { key, .. } | Op::Delete { key } | Op::Element { key, .. } => Some(key),
-        Op::FlushDb | Op::FullSyncBegin | Op::FullSyncEnd | Op::Check { .. } => None,
+        Op::FlushDb | Op::FullSyncBegin | Op::FullSyncEnd | Op::ResumeEnd | Op::Check { .. } => {
+            None
+        }
     }
 }
 
@@ -245,6 +249,7 @@ pub fn plan_entry<'r>(
     let (key, remote) = match &entry.op {
         Op::FullSyncBegin => return Ok(Step::FullSyncBegin),
         Op::FullSyncEnd => return Ok(Step::FullSyncEnd),
+        Op::ResumeEnd => return Ok(Step::ResumeEnd),
         Op::FlushDb => return Ok(plan_flush(table, entry, nodes, at.now_ms)),
         Op::Check { key, digest } => {
             let concurrent = !table.changes_of(entry.db, key).is_empty();

@@ -1,0 +1,221 @@
+//! The pairing state saved with the data (RDB auxiliary data) and taken
+//! back when the server starts from it.
+//!
+//! Why auxiliary data: Redis writes it into every RDB (and the RDB preamble
+//! of an AOF) from the process that writes the snapshot, so for a
+//! background save it runs in the forked child and describes exactly the
+//! data of that snapshot. The child may have been forked while a link
+//! thread held a lock: it only reads atomics and `try_lock`s, and saves
+//! nothing (a later restart then takes a full resync) rather than wait.
+//!
+//! Limits (DESIGN §4, README "Restarts"): a snapshot whose node had not
+//! synced, whose table had overflowed or that was taking a full resync
+//! carries no state; an AOF whose tail replays writes after its preamble
+//! is not resumed (the tail's keys are not named to the survivor yet).
+
+use std::ffi::CString;
+use std::os::raw::c_int;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use redis_module::{raw, Context};
+
+use super::guard::guarded;
+use crate::core::saved_state::{self, SavedState, SAVED_STATE_VERSION};
+use crate::core::stats::Stats;
+use crate::log;
+use crate::state::Shared;
+
+/// The name Redis records the auxiliary data under (9 characters).
+const TYPE_NAME: &str = "bisync-ps";
+/// Encoding version of the auxiliary field: one string, the encoded
+/// [`SavedState`] (empty: nothing saved).
+const ENCVER: c_int = 1;
+
+/// State read from the RDB at start-up, taken at the first event-loop pass.
+static LOADED: Mutex<Option<SavedState>> = Mutex::new(None);
+/// The auxiliary data was read during this load: any write replayed after
+/// it (an AOF tail) is newer than the saved state.
+pub static AUX_READ: AtomicBool = AtomicBool::new(false);
+/// Writes replayed after the auxiliary data (an AOF tail).
+pub static REPLAYED_AFTER: AtomicU64 = AtomicU64::new(0);
+
+/// Register the auxiliary data (module load).
+pub fn register(ctx: &Context) -> Result<(), String> {
+    // SAFETY: a zeroed method table is "no callback" for every field.
+    let mut methods: raw::RedisModuleTypeMethods = unsafe { std::mem::zeroed() };
+    // Version 2 of the table (Redis 7.0) carries the auxiliary callbacks.
+    methods.version = 2;
+    methods.aux_load = Some(aux_load);
+    methods.aux_save = Some(aux_save);
+    methods.aux_save_triggers = raw::REDISMODULE_AUX_AFTER_RDB as c_int;
+    let name = CString::new(TYPE_NAME).map_err(|e| e.to_string())?;
+    let create =
+        unsafe { raw::RedisModule_CreateDataType }.ok_or("RedisModule_CreateDataType missing")?;
+    // SAFETY: live context at load; Redis copies the method table.
+    let t = unsafe { create(ctx.ctx, name.as_ptr(), ENCVER, &mut methods) };
+    if t.is_null() {
+        return Err(format!("cannot register the auxiliary data '{TYPE_NAME}'"));
+    }
+    Ok(())
+}
+
+/// What this node's snapshot carries now, or why nothing.
+fn snapshot() -> Result<SavedState, &'static str> {
+    let shared = Shared::get().ok_or("not initialised")?;
+    if shared.passive.load(Ordering::Relaxed) {
+        return Err("a replica");
+    }
+    if shared.fresh.load(Ordering::Relaxed) || shared.awaiting_full_sync.load(Ordering::Relaxed) {
+        return Err("not synced with the peer");
+    }
+    if super::fullsync::target_receiving() {
+        return Err("taking a full resync");
+    }
+    if shared.table_overflowed.load(Ordering::Relaxed) {
+        return Err("its table of un-acknowledged writes overflowed");
+    }
+    let peer_stream_id = shared.peer_stream_id.load(Ordering::Relaxed);
+    if peer_stream_id == 0 {
+        return Err("no peer stream yet");
+    }
+    let unflushed = super::capture::try_dirty_keys().ok_or("the dirty log was busy")?;
+    let writes = super::node::try_with_node(|n| saved_state::export(&mut n.pending))
+        .ok_or("the table was busy")?;
+    Ok(SavedState {
+        version: SAVED_STATE_VERSION,
+        node_id: shared.config.node_id.clone(),
+        position: crate::core::restart::SavedPosition {
+            stream_id: shared.stream_id(),
+            own_seq: shared.own_seq_mirror.load(Ordering::Relaxed),
+            peer_stream_id,
+            applied_seq: shared.applied_mirror.load(Ordering::Relaxed),
+        },
+        writes,
+        unflushed: unflushed.ok_or("a flush not yet shipped")?,
+    })
+}
+
+unsafe extern "C" fn aux_save(rdb: *mut raw::RedisModuleIO, _when: c_int) {
+    let bytes = guarded("saving the pairing state", Vec::new(), || {
+        match snapshot().map(|s| s.encode()) {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                log::warning(&format!("pairing state not saved: {e}"));
+                Vec::new()
+            }
+            Err(why) => {
+                log::verbose(&format!(
+                    "pairing state not saved with this snapshot: {why}"
+                ));
+                Vec::new()
+            }
+        }
+    });
+    raw::save_slice(rdb, &bytes);
+}
+
+unsafe extern "C" fn aux_load(rdb: *mut raw::RedisModuleIO, encver: c_int, _when: c_int) -> c_int {
+    let Ok(buf) = raw::load_string_buffer(rdb) else {
+        return raw::REDISMODULE_ERR as c_int;
+    };
+    guarded("loading the pairing state", (), || {
+        let Some(shared) = Shared::get() else { return };
+        // Only the load at start-up restores: DEBUG RELOAD, or a replica's
+        // sync from its primary, keep the running state.
+        if shared.ready.load(Ordering::Acquire) || shared.passive.load(Ordering::Relaxed) {
+            return;
+        }
+        AUX_READ.store(true, Ordering::Relaxed);
+        let bytes = buf.as_ref();
+        if encver != ENCVER || bytes.is_empty() {
+            return;
+        }
+        match SavedState::decode(bytes) {
+            Ok(state) if state.node_id == shared.config.node_id => {
+                *LOADED.lock().unwrap_or_else(|p| p.into_inner()) = Some(state);
+            }
+            Ok(state) => log::notice(&format!(
+                "the snapshot's pairing state is node {}'s, not this node's: ignored (full resync)",
+                state.node_id
+            )),
+            Err(e) => log::warning(&format!("{e}: ignored (full resync)")),
+        }
+    });
+    raw::REDISMODULE_OK as c_int
+}
+
+/// Take back the state read at start-up (first event-loop pass, before
+/// any handshake).
+pub fn restore(shared: &Shared) {
+    let Some(state) = LOADED.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        return;
+    };
+    let replayed = REPLAYED_AFTER.load(Ordering::Relaxed);
+    if replayed > 0 {
+        log::notice(&format!(
+            "the AOF replayed {replayed} writes after the snapshot that carried the pairing state: full resync from the peer"
+        ));
+        return;
+    }
+    let pos = state.position;
+    shared.restore_stream_id(pos.stream_id);
+    shared
+        .outbox()
+        .restore(pos.own_seq, pos.applied_seq, crate::core::hlc::wall_ms());
+    let last = shared.outbox().last_seq();
+    shared.own_seq_mirror.store(last, Ordering::Relaxed);
+    shared
+        .applied_mirror
+        .store(pos.applied_seq, Ordering::Relaxed);
+    shared
+        .peer_stream_id
+        .store(pos.peer_stream_id, Ordering::Relaxed);
+    let writes = state.writes.len();
+    let newest = state
+        .writes
+        .iter()
+        .map(|w| match w {
+            saved_state::SavedWrite::Key { stamp, .. }
+            | saved_state::SavedWrite::Flush { stamp, .. }
+            | saved_state::SavedWrite::Element { stamp, .. } => stamp.hlc,
+        })
+        .max()
+        .unwrap_or(0);
+    let table = saved_state::import(state.writes, 0);
+    super::node::with_node(|n| {
+        n.pending = table;
+        // Later stamps order after the restored ones even if the clock
+        // stepped back across the restart.
+        let _ = n.hlc.observe(newest, u64::MAX / 2, 0);
+    });
+    {
+        let mut dirty = super::capture::dirty();
+        for (db, key) in &state.unflushed {
+            dirty.key(*db, key);
+        }
+    }
+    {
+        let mut h = shared.history();
+        h.anchor_own(pos.stream_id, last);
+        h.anchor_applied(pos.peer_stream_id, pos.applied_seq);
+    }
+    *shared.restored.lock().unwrap_or_else(|p| p.into_inner()) = Some(pos);
+    log::notice(&format!(
+        "restarted with the pairing state of its snapshot: own batch {}, peer batch {}, {writes} un-acknowledged writes, {} unshipped keys; the peer will resume it if its history covers that",
+        pos.own_seq,
+        pos.applied_seq,
+        state.unflushed.len()
+    ));
+}
+
+/// The peer's restart resume reached its end: this node has caught up.
+pub fn resumed(shared: &Shared) {
+    if shared.restored().is_none() {
+        return;
+    }
+    shared.clear_restored();
+    shared.fresh.store(false, Ordering::Relaxed);
+    Stats::add(&shared.stats.restart_resumes, 1);
+    log::notice("restart resume complete: caught up with the peer without a full resync");
+}
