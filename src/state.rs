@@ -63,9 +63,9 @@ pub struct Shared {
     /// The peer's position in our stream, said in its hello, to acknowledge
     /// our restored table with before the dirty-key resync re-sends it.
     pub handshake_ack: AtomicU64,
-    /// Keys a restarted peer must get images of (a restart resume), set by
-    /// the link and taken by the main thread.
-    pub resume_keys: Mutex<Option<Vec<crate::core::table_key::TableKey>>>,
+    /// The snapshot position of a restarted peer to resume (set by the
+    /// link, planned and served by the main thread's next resync start).
+    pub resume_from: Mutex<Option<crate::core::restart::SavedPosition>>,
     /// The resync of ours in flight (not acknowledged whole) is a restart
     /// resume: a session that breaks during it may resume again (it is
     /// idempotent), where a broken full resync starts over as a full one.
@@ -205,7 +205,7 @@ impl Shared {
             applied_mirror: AtomicU64::new(0),
             restored: Mutex::new(None),
             handshake_ack: AtomicU64::new(0),
-            resume_keys: Mutex::new(None),
+            resume_from: Mutex::new(None),
             resume_in_flight: AtomicBool::new(false),
             databases,
             rdb_version,

@@ -663,7 +663,12 @@ fn apply_batch(
             }
             Step::FullSyncBegin => fullsync::target_begin(),
             Step::FullSyncEnd => fullsync::target_end(),
-            Step::ResumeEnd => super::persist::resumed(shared),
+            Step::ResumeEnd => {
+                // The target's state ends without a sweep: keys not sent
+                // are as the snapshot (or this node's writes) left them.
+                fullsync::target_cancel();
+                super::persist::resumed(shared);
+            }
             Step::Check {
                 db,
                 key,

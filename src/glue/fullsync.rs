@@ -23,6 +23,7 @@ use crate::core::merge::rule::replay;
 use crate::core::merge::view::KeyPlan;
 use crate::core::pending_elements::LocalWrite;
 use crate::core::protocol::{ElementChange, Op};
+use crate::core::restart::{plan, RestartPlan, SavedPosition, Survivor};
 use crate::core::stats::Stats;
 use crate::core::table_key::TableKey;
 use crate::log;
@@ -148,23 +149,58 @@ pub fn all_keys(ctx: &Context, db: u32) -> Vec<Vec<u8>> {
     out
 }
 
-/// Begin sending the whole dataset, or for a restart resume the keys the
-/// link put in `resume_keys` (called on the main thread when the link asks).
-pub fn start_source(shared: &Shared) {
-    let resume = shared
-        .resume_keys
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-        .map(|keys| {
+/// The keys a restarted peer (snapshot `saved`) needs, planned now: after
+/// this pass's flush, so every batch before the resync batch the writer
+/// starts from is in the history (a plan made at the handshake missed the
+/// batches flushed in between, which the writer skips). `None`: a full
+/// resync, the reason logged and recorded.
+fn resume_keys(shared: &Shared, saved: SavedPosition) -> Option<Vec<(u32, Vec<u8>)>> {
+    // The outbox first, then the history: never both held at once.
+    let (issued_seq, applied_seq) = {
+        let o = shared.outbox();
+        (o.last_seq(), o.applied_seq())
+    };
+    let survivor = Survivor {
+        stream_id: shared.stream_id(),
+        issued_seq,
+        peer_stream_id: shared.peer_stream_id.load(Ordering::Relaxed),
+        applied_seq,
+    };
+    let decided = plan(survivor, saved, &shared.history());
+    match decided {
+        RestartPlan::Resume(keys) => {
             let mut v: Vec<(u32, Vec<u8>)> = keys
                 .into_iter()
                 .map(|k| (k.db(), k.key().to_vec()))
                 .collect();
-            // Sent from the end (`pop`): reverse so the order is kept.
+            // Sent from the end (`split_off`): reverse so the order is kept.
             v.reverse();
-            v
-        });
+            log::notice(&format!(
+                "restart resume: sending the peer the {} keys changed since its snapshot",
+                v.len()
+            ));
+            Some(v)
+        }
+        RestartPlan::Full(why) => {
+            let msg = format!("the peer restarted: full resync ({why})");
+            log::notice(&msg);
+            shared.set_error(msg);
+            shared.resume_in_flight.store(false, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+/// Begin sending the whole dataset, or for a restart resume the keys
+/// changed since the peer's snapshot (called on the main thread when the
+/// link asks).
+pub fn start_source(shared: &Shared) {
+    let resume = shared
+        .resume_from
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .and_then(|saved| resume_keys(shared, saved));
     shared.echo_applied.store(false, Ordering::Relaxed);
     if shared.table_overflowed.swap(false, Ordering::Relaxed) {
         // The table is incomplete: drop it; the full resync carries everything.
@@ -213,8 +249,13 @@ pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
     }
     let saved = ffi::selected_db(ctx);
     let mut ops: Vec<(u32, Op)> = Vec::new();
-    if first && !resuming {
+    if first {
+        // A resume opens like a full resync too: the restarted node takes
+        // its images as a target does (a key whose image meets its own
+        // changes is re-shipped), only without the final sweep.
         ops.push((0, Op::FullSyncBegin));
+    }
+    if first && !resuming {
         // A pending flush of ours is newer than the target's older changes
         // in that db: the target cancels them as we do when they arrive
         // (the flush's own batch is before the resync, never sent).
@@ -340,8 +381,8 @@ pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
             s.active = false;
             shared.source_running.store(false, Ordering::Relaxed);
             if resuming {
-                // (`keys_sent` counts entries: the end marker is one.)
-                let keys = s.keys_sent.saturating_sub(1);
+                // (`keys_sent` counts entries: the begin and end markers are two.)
+                let keys = s.keys_sent.saturating_sub(2);
                 Stats::add(&shared.stats.restart_resumes_served, 1);
                 Stats::add(&shared.stats.restart_resume_keys, keys);
                 log::notice(&format!(

@@ -75,6 +75,16 @@ fn snapshot() -> Result<SavedState, &'static str> {
     if shared.table_overflowed.load(Ordering::Relaxed) {
         return Err("its table of un-acknowledged writes overflowed");
     }
+    // A full resync of ours not yet taken whole: one begun after an
+    // overflow has no table, so the snapshot's would miss writes the peer
+    // lacks (found by the simulation).
+    if shared.echo_applied.load(Ordering::Relaxed)
+        || shared.source_running.load(Ordering::Relaxed)
+        || shared.source_done_seq.load(Ordering::Relaxed) != 0
+        || shared.full_sync_requested.load(Ordering::Relaxed)
+    {
+        return Err("a full resync of this node is in flight");
+    }
     let peer_stream_id = shared.peer_stream_id.load(Ordering::Relaxed);
     if peer_stream_id == 0 {
         return Err("no peer stream yet");

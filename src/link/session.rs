@@ -597,44 +597,15 @@ fn end(shared: &Shared, stream: &TcpStream, gen: u64) {
     release(shared, gen);
 }
 
-/// What a restarted peer needs, from this node's history: the keys to
-/// send, or `None` (a full resync; the reason is logged and recorded).
-fn restart_plan(
-    shared: &Shared,
-    saved: crate::core::restart::SavedPosition,
-    peer: &str,
-) -> Option<Vec<crate::core::table_key::TableKey>> {
-    use crate::core::restart::{plan, RestartPlan, Survivor};
-    // Batches of the peer's previous process still queued here must be
-    // applied (and recorded) first, or their keys would be missing from
-    // the plan. The peer's new session sends nothing before our resync, so
-    // the queue drains; the wait is bounded all the same.
+/// Let the main thread apply what the peer's previous process sent and is
+/// still queued here: the resume plan (made by the main thread, see
+/// `glue::fullsync::start_source`) must see those batches in the history.
+/// The wait is bounded (the new session may already be sending).
+fn drain_previous_session(shared: &Shared) {
     let until = Instant::now() + Duration::from_secs(2);
     while !shared.inbound_rx.is_empty() && Instant::now() < until {
         shared.wake_main();
         std::thread::sleep(Duration::from_millis(5));
-    }
-    // The outbox first, then the history: never both held (the main thread
-    // takes them in the other order).
-    let (issued_seq, applied_seq) = {
-        let o = shared.outbox();
-        (o.last_seq(), o.applied_seq())
-    };
-    let survivor = Survivor {
-        stream_id: shared.stream_id(),
-        issued_seq,
-        peer_stream_id: shared.peer_stream_id.load(Ordering::Relaxed),
-        applied_seq,
-    };
-    let decided = plan(survivor, saved, &shared.history());
-    match decided {
-        RestartPlan::Resume(keys) => Some(keys.into_iter().collect()),
-        RestartPlan::Full(why) => {
-            let msg = format!("peer {peer} restarted: full resync ({why})");
-            log::notice(&msg);
-            shared.set_error(msg);
-            None
-        }
     }
 }
 
@@ -706,7 +677,8 @@ fn write_loop(
                 && !theirs.overflowed
                 && !shared.table_overflowed.load(Ordering::Relaxed) =>
         {
-            restart_plan(shared, saved, &theirs.node_id)
+            drain_previous_session(shared);
+            Some(saved)
         }
         _ => None,
     };
@@ -759,18 +731,17 @@ fn write_loop(
                 theirs.node_id
             ));
             shared.target_reset_requested.store(true, Ordering::Relaxed);
-        } else if let Some(keys) = resume {
+        } else if let Some(saved) = resume {
             log::notice(&format!(
-                "restart resume of peer {}: sending the {} keys changed since its snapshot",
-                theirs.node_id,
-                keys.len()
+                "peer {} restarted from a snapshot: resuming it if the history covers it",
+                theirs.node_id
             ));
-            *shared.resume_keys.lock().unwrap_or_else(|p| p.into_inner()) = Some(keys);
+            *shared.resume_from.lock().unwrap_or_else(|p| p.into_inner()) = Some(saved);
             shared.resume_in_flight.store(true, Ordering::Relaxed);
             shared.full_sync_requested.store(true, Ordering::Relaxed);
         } else if full {
             shared.resume_in_flight.store(false, Ordering::Relaxed);
-            *shared.resume_keys.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            *shared.resume_from.lock().unwrap_or_else(|p| p.into_inner()) = None;
             log::notice(&format!("full resync of peer {} requested", theirs.node_id));
             shared.full_sync_requested.store(true, Ordering::Relaxed);
         } else {
