@@ -266,6 +266,10 @@ struct SimRules {
     /// the survivor resumes them (`core::restart::plan`) or sends a full
     /// resync. Off in the other tests, whose seeds keep their schedules.
     restarts: bool,
+    /// The survivor plans a restart resume at the handshake, not when the
+    /// resync starts (the first version): batches flushed in between are
+    /// skipped by the writer and their keys never sent.
+    plan_at_handshake: bool,
 }
 
 impl SimRules {
@@ -292,6 +296,7 @@ impl SimRules {
             ttls: false,
             forget_image_ttls: false,
             restarts: false,
+            plan_at_handshake: false,
         }
     }
 }
@@ -521,6 +526,8 @@ struct Node {
     restored: Option<SavedPosition>,
     /// `Shared::resume_from`.
     resume_from: Option<SavedPosition>,
+    /// Under `SimRules::plan_at_handshake`: the keys planned at the handshake.
+    resume_planned: Option<Vec<TableKey>>,
     /// `Shared::resume_in_flight`.
     resume_in_flight: bool,
     /// `Shared::handshake_ack`.
@@ -712,6 +719,7 @@ impl Node {
             changes,
             restored: None,
             resume_from: None,
+            resume_planned: None,
             resume_in_flight: false,
             handshake_ack: 0,
             restart_resumes: 0,
@@ -890,6 +898,19 @@ impl Node {
         }
         // Mirror of `fullsync::resume_keys`: planned now, after this pass's
         // flush (every batch before the resync batch is in the history).
+        if let Some(keys) = self.resume_planned.take() {
+            self.resume_from = None;
+            self.source = Some(SourceScan {
+                first: true,
+                keys: keys
+                    .into_iter()
+                    .map(|k| (k.db(), k.key().to_vec()))
+                    .collect(),
+                resume: true,
+            });
+            self.resumes_served += 1;
+            return;
+        }
         if let Some(saved) = self.resume_from.take() {
             let survivor = Survivor {
                 stream_id: self.stream_id,
@@ -2672,6 +2693,20 @@ impl Sim {
                 "taking the peer's dataset"
             } else if let Some(saved) = resume {
                 node.resume_from = Some(saved);
+                if self.rules.plan_at_handshake {
+                    let survivor = Survivor {
+                        stream_id: node.stream_id,
+                        issued_seq: node.outbox.last_seq(),
+                        peer_stream_id: node.peer_stream_id,
+                        applied_seq: node.outbox.applied_seq(),
+                    };
+                    if let RestartPlan::Resume(keys) = restart_plan(survivor, saved, &node.changes)
+                    {
+                        let mut keys: Vec<TableKey> = keys.into_iter().collect();
+                        keys.sort_by(|a, b| (a.db(), a.key()).cmp(&(b.db(), b.key())));
+                        node.resume_planned = Some(keys);
+                    }
+                }
                 node.resume_in_flight = true;
                 node.full_sync_requested = true;
                 "restart resume of the peer (if the history covers it)"
@@ -3435,7 +3470,14 @@ fn assert_mutation_caught(name: &str, test: &str, rules: SimRules) {
             )
         })
         .map(|(seed, _)| *seed)
-        .filter(|seed| run_one(*seed, SimRules::correct(rules.mode), &mut control).is_ok())
+        .filter(|seed| {
+            // The control keeps the workload of the restart schedules.
+            let correct = SimRules {
+                restarts: rules.restarts,
+                ..SimRules::correct(rules.mode)
+            };
+            run_one(*seed, correct, &mut control).is_ok()
+        })
         .collect();
     println!(
         "{name}: {} of {} schedules diverged where the correct rules converge{}",
@@ -3559,6 +3601,19 @@ fn catches_full_resync_without_its_early_ack() {
         &[8_194_724_629_488_847_609],
         SimRules {
             no_full_resync_ack: true,
+            ..SimRules::correct(Mode::Elements)
+        },
+    );
+}
+
+#[test]
+fn catches_a_restart_resume_planned_at_the_handshake() {
+    assert_mutation_caught(
+        "restart resume planned at the handshake",
+        "catches_a_restart_resume_planned_at_the_handshake",
+        SimRules {
+            restarts: true,
+            plan_at_handshake: true,
             ..SimRules::correct(Mode::Elements)
         },
     );
