@@ -11,6 +11,9 @@ that RDB. Measured from the moment the restarted server answers PING (its RDB is
             and its offset equals the primary's (a PSYNC from the replication id and offset
             its RDB carries), and the replication bytes (the primary's offset delta).
 
+Also with `history-size 0`: the survivor cannot name the changed keys, so the restarted node
+takes a full resync (what every restart cost before the pairing state was saved).
+
 Variants (bisync only): `own-before`, the CHANGED keys are written on the restarted node just
 before its snapshot (both sides hold them: nothing needs to cross); `own-after`, they are
 written on it after its snapshot and reach the survivor before the kill (the survivor sends
@@ -85,12 +88,12 @@ def stat(srv, field):
     return int(srv.status()[field])
 
 
-def bisync_runs(h, variant):
+def bisync_runs(h, variant, module_extra=()):
     la, lb = h.free_port(), h.free_port()
     extra = ["--dbfilename", "dump.rdb"]
-    a = h.server(f"rs-{variant}-a", extra, module_args=h.bisync_args("a", la, lb))
+    a = h.server(f"rs-{variant}-a", extra, module_args=h.bisync_args("a", la, lb, module_extra))
     a.c.cmd("DEBUG", "POPULATE", str(KEYS), "key", str(VALUE_SIZE))
-    b = h.server(f"rs-{variant}-b", extra, module_args=h.bisync_args("b", lb, la))
+    b = h.server(f"rs-{variant}-b", extra, module_args=h.bisync_args("b", lb, la, module_extra))
     ok, _ = wait_until(lambda: stat(b, "full_syncs") >= 1, TIMEOUT, 0.05)
     if not ok or int(b.c.cmd("DBSIZE")) != KEYS:
         raise RuntimeError("the first full sync did not complete")
@@ -184,6 +187,8 @@ def main():
             "bisync (changes on the survivor)": bisync_runs(h, "survivor"),
             "bisync (changes on the restarted node before its snapshot)": bisync_runs(h, "own-before"),
             "bisync (changes on the restarted node after its snapshot)": bisync_runs(h, "own-after"),
+            "bisync, history-size 0 (changes on the survivor; a full resync)":
+                bisync_runs(h, "survivor", ["history-size", "0"]),
         }
     finally:
         h.stop_all()
@@ -194,8 +199,13 @@ def main():
     for name, rows in results.items():
         secs = [r["seconds"] for r in rows]
         ratio = [r["bytes"] / r["payload"] for r in rows]
-        how = ("PSYNC" if all(r.get("psync") for r in rows) else "not all PSYNC") if name == "native" else (
-            "resume" if all(r["resumed"] and r["equal"] for r in rows) else "NOT all resumed/equal")
+        if name == "native":
+            how = "PSYNC" if all(r.get("psync") for r in rows) else "not all PSYNC"
+        elif all(r["equal"] for r in rows):
+            how = "resume" if all(r["resumed"] for r in rows) else (
+                "full resync" if not any(r["resumed"] for r in rows) else "mixed")
+        else:
+            how = "NOT EQUAL"
         fs = [s for s in secs if s is not None]
         print(f"| {name} | {median(secs):.3f} ({min(fs):.3f}–{max(fs):.3f}) | "
               f"{median([r['bytes'] for r in rows]):,} | {median(ratio):.2f} | {how} |")
