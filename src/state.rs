@@ -60,12 +60,20 @@ pub struct Shared {
     /// The snapshot position this node restarted from, told to the peer
     /// until the resume (or a full resync) completes.
     pub restored: Mutex<Option<crate::core::restart::SavedPosition>>,
+    /// Keys the AOF tail replayed after the restored snapshot: told to the
+    /// peer with the position, which re-sends them.
+    pub restored_replayed: Mutex<crate::core::restart::KeyList>,
     /// The peer's position in our stream, said in its hello, to acknowledge
     /// our restored table with before the dirty-key resync re-sends it.
     pub handshake_ack: AtomicU64,
     /// The snapshot position of a restarted peer to resume (set by the
     /// link, planned and served by the main thread's next resync start).
-    pub resume_from: Mutex<Option<crate::core::restart::SavedPosition>>,
+    pub resume_from: Mutex<
+        Option<(
+            crate::core::restart::SavedPosition,
+            crate::core::restart::KeyList,
+        )>,
+    >,
     /// The resync of ours in flight (not acknowledged whole) is a restart
     /// resume: a session that breaks during it may resume again (it is
     /// idempotent), where a broken full resync starts over as a full one.
@@ -204,6 +212,7 @@ impl Shared {
             own_seq_mirror: AtomicU64::new(0),
             applied_mirror: AtomicU64::new(0),
             restored: Mutex::new(None),
+            restored_replayed: Mutex::new(Vec::new()),
             handshake_ack: AtomicU64::new(0),
             resume_from: Mutex::new(None),
             resume_in_flight: AtomicBool::new(false),
@@ -266,6 +275,10 @@ impl Shared {
     /// The restart is settled (resumed, or replaced by a full resync).
     pub fn clear_restored(&self) {
         *self.restored.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.restored_replayed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// Install the process-wide instance (once).

@@ -291,6 +291,7 @@ fn their_hello() -> Hello {
         source: false,
         overflowed: false,
         restored: None,
+        replayed_keys: Vec::new(),
     }
 }
 
@@ -912,6 +913,9 @@ fn random_frame(rng: &mut StdRng) -> Frame {
                     peer_stream_id: [7, random_u64(rng)][rng.gen_range(0..2)],
                     applied_seq: random_u64(rng),
                 }),
+            replayed_keys: (0..rng.gen_range(0..3))
+                .map(|_| (rng.gen_range(0..20), random_bytes(rng, 12)))
+                .collect(),
         }),
         1 => Frame::Refuse(String::from_utf8_lossy(&random_bytes(rng, 20)).into_owned()),
         2 => Frame::Proof(random_bytes(rng, 40)),

@@ -82,6 +82,7 @@ impl FakePeer {
             source: false,
             overflowed: false,
             restored: None,
+            replayed_keys: Vec::new(),
         };
         let mut w = &s;
         w.write_all(&codec::encode(&Frame::Hello(hello)).expect("encode"))

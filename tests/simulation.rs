@@ -1520,6 +1520,8 @@ impl Node {
             source: false,
             overflowed: self.table_overflowed,
             restored: self.restored.filter(|_| self.fresh),
+            // The simulation restarts from RDBs, never from an AOF tail.
+            replayed_keys: Vec::new(),
         }
     }
 

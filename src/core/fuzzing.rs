@@ -50,6 +50,7 @@ pub fn handshake(data: &[u8]) {
         source: false,
         overflowed: false,
         restored: None,
+        replayed_keys: Vec::new(),
     };
     let mut r = data;
     if let Ok(Frame::Hello(theirs)) = codec::read_frame(&mut r, PRE_AUTH_FRAME_LIMIT) {

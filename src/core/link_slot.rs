@@ -335,6 +335,7 @@ mod tests {
             source: false,
             overflowed: false,
             restored: None,
+            replayed_keys: Vec::new(),
         };
         assert_eq!(claims_changed(&sent, &sent.clone()), None);
         // Only what the pairing decision reads counts, not the nonce.

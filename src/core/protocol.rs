@@ -314,6 +314,9 @@ pub struct Hello {
     /// The sender restarted from a snapshot that carried its pairing state
     /// and has not caught up yet: how far its data goes (protocol 6+).
     pub restored: Option<crate::core::restart::SavedPosition>,
+    /// Keys its AOF replayed after the snapshot that carried that state
+    /// (the tail): the peer sends their current images too (protocol 6+).
+    pub replayed_keys: Vec<(u32, Vec<u8>)>,
 }
 
 /// A frame on an established link.

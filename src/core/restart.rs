@@ -13,6 +13,9 @@ use std::collections::HashSet;
 use crate::core::history::History;
 use crate::core::table_key::TableKey;
 
+/// Keys named by `(db, key)`: what a restarted node's AOF tail replayed.
+pub type KeyList = Vec<(u32, Vec<u8>)>;
+
 /// How far a snapshot's data goes, saved with it (RDB aux data).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SavedPosition {

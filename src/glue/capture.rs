@@ -580,7 +580,8 @@ pub unsafe extern "C" fn on_keyspace_event(
     guarded("keyspace event", 0, || {
         if LOADING.load(Ordering::Relaxed) && super::persist::AUX_READ.load(Ordering::Relaxed) {
             // An AOF tail replayed after the snapshot's pairing state.
-            super::persist::REPLAYED_AFTER.fetch_add(1, Ordering::Relaxed);
+            let db = ffi::selected_db(&Context::new(ctx)).max(0) as u32;
+            super::persist::note_replayed(db, ffi::string_bytes(key));
         }
         if class & (raw::REDISMODULE_NOTIFY_EXPIRED | raw::REDISMODULE_NOTIFY_EVICTED) != 0 {
             break_elem_hint(ffi::string_bytes(key));

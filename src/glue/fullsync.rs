@@ -154,7 +154,11 @@ pub fn all_keys(ctx: &Context, db: u32) -> Vec<Vec<u8>> {
 /// starts from is in the history (a plan made at the handshake missed the
 /// batches flushed in between, which the writer skips). `None`: a full
 /// resync, the reason logged and recorded.
-fn resume_keys(shared: &Shared, saved: SavedPosition) -> Option<Vec<(u32, Vec<u8>)>> {
+fn resume_keys(
+    shared: &Shared,
+    saved: SavedPosition,
+    replayed: Vec<(u32, Vec<u8>)>,
+) -> Option<Vec<(u32, Vec<u8>)>> {
     // The outbox first, then the history: never both held at once.
     let (issued_seq, applied_seq) = {
         let o = shared.outbox();
@@ -168,7 +172,10 @@ fn resume_keys(shared: &Shared, saved: SavedPosition) -> Option<Vec<(u32, Vec<u8
     };
     let decided = plan(survivor, saved, &shared.history());
     match decided {
-        RestartPlan::Resume(keys) => {
+        RestartPlan::Resume(mut keys) => {
+            // And the keys its AOF tail replayed after the snapshot: their
+            // content there is not what the snapshot's position says.
+            keys.extend(replayed.iter().map(|(db, k)| TableKey::new(*db, k)));
             let mut v: Vec<(u32, Vec<u8>)> = keys
                 .into_iter()
                 .map(|k| (k.db(), k.key().to_vec()))
@@ -200,7 +207,7 @@ pub fn start_source(shared: &Shared) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .take()
-        .and_then(|saved| resume_keys(shared, saved));
+        .and_then(|(saved, replayed)| resume_keys(shared, saved, replayed));
     shared.echo_applied.store(false, Ordering::Relaxed);
     if shared.table_overflowed.swap(false, Ordering::Relaxed) {
         // The table is incomplete: drop it; the full resync carries everything.

@@ -9,9 +9,9 @@
 //! nothing (a later restart then takes a full resync) rather than wait.
 //!
 //! Limits (DESIGN §4, README "Restarts"): a snapshot whose node had not
-//! synced, whose table had overflowed or that was taking a full resync
-//! carries no state; an AOF whose tail replays writes after its preamble
-//! is not resumed (the tail's keys are not named to the survivor yet).
+//! synced, whose table had overflowed or that was in a full resync carries
+//! no state. An AOF's tail (writes after its RDB preamble) is named to the
+//! survivor, which re-sends those keys, while the names fit in the hello.
 
 use std::ffi::CString;
 use std::os::raw::c_int;
@@ -39,6 +39,30 @@ static LOADED: Mutex<Option<SavedState>> = Mutex::new(None);
 pub static AUX_READ: AtomicBool = AtomicBool::new(false);
 /// Writes replayed after the auxiliary data (an AOF tail).
 pub static REPLAYED_AFTER: AtomicU64 = AtomicU64::new(0);
+/// The keys those writes touched, while their names fit in
+/// [`REPLAYED_KEYS_MAX_BYTES`] (`None`: they did not; a full resync).
+static REPLAYED_KEYS: Mutex<Option<ReplayedSet>> = Mutex::new(Some(ReplayedSet::new()));
+
+/// The replayed keys, ordered (the hello lists them once each).
+type ReplayedSet = std::collections::BTreeSet<(u32, Vec<u8>)>;
+/// Bytes of key names (plus 8 per key) a restarted node may ask its peer to
+/// re-send: they travel in the hello, which is read before authentication
+/// and capped at 16 KiB (`link::handshake::PRE_AUTH_FRAME_LIMIT`).
+pub const REPLAYED_KEYS_MAX_BYTES: usize = 8 * 1024;
+
+/// A write replayed from the AOF tail touched `key` of `db` (loading, after
+/// the auxiliary data).
+pub fn note_replayed(db: u32, key: &[u8]) {
+    REPLAYED_AFTER.fetch_add(1, Ordering::Relaxed);
+    let mut g = REPLAYED_KEYS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(set) = g.as_mut() {
+        set.insert((db, key.to_vec()));
+        let bytes: usize = set.iter().map(|(_, k)| k.len() + 8).sum();
+        if bytes > REPLAYED_KEYS_MAX_BYTES {
+            *g = None;
+        }
+    }
+}
 
 /// Register the auxiliary data (module load).
 pub fn register(ctx: &Context) -> Result<(), String> {
@@ -162,12 +186,29 @@ pub fn restore(shared: &Shared) {
         return;
     };
     let replayed = REPLAYED_AFTER.load(Ordering::Relaxed);
+    let tail_keys = REPLAYED_KEYS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    let tail_keys: Vec<(u32, Vec<u8>)> = match tail_keys {
+        Some(keys) => keys.into_iter().collect(),
+        None => {
+            log::notice(&format!(
+                "the AOF replayed {replayed} writes after the snapshot that carried the pairing state, to more keys than a resume can name ({REPLAYED_KEYS_MAX_BYTES} bytes of names): full resync from the peer"
+            ));
+            return;
+        }
+    };
     if replayed > 0 {
         log::notice(&format!(
-            "the AOF replayed {replayed} writes after the snapshot that carried the pairing state: full resync from the peer"
+            "the AOF replayed {replayed} writes to {} keys after the snapshot that carried the pairing state: the peer re-sends those keys",
+            tail_keys.len()
         ));
-        return;
     }
+    *shared
+        .restored_replayed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = tail_keys;
     let pos = state.position;
     shared.restore_stream_id(pos.stream_id);
     shared

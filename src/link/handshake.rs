@@ -79,6 +79,7 @@ mod tests {
             source: false,
             overflowed: false,
             restored: None,
+            replayed_keys: Vec::new(),
         }
     }
 

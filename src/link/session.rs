@@ -94,6 +94,15 @@ fn our_hello(shared: &Shared, nonce: &[u8]) -> (Hello, u64) {
         restored: shared
             .restored()
             .filter(|_| shared.fresh.load(Ordering::Relaxed)),
+        replayed_keys: if shared.fresh.load(Ordering::Relaxed) {
+            shared
+                .restored_replayed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        } else {
+            Vec::new()
+        },
     };
     (hello, writes)
 }
@@ -684,11 +693,8 @@ fn write_loop(
     };
     // A restored node: the peer's position in our stream acknowledges our
     // restored table before the dirty-key resync re-sends what is left.
-    if shared.restored().is_some() {
-        let pos = peer_position(shared.stream_id(), theirs);
-        if pos > 0 {
-            shared.handshake_ack.store(pos, Ordering::Release);
-        }
+    if shared.restored().is_some() && peer_pos > 0 {
+        shared.handshake_ack.store(peer_pos, Ordering::Release);
     }
     let discard_local = matches!(
         role,
@@ -736,7 +742,8 @@ fn write_loop(
                 "peer {} restarted from a snapshot: resuming it if the history covers it",
                 theirs.node_id
             ));
-            *shared.resume_from.lock().unwrap_or_else(|p| p.into_inner()) = Some(saved);
+            *shared.resume_from.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((saved, theirs.replayed_keys.clone()));
             shared.resume_in_flight.store(true, Ordering::Relaxed);
             shared.full_sync_requested.store(true, Ordering::Relaxed);
         } else if full {
