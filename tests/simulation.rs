@@ -900,16 +900,7 @@ impl Node {
         // flush (every batch before the resync batch is in the history).
         if let Some(keys) = self.resume_planned.take() {
             self.resume_from = None;
-            self.source = Some(SourceScan {
-                first: true,
-                keys: keys
-                    .into_iter()
-                    .map(|k| (k.db(), k.key().to_vec()))
-                    .collect(),
-                resume: true,
-            });
-            self.resumes_served += 1;
-            return;
+            return self.start_resume(keys);
         }
         if let Some(saved) = self.resume_from.take() {
             let survivor = Survivor {
@@ -919,21 +910,7 @@ impl Node {
                 applied_seq: self.outbox.applied_seq(),
             };
             match restart_plan(survivor, saved, &self.changes) {
-                RestartPlan::Resume(keys) => {
-                    let mut keys: Vec<TableKey> = keys.into_iter().collect();
-                    // (The glue's order is the hash set's; any order serves.)
-                    keys.sort_by(|a, b| (a.db(), a.key()).cmp(&(b.db(), b.key())));
-                    self.source = Some(SourceScan {
-                        first: true,
-                        keys: keys
-                            .into_iter()
-                            .map(|k| (k.db(), k.key().to_vec()))
-                            .collect(),
-                        resume: true,
-                    });
-                    self.resumes_served += 1;
-                    return;
-                }
+                RestartPlan::Resume(keys) => return self.start_resume(keys.into_iter().collect()),
                 RestartPlan::Full(_) => {
                     self.resume_in_flight = false;
                     self.full_fallbacks += 1;
@@ -946,6 +923,21 @@ impl Node {
             keys,
             resume: false,
         });
+    }
+
+    /// A restart resume of `keys` (mirror of `fullsync::start_source` with
+    /// a plan). The glue's order is its hash set's; any order serves.
+    fn start_resume(&mut self, mut keys: Vec<TableKey>) {
+        keys.sort_by(|a, b| (a.db(), a.key()).cmp(&(b.db(), b.key())));
+        self.source = Some(SourceScan {
+            first: true,
+            keys: keys
+                .into_iter()
+                .map(|k| (k.db(), k.key().to_vec()))
+                .collect(),
+            resume: true,
+        });
+        self.resumes_served += 1;
     }
 
     /// Mirror of `fullsync::source_step`: the next chunk of images, read
@@ -2704,9 +2696,7 @@ impl Sim {
                     };
                     if let RestartPlan::Resume(keys) = restart_plan(survivor, saved, &node.changes)
                     {
-                        let mut keys: Vec<TableKey> = keys.into_iter().collect();
-                        keys.sort_by(|a, b| (a.db(), a.key()).cmp(&(b.db(), b.key())));
-                        node.resume_planned = Some(keys);
+                        node.resume_planned = Some(keys.into_iter().collect());
                     }
                 }
                 node.resume_in_flight = true;
