@@ -204,7 +204,7 @@ fn a_node_written_during_its_first_handshake_does_not_merge() {
 /// survivor A (100 deleted, 100 rewritten). With `history_size` covering
 /// those changes, A resumes B with exactly those keys; with no history
 /// (`0`) B takes A's whole dataset. Either way no deleted key comes back.
-fn restart_from_a_stale_snapshot(history_size: &str) -> (Pair, bool) {
+fn restart_from_a_stale_snapshot(history_size: &str) -> Pair {
     let pair = Pair::builder()
         .server_args(["--dbfilename", "dump.rdb"])
         .module_args(["history-size", history_size])
@@ -224,7 +224,6 @@ fn restart_from_a_stale_snapshot(history_size: &str) -> (Pair, bool) {
     pair.b.kill9();
     pair.b.restart();
     let mut b = pair.b.conn();
-    let resumed = history_size != "0";
     // B came back with the stale snapshot; A is the source.
     wait_for("B caught up with A", T, || {
         status_u64(&mut b, "full_syncs") + status_u64(&mut b, "restart_resumes") >= 1
@@ -237,12 +236,12 @@ fn restart_from_a_stale_snapshot(history_size: &str) -> (Pair, bool) {
         let v: String = a.get(format!("k:{}", 500 + i)).expect("GET");
         assert_eq!(v, "new", "the survivor's value won");
     }
-    (pair, resumed)
+    pair
 }
 
 #[test]
 fn a_node_restarted_from_a_stale_snapshot_resumes_with_only_the_changed_keys() {
-    let (pair, _) = restart_from_a_stale_snapshot("32mb");
+    let pair = restart_from_a_stale_snapshot("32mb");
     let (mut a, mut b) = pair.conns();
     assert_eq!(status_u64(&mut b, "restart_resumes"), 1);
     assert_eq!(status_u64(&mut b, "full_syncs"), 0, "no full resync");
@@ -259,7 +258,7 @@ fn a_node_restarted_from_a_stale_snapshot_resumes_with_only_the_changed_keys() {
 
 #[test]
 fn a_node_restarted_without_a_covering_history_takes_a_full_resync() {
-    let (pair, _) = restart_from_a_stale_snapshot("0");
+    let pair = restart_from_a_stale_snapshot("0");
     let mut b = pair.b.conn();
     assert_eq!(status_u64(&mut b, "full_syncs"), 1);
     assert_eq!(status_u64(&mut b, "restart_resumes"), 0);

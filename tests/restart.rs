@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -92,8 +92,12 @@ fn a_snapshot_taken_under_load_resumes_and_converges() {
         .start();
     pair.wait_link_up(T);
     let stop = Arc::new(AtomicBool::new(false));
+    // Writes made per side: the test waits for these instead of sleeping.
+    let made = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
     let writer = |srv: &Server, side: &'static str, stop: Arc<AtomicBool>| {
         let mut c = srv.conn();
+        let made = made.clone();
+        let n = usize::from(side == "b");
         thread::spawn(move || {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -116,13 +120,21 @@ fn a_snapshot_taken_under_load_resumes_and_converges() {
                     // The server was killed under this writer: stop.
                     return;
                 }
+                made[n].fetch_add(1, Ordering::Relaxed);
                 i += 1;
             }
         })
     };
     let wa = writer(&pair.a, "a", stop.clone());
     let wb = writer(&pair.b, "b", stop.clone());
-    thread::sleep(Duration::from_millis(300));
+    let more = |side: usize, n: u64| {
+        let from = made[side].load(Ordering::Relaxed);
+        wait_for("writes under load", T, || {
+            made[side].load(Ordering::Relaxed) >= from + n
+        });
+    };
+    more(0, 1000);
+    more(1, 1000);
     let mut b = pair.b.conn();
     let _: () = redis::cmd("BGSAVE").query(&mut b).expect("BGSAVE");
     wait_for("B's BGSAVE done", T, || {
@@ -132,16 +144,18 @@ fn a_snapshot_taken_under_load_resumes_and_converges() {
             .expect("INFO");
         info.contains("rdb_bgsave_in_progress:0") && info.contains("rdb_last_bgsave_status:ok")
     });
-    thread::sleep(Duration::from_millis(300));
+    // Writes after the snapshot on both sides, which B's restart loses.
+    more(0, 1000);
+    more(1, 1000);
     drop(b);
     pair.b.kill9();
     let _ = wb.join();
     // A keeps writing while B is down and while it comes back.
-    thread::sleep(Duration::from_millis(200));
+    more(0, 1000);
     pair.b.restart();
     let mut b = pair.b.conn();
     wait_for("B caught up", T, || caught_up(&mut b) >= 1);
-    thread::sleep(Duration::from_millis(300));
+    more(0, 1000);
     stop.store(true, Ordering::Relaxed);
     let _ = wa.join();
     pair.assert_converged(&[0], T);

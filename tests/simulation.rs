@@ -132,7 +132,7 @@ use redis_bisync::core::codec;
 use redis_bisync::core::config::defaults::MAX_CLOCK_SKEW_MS;
 use redis_bisync::core::decide::{check_seq, plan_batch, Action, SeqCheck};
 use redis_bisync::core::dirty::{reduce, Dirty, DirtyLog};
-use redis_bisync::core::history::{touched, History as ChangeHistory};
+use redis_bisync::core::history::History as ChangeHistory;
 use redis_bisync::core::hlc::{stamp_ms, Hlc, COUNTER_BITS};
 use redis_bisync::core::list_op::ListOp;
 use redis_bisync::core::merge::coalesce::coalesce;
@@ -780,16 +780,7 @@ impl Node {
         self.stream_id = pos.stream_id;
         self.outbox.restore(pos.own_seq, pos.applied_seq, wall);
         self.peer_stream_id = pos.peer_stream_id;
-        let newest = snap
-            .writes
-            .iter()
-            .map(|w| match w {
-                SavedWrite::Key { stamp, .. }
-                | SavedWrite::Flush { stamp, .. }
-                | SavedWrite::Element { stamp, .. } => stamp.hlc,
-            })
-            .max()
-            .unwrap_or(0);
+        let newest = snap.writes.iter().map(|w| w.stamp().hlc).max().unwrap_or(0);
         self.pending = import(snap.writes.clone(), 0);
         let _ = self.hlc.observe(newest, u64::MAX / 2, 0);
         self.reship.extend(snap.unflushed.iter().cloned());
@@ -1278,12 +1269,7 @@ impl Node {
     fn push_frame(&mut self, seq: u64, resync: bool, entries: Vec<Entry>) {
         let n = entries.len();
         // Mirror of the history record in `enqueue_batch`.
-        if self.changes.enabled() {
-            let (keys, whole_db) = touched(&entries);
-            self.changes.record_own(self.stream_id, seq, keys, whole_db);
-        } else {
-            self.changes.pass_own(self.stream_id, seq);
-        }
+        self.changes.own_batch(self.stream_id, seq, &entries);
         self.pending.maintain(self.max_pending, n);
         let table_over = self.pending.over(self.max_pending);
         let frame = Frame::Batch(Batch {
@@ -1594,13 +1580,8 @@ impl Node {
 
     /// Mirror of the history record in `apply_inbound`.
     fn record_applied(&mut self, batch: &Batch) {
-        if self.changes.enabled() {
-            let (keys, whole_db) = touched(&batch.entries);
-            self.changes
-                .record_applied(self.peer_stream_id, batch.seq, keys, whole_db);
-        } else {
-            self.changes.pass_applied(self.peer_stream_id, batch.seq);
-        }
+        self.changes
+            .applied_batch(self.peer_stream_id, batch.seq, &batch.entries);
     }
 
     /// What the glue's apply must do once it plans with `merge`: one step

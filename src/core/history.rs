@@ -18,11 +18,12 @@
 
 use std::collections::{HashSet, VecDeque};
 
+use crate::core::protocol::Entry;
 use crate::core::table_key::TableKey;
 
 /// The keys a batch's entries change, and whether one of them changes a
 /// whole db (a flush): what the history records for the batch.
-pub fn touched(entries: &[crate::core::protocol::Entry]) -> (Vec<TableKey>, bool) {
+pub fn touched(entries: &[Entry]) -> (Vec<TableKey>, bool) {
     use crate::core::protocol::Op;
     let mut keys = Vec::with_capacity(entries.len());
     let mut whole_db = false;
@@ -218,6 +219,28 @@ impl History {
     /// recording it (`history-size` 0).
     pub fn pass_applied(&mut self, stream_id: u64, seq: u64) {
         self.applied.pass(stream_id, seq);
+    }
+
+    /// Record this node's batch `seq` of `stream_id` from its entries, or
+    /// only move the floor when nothing is kept (`history-size` 0).
+    pub fn own_batch(&mut self, stream_id: u64, seq: u64, entries: &[Entry]) {
+        if self.enabled() {
+            let (keys, whole_db) = touched(entries);
+            self.record_own(stream_id, seq, keys, whole_db);
+        } else {
+            self.pass_own(stream_id, seq);
+        }
+    }
+
+    /// Record the peer's batch `seq` of `stream_id`, applied here, as
+    /// [`History::own_batch`] does for this node's.
+    pub fn applied_batch(&mut self, stream_id: u64, seq: u64, entries: &[Entry]) {
+        if self.enabled() {
+            let (keys, whole_db) = touched(entries);
+            self.record_applied(stream_id, seq, keys, whole_db);
+        } else {
+            self.pass_applied(stream_id, seq);
+        }
     }
 
     /// Bytes held (reported in SYNC.STATUS).

@@ -64,6 +64,15 @@ pub enum SavedWrite {
 }
 
 impl SavedWrite {
+    /// Its order stamp.
+    pub fn stamp(&self) -> Stamp {
+        match self {
+            SavedWrite::Key { stamp, .. }
+            | SavedWrite::Flush { stamp, .. }
+            | SavedWrite::Element { stamp, .. } => *stamp,
+        }
+    }
+
     fn seq(&self) -> u64 {
         match self {
             SavedWrite::Key { seq, .. }

@@ -814,14 +814,10 @@ pub fn apply_inbound(ctx: &Context, queued: usize) -> bool {
                         // Ack in the same hold, after the flush that preceded it.
                         shared.outbox().push_ack(batch.seq);
                         shared.applied_mirror.store(batch.seq, Ordering::Relaxed);
-                        let mut history = shared.history();
                         let stream = shared.peer_stream_id.load(Ordering::Relaxed);
-                        if history.enabled() {
-                            let (keys, whole_db) = crate::core::history::touched(&batch.entries);
-                            history.record_applied(stream, batch.seq, keys, whole_db);
-                        } else {
-                            history.pass_applied(stream, batch.seq);
-                        }
+                        shared
+                            .history()
+                            .applied_batch(stream, batch.seq, &batch.entries);
                     }
                     Err(e) => {
                         let msg = format!("refused batch {} from the peer: {e}", batch.seq);

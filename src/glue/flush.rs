@@ -618,15 +618,9 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
     let Frame::Batch(batch) = frame else {
         return 0;
     };
-    {
-        let mut history = shared.history();
-        if history.enabled() {
-            let (keys, whole_db) = crate::core::history::touched(&batch.entries);
-            history.record_own(shared.stream_id(), seq, keys, whole_db);
-        } else {
-            history.pass_own(shared.stream_id(), seq);
-        }
-    }
+    shared
+        .history()
+        .own_batch(shared.stream_id(), seq, &batch.entries);
     shared.own_seq_mirror.store(seq, Ordering::Relaxed);
     let table_over = with_node(|node| {
         for (entry, fresh) in batch.entries.into_iter().zip(fresh) {

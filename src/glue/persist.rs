@@ -226,11 +226,7 @@ pub fn restore(shared: &Shared) {
     let newest = state
         .writes
         .iter()
-        .map(|w| match w {
-            saved_state::SavedWrite::Key { stamp, .. }
-            | saved_state::SavedWrite::Flush { stamp, .. }
-            | saved_state::SavedWrite::Element { stamp, .. } => stamp.hlc,
-        })
+        .map(|w| w.stamp().hlc)
         .max()
         .unwrap_or(0);
     let table = saved_state::import(state.writes, 0);
