@@ -31,12 +31,12 @@
 //! imported); the survivor plans a resume from its bounded history
 //! (`core::restart::plan`, in `start_source` after that pass's flush, as the
 //! glue does) or sends a full resync. 10,000 schedules: every one whose
-//! restarts resumed converges with empty tables; about 1.2 % of them take a
-//! full resync after a restart and some of those diverge — an open edge of
-//! the full resync (a source's pending element changes travel in batches its
-//! writer skips), which restarts that lose the pairing state
-//! (`SIM_STATELESS=1`, all restarts before issue 11) hit three times as often
-//! (3.9 %). Two rules were found here: plan at the resync start, not at the
+//! restarts resumed converges with empty tables; of those that take a full
+//! resync after a restart, 3 still diverge (both sides overflow their tables
+//! while full resyncs start over in both directions; 121 did before the
+//! fixes listed in the README's "Open" item, and restarts that lose the
+//! pairing state, `SIM_STATELESS=1`, compare). Rules found here: plan at the
+//! resync start, not at the
 //! handshake (batches flushed in between were skipped), and save no state
 //! while a full resync of ours is in flight (begun after an overflow, the
 //! table misses writes the peer lacks).
@@ -150,7 +150,7 @@ use redis_bisync::core::protocol::{
     Batch, ElementChange, Entry, Frame, Hello, Op, Resume, Shape, Stamp, Value, PROTOCOL_VERSION,
 };
 use redis_bisync::core::restart::{plan as restart_plan, RestartPlan, SavedPosition, Survivor};
-use redis_bisync::core::saved_state::{export, import, SavedWrite};
+use redis_bisync::core::saved_state::{export, import, renumber, SavedWrite};
 use redis_bisync::core::table_key::TableKey;
 use redis_bisync::core::unshared::{Reason, UnsharedLists};
 use redis_bisync::link::handshake::peer_position;
@@ -232,9 +232,6 @@ struct SimRules {
     /// its image) goes on shipping its own list commands on that key
     /// (`core::unshared` forgotten).
     no_unshared: bool,
-    /// A full resync's source does not re-ship a key it changed by
-    /// replaying the target's list command.
-    no_source_list_echo: bool,
     /// Workload, not a mutation: db 0's missing keys sometimes become
     /// streams, which take appends (clashing IDs when concurrent) and
     /// consumer-group states (`ListOp::XGroups`). Off in the other tests,
@@ -289,7 +286,6 @@ impl SimRules {
             stale_scan: false,
             no_list_reship: false,
             no_unshared: false,
-            no_source_list_echo: false,
             streams: false,
             take_lost_groups: false,
             both_first: false,
@@ -534,6 +530,8 @@ struct Node {
     handshake_ack: u64,
     /// `Stats::restart_resumes`.
     restart_resumes: u64,
+    /// `Stats::seq_skips`: a restored stream moved past the peer's position.
+    seq_skips: u64,
     /// `history-size`.
     changes_budget: usize,
     /// `Stats::restart_resumes_served`.
@@ -551,6 +549,10 @@ struct Snap {
     position: SavedPosition,
     writes: Vec<SavedWrite>,
     unflushed: Vec<KeyId>,
+    /// The clock at the snapshot (`SavedState::clock`).
+    clock: u64,
+    /// Wall time of the snapshot (`SavedState::saved_at_ms`).
+    saved_at_ms: u64,
 }
 
 /// A key of the typed keyspace.
@@ -587,6 +589,11 @@ struct TargetState {
     /// The table overflowed since the resync began: the dataset taken does
     /// not cover what it lost, so the overflow stands after the sweep.
     overflowed: bool,
+    /// Keys a fresh (or restored) node's clients wrote once its table
+    /// stopped tracking: kept, and shipped again, by the sweep of any full
+    /// resync that starts (mirror of `fullsync::Target::untracked`, which a
+    /// restarted resync does not reset).
+    untracked: BTreeSet<KeyId>,
 }
 
 impl TargetState {
@@ -723,6 +730,7 @@ impl Node {
             resume_in_flight: false,
             handshake_ack: 0,
             restart_resumes: 0,
+            seq_skips: 0,
             changes_budget: history_bytes,
             resumes_served: 0,
             full_fallbacks: 0,
@@ -731,7 +739,7 @@ impl Node {
 
     /// Mirror of `glue::persist::snapshot`: what an RDB written now carries,
     /// or `None` where the module saves no state.
-    fn snapshot(&mut self) -> Option<Snap> {
+    fn snapshot(&mut self, wall: u64) -> Option<Snap> {
         if self.fresh
             || self.awaiting_full_sync
             || self.target.active()
@@ -769,6 +777,8 @@ impl Node {
             },
             writes: export(&mut self.pending),
             unflushed,
+            clock: self.hlc.last(),
+            saved_at_ms: wall,
         })
     }
 
@@ -778,9 +788,16 @@ impl Node {
         self.elements = snap.elements.clone();
         self.ttls = snap.ttls.clone();
         self.stream_id = pos.stream_id;
-        self.outbox.restore(pos.own_seq, pos.applied_seq, wall);
+        self.outbox
+            .restore(pos.own_seq, pos.applied_seq, snap.saved_at_ms, wall);
         self.peer_stream_id = pos.peer_stream_id;
-        let newest = snap.writes.iter().map(|w| w.stamp().hlc).max().unwrap_or(0);
+        let newest = snap
+            .writes
+            .iter()
+            .map(|w| w.stamp().hlc)
+            .max()
+            .unwrap_or(0)
+            .max(snap.clock);
         self.pending = import(snap.writes.clone(), 0);
         let _ = self.hlc.observe(newest, u64::MAX / 2, 0);
         self.reship.extend(snap.unflushed.iter().cloned());
@@ -852,7 +869,16 @@ impl Node {
         self.flush(wall);
         let ack = std::mem::take(&mut self.handshake_ack);
         if ack > 0 {
-            // A restored node: the peer's position acknowledges its table.
+            // A restored node: the peer's position acknowledges its table;
+            // a position past our stream (seqs issued twice, two starts from
+            // one snapshot with the clock set back) moves it on, and the
+            // writes since the start go again under a new seq.
+            let saved = self.restored.map_or(0, |p| p.own_seq);
+            if self.outbox.skip_past(ack) {
+                self.seq_skips += 1;
+                renumber(&mut self.pending, saved, ack + 1);
+                self.changes.pass_own(self.stream_id, ack);
+            }
             self.outbox.acknowledge(ack);
             self.pending.acknowledge(ack);
         }
@@ -864,6 +890,7 @@ impl Node {
             self.untracked = true;
             self.table_overflowed = false;
             self.target.local.clear();
+            self.target.untracked.clear();
             self.outbox.discard_all();
             self.discarded = true;
             self.build_dirty_key_resync(wall, rules);
@@ -880,7 +907,8 @@ impl Node {
 
     /// Mirror of `fullsync::start_source`.
     fn start_source(&mut self) {
-        self.echo = false;
+        // An echo still on (a full resync begun without a table that the
+        // peer never took whole) stays on: this one has no table either.
         if std::mem::take(&mut self.table_overflowed) {
             // The table is incomplete: the full resync carries everything.
             self.pending.clear();
@@ -962,12 +990,18 @@ impl Node {
             // Likewise a pending delete of ours (the key is gone, so the
             // scan does not send it): the target's older image of it loses.
             for (db, key, _) in self.pending.entries_by_stamp() {
-                match key {
-                    None => ops.push((db, Op::FlushDb)),
-                    Some(key) if !self.elements.contains_key(&(db, key.clone())) => {
-                        ops.push((db, Op::Delete { key }))
-                    }
-                    Some(_) => {}
+                if key.is_none() {
+                    ops.push((db, Op::FlushDb));
+                }
+            }
+            for k in self.pending.keys() {
+                if !self.elements.contains_key(&(k.db(), k.key().to_vec())) {
+                    ops.push((
+                        k.db(),
+                        Op::Delete {
+                            key: k.key().to_vec(),
+                        },
+                    ));
                 }
             }
         }
@@ -990,14 +1024,15 @@ impl Node {
                 },
             ));
         }
-        self.enqueue_full_chunk(ops, first, wall);
+        self.enqueue_full_chunk(ops, first, !resume, wall);
     }
 
     /// Mirror of `enqueue_batch` with `Stamping::FullSync`: a key still
     /// pending keeps its recorded stamp (and is recorded again), any other
     /// image gets the oldest stamp (the receiver's un-acknowledged writes
-    /// win over it).
-    fn enqueue_full_chunk(&mut self, ops: Vec<(u32, Op)>, first: bool, wall: u64) {
+    /// win over it). In a full resync (`whole`, not a resume) a key's
+    /// element changes count in its stamp and the image replaces them.
+    fn enqueue_full_chunk(&mut self, ops: Vec<(u32, Op)>, first: bool, whole: bool, wall: u64) {
         let n = ops.len();
         let seq = self.outbox.next_seq();
         self.hlc.now(wall);
@@ -1010,13 +1045,18 @@ impl Node {
             };
             let recorded = match (&op, &key) {
                 (Op::FlushDb, _) => self.pending.flush_stamp(db),
-                (_, Some(k)) => self.pending.key_stamp(db, k),
+                (_, Some(k)) if !whole => self.pending.key_stamp(db, k),
+                (_, Some(k)) => self.pending.own_stamp(db, k),
                 _ => None,
             };
             match (&op, &key, recorded) {
                 (Op::FlushDb, _, Some(stamp)) => self.pending.record_flush(db, stamp, seq),
                 (_, Some(k), Some(stamp)) => {
                     let ttl = image_ttl(&op, self.forget_image_ttls_rule);
+                    // The image replaces the key's element changes.
+                    if whole {
+                        self.pending.forget_elements(db, k);
+                    }
                     self.pending.record_key(db, k, stamp, seq, ttl)
                 }
                 _ => {}
@@ -1036,6 +1076,7 @@ impl Node {
             elements,
             ttls,
             chunk,
+            reship,
             ..
         } = self;
         let Some((received, queue)) = target.sweeping.as_mut() else {
@@ -1060,12 +1101,17 @@ impl Node {
             if target.local.contains(&k) || pending.own_stamp(k.0, &k.1).is_some() {
                 continue;
             }
+            if target.untracked.contains(&k) {
+                continue;
+            }
             elements.remove(&k);
             ttls.remove(&k);
         }
         if queue.is_empty() {
             target.sweeping = None;
             target.local.clear();
+            // Untracked writes go again as they are now (`target_step`).
+            reship.extend(std::mem::take(&mut target.untracked));
             target.changes.clear();
             target.imaged.clear();
             self.fresh = false;
@@ -1169,9 +1215,16 @@ impl Node {
             self.add_self_checks(&mut ops);
             // Writes of a fresh untracked node, or made while a full resync
             // comes in, are new: the sweep keeps them.
-            if (self.fresh && self.table_overflowed) || self.target.active() {
+            if self.target.active() {
                 for (db, op) in &ops {
                     self.target.local_write(*db, op);
+                }
+            }
+            if self.fresh && self.table_overflowed {
+                for (db, op) in &ops {
+                    if let Op::Set { key, .. } | Op::Element { key, .. } = op {
+                        self.target.untracked.insert((*db, key.clone()));
+                    }
                 }
             }
             let stamps = self.enqueue_batch(ops, None, false, wall);
@@ -1225,7 +1278,9 @@ impl Node {
                 .unwrap_or(fresh);
             let ttl = image_ttl(&op, self.forget_image_ttls_rule);
             match &mut op {
-                Op::FlushDb if track => self.pending.record_flush(db, stamp, seq),
+                // A flush is one entry whatever the table's state: recorded
+                // even when it does not track keys (`enqueue_batch`).
+                Op::FlushDb => self.pending.record_flush(db, stamp, seq),
                 Op::Set { key, .. } if track => {
                     self.unshared.shared_again(db, key);
                     self.pending.record_key(db, key, stamp, seq, ttl)
@@ -1235,7 +1290,6 @@ impl Node {
                     self.pending.record_key(db, key, stamp, seq, None)
                 }
                 Op::Set { key, .. } | Op::Delete { key } => self.unshared.shared_again(db, key),
-                Op::FlushDb => {}
                 Op::Element {
                     key,
                     change,
@@ -1300,7 +1354,7 @@ impl Node {
             if self.fresh {
                 let keys = self.pending.keys();
                 self.target
-                    .local
+                    .untracked
                     .extend(keys.iter().map(|k| (k.db(), k.key().to_vec())));
             }
             self.pending.clear();
@@ -1756,9 +1810,11 @@ impl Node {
                     // A source echoes what a target's list command made of
                     // its key (`apply`'s `Step::List`): the target may keep
                     // its own list whole (`target_begin`), which the source
-                    // never held.
+                    // never held. (Since a restarted tableless resync keeps
+                    // its echo, no schedule in 100,000 needs this one: its
+                    // mutation test was retired in session 11.)
                     let sourcing = self.source.is_some() || self.source_done_seq != 0;
-                    if (self.echo && !rules.no_echo) || (sourcing && !rules.no_source_list_echo) {
+                    if (self.echo && !rules.no_echo) || sourcing {
                         self.reship.push((db, key.to_vec()));
                     }
                     let mut k = view;
@@ -2013,6 +2069,8 @@ struct Counters {
     resumes: u64,
     /// Restart resumes completed (`ResumeEnd` applied, or both resumed).
     resumed: u64,
+    /// Restored streams moved past a peer position they had reused.
+    seq_skips: u64,
 }
 
 impl Counters {
@@ -2031,6 +2089,7 @@ impl Counters {
         self.restarts += o.restarts;
         self.resumes += o.resumes;
         self.resumed += o.resumed;
+        self.seq_skips += o.seq_skips;
     }
 }
 
@@ -2190,7 +2249,8 @@ impl Sim {
                 self.log(|| format!("{} -> peer congested for a while", IDS[i]));
             }
             StepKind::Snapshot => {
-                if let Some(snap) = self.nodes[i].snapshot() {
+                let wall = self.wall(i);
+                if let Some(snap) = self.nodes[i].snapshot(wall) {
                     self.log(|| format!("{} saves an RDB at {:?}", IDS[i], snap.position));
                     self.snapshots[i] = Some(snap);
                 }
@@ -2223,6 +2283,7 @@ impl Sim {
             old.changes_budget,
         );
         n.forget_image_ttls_rule = old.forget_image_ttls_rule;
+        n.seq_skips = old.seq_skips;
         let wall = EPOCH_MS + self.now + n.clock_offset_ms;
         if std::env::var_os("SIM_STATELESS").is_some() {
             // For comparison: a restart that loses the pairing state (as
@@ -2936,6 +2997,8 @@ impl Sim {
             && (0..2).all(|i| {
                 let n = &self.nodes[i];
                 n.dirty.is_empty()
+                    && n.reship.is_empty()
+                    && n.captured.is_empty()
                     && !n.resync_requested
                     && !n.full_sync_requested
                     && !n.target_reset_requested
@@ -3177,6 +3240,7 @@ fn run_one(seed: u64, rules: SimRules, counters: &mut Counters) -> Result<(), Fa
     sim.counters.overflows = sim.nodes.iter().map(|n| n.overflows).sum();
     sim.counters.self_checked = sim.nodes.iter().map(|n| n.self_checked).sum();
     sim.counters.resumed = sim.nodes.iter().map(|n| n.restart_resumes).sum();
+    sim.counters.seq_skips = sim.nodes.iter().map(|n| n.seq_skips).sum();
     sim.counters.resumes = sim.nodes.iter().map(|n| n.resumes_served).sum();
     counters.add(&sim.counters);
     result
@@ -3349,10 +3413,23 @@ fn restarts_from_snapshots_resume_or_resync_and_converge() {
     out.report("restarts", started);
     // The open edge of the full resync is counted apart and bounded; every
     // other failure (any failure of a schedule whose restarts resumed) fails.
+    // What is left of it (3 in 10,000; 121 before session 11 fixed the
+    // source's element changes, the untracked writes of a restored target,
+    // the echo of a restarted tableless resync, flushes of an untracked
+    // table, the clock and the seqs of a restart): both sides overflowing
+    // their tables while full resyncs start over in both directions.
+    // `SIM_LIST_EDGE=1` lists them.
     let (edge, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut out.failures)
         .into_iter()
         .partition(|(_, f)| matches!(f, Failure::FullResyncEdge(_)));
     out.failures = rest;
+    if env_u64("SIM_LIST_EDGE").is_some() {
+        let listed = Outcome {
+            failures: edge.iter().map(|(s, f)| (*s, f.clone())).collect(),
+            ..Outcome::default()
+        };
+        println!("{}", listed.listing(usize::MAX));
+    }
     println!(
         "restarts: {} of {} schedules hit the open full-resync edge after a restart{}",
         edge.len(),
@@ -3363,16 +3440,17 @@ fn restarts_from_snapshots_resume_or_resync_and_converge() {
     );
     out.assert_no_failures("restarts_from_snapshots");
     assert!(
-        edge.len() as u64 * 100 <= out.run.max(100) * 2,
-        "the full-resync edge grew past 2 % of the schedules: {} of {}",
+        edge.len() as u64 * 1000 <= out.run.max(1000),
+        "the full-resync edge grew past 0.1 % of the schedules: {} of {}",
         edge.len(),
         out.run
     );
     if env_u64("SIM_SEED").is_none() {
         let c = &out.counters;
         println!(
-            "restarts: {} restarts, {} resumes served, {} completed, {} full resyncs",
-            c.restarts, c.resumes, c.resumed, c.full
+            "restarts: {} restarts, {} resumes served, {} completed, {} full resyncs, \
+             {} restored streams moved past a reused seq",
+            c.restarts, c.resumes, c.resumed, c.full, c.seq_skips
         );
         assert!(
             c.restarts > 0 && c.resumed > 0 && c.full > 0,
@@ -3491,6 +3569,42 @@ fn assert_mutation_caught_on(name: &str, seeds: &[u64], rules: SimRules) {
     }
 }
 
+/// Finds seeds for the mutations pinned with [`assert_mutation_caught_on`]
+/// after the schedules changed: `SIM_MUTATION=<fields of SimRules, comma
+/// separated> SIM_SCHEDULES=100000 [SIM_RESTARTS=1] cargo test --release
+/// --test simulation find_mutation_seeds -- --ignored --nocapture` lists
+/// every schedule that diverges under the mutations and converges under the
+/// correct rules (of the restart workload with `SIM_RESTARTS`).
+#[test]
+#[ignore = "a tool for re-pinning mutation seeds, not a check"]
+fn find_mutation_seeds() {
+    let names = std::env::var("SIM_MUTATION").unwrap_or_default();
+    let correct = SimRules {
+        restarts: env_u64("SIM_RESTARTS").is_some(),
+        ..SimRules::correct(Mode::Elements)
+    };
+    let mut rules = correct;
+    for name in names.split(',') {
+        match name {
+            "no_echo" => rules.no_echo = true,
+            "no_full_resync_ack" => rules.no_full_resync_ack = true,
+            "no_image_reship" => rules.no_image_reship = true,
+            "keep_unsent_whole" => rules.keep_unsent_whole = true,
+            other => panic!("SIM_MUTATION={other:?}: not a mutation this tool knows"),
+        }
+    }
+    let n = env_u64("SIM_SCHEDULES").unwrap_or(100_000);
+    let out = run_schedules(rules, n);
+    let mut control = Counters::default();
+    for (seed, f) in &out.failures {
+        if matches!(f, Failure::Diverged(_) | Failure::SelfCheck(_))
+            && run_one(*seed, correct, &mut control).is_ok()
+        {
+            println!("{names}: seed {seed}");
+        }
+    }
+}
+
 #[test]
 fn catches_a_list_winner_that_does_not_reship() {
     assert_mutation_caught(
@@ -3525,23 +3639,6 @@ fn catches_a_list_loser_that_ships_commands_before_the_winners_image() {
     );
 }
 
-/// A full resync's target keeps its own list whole when it holds a list
-/// command the source has not acknowledged (`target_begin`); the source,
-/// which never held that list, replays the command on its own key. Without
-/// the source's re-ship of what it made of the key, the target keeps a list
-/// the source lacks (found in 100,000 list-heavy schedules).
-#[test]
-fn catches_a_full_resync_source_that_does_not_echo_list_commands() {
-    assert_mutation_caught_on(
-        "a full resync's source does not echo the target's list commands",
-        &[14_750_061_317_040_840_528],
-        SimRules {
-            no_source_list_echo: true,
-            ..SimRules::correct(Mode::Elements)
-        },
-    );
-}
-
 #[test]
 fn catches_fresh_resync_stamps() {
     assert_mutation_caught(
@@ -3566,12 +3663,13 @@ fn catches_ack_overtaking_batches() {
     );
 }
 
-/// 81 of 100,000 schedules diverge without it.
+/// 21 of 100,000 schedules diverge without it (`find_mutation_seeds`
+/// re-finds them whenever the schedules change).
 #[test]
 fn catches_full_resync_without_its_early_ack() {
     assert_mutation_caught_on(
         "full resync without the early acknowledgement",
-        &[8_194_724_629_488_847_609],
+        &[15_683_891_770_001_561_860, 12_702_054_514_960_181_911],
         SimRules {
             no_full_resync_ack: true,
             ..SimRules::correct(Mode::Elements)
@@ -3592,11 +3690,13 @@ fn catches_a_restart_resume_planned_at_the_handshake() {
     );
 }
 
+/// 42 of 100,000 schedules diverge without it since the source sends the
+/// keys the peer changed during its scan again (`find_mutation_seeds`).
 #[test]
 fn catches_a_target_keeping_unsent_keys_whole() {
-    assert_mutation_caught(
+    assert_mutation_caught_on(
         "target keeps an unsent key whole",
-        "catches_a_target_keeping_unsent_keys_whole",
+        &[16_807_702_266_493_763_068, 5_380_753_600_013_238_116],
         SimRules {
             keep_unsent_whole: true,
             ..SimRules::correct(Mode::Elements)
@@ -3604,11 +3704,14 @@ fn catches_a_target_keeping_unsent_keys_whole() {
     );
 }
 
+/// 6 of 100,000 schedules diverge without it since a full resync's image
+/// replaces the source's element changes in its table too
+/// (`find_mutation_seeds`).
 #[test]
 fn catches_a_full_resync_image_without_reship() {
-    assert_mutation_caught(
+    assert_mutation_caught_on(
         "full-resync image meeting local changes not re-shipped",
-        "catches_a_full_resync_image_without_reship",
+        &[4_989_517_856_609_211_205, 1_223_403_848_895_106_634],
         SimRules {
             no_image_reship: true,
             ..SimRules::correct(Mode::Elements)
@@ -3616,12 +3719,13 @@ fn catches_a_full_resync_image_without_reship() {
     );
 }
 
-/// 4 of 100,000 schedules diverge without it (re-found whenever the schedules change).
+/// 4 of 100,000 schedules diverge without it (`find_mutation_seeds`
+/// re-finds them whenever the schedules change).
 #[test]
 fn catches_a_tableless_source_without_echo() {
     assert_mutation_caught_on(
         "source without its table does not echo",
-        &[9_225_627_530_608_218_535, 16_833_498_366_159_256_712],
+        &[16_833_498_366_159_256_712, 11_721_093_996_843_346_757],
         SimRules {
             no_echo: true,
             ..SimRules::correct(Mode::Elements)

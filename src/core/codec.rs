@@ -40,7 +40,9 @@ pub enum CodecError {
     Closed,
 }
 
-fn config() -> impl bincode::config::Config {
+/// The one bincode configuration: frames and the saved pairing state are
+/// read the way they were written.
+pub(crate) fn config() -> impl bincode::config::Config {
     bincode::config::standard()
         .with_little_endian()
         .with_variable_int_encoding()

@@ -37,19 +37,24 @@ pub enum ResumePlan {
     NeedResync,
 }
 
-/// Where a stream restored from a snapshot goes on, restarted at wall time
-/// `now_ms`: past every seq the node may have issued before the restart,
-/// which the snapshot did not see and the peer may have applied.
+/// Where a stream restored from a snapshot taken at wall time `saved_at_ms`
+/// goes on, restarted at wall time `now_ms`: past every seq the node may
+/// have issued after the snapshot, which the snapshot did not see and the
+/// peer may have applied.
 ///
-/// Why the clock: a node can restart twice from the same snapshot, so a
-/// fixed jump past the saved seq could land on seqs the first restart
-/// issued. `now_ms × 65536` is past any seq issued at an earlier time, as a
-/// node issues far fewer than 65,536 batches a millisecond (one per
-/// event-loop pass); `saved + 2^32` covers a clock that stepped back.
-pub fn restart_seq(saved_seq: u64, now_ms: u64) -> u64 {
+/// Why it grows with the time since the snapshot: a node can restart twice
+/// from the same snapshot (a crash loop), and the second start must land
+/// past every seq the first one issued. A node issues far fewer than 65,536
+/// batches a millisecond (one per event-loop pass), so `65,536 × (now −
+/// saved_at)` is past anything issued since the snapshot, by this or an
+/// earlier restart; the fixed `2^32` covers a clock that stepped back. (A
+/// jump to `now × 65,536` alone, as before, stood still for a minute when
+/// the snapshot's own stream had started that way: the simulation's crash
+/// loops reused seqs and stalled.)
+pub fn restart_seq(saved_seq: u64, saved_at_ms: u64, now_ms: u64) -> u64 {
     saved_seq
         .saturating_add(1 << 32)
-        .max(now_ms.saturating_mul(1 << 16))
+        .saturating_add(now_ms.saturating_sub(saved_at_ms).saturating_mul(1 << 16))
 }
 
 /// The outgoing FIFO and backlog.
@@ -268,11 +273,27 @@ impl Outbox {
     /// restart is unknown (the snapshot saw `saved_seq`; batches issued after
     /// it may have reached the peer), so the stream goes on far past it and
     /// nothing before that can be resent from here (a resync serves it).
-    pub fn restore(&mut self, saved_seq: u64, applied: u64, now_ms: u64) {
-        self.last_seq = restart_seq(saved_seq, now_ms);
+    pub fn restore(&mut self, saved_seq: u64, applied: u64, saved_at_ms: u64, now_ms: u64) {
+        self.last_seq = restart_seq(saved_seq, saved_at_ms, now_ms);
         self.dropped_upto = self.last_seq;
         self.acked_seq = saved_seq;
         self.applied_seq = applied;
+    }
+
+    /// The peer applied our stream up to `seq`, past the last seq this
+    /// process issued: seqs were issued twice (two starts from one snapshot
+    /// with the clock set back in between). The stream goes on after `seq`,
+    /// and the batches issued here up to it are dropped unsent: the peer
+    /// already applied other batches under those seqs. Returns whether it
+    /// moved (the caller renumbers the table's entries of those batches).
+    pub fn skip_past(&mut self, seq: u64) -> bool {
+        if seq <= self.last_seq {
+            return false;
+        }
+        self.last_seq = seq;
+        self.dropped_upto = self.dropped_upto.max(seq);
+        self.acknowledge(seq);
+        true
     }
 
     /// Set the applied position without queuing an ack (restart, resync).
@@ -574,7 +595,7 @@ mod tests {
     fn a_restored_stream_never_reuses_a_seq_of_an_earlier_restart() {
         let t0 = 1_800_000_000_000u64;
         let mut o = Outbox::new(1 << 20);
-        o.restore(5, 9, t0);
+        o.restore(5, 9, t0, t0 + 1);
         let first = o.last_seq();
         assert!(first > 5 + (1 << 31));
         assert_eq!(o.applied_seq(), 9);
@@ -584,11 +605,44 @@ mod tests {
         // same snapshot: the new stream starts past all of them.
         let issued = first + 100_000 * 86_400;
         let mut again = Outbox::new(1 << 20);
-        again.restore(5, 9, t0 + 86_400_000);
+        again.restore(5, 9, t0, t0 + 86_400_000);
         assert!(again.last_seq() > issued);
         // A clock that stepped back still moves past the saved seq.
         let mut back = Outbox::new(1 << 20);
-        back.restore(first, 9, 0);
+        back.restore(first, 9, t0, 0);
         assert!(back.last_seq() > first);
+    }
+
+    #[test]
+    fn a_peer_ahead_of_a_restored_stream_moves_it_on() {
+        let mut o = Outbox::new(1 << 20);
+        o.restore(5, 9, 0, 0);
+        let base = o.last_seq();
+        o.push_batch(base + 1, Arc::new(vec![1]), 1);
+        // The peer applied seqs up to base + 10 from an earlier start.
+        assert_eq!(o.plan_resume(base + 10), ResumePlan::NeedResync);
+        assert!(o.skip_past(base + 10));
+        assert_eq!(o.last_seq(), base + 10);
+        assert_eq!(o.next_seq(), base + 11);
+        assert_eq!(o.acked_seq(), base + 10);
+        assert!(
+            o.batches_after(0).is_empty(),
+            "the reused batch is not sent"
+        );
+        assert!(!o.skip_past(base + 3), "never backwards");
+    }
+
+    #[test]
+    fn a_crash_loop_on_one_snapshot_never_reuses_a_seq() {
+        // A stream that itself began at a restart (its seqs far above the
+        // clock's), snapshotted, then started twice from that snapshot
+        // 300 ms apart: the second start is past what the first issued in
+        // between (one batch per event-loop pass, far below 65,536 a ms).
+        let t0 = 1_800_000_000_000u64;
+        let saved = restart_seq(5, t0 - 10, t0) + 1_000;
+        let first = restart_seq(saved, t0 + 50, t0 + 400);
+        let issued_meanwhile = 300 * 1_000;
+        let second = restart_seq(saved, t0 + 50, t0 + 700);
+        assert!(second > first + issued_meanwhile, "{second} {first}");
     }
 }

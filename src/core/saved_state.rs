@@ -19,7 +19,7 @@ use super::table_key::TableKey;
 
 /// Bumped when the saved shape changes: an older or newer module's state
 /// is ignored (a full resync), never misread.
-pub const SAVED_STATE_VERSION: u32 = 1;
+pub const SAVED_STATE_VERSION: u32 = 2;
 
 /// One un-acknowledged write as saved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +97,14 @@ pub struct SavedState {
     /// Keys written but not yet shipped at the snapshot: they are shipped
     /// again, as new writes, once the node is back.
     pub unflushed: Vec<(u32, Vec<u8>)>,
+    /// The node's clock (HLC) at the snapshot: the data holds writes of
+    /// both sides stamped up to it, so the restarted node's writes must be
+    /// stamped after it even if its wall clock is behind (a flush stamped
+    /// before a peer write the data holds would lose to it on the peer).
+    pub clock: u64,
+    /// Wall time of the snapshot: the restarted stream goes on past every
+    /// seq issued since ([`crate::core::outbox::restart_seq`]).
+    pub saved_at_ms: u64,
 }
 
 /// Why saved bytes were not taken.
@@ -116,13 +124,15 @@ impl SavedState {
         codec::encode_value(self)
     }
 
-    /// Decode what [`SavedState::encode`] wrote.
+    /// Decode what [`SavedState::encode`] wrote. The version comes first,
+    /// so another version's state is named as such, whatever its shape.
     pub fn decode(bytes: &[u8]) -> Result<SavedState, LoadError> {
-        let s: SavedState = codec::decode_value(bytes)?;
-        if s.version != SAVED_STATE_VERSION {
-            return Err(LoadError::Version(s.version));
+        let (version, _): (u32, usize) = bincode::serde::decode_from_slice(bytes, codec::config())
+            .map_err(|e| LoadError::Malformed(CodecError::Malformed(e.to_string())))?;
+        if version != SAVED_STATE_VERSION {
+            return Err(LoadError::Version(version));
         }
-        Ok(s)
+        Ok(codec::decode_value(bytes)?)
     }
 }
 
@@ -196,6 +206,27 @@ pub fn import(mut writes: Vec<SavedWrite>, acked: u64) -> PendingWrites {
     table
 }
 
+/// Move the entries of batches after `after` to batch `to` (the batches
+/// themselves are gone: see [`crate::core::outbox::Outbox::skip_past`]).
+///
+/// Why: a restored node that issued seqs its peer had already applied from
+/// an earlier start must re-send those writes under a seq the peer has not
+/// seen. Its dirty-key resync re-sends the table, element changes under the
+/// seq recorded for them, which the peer skips as applied when it is not
+/// above its position; and the peer's acknowledgement would prune them.
+pub fn renumber(table: &mut PendingWrites, after: u64, to: u64) {
+    let mut writes = export(table);
+    for w in &mut writes {
+        let (SavedWrite::Key { seq, .. }
+        | SavedWrite::Flush { seq, .. }
+        | SavedWrite::Element { seq, .. }) = w;
+        if *seq > after {
+            *seq = to;
+        }
+    }
+    *table = import(writes, 0);
+}
+
 /// The keys a saved table names (for the log and tests).
 pub fn keys(writes: &[SavedWrite]) -> Vec<TableKey> {
     let mut out: Vec<TableKey> = writes
@@ -253,6 +284,8 @@ mod tests {
             },
             writes: export(&mut t),
             unflushed: vec![(0, b"x".to_vec())],
+            clock: 77,
+            saved_at_ms: 1_800_000_000_000,
         };
         let back = SavedState::decode(&state.encode().expect("encodes")).expect("decodes");
         assert_eq!(back, state);
@@ -260,6 +293,25 @@ mod tests {
         assert_eq!(rebuilt.len(), t.len());
         assert_eq!(rebuilt.entries_by_stamp(), t.entries_by_stamp());
         assert_eq!(rebuilt.changes_of(0, b"c"), t.changes_of(0, b"c"));
+    }
+
+    #[test]
+    fn renumbered_writes_outlive_the_peer_position_they_collided_with() {
+        let mut t = sample();
+        // Batches after 4 were issued under seqs the peer applied (up to
+        // 10) from an earlier start: they move past it, in their order.
+        renumber(&mut t, 4, 11);
+        t.acknowledge(10);
+        let names: Vec<_> = t
+            .entries_by_stamp()
+            .into_iter()
+            .map(|(db, k, e)| (db, k, e.seq))
+            .collect();
+        assert_eq!(names, vec![(1, None, 11), (2, Some(b"b".to_vec()), 11)]);
+        let left = t.changes_of(0, b"c");
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].seq, 11);
+        assert_eq!(left[0].write, LocalWrite::Change(incr(7)));
     }
 
     #[test]
@@ -290,6 +342,8 @@ mod tests {
             },
             writes: vec![],
             unflushed: vec![],
+            clock: 0,
+            saved_at_ms: 0,
         };
         let bytes = state.encode().expect("encodes");
         assert!(matches!(
@@ -298,5 +352,12 @@ mod tests {
         ));
         assert!(SavedState::decode(&bytes[..bytes.len() - 1]).is_err());
         assert!(SavedState::decode(b"garbage").is_err());
+        // An older module's state, shorter than today's, is named by its
+        // version rather than misread or called damaged.
+        let older = codec::encode_value(&(1u32, "a".to_string())).expect("encodes");
+        assert!(matches!(
+            SavedState::decode(&older),
+            Err(LoadError::Version(1))
+        ));
     }
 }

@@ -74,6 +74,9 @@ pub struct Stats {
     pub restart_resumes_served: AtomicU64,
     /// Keys sent (images or deletes) by the resumes this node served.
     pub restart_resume_keys: AtomicU64,
+    /// Times this node, restarted, found its peer ahead of its stream (two
+    /// starts from one snapshot with the clock set back) and moved on.
+    pub seq_skips: AtomicU64,
     /// Connections refused or dropped for a protocol or handshake error.
     pub link_errors: AtomicU64,
     /// Bytes of the peer's frames waiting for the main thread now.

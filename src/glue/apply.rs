@@ -654,6 +654,10 @@ fn apply_batch(
                 // A full resync's source echoes what a target's list command
                 // made of its key: the target may keep its own list whole
                 // (`fullsync::target_begin`), one the source never held.
+                // (The simulation found it needed while a restarted
+                // tableless resync lost its echo; since that keeps it, no
+                // schedule in 100,000 needs this one. Kept: it costs one
+                // image per list command during a full resync.)
                 let sourcing = shared.source_running.load(Ordering::Relaxed)
                     || shared.source_done_seq.load(Ordering::Relaxed) != 0;
                 if sourcing || shared.echo_applied.load(Ordering::Relaxed) {

@@ -122,6 +122,7 @@ pub fn status_fields(shared: &Shared) -> Vec<(&'static str, Field)> {
             "restart_resume_keys",
             Num(Stats::get(&s.restart_resume_keys)),
         ),
+        ("restart_seq_skips", Num(Stats::get(&s.seq_skips))),
         ("history_bytes", Num(shared.history().bytes() as u64)),
         ("link_errors", Num(Stats::get(&s.link_errors))),
         ("next_resync", Text(next.to_string())),

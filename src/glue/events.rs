@@ -59,6 +59,7 @@ pub unsafe extern "C" fn on_event_loop(
         if ack > 0 {
             // A restored node: what the peer said it applied leaves the
             // table before the dirty-key resync re-sends the rest.
+            super::persist::skip_reused_seqs(shared, ack);
             shared.outbox().acknowledge(ack);
             with_node(|n| n.pending.acknowledge(ack));
         }

@@ -516,12 +516,17 @@ pub enum Stamping {
     /// A further batch of the same dirty-key resync (one too large for a
     /// frame travels as several), stamped and recorded the same way.
     RecordedMore(Vec<Stamp>),
-    /// A full-resync chunk: the recorded stamp for keys still pending, the
-    /// oldest possible stamp for the rest (any un-acknowledged write of the
-    /// receiver wins over them); only pending keys are re-recorded.
+    /// A full-resync (or restart-resume) chunk: the recorded stamp for
+    /// keys still pending, the oldest possible stamp for the rest (any
+    /// un-acknowledged write of the receiver wins over them); only pending
+    /// keys are re-recorded.
     FullSync {
         /// Mark the batch as the start of a resync (the receiver accepts the gap).
         first: bool,
+        /// A full resync, not a resume: a key's element changes count in
+        /// its stamp and the image replaces them in the table (see
+        /// [`enqueue_batch`]).
+        whole: bool,
     },
 }
 
@@ -534,7 +539,7 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
     let untracked = shared.table_overflowed.load(Ordering::Relaxed);
     let resync = matches!(
         stamping,
-        Stamping::Recorded(_) | Stamping::FullSync { first: true }
+        Stamping::Recorded(_) | Stamping::FullSync { first: true, .. }
     );
     // Entries whose element change the table records once the frame is
     // encoded: moved there then, not copied (a folded run of appends holds
@@ -554,8 +559,9 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
                 Stamping::Recorded(st) | Stamping::RecordedMore(st) => {
                     st.get(i).copied().unwrap_or(Stamp { hlc, index })
                 }
-                Stamping::FullSync { .. } => match &op {
+                Stamping::FullSync { whole, .. } => match &op {
                     Op::FlushDb => node.pending.flush_stamp(db),
+                    _ if *whole => image_key(&op).and_then(|k| node.pending.own_stamp(db, &k)),
                     _ => image_key(&op).and_then(|k| node.pending.key_stamp(db, &k)),
                 }
                 .unwrap_or(Stamp { hlc: 0, index }),
@@ -586,6 +592,21 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
             };
             let ttl = ImageTtl::of(&op);
             match (&stamping, &op, key) {
+                (Stamping::FullSync { whole: true, .. }, _, Some(k)) => {
+                    // A full resync: a key with pending element changes
+                    // goes as this image, stamped as its newest change, and
+                    // the image replaces them in the table, as it does on
+                    // the peer (which never sees those changes: their
+                    // batches precede the resync). Without it a peer's newer
+                    // image and these changes ended differently on the two
+                    // sides (found by the restart simulation). A resume
+                    // keeps them: its target keeps its own table, and its
+                    // un-acknowledged increments must still add up.
+                    if node.pending.own_stamp(db, k).is_some() {
+                        node.pending.forget_elements(db, k);
+                        node.pending.record_key(db, k, stamp, seq, ttl);
+                    }
+                }
                 (Stamping::FullSync { .. }, _, Some(k)) => {
                     if node.pending.key_stamp(db, k).is_some() {
                         node.pending.record_key(db, k, stamp, seq, ttl);
@@ -597,6 +618,12 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
                     }
                 }
                 (Stamping::FullSync { .. }, _, None) => {}
+                // A flush is one entry, so it is recorded even when the
+                // table tracks no keys (after an overflow): a fresh node
+                // that flushes while a full resync comes in must see the
+                // source's older images lose to it, as the source sees
+                // its older keys lose to the flush (found by the simulation).
+                (Stamping::Fresh, Op::FlushDb, _) => node.pending.record_flush(db, stamp, seq),
                 (Stamping::Fresh, _, _) if untracked => {}
                 (_, Op::FlushDb, _) => node.pending.record_flush(db, stamp, seq),
                 (_, _, Some(k)) => node.pending.record_key(db, k, stamp, seq, ttl),

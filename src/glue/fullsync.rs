@@ -208,7 +208,9 @@ pub fn start_source(shared: &Shared) {
         .unwrap_or_else(|p| p.into_inner())
         .take()
         .and_then(|(saved, replayed)| resume_keys(shared, saved, replayed));
-    shared.echo_applied.store(false, Ordering::Relaxed);
+    // An echo still on is a full resync begun without a table that the
+    // peer never took whole: this one has no table either (the writes of
+    // before are not in it), so the echo stays (found by the simulation).
     if shared.table_overflowed.swap(false, Ordering::Relaxed) {
         // The table is incomplete: drop it; the full resync carries everything.
         with_node(|n| n.pending.clear());
@@ -266,20 +268,22 @@ pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
         // A pending flush of ours is newer than the target's older changes
         // in that db: the target cancels them as we do when they arrive
         // (the flush's own batch is before the resync, never sent).
-        // Likewise a pending delete of ours (the key is gone, so the scan
-        // does not send it): the target's older image of it loses.
-        let entries = with_node(|n| n.pending.entries_by_stamp());
+        // Likewise a pending delete of ours, whole-key or by element
+        // changes (the key is gone, so the scan does not send it): the
+        // target's older image of it loses.
+        let (entries, keys) = with_node(|n| (n.pending.entries_by_stamp(), n.pending.keys()));
         for (db, key, _) in entries {
-            match key {
-                None => ops.push((db, Op::FlushDb)),
-                Some(key) => {
-                    let gone = ffi::select_db(ctx, db as i32)
-                        && ffi::key_shape(ctx, &key)
-                            .is_some_and(|(kind, _, _)| kind == ffi::KeyKind::Missing);
-                    if gone {
-                        ops.push((db, Op::Delete { key }));
-                    }
-                }
+            if key.is_none() {
+                ops.push((db, Op::FlushDb));
+            }
+        }
+        for k in keys {
+            let (db, key) = k.parts();
+            let gone = ffi::select_db(ctx, db as i32)
+                && ffi::key_shape(ctx, key)
+                    .is_some_and(|(kind, _, _)| kind == ffi::KeyKind::Missing);
+            if gone {
+                ops.push((db, Op::Delete { key: key.to_vec() }));
             }
         }
     }
@@ -374,7 +378,14 @@ pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
         ));
     }
     let n = ops.len() as u64;
-    enqueue_batch(shared, ops, Stamping::FullSync { first });
+    enqueue_batch(
+        shared,
+        ops,
+        Stamping::FullSync {
+            first,
+            whole: !resuming,
+        },
+    );
     if done {
         // Its acknowledgement means the peer took the dataset (see the Ack
         // in `apply`): an operator's SYNC.PAIR SOURCE has then served.
@@ -587,6 +598,9 @@ pub fn target_cancel() {
         t.receiving = None;
         t.sweeping = None;
         t.local = KeySet::default();
+        // Caught up by a resume, or authoritative now: what this node wrote
+        // untracked went in its stream or goes with its dataset.
+        t.untracked = KeySet::default();
         t.changes = FxHashMap::default();
         t.imaged = KeySet::default();
         t.overflowed = false;
@@ -696,14 +710,31 @@ pub fn target_step(ctx: &Context, shared: &Shared) -> bool {
     }
     ffi::select_db(ctx, saved);
     if finished {
-        let (deleted, overflowed) = target(|t| {
+        let (deleted, overflowed, untracked) = target(|t| {
             t.sweeping = None;
             t.local = KeySet::default();
-            t.untracked = KeySet::default();
             t.changes = FxHashMap::default();
             t.imaged = KeySet::default();
-            (t.deleted, std::mem::take(&mut t.overflowed))
+            (
+                t.deleted,
+                std::mem::take(&mut t.overflowed),
+                std::mem::take(&mut t.untracked),
+            )
         });
+        // What this node's clients wrote while its table was not tracking
+        // may never have reached the source (a backlog lost with a session),
+        // or reached it after its image of the key was read: the key goes
+        // again as it is now, so both sides end with it (found by the
+        // simulation, once it kept these writes as the glue does).
+        if !untracked.is_empty() {
+            log::notice(&format!(
+                "full resync received: re-sending {} keys written here while the table was not tracking",
+                untracked.len()
+            ));
+        }
+        for k in untracked {
+            super::capture::note_reship(k.db(), k.key());
+        }
         TARGET_ACTIVE.store(false, Ordering::Relaxed);
         shared.fresh.store(false, Ordering::Relaxed);
         shared.clear_restored();

@@ -114,8 +114,9 @@ fn snapshot() -> Result<SavedState, &'static str> {
         return Err("no peer stream yet");
     }
     let unflushed = super::capture::try_dirty_keys().ok_or("the dirty log was busy")?;
-    let writes = super::node::try_with_node(|n| saved_state::export(&mut n.pending))
-        .ok_or("the table was busy")?;
+    let (writes, clock) =
+        super::node::try_with_node(|n| (saved_state::export(&mut n.pending), n.hlc.last()))
+            .ok_or("the table was busy")?;
     Ok(SavedState {
         version: SAVED_STATE_VERSION,
         node_id: shared.config.node_id.clone(),
@@ -127,6 +128,8 @@ fn snapshot() -> Result<SavedState, &'static str> {
         },
         writes,
         unflushed: unflushed.ok_or("a flush not yet shipped")?,
+        clock,
+        saved_at_ms: crate::core::hlc::wall_ms(),
     })
 }
 
@@ -211,9 +214,12 @@ pub fn restore(shared: &Shared) {
         .unwrap_or_else(|p| p.into_inner()) = tail_keys;
     let pos = state.position;
     shared.restore_stream_id(pos.stream_id);
-    shared
-        .outbox()
-        .restore(pos.own_seq, pos.applied_seq, crate::core::hlc::wall_ms());
+    shared.outbox().restore(
+        pos.own_seq,
+        pos.applied_seq,
+        state.saved_at_ms,
+        crate::core::hlc::wall_ms(),
+    );
     let last = shared.outbox().last_seq();
     shared.own_seq_mirror.store(last, Ordering::Relaxed);
     shared
@@ -228,12 +234,14 @@ pub fn restore(shared: &Shared) {
         .iter()
         .map(|w| w.stamp().hlc)
         .max()
-        .unwrap_or(0);
+        .unwrap_or(0)
+        .max(state.clock);
     let table = saved_state::import(state.writes, 0);
     super::node::with_node(|n| {
         n.pending = table;
-        // Later stamps order after the restored ones even if the clock
-        // stepped back across the restart.
+        // Later stamps order after the restored ones, and after every
+        // write the data holds, even if the clock stepped back across the
+        // restart.
         let _ = n.hlc.observe(newest, u64::MAX / 2, 0);
     });
     {
@@ -253,6 +261,30 @@ pub fn restore(shared: &Shared) {
         pos.own_seq,
         pos.applied_seq,
         state.unflushed.len()
+    ));
+}
+
+/// The peer applied this restored stream up to `peer_pos`, past every seq
+/// this process issued: an earlier start from the same snapshot issued
+/// those seqs (the clock was set back in between, see
+/// `core::outbox::restart_seq`). The stream goes on after `peer_pos`, and
+/// the writes made since this start go again under a seq the peer has not
+/// seen (the dirty-key resync that follows re-sends them).
+pub fn skip_reused_seqs(shared: &Shared, peer_pos: u64) {
+    let Some(saved) = shared.restored() else {
+        return;
+    };
+    if !shared.outbox().skip_past(peer_pos) {
+        return;
+    }
+    super::node::with_node(|n| saved_state::renumber(&mut n.pending, saved.own_seq, peer_pos + 1));
+    shared.own_seq_mirror.store(peer_pos, Ordering::Relaxed);
+    shared.history().pass_own(shared.stream_id(), peer_pos);
+    Stats::add(&shared.stats.seq_skips, 1);
+    log::warning(&format!(
+        "the peer had applied this node's stream up to {peer_pos}, past what this start issued: \
+         an earlier start from the same snapshot issued those seqs (the clock was set back?); \
+         the writes since this start go again under new seqs"
     ));
 }
 
