@@ -3255,8 +3255,10 @@ enum Failure {
     /// both directions). Counted and bounded, not fixed yet.
     FullResyncEdge(Box<Failure>),
     /// A concurrent add lost in a schedule whose restarts all resumed (the
-    /// element rule (b); no counter, check (c), may be lost there). Counted
-    /// and bounded, not understood yet.
+    /// element rule (b); no counter, check (c), may be lost there): a key
+    /// whose resume image met the restarted node's own changes is re-shipped
+    /// whole, stamped then, and wins over an add the survivor made in the
+    /// meantime. Counted and bounded, open.
     RestartAddLost(String),
 }
 
