@@ -241,6 +241,57 @@ fn a_restart_beyond_the_survivors_history_takes_a_full_resync() {
     assert_eq!(n, 200, "no deleted key came back");
 }
 
+/// A crash loop: B's snapshot is taken by a node that itself started from
+/// a snapshot (its stream goes on from a restart seq), then B is started
+/// from that same RDB twice, killed in between without saving. A applied
+/// what the first start issued; the second start must issue seqs past it,
+/// or A skips its batches as applied (or B's writer waits forever for a
+/// resync batch past A's position) and B's writes of the second start
+/// never arrive. With a jump that ignored the time since the snapshot, both
+/// starts began at the same seq (the simulation's crash loops found it);
+/// run with that jump, this test fails on `restart_seq_skips` = 1 only: the
+/// backstop (`persist::skip_reused_seqs`) still brought the writes over.
+#[test]
+fn a_crash_loop_on_one_snapshot_loses_no_write() {
+    let mut pair = Pair::builder()
+        .server_args(["--dbfilename", "dump.rdb"])
+        .start();
+    pair.wait_link_up(T);
+    let (mut a, mut b) = pair.conns();
+    load(&mut a, "base", 50);
+    pair.assert_converged(&[0], T);
+    // A first restart: B's stream goes on from a restart seq.
+    save(&mut b);
+    drop(b);
+    pair.b.kill9();
+    pair.b.restart();
+    let mut b = pair.b.conn();
+    wait_for("B caught up", T, || caught_up(&mut b) >= 1);
+    load(&mut b, "before-snapshot", 10);
+    pair.assert_converged(&[0], T);
+    // The snapshot the loop starts from, twice.
+    save(&mut b);
+    for start in 0..2 {
+        drop(b);
+        pair.b.kill9();
+        pair.b.restart();
+        b = pair.b.conn();
+        wait_for("B caught up", T, || caught_up(&mut b) >= 1);
+        load(&mut b, &format!("start{start}"), 20);
+        pair.assert_converged(&[0], T);
+        let n: i64 = redis::cmd("EXISTS")
+            .arg(format!("start{start}:19"))
+            .query(&mut a)
+            .expect("EXISTS");
+        assert_eq!(n, 1, "A has the writes of B's start {start}");
+        assert_eq!(
+            status_u64(&mut b, "restart_seq_skips"),
+            0,
+            "the restart seq alone kept the seqs apart (the clock did not step back)"
+        );
+    }
+}
+
 /// Both nodes lose power: each restarts from a snapshot that holds every
 /// batch of the other's snapshot, so they go on without an operator.
 #[test]
