@@ -33,6 +33,17 @@ fn save(c: &mut redis::Connection) {
     let _: () = redis::cmd("SAVE").query(c).expect("SAVE");
 }
 
+/// Kill B (-9) and start it again from its files; a connection to it once
+/// it has caught up (a resume or a full resync).
+fn restart_b(pair: &mut Pair, b: redis::Connection) -> redis::Connection {
+    drop(b);
+    pair.b.kill9();
+    pair.b.restart();
+    let mut b = pair.b.conn();
+    wait_for("B caught up", T, || caught_up(&mut b) >= 1);
+    b
+}
+
 /// B's clients wrote while the link was cut; B saved and was killed before
 /// the survivor got those writes. Its snapshot carries them as
 /// un-acknowledged: after the restart they reach A, and A's writes of the
@@ -224,11 +235,7 @@ fn a_restart_beyond_the_survivors_history_takes_a_full_resync() {
         let _: () = a.del(format!("k:{i}")).expect("DEL");
     }
     pair.assert_converged(&[0], T);
-    drop(b);
-    pair.b.kill9();
-    pair.b.restart();
-    let mut b = pair.b.conn();
-    wait_for("B caught up", T, || caught_up(&mut b) >= 1);
+    let mut b = restart_b(&mut pair, b);
     pair.assert_converged(&[0], T);
     assert_eq!(status_u64(&mut b, "full_syncs"), 1);
     assert_eq!(status_u64(&mut b, "restart_resumes"), 0);
@@ -262,21 +269,13 @@ fn a_crash_loop_on_one_snapshot_loses_no_write() {
     pair.assert_converged(&[0], T);
     // A first restart: B's stream goes on from a restart seq.
     save(&mut b);
-    drop(b);
-    pair.b.kill9();
-    pair.b.restart();
-    let mut b = pair.b.conn();
-    wait_for("B caught up", T, || caught_up(&mut b) >= 1);
+    let mut b = restart_b(&mut pair, b);
     load(&mut b, "before-snapshot", 10);
     pair.assert_converged(&[0], T);
     // The snapshot the loop starts from, twice.
     save(&mut b);
     for start in 0..2 {
-        drop(b);
-        pair.b.kill9();
-        pair.b.restart();
-        b = pair.b.conn();
-        wait_for("B caught up", T, || caught_up(&mut b) >= 1);
+        b = restart_b(&mut pair, b);
         load(&mut b, &format!("start{start}"), 20);
         pair.assert_converged(&[0], T);
         let n: i64 = redis::cmd("EXISTS")
