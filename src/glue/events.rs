@@ -21,6 +21,18 @@ use super::{ffi, fullsync};
 use crate::log;
 use crate::state::Shared;
 
+/// A restored node's handshake told what the peer applied of its stream:
+/// that leaves the table before the dirty-key resync re-sends the rest, and
+/// a position past the stream moves it on (`persist::skip_reused_seqs`).
+fn take_handshake_ack(shared: &Shared) {
+    let ack = shared.handshake_ack.swap(0, Ordering::AcqRel);
+    if ack > 0 {
+        super::persist::skip_reused_seqs(shared, ack);
+        shared.outbox().acknowledge(ack);
+        with_node(|n| n.pending.acknowledge(ack));
+    }
+}
+
 /// Before-sleep and after-sleep callback.
 ///
 /// # Safety
@@ -55,14 +67,7 @@ pub unsafe extern "C" fn on_event_loop(
         if shared.target_cancel.swap(false, Ordering::AcqRel) {
             fullsync::target_cancel();
         }
-        let ack = shared.handshake_ack.swap(0, Ordering::AcqRel);
-        if ack > 0 {
-            // A restored node: what the peer said it applied leaves the
-            // table before the dirty-key resync re-sends the rest.
-            super::persist::skip_reused_seqs(shared, ack);
-            shared.outbox().acknowledge(ack);
-            with_node(|n| n.pending.acknowledge(ack));
-        }
+        take_handshake_ack(shared);
         if shared.target_reset_requested.swap(false, Ordering::AcqRel) {
             // Writes made before the full resync began lose to the source's data.
             shared.awaiting_full_sync.store(true, Ordering::Relaxed);
@@ -85,6 +90,10 @@ pub unsafe extern "C" fn on_event_loop(
             shared.resync_requested.store(false, Ordering::Release);
             fullsync::start_source(shared);
         } else if shared.resync_requested.swap(false, Ordering::AcqRel) {
+            // The session stored its acknowledgement before this request,
+            // maybe after the take above: the resync batch must come after
+            // a stream moved past the peer's position.
+            take_handshake_ack(shared);
             if let Some(seq) = build_dirty_key_resync(&ctx) {
                 log::notice(&format!("dirty-key resync prepared as batch {seq}"));
             }

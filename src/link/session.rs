@@ -756,7 +756,9 @@ fn write_loop(
                 "dirty-key resync: peer at seq {peer_pos} cannot be served from the backlog"
             ));
             Stats::add(&shared.stats.dirty_key_syncs, 1);
-            shared.resync_requested.store(true, Ordering::Relaxed);
+            // Release: the main thread that takes the request also sees the
+            // handshake's acknowledgement stored above (`handshake_ack`).
+            shared.resync_requested.store(true, Ordering::Release);
         }
         shared.wake_main();
         // Wait for the main thread to put the resync's first batch in the FIFO.
