@@ -33,6 +33,24 @@ fn save(c: &mut redis::Connection) {
     let _: () = redis::cmd("SAVE").query(c).expect("SAVE");
 }
 
+/// A pair whose servers save to `dump.rdb` (and load it when restarted),
+/// with the link up.
+fn rdb_pair() -> Pair {
+    let pair = Pair::builder()
+        .server_args(["--dbfilename", "dump.rdb"])
+        .start();
+    pair.wait_link_up(T);
+    pair
+}
+
+/// Both servers lose power (kill -9) and start again from their files.
+fn restart_both(pair: &mut Pair) {
+    pair.a.kill9();
+    pair.b.kill9();
+    pair.a.restart();
+    pair.b.restart();
+}
+
 /// Kill B (-9) and start it again from its files; a connection to it once
 /// it has caught up (a resume or a full resync).
 fn restart_b(pair: &mut Pair, b: redis::Connection) -> redis::Connection {
@@ -98,10 +116,7 @@ fn writes_the_survivor_never_got_survive_the_restart() {
 /// node resumes and both converge.
 #[test]
 fn a_snapshot_taken_under_load_resumes_and_converges() {
-    let mut pair = Pair::builder()
-        .server_args(["--dbfilename", "dump.rdb"])
-        .start();
-    pair.wait_link_up(T);
+    let mut pair = rdb_pair();
     let stop = Arc::new(AtomicBool::new(false));
     // Writes made per side: the test waits for these instead of sleeping.
     let made = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
@@ -183,20 +198,14 @@ fn a_snapshot_taken_under_load_resumes_and_converges() {
 /// never resumed: the survivor sends its whole dataset and says why.
 #[test]
 fn an_rdb_of_another_pair_is_never_resumed() {
-    let other = Pair::builder()
-        .server_args(["--dbfilename", "dump.rdb"])
-        .start();
-    other.wait_link_up(T);
+    let other = rdb_pair();
     let (mut oa, mut ob) = other.conns();
     load(&mut oa, "foreign", 300);
     other.assert_converged(&[0], T);
     save(&mut ob);
     let foreign_rdb = other.b.dir().join("dump.rdb");
 
-    let mut pair = Pair::builder()
-        .server_args(["--dbfilename", "dump.rdb"])
-        .start();
-    pair.wait_link_up(T);
+    let mut pair = rdb_pair();
     let (mut a, _) = pair.conns();
     load(&mut a, "ours", 200);
     pair.assert_converged(&[0], T);
@@ -260,10 +269,7 @@ fn a_restart_beyond_the_survivors_history_takes_a_full_resync() {
 /// backstop (`persist::skip_reused_seqs`) still brought the writes over.
 #[test]
 fn a_crash_loop_on_one_snapshot_loses_no_write() {
-    let mut pair = Pair::builder()
-        .server_args(["--dbfilename", "dump.rdb"])
-        .start();
-    pair.wait_link_up(T);
+    let mut pair = rdb_pair();
     let (mut a, mut b) = pair.conns();
     load(&mut a, "base", 50);
     pair.assert_converged(&[0], T);
@@ -295,10 +301,7 @@ fn a_crash_loop_on_one_snapshot_loses_no_write() {
 /// batch of the other's snapshot, so they go on without an operator.
 #[test]
 fn both_nodes_restarted_from_matching_snapshots_resume() {
-    let mut pair = Pair::builder()
-        .server_args(["--dbfilename", "dump.rdb"])
-        .start();
-    pair.wait_link_up(T);
+    let mut pair = rdb_pair();
     let (mut a, mut b) = pair.conns();
     load(&mut a, "a", 300);
     load(&mut b, "b", 300);
@@ -306,10 +309,7 @@ fn both_nodes_restarted_from_matching_snapshots_resume() {
     save(&mut a);
     save(&mut b);
     drop((a, b));
-    pair.a.kill9();
-    pair.b.kill9();
-    pair.a.restart();
-    pair.b.restart();
+    restart_both(&mut pair);
     pair.wait_link_up(T);
     let (mut a, mut b) = pair.conns();
     for c in [&mut a, &mut b] {
@@ -326,10 +326,7 @@ fn both_nodes_restarted_from_matching_snapshots_resume() {
 /// batches, so neither may go on alone; they refuse and say what to run.
 #[test]
 fn both_nodes_restarted_from_snapshots_that_differ_refuse() {
-    let mut pair = Pair::builder()
-        .server_args(["--dbfilename", "dump.rdb"])
-        .start();
-    pair.wait_link_up(T);
+    let mut pair = rdb_pair();
     let (mut a, mut b) = pair.conns();
     load(&mut a, "a", 100);
     pair.assert_converged(&[0], T);
@@ -338,10 +335,7 @@ fn both_nodes_restarted_from_snapshots_that_differ_refuse() {
     pair.assert_converged(&[0], T);
     save(&mut a);
     drop((a, b));
-    pair.a.kill9();
-    pair.b.kill9();
-    pair.a.restart();
-    pair.b.restart();
+    restart_both(&mut pair);
     let mut a = pair.a.conn();
     wait_for("A refuses and explains", T, || {
         status(&mut a)["last_error"].contains("SYNC.PAIR SOURCE")

@@ -167,6 +167,13 @@ pub enum Gap {
     },
 }
 
+/// Which of the two streams a batch belongs to.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Own,
+    Applied,
+}
+
 /// The survivor's record of recent changes; see the module doc.
 #[derive(Debug)]
 pub struct History {
@@ -210,59 +217,43 @@ impl History {
     }
 
     /// This node issued batch `seq` of `stream_id` without recording it
-    /// (`history-size` 0): nothing before it can be named any more.
+    /// (`history-size` 0, or a stream moved past seqs it did not issue):
+    /// nothing before it can be named any more.
     pub fn pass_own(&mut self, stream_id: u64, seq: u64) {
         self.own.pass(stream_id, seq);
-    }
-
-    /// This node applied the peer's batch `seq` of `stream_id` without
-    /// recording it (`history-size` 0).
-    pub fn pass_applied(&mut self, stream_id: u64, seq: u64) {
-        self.applied.pass(stream_id, seq);
     }
 
     /// Record this node's batch `seq` of `stream_id` from its entries, or
     /// only move the floor when nothing is kept (`history-size` 0).
     pub fn own_batch(&mut self, stream_id: u64, seq: u64, entries: &[Entry]) {
-        if self.enabled() {
-            let (keys, whole_db) = touched(entries);
-            self.record_own(stream_id, seq, keys, whole_db);
-        } else {
-            self.pass_own(stream_id, seq);
-        }
+        self.batch(Side::Own, stream_id, seq, entries);
     }
 
     /// Record the peer's batch `seq` of `stream_id`, applied here, as
     /// [`History::own_batch`] does for this node's.
     pub fn applied_batch(&mut self, stream_id: u64, seq: u64, entries: &[Entry]) {
+        self.batch(Side::Applied, stream_id, seq, entries);
+    }
+
+    fn batch(&mut self, side: Side, stream_id: u64, seq: u64, entries: &[Entry]) {
         if self.enabled() {
             let (keys, whole_db) = touched(entries);
-            self.record_applied(stream_id, seq, keys, whole_db);
+            self.record(side, stream_id, seq, keys, whole_db);
         } else {
-            self.pass_applied(stream_id, seq);
+            self.window(side).pass(stream_id, seq);
         }
     }
 
-    /// Bytes held (reported in SYNC.STATUS).
-    pub fn bytes(&self) -> usize {
-        self.own.bytes + self.applied.bytes
+    fn window(&mut self, side: Side) -> &mut Window {
+        match side {
+            Side::Own => &mut self.own,
+            Side::Applied => &mut self.applied,
+        }
     }
 
-    /// This node issued batch `seq` of its stream `stream_id`, touching `keys`
-    /// (`whole_db`: it carried a flush or swap).
-    pub fn record_own(&mut self, stream_id: u64, seq: u64, keys: Vec<TableKey>, whole_db: bool) {
-        let change = if whole_db {
-            Change::WholeDb
-        } else {
-            Change::Keys(keys)
-        };
-        self.own.record(stream_id, seq, change);
-        self.trim();
-    }
-
-    /// This node applied batch `seq` of the peer's stream `stream_id`.
-    pub fn record_applied(
+    fn record(
         &mut self,
+        side: Side,
         stream_id: u64,
         seq: u64,
         keys: Vec<TableKey>,
@@ -273,8 +264,30 @@ impl History {
         } else {
             Change::Keys(keys)
         };
-        self.applied.record(stream_id, seq, change);
+        self.window(side).record(stream_id, seq, change);
         self.trim();
+    }
+
+    /// Bytes held (reported in SYNC.STATUS).
+    pub fn bytes(&self) -> usize {
+        self.own.bytes + self.applied.bytes
+    }
+
+    /// This node issued batch `seq` of its stream `stream_id`, touching `keys`
+    /// (`whole_db`: it carried a flush or swap).
+    pub fn record_own(&mut self, stream_id: u64, seq: u64, keys: Vec<TableKey>, whole_db: bool) {
+        self.record(Side::Own, stream_id, seq, keys, whole_db);
+    }
+
+    /// This node applied batch `seq` of the peer's stream `stream_id`.
+    pub fn record_applied(
+        &mut self,
+        stream_id: u64,
+        seq: u64,
+        keys: Vec<TableKey>,
+        whole_db: bool,
+    ) {
+        self.record(Side::Applied, stream_id, seq, keys, whole_db);
     }
 
     /// Every key changed after `own_after` in this node's stream and after
@@ -409,7 +422,7 @@ mod tests {
         h.anchor_applied(9, 0);
         assert!(h.changed_since(7, 0, 9, 0).is_ok(), "nothing happened yet");
         h.pass_own(7, 1);
-        h.pass_applied(9, 1);
+        h.applied_batch(9, 1, &[]);
         assert!(matches!(
             h.changed_since(7, 0, 9, 1),
             Err(Gap::Forgotten { floor: 1, .. })

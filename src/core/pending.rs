@@ -177,6 +177,14 @@ impl PendingWrites {
         self.flushes.get(&db).map(|e| e.stamp)
     }
 
+    /// The dbs with a pending local flush, in order (a full resync sends
+    /// those flushes first).
+    pub fn flushed_dbs(&self) -> Vec<u32> {
+        let mut dbs: Vec<u32> = self.flushes.keys().copied().collect();
+        dbs.sort_unstable();
+        dbs
+    }
+
     /// Record a local flush of `db` in batch `seq`.
     ///
     /// A flush re-sent with its own stamp (a resync) keeps the seq that

@@ -554,17 +554,22 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
                 Op::Set { key, .. } | Op::Delete { key } => Some(key.clone()),
                 _ => None,
             };
+            // A full-resync chunk: the table's stamp of the key (its
+            // element changes too in a full resync) or of the flush.
+            let recorded = match &stamping {
+                Stamping::FullSync { whole, .. } => match &op {
+                    Op::FlushDb => node.pending.flush_stamp(db),
+                    _ if *whole => image_key(&op).and_then(|k| node.pending.own_stamp(db, &k)),
+                    _ => image_key(&op).and_then(|k| node.pending.key_stamp(db, &k)),
+                },
+                _ => None,
+            };
             let stamp = match &stamping {
                 Stamping::Fresh => Stamp { hlc, index },
                 Stamping::Recorded(st) | Stamping::RecordedMore(st) => {
                     st.get(i).copied().unwrap_or(Stamp { hlc, index })
                 }
-                Stamping::FullSync { whole, .. } => match &op {
-                    Op::FlushDb => node.pending.flush_stamp(db),
-                    _ if *whole => image_key(&op).and_then(|k| node.pending.own_stamp(db, &k)),
-                    _ => image_key(&op).and_then(|k| node.pending.key_stamp(db, &k)),
-                }
-                .unwrap_or(Stamp { hlc: 0, index }),
+                Stamping::FullSync { .. } => recorded.unwrap_or(Stamp { hlc: 0, index }),
             };
             if let Op::Element {
                 key,
@@ -592,8 +597,8 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
             };
             let ttl = ImageTtl::of(&op);
             match (&stamping, &op, key) {
-                (Stamping::FullSync { whole: true, .. }, _, Some(k)) => {
-                    // A full resync: a key with pending element changes
+                (Stamping::FullSync { whole, .. }, _, Some(k)) if recorded.is_some() => {
+                    // In a full resync a key with pending element changes
                     // goes as this image, stamped as its newest change, and
                     // the image replaces them in the table, as it does on
                     // the peer (which never sees those changes: their
@@ -602,30 +607,22 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
                     // sides (found by the restart simulation). A resume
                     // keeps them: its target keeps its own table, and its
                     // un-acknowledged increments must still add up.
-                    if node.pending.own_stamp(db, k).is_some() {
+                    if *whole {
                         node.pending.forget_elements(db, k);
-                        node.pending.record_key(db, k, stamp, seq, ttl);
                     }
+                    node.pending.record_key(db, k, stamp, seq, ttl);
                 }
-                (Stamping::FullSync { .. }, _, Some(k)) => {
-                    if node.pending.key_stamp(db, k).is_some() {
-                        node.pending.record_key(db, k, stamp, seq, ttl);
-                    }
+                (Stamping::FullSync { .. }, Op::FlushDb, _) if recorded.is_some() => {
+                    node.pending.record_flush(db, stamp, seq);
                 }
-                (Stamping::FullSync { .. }, Op::FlushDb, None) => {
-                    if node.pending.flush_stamp(db).is_some() {
-                        node.pending.record_flush(db, stamp, seq);
-                    }
-                }
-                (Stamping::FullSync { .. }, _, None) => {}
+                (Stamping::FullSync { .. }, _, _) => {}
                 // A flush is one entry, so it is recorded even when the
                 // table tracks no keys (after an overflow): a fresh node
                 // that flushes while a full resync comes in must see the
                 // source's older images lose to it, as the source sees
                 // its older keys lose to the flush (found by the simulation).
-                (Stamping::Fresh, Op::FlushDb, _) => node.pending.record_flush(db, stamp, seq),
-                (Stamping::Fresh, _, _) if untracked => {}
                 (_, Op::FlushDb, _) => node.pending.record_flush(db, stamp, seq),
+                (Stamping::Fresh, _, _) if untracked => {}
                 (_, _, Some(k)) => node.pending.record_key(db, k, stamp, seq, ttl),
                 (_, _, None) => {}
             }

@@ -271,12 +271,8 @@ pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
         // Likewise a pending delete of ours, whole-key or by element
         // changes (the key is gone, so the scan does not send it): the
         // target's older image of it loses.
-        let (entries, keys) = with_node(|n| (n.pending.entries_by_stamp(), n.pending.keys()));
-        for (db, key, _) in entries {
-            if key.is_none() {
-                ops.push((db, Op::FlushDb));
-            }
-        }
+        let (flushed, keys) = with_node(|n| (n.pending.flushed_dbs(), n.pending.keys()));
+        ops.extend(flushed.into_iter().map(|db| (db, Op::FlushDb)));
         for k in keys {
             let (db, key) = k.parts();
             let gone = ffi::select_db(ctx, db as i32)

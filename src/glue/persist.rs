@@ -41,10 +41,17 @@ pub static AUX_READ: AtomicBool = AtomicBool::new(false);
 pub static REPLAYED_AFTER: AtomicU64 = AtomicU64::new(0);
 /// The keys those writes touched, while their names fit in
 /// [`REPLAYED_KEYS_MAX_BYTES`] (`None`: they did not; a full resync).
-static REPLAYED_KEYS: Mutex<Option<ReplayedSet>> = Mutex::new(Some(ReplayedSet::new()));
+static REPLAYED_KEYS: Mutex<Option<ReplayedSet>> = Mutex::new(Some(ReplayedSet {
+    keys: std::collections::BTreeSet::new(),
+    bytes: 0,
+}));
 
-/// The replayed keys, ordered (the hello lists them once each).
-type ReplayedSet = std::collections::BTreeSet<(u32, Vec<u8>)>;
+/// The replayed keys, ordered (the hello lists them once each), and the
+/// bytes their names take (kept as they come: every replayed write asks).
+struct ReplayedSet {
+    keys: std::collections::BTreeSet<(u32, Vec<u8>)>,
+    bytes: usize,
+}
 /// Bytes of key names (plus 8 per key) a restarted node may ask its peer to
 /// re-send: they travel in the hello, which is read before authentication
 /// and capped at 16 KiB (`link::handshake::PRE_AUTH_FRAME_LIMIT`).
@@ -56,9 +63,10 @@ pub fn note_replayed(db: u32, key: &[u8]) {
     REPLAYED_AFTER.fetch_add(1, Ordering::Relaxed);
     let mut g = REPLAYED_KEYS.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(set) = g.as_mut() {
-        set.insert((db, key.to_vec()));
-        let bytes: usize = set.iter().map(|(_, k)| k.len() + 8).sum();
-        if bytes > REPLAYED_KEYS_MAX_BYTES {
+        if set.keys.insert((db, key.to_vec())) {
+            set.bytes += key.len() + 8;
+        }
+        if set.bytes > REPLAYED_KEYS_MAX_BYTES {
             *g = None;
         }
     }
@@ -194,7 +202,7 @@ pub fn restore(shared: &Shared) {
         .unwrap_or_else(|p| p.into_inner())
         .take();
     let tail_keys: Vec<(u32, Vec<u8>)> = match tail_keys {
-        Some(keys) => keys.into_iter().collect(),
+        Some(set) => set.keys.into_iter().collect(),
         None => {
             log::notice(&format!(
                 "the AOF replayed {replayed} writes after the snapshot that carried the pairing state, to more keys than a resume can name ({REPLAYED_KEYS_MAX_BYTES} bytes of names): full resync from the peer"
