@@ -77,12 +77,17 @@ suite() {
   for u in "${units[@]}"; do singles+=(--single "$u"); done
   for t in "${skips[@]}"; do singles+=(--skiptest "$t"); done
   local start_s=$SECONDS
+  # --baseport: runtest's own listening port is found from it; two runs at once with the
+  # default both took 21079 (one failed to bind and ran no test).
   (cd "$work" && ./runtest --host 127.0.0.1 --port "$p" --clients 1 --timeout 1200 \
+      --baseport $((port + 100)) \
       "${singles[@]}") 2>&1 | sed 's/\x1b\[[0-9;]*m//g' > "$out/$label.log" || true
   local ok err
   ok=$(grep -c '^\[ok\]' "$out/$label.log" || true)
   err=$(grep -cE '^\[(err|exception)\]' "$out/$label.log" || true)
   echo "$release $label: $ok passed, $err failed ($((SECONDS - start_s)) s)"
+  # A run that ran nothing (the harness could not start) is a failure, not a pass.
+  [ "$ok" -gt 0 ] || { echo "$release $label: no test ran, see $out/$label.log" >&2; tail -5 "$out/$label.log" >&2; exit 1; }
   grep -E '^\[(err|exception)\]' "$out/$label.log" | sed 's/^/    /' || true
 }
 
