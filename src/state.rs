@@ -118,6 +118,13 @@ pub struct Shared {
     ship_evictions: AtomicBool,
     /// Not synced with the peer since this process started (see `core::pairing`).
     pub fresh: AtomicBool,
+    /// The current session made this node the target of a full resync
+    /// whose begin has not been applied yet. Why: the sweep of an earlier
+    /// resync can end in between and clear `fresh`; a write made then on an
+    /// untracked table must still be kept as untracked (see
+    /// [`Shared::keeps_untracked_writes`]), or the source's older image
+    /// replaces it here while the peer applies it (found by the simulation).
+    pub target_expected: AtomicBool,
     /// The main loop has run once (the dataset is loaded and counted).
     pub ready: AtomicBool,
     /// Whether the dataset held no keys when the main thread last counted,
@@ -188,6 +195,15 @@ impl Shared {
             || crate::glue::fullsync::target_receiving())
     }
 
+    /// Are this node's writes kept apart as untracked (`fullsync::Target::untracked`):
+    /// its table overflowed, so it cannot name them, and a full resync into
+    /// it may come (it is fresh, or a session already made it the target)?
+    /// The sweep of that resync keeps them and re-sends them at its end.
+    pub fn keeps_untracked_writes(&self) -> bool {
+        self.table_overflowed.load(Ordering::Relaxed)
+            && (self.fresh.load(Ordering::Relaxed) || self.target_expected.load(Ordering::Relaxed))
+    }
+
     /// Build the shared state.
     pub fn new(
         config: Config,
@@ -233,6 +249,7 @@ impl Shared {
             peer_rdb_version: std::sync::atomic::AtomicU32::new(0),
             drop_session: AtomicBool::new(false),
             fresh: AtomicBool::new(true),
+            target_expected: AtomicBool::new(false),
             ready: AtomicBool::new(false),
             empty_mark: AtomicU64::new(0),
             local_writes: AtomicU64::new(0),

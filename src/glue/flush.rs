@@ -444,8 +444,7 @@ pub fn flush(ctx: &Context) -> usize {
     // is acknowledged before a session, and the resync's start copies the
     // table); only once the table has overflowed, or while the resync runs
     // (acknowledgements prune the table then), are they noted one by one.
-    let fresh_untracked =
-        shared.fresh.load(Ordering::Relaxed) && shared.table_overflowed.load(Ordering::Relaxed);
+    let fresh_untracked = shared.keeps_untracked_writes();
     if super::fullsync::target_receiving() {
         for (db, op) in groups.iter().flatten() {
             super::fullsync::note_local_op(*db, op);
@@ -453,7 +452,8 @@ pub fn flush(ctx: &Context) -> usize {
     }
     if fresh_untracked {
         for (db, op) in groups.iter().flatten() {
-            if let Op::Set { key, .. } | Op::Element { key, .. } = op {
+            // A delete too: the source's older image of the key may come after it.
+            if let Op::Set { key, .. } | Op::Element { key, .. } | Op::Delete { key } = op {
                 super::fullsync::note_untracked_write(*db, key);
             }
         }
@@ -698,9 +698,9 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
     }
     if table_over && !shared.table_overflowed.swap(true, Ordering::Relaxed) {
         // Bound memory: stop tracking; a full resync will carry everything.
-        // A fresh node may still become the target of that resync: keep
-        // the keys its clients wrote (see `flush`).
-        if shared.fresh.load(Ordering::Relaxed) {
+        // A fresh node (or one a session made the target) may still take
+        // that resync: keep the keys its clients wrote (see `flush`).
+        if shared.fresh.load(Ordering::Relaxed) || shared.target_expected.load(Ordering::Relaxed) {
             super::fullsync::note_untracked_writes(with_node(|n| n.pending.keys()));
         }
         super::fullsync::note_overflow();

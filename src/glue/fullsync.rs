@@ -450,7 +450,9 @@ pub fn target_begin() {
     // it stands after the sweep. A fresh node's untracked writes are kept
     // by the sweep instead (`untracked`).
     let overflowed = Shared::get().is_some_and(|s| {
-        s.table_overflowed.load(Ordering::Relaxed) && !s.fresh.load(Ordering::Relaxed)
+        let overflowed = s.table_overflowed.load(Ordering::Relaxed) && !s.keeps_untracked_writes();
+        s.target_expected.store(false, Ordering::Relaxed);
+        overflowed
     });
     target(|t| {
         t.receiving = Some(KeySet::default());
@@ -603,6 +605,7 @@ pub fn target_cancel() {
     });
     if let Some(s) = Shared::get() {
         s.awaiting_full_sync.store(false, Ordering::Relaxed);
+        s.target_expected.store(false, Ordering::Relaxed);
     }
     TARGET_ACTIVE.store(false, Ordering::Relaxed);
 }

@@ -646,6 +646,9 @@ fn write_loop(
     let in_flight = shared.source_running.load(Ordering::Relaxed)
         || shared.source_done_seq.load(Ordering::Relaxed) != 0
         || shared.full_sync_requested.load(Ordering::Relaxed);
+    shared
+        .target_expected
+        .store(matches!(role, Role::Target { .. }), Ordering::Relaxed);
     match role {
         Role::Target { .. } => {
             shared.target_cancel.store(false, Ordering::Relaxed);
