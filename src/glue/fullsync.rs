@@ -48,6 +48,14 @@ struct Source {
     /// included, and the end is a `ResumeEnd` (the receiver keeps the rest
     /// of its data).
     resume: Option<Vec<(u32, Vec<u8>)>>,
+    /// A full resync: keys our table holds writes of that existed when it
+    /// began and that it has not read yet. Why: the target may never have
+    /// taken those writes (it restarted from an older snapshot, or a resync
+    /// that carried them was cut), while our table keeps them as shipped, so
+    /// the resync must carry each such key's state: one deleted since goes
+    /// as a delete, and one the scan never lists (deleted before the scan
+    /// got there, or written again behind its cursor) goes at the end.
+    cover: KeySet,
 }
 
 /// Keys per step of a restart resume (as many as a SCAN step reads, about).
@@ -229,6 +237,7 @@ pub fn start_source(shared: &Shared) {
             scanned_all: resume.is_some(),
             leftover: Vec::new(),
             resume,
+            cover: KeySet::default(),
         }
     });
     if !source(|s| s.resume.is_some()) {
@@ -273,6 +282,7 @@ pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
         // target's older image of it loses.
         let (flushed, keys) = with_node(|n| (n.pending.flushed_dbs(), n.pending.keys()));
         ops.extend(flushed.into_iter().map(|db| (db, Op::FlushDb)));
+        let mut cover = KeySet::default();
         for k in keys {
             let (db, key) = k.parts();
             let gone = ffi::select_db(ctx, db as i32)
@@ -280,8 +290,11 @@ pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
                     .is_some_and(|(kind, _, _)| kind == ffi::KeyKind::Missing);
             if gone {
                 ops.push((db, Op::Delete { key: key.to_vec() }));
+            } else {
+                cover.insert(k);
             }
         }
+        source(|s| s.cover = cover);
     }
     // Keys left over by the last step first, else the next resume keys or
     // SCAN step.
@@ -300,7 +313,18 @@ pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
         None => {
             let (db, cursor, scanned_all) = source(|s| (s.db, s.cursor.clone(), s.scanned_all));
             if scanned_all {
-                Vec::new()
+                // Keys of our table the scan never listed (`Source::cover`):
+                // they stay there until handled below.
+                source(|s| {
+                    s.cover
+                        .iter()
+                        .take(RESUME_STEP)
+                        .map(|k| {
+                            let (db, key) = k.parts();
+                            (db, key.to_vec())
+                        })
+                        .collect()
+                })
             } else {
                 match scan(ctx, db, &cursor) {
                     Ok((next, keys)) => {
@@ -337,20 +361,28 @@ pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
             rest.push((db, key));
             continue;
         }
-        match key_op(ctx, db, key.clone()) {
+        let covered = !resuming && source(|s| s.cover.contains(&TableKey::new(db, &key)));
+        let op = key_op(ctx, db, key.clone());
+        if let (true, Ok(Op::Set { .. })) = (taken > 0, &op) {
+            if bytes.saturating_add(op.as_ref().map_or(0, op_size)) > budget {
+                rest.push((db, key));
+                continue;
+            }
+        }
+        if covered {
+            source(|s| s.cover.remove(&TableKey::new(db, &key)));
+        }
+        match op {
             Ok(op @ Op::Set { .. }) => {
                 let n = op_size(&op);
-                if taken > 0 && bytes.saturating_add(n) > budget {
-                    rest.push((db, key));
-                    continue;
-                }
                 bytes = bytes.saturating_add(n);
                 taken += 1;
                 ops.push((db, op));
             }
             // A resume names keys that changed: one that is gone now is
-            // deleted on the peer (its snapshot may hold it).
-            Ok(op @ Op::Delete { .. }) if resuming => ops.push((db, op)),
+            // deleted on the peer (its snapshot may hold it). So is a key of
+            // our table in a full resync (`Source::cover`).
+            Ok(op @ Op::Delete { .. }) if resuming || covered => ops.push((db, op)),
             Ok(_) => {} // gone since the scan listed it: nothing to send
             Err(e) => log::warning(&format!("full resync: cannot read a key: {e}")),
         }
@@ -361,8 +393,10 @@ pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
     }
     ffi::select_db(ctx, saved);
     drop_oversized(shared, &mut ops);
-    let done =
-        !more_keys && source(|s| s.scanned_all && s.resume.as_ref().is_none_or(|l| l.is_empty()));
+    let done = !more_keys
+        && source(|s| {
+            s.scanned_all && s.resume.as_ref().is_none_or(|l| l.is_empty()) && s.cover.is_empty()
+        });
     if done {
         ops.push((
             0,
