@@ -3928,6 +3928,22 @@ fn catches_a_full_resync_that_skips_a_deleted_key_of_its_table() {
     );
 }
 
+/// A restored node whose snapshot held batches its stream later superseded
+/// (it took the survivor's dataset, so they never reached the survivor): the
+/// survivor's history has a hole there and it sends a full resync, not a
+/// resume (`core::restart::plan`). Before, the node kept a superseded write
+/// (found at 40,000 restart schedules).
+#[test]
+fn a_snapshot_older_than_a_superseded_stream_is_not_resumed() {
+    let rules = SimRules {
+        restarts: true,
+        ..SimRules::correct(Mode::Elements)
+    };
+    let mut counters = Counters::default();
+    let out = run_one(9_000_346_786_241_721_343, rules, &mut counters);
+    assert!(out.is_ok(), "{out:?}");
+}
+
 /// 4 of 100,000 schedules diverge without it (`find_mutation_seeds`
 /// re-finds them whenever the schedules change).
 #[test]

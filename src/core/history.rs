@@ -63,6 +63,11 @@ struct Window {
     floor: u64,
     batches: VecDeque<(u64, Change, usize)>,
     bytes: usize,
+    /// Seqs this window's stream jumped over, as `(last recorded, next
+    /// recorded)`: a resync batch moved past batches never recorded here
+    /// (dropped from the peer's backlog, or superseded when it took this
+    /// node's dataset). Forgotten with the batches around them.
+    holes: Vec<(u64, u64)>,
 }
 
 impl Window {
@@ -75,6 +80,10 @@ impl Window {
                 floor: seq.saturating_sub(1),
                 ..Window::default()
             };
+        }
+        let last = self.batches.back().map_or(self.floor, |(s, _, _)| *s);
+        if seq > last.saturating_add(1) {
+            self.holes.push((last, seq));
         }
         let cost = cost(&change);
         self.batches.push_back((seq, change, cost));
@@ -100,12 +109,19 @@ impl Window {
             self.evict_oldest();
         }
         self.floor = self.floor.max(seq);
+        self.forget_holes();
+    }
+
+    fn forget_holes(&mut self) {
+        let floor = self.floor;
+        self.holes.retain(|&(_, next)| next > floor);
     }
 
     fn evict_oldest(&mut self) {
         if let Some((seq, _, cost)) = self.batches.pop_front() {
             self.floor = seq;
             self.bytes -= cost;
+            self.forget_holes();
         }
     }
 
@@ -288,6 +304,28 @@ impl History {
         whole_db: bool,
     ) {
         self.record(Side::Applied, stream_id, seq, keys, whole_db);
+    }
+
+    /// A hole in the applied window of `peer_stream` that starts at or
+    /// before `upto` and that the peer's stream jumped over before it last
+    /// restarted from a snapshot with its batches up to `upto`: some batch
+    /// up to `upto` was never applied here. Why it matters: that snapshot
+    /// may hold writes this node never had and the peer no longer has
+    /// (superseded when it took this node's dataset), so a resume that
+    /// trusts the snapshot would keep them. The jump of the restarted
+    /// process itself (its first batch, a resync that re-sends the
+    /// snapshot's un-acknowledged writes, lands at or past
+    /// `outbox::restart_seq(upto, ..)`) is not such a hole.
+    pub fn applied_hole(&self, peer_stream: u64, upto: u64) -> Option<(u64, u64)> {
+        if self.applied.stream_id != peer_stream {
+            return None;
+        }
+        let restarted_from = super::outbox::restart_seq(upto, 0, 0);
+        self.applied
+            .holes
+            .iter()
+            .copied()
+            .find(|&(last, next)| last < upto && next < restarted_from)
     }
 
     /// Every key changed after `own_after` in this node's stream and after

@@ -70,6 +70,13 @@ pub fn plan(survivor: Survivor, saved: SavedPosition, history: &History) -> Rest
             saved.applied_seq, survivor.issued_seq
         ));
     }
+    if let Some((last, next)) = history.applied_hole(survivor.peer_stream_id, saved.own_seq) {
+        return RestartPlan::Full(format!(
+            "the restarted node's snapshot holds batches {}..={} of its stream that this node never applied (its stream moved on with a resync after them): its data may hold writes that were superseded",
+            last + 1,
+            (next - 1).min(saved.own_seq)
+        ));
+    }
     // The snapshot's own batches beyond what the survivor applied never
     // reached it: their keys are in the restarted node's data but nowhere
     // else. They are re-sent by the restarted node (its saved pending
@@ -195,6 +202,54 @@ mod tests {
             RestartPlan::Full(why) => assert!(why.contains("history-size"), "{why}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// B's stream moved past batches 3..5 with a resync batch (6) that A
+    /// applied: a snapshot of B holding any of them may carry writes A never
+    /// had and B no longer has (found by the restart simulation: they came
+    /// back after B took A's dataset).
+    #[test]
+    fn a_snapshot_holding_batches_the_survivor_skipped_is_resynced_in_full() {
+        let mut h = History::new(1 << 20);
+        h.anchor_applied(2, 0);
+        h.anchor_own(1, 0);
+        for seq in [1, 2, 6] {
+            h.record_applied(2, seq, vec![k(&format!("b{seq}"))], false);
+        }
+        let survivor = Survivor {
+            stream_id: 1,
+            issued_seq: 0,
+            peer_stream_id: 2,
+            applied_seq: 6,
+        };
+        let saved = |own_seq| SavedPosition {
+            stream_id: 2,
+            own_seq,
+            peer_stream_id: 1,
+            applied_seq: 0,
+        };
+        match plan(survivor, saved(3), &h) {
+            RestartPlan::Full(why) => assert!(why.contains("batches 3..=3"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // Its batches up to 2 were all applied here: resumable.
+        assert_eq!(names(plan(survivor, saved(2), &h)), ["b6"]);
+        // Once the window forgot the batches around the hole, so did the
+        // hole (such a snapshot is then too old anyway).
+        let mut small = History::new(1 << 20);
+        small.anchor_applied(2, 0);
+        small.record_applied(2, 1, vec![k("b1")], false);
+        small.record_applied(2, 6, vec![k("b6")], false);
+        assert!(small.applied_hole(2, 3).is_some());
+        // The restarted process's own first batch jumps too: not a hole of
+        // the snapshot's.
+        let mut restarted = History::new(1 << 20);
+        restarted.anchor_applied(2, 0);
+        let first = crate::core::outbox::restart_seq(3, 1_000, 2_000);
+        restarted.record_applied(2, first, vec![k("b3")], false);
+        assert!(restarted.applied_hole(2, 3).is_none());
+        small.set_budget(0);
+        assert!(small.applied_hole(2, 3).is_none());
     }
 
     #[test]
