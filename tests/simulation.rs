@@ -229,6 +229,9 @@ struct SimRules {
     /// A full resync sends nothing for a key of its table deleted after the
     /// resync began (before `fullsync::Source::cover`).
     narrow_cover: bool,
+    /// A full resync's begin marker is stamped 0, like its images (before it
+    /// carried the source's clock).
+    unstamped_begin: bool,
     /// A running full resync of ours is neither stopped when this node
     /// becomes the target nor started again when its chunks were lost.
     stale_scan: bool,
@@ -291,6 +294,7 @@ impl SimRules {
             no_image_reship: false,
             narrow_untracked: false,
             narrow_cover: false,
+            unstamped_begin: false,
             no_echo: false,
             stale_scan: false,
             no_list_reship: false,
@@ -486,6 +490,8 @@ struct Node {
     narrow_untracked_rule: bool,
     /// The mutation [`SimRules::narrow_cover`].
     narrow_cover_rule: bool,
+    /// The mutation [`SimRules::unstamped_begin`].
+    unstamped_begin_rule: bool,
     /// `Shared::table_overflowed`: the table stopped tracking.
     table_overflowed: bool,
     /// `max-pending-keys`.
@@ -734,6 +740,7 @@ impl Node {
             target_expected: false,
             narrow_untracked_rule: false,
             narrow_cover_rule: false,
+            unstamped_begin_rule: false,
             table_overflowed: false,
             max_pending,
             chunk,
@@ -1084,7 +1091,7 @@ impl Node {
     fn enqueue_full_chunk(&mut self, ops: Vec<(u32, Op)>, first: bool, whole: bool, wall: u64) {
         let n = ops.len();
         let seq = self.outbox.next_seq();
-        self.hlc.now(wall);
+        let clock = self.hlc.now(wall);
         let mut entries = Vec::with_capacity(n);
         for (i, (db, op)) in ops.into_iter().enumerate() {
             let index = i as u32;
@@ -1110,7 +1117,11 @@ impl Node {
                 }
                 _ => {}
             }
-            let stamp = recorded.unwrap_or(Stamp { hlc: 0, index });
+            // The begin marker carries the clock (`enqueue_batch`).
+            let stamp = match op {
+                Op::FullSyncBegin if !self.unstamped_begin_rule => Stamp { hlc: clock, index },
+                _ => recorded.unwrap_or(Stamp { hlc: 0, index }),
+            };
             entries.push(Entry { db, stamp, op });
         }
         self.push_frame(seq, first, entries);
@@ -2245,6 +2256,8 @@ impl Sim {
         b.narrow_untracked_rule = rules.narrow_untracked;
         a.narrow_cover_rule = rules.narrow_cover;
         b.narrow_cover_rule = rules.narrow_cover;
+        a.unstamped_begin_rule = rules.unstamped_begin;
+        b.unstamped_begin_rule = rules.unstamped_begin;
         Sim {
             rules,
             params,
@@ -2374,6 +2387,7 @@ impl Sim {
         n.forget_image_ttls_rule = old.forget_image_ttls_rule;
         n.narrow_untracked_rule = old.narrow_untracked_rule;
         n.narrow_cover_rule = old.narrow_cover_rule;
+        n.unstamped_begin_rule = old.unstamped_begin_rule;
         n.seq_skips = old.seq_skips;
         n.full_fallbacks = old.full_fallbacks;
         let wall = EPOCH_MS + self.now + n.clock_offset_ms;
@@ -3756,6 +3770,7 @@ fn find_mutation_seeds() {
             "no_image_reship" => rules.no_image_reship = true,
             "narrow_untracked" => rules.narrow_untracked = true,
             "narrow_cover" => rules.narrow_cover = true,
+            "unstamped_begin" => rules.unstamped_begin = true,
             "keep_unsent_whole" => rules.keep_unsent_whole = true,
             other => panic!("SIM_MUTATION={other:?}: not a mutation this tool knows"),
         }
@@ -3942,6 +3957,23 @@ fn a_snapshot_older_than_a_superseded_stream_is_not_resumed() {
     let mut counters = Counters::default();
     let out = run_one(9_000_346_786_241_721_343, rules, &mut counters);
     assert!(out.is_ok(), "{out:?}");
+}
+
+/// 1 of 60,000 restart schedules diverges without it (`find_mutation_seeds`
+/// with `SIM_RESTARTS=1`): a resume's images (stamped oldest) lost to the
+/// restarted node's flush, whose re-shipped deletes were then older than
+/// the survivor's own changes of those keys, which survived the flush there.
+#[test]
+fn catches_a_full_resync_begin_without_the_source_clock() {
+    assert_mutation_caught_on(
+        "full resync begin marker stamped 0",
+        &[6_735_980_604_413_264_549],
+        SimRules {
+            unstamped_begin: true,
+            restarts: true,
+            ..SimRules::correct(Mode::Elements)
+        },
+    );
 }
 
 /// 4 of 100,000 schedules diverge without it (`find_mutation_seeds`

@@ -569,6 +569,15 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
                 Stamping::Recorded(st) | Stamping::RecordedMore(st) => {
                     st.get(i).copied().unwrap_or(Stamp { hlc, index })
                 }
+                // The begin marker carries this node's clock: the target's
+                // clock moves past every write made here before the resync,
+                // so what it re-ships after meeting an image (stamped oldest)
+                // is newer than those writes on both sides (found by the
+                // restart simulation: a resume's images lost to the target's
+                // flush while this node's newer changes survived it here).
+                Stamping::FullSync { .. } if matches!(op, Op::FullSyncBegin) => {
+                    Stamp { hlc, index }
+                }
                 Stamping::FullSync { .. } => recorded.unwrap_or(Stamp { hlc: 0, index }),
             };
             if let Op::Element {
