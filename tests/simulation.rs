@@ -486,12 +486,10 @@ struct Node {
     /// `Shared::target_expected`: this session made the node a full
     /// resync's target, whose begin has not been applied yet.
     target_expected: bool,
-    /// The mutation [`SimRules::narrow_untracked`].
-    narrow_untracked_rule: bool,
-    /// The mutation [`SimRules::narrow_cover`].
-    narrow_cover_rule: bool,
-    /// The mutation [`SimRules::unstamped_begin`].
-    unstamped_begin_rule: bool,
+    /// The run's rules, for the mutations the node's own steps (which are
+    /// not handed the rules) must see: `forget_image_ttls`,
+    /// `narrow_untracked`, `narrow_cover`, `unstamped_begin`.
+    mutations: SimRules,
     /// `Shared::table_overflowed`: the table stopped tracking.
     table_overflowed: bool,
     /// `max-pending-keys`.
@@ -536,8 +534,6 @@ struct Node {
     self_checked: u64,
     /// Element mode: keys with a TTL (Unix ms, on this node's wall clock).
     ttls: BTreeMap<KeyId, i64>,
-    /// `SimRules::forget_image_ttls`, where the table is fed.
-    forget_image_ttls_rule: bool,
     /// `Shared::history`: the keys recent batches changed, both streams.
     changes: ChangeHistory,
     /// `Shared::restored`: the snapshot position told to the peer.
@@ -738,9 +734,7 @@ impl Node {
             reship: Vec::new(),
             fresh: true,
             target_expected: false,
-            narrow_untracked_rule: false,
-            narrow_cover_rule: false,
-            unstamped_begin_rule: false,
+            mutations: SimRules::correct(Mode::Elements),
             table_overflowed: false,
             max_pending,
             chunk,
@@ -759,7 +753,6 @@ impl Node {
             self_check_failures: Vec::new(),
             self_checked: 0,
             ttls: BTreeMap::new(),
-            forget_image_ttls_rule: false,
             changes,
             restored: None,
             resume_from: None,
@@ -1059,7 +1052,7 @@ impl Node {
             let covered = cover.remove(&(db, key.clone()));
             if self.elements.contains_key(&(db, key.clone())) {
                 ops.push((db, self.element_image(db, key)));
-            } else if resume || (covered && !self.narrow_cover_rule) {
+            } else if resume || (covered && !self.mutations.narrow_cover) {
                 // A changed key that is gone: deleted on the peer too. So is
                 // a key of our table in a full resync (`Source::cover`).
                 ops.push((db, Op::Delete { key }));
@@ -1108,7 +1101,7 @@ impl Node {
             match (&op, &key, recorded) {
                 (Op::FlushDb, _, Some(stamp)) => self.pending.record_flush(db, stamp, seq),
                 (_, Some(k), Some(stamp)) => {
-                    let ttl = image_ttl(&op, self.forget_image_ttls_rule);
+                    let ttl = image_ttl(&op, self.mutations.forget_image_ttls);
                     // The image replaces the key's element changes.
                     if whole {
                         self.pending.forget_elements(db, k);
@@ -1119,7 +1112,7 @@ impl Node {
             }
             // The begin marker carries the clock (`enqueue_batch`).
             let stamp = match op {
-                Op::FullSyncBegin if !self.unstamped_begin_rule => Stamp { hlc: clock, index },
+                Op::FullSyncBegin if !self.mutations.unstamped_begin => Stamp { hlc: clock, index },
                 _ => recorded.unwrap_or(Stamp { hlc: 0, index }),
             };
             entries.push(Entry { db, stamp, op });
@@ -1189,7 +1182,7 @@ impl Node {
     /// Mirror of `Shared::list_commands_ship`.
     /// Mirror of `Shared::keeps_untracked_writes`.
     fn keeps_untracked_writes(&self) -> bool {
-        let expected = self.target_expected && !self.narrow_untracked_rule;
+        let expected = self.target_expected && !self.mutations.narrow_untracked;
         self.table_overflowed && (self.fresh || expected)
     }
 
@@ -1292,7 +1285,7 @@ impl Node {
                     // A delete too: the source's older image of the key may come after it.
                     let key = match op {
                         Op::Set { key, .. } | Op::Element { key, .. } => Some(key),
-                        Op::Delete { key } if !self.narrow_untracked_rule => Some(key),
+                        Op::Delete { key } if !self.mutations.narrow_untracked => Some(key),
                         _ => None,
                     };
                     if let Some(key) = key {
@@ -1349,7 +1342,7 @@ impl Node {
                 .as_ref()
                 .and_then(|st| st.get(i).copied())
                 .unwrap_or(fresh);
-            let ttl = image_ttl(&op, self.forget_image_ttls_rule);
+            let ttl = image_ttl(&op, self.mutations.forget_image_ttls);
             match &mut op {
                 // A flush is one entry whatever the table's state: recorded
                 // even when it does not track keys (`enqueue_batch`).
@@ -1424,7 +1417,7 @@ impl Node {
             }
             // A fresh node (or one a session made the target) may still
             // take the resync: keep the keys its clients wrote.
-            if self.fresh || (self.target_expected && !self.narrow_untracked_rule) {
+            if self.fresh || (self.target_expected && !self.mutations.narrow_untracked) {
                 let keys = self.pending.keys();
                 self.target
                     .untracked
@@ -2250,14 +2243,8 @@ impl Sim {
             params.history_bytes,
         );
         let (mut a, mut b) = (a, b);
-        a.forget_image_ttls_rule = rules.forget_image_ttls;
-        b.forget_image_ttls_rule = rules.forget_image_ttls;
-        a.narrow_untracked_rule = rules.narrow_untracked;
-        b.narrow_untracked_rule = rules.narrow_untracked;
-        a.narrow_cover_rule = rules.narrow_cover;
-        b.narrow_cover_rule = rules.narrow_cover;
-        a.unstamped_begin_rule = rules.unstamped_begin;
-        b.unstamped_begin_rule = rules.unstamped_begin;
+        a.mutations = rules;
+        b.mutations = rules;
         Sim {
             rules,
             params,
@@ -2384,10 +2371,7 @@ impl Sim {
             old.chunk,
             old.changes_budget,
         );
-        n.forget_image_ttls_rule = old.forget_image_ttls_rule;
-        n.narrow_untracked_rule = old.narrow_untracked_rule;
-        n.narrow_cover_rule = old.narrow_cover_rule;
-        n.unstamped_begin_rule = old.unstamped_begin_rule;
+        n.mutations = old.mutations;
         n.seq_skips = old.seq_skips;
         n.full_fallbacks = old.full_fallbacks;
         let wall = EPOCH_MS + self.now + n.clock_offset_ms;
