@@ -1015,11 +1015,13 @@ fn h_sigstop_of_the_peer_does_not_slow_the_other_side() {
         pct(&lat_during, 1.0),
         brief(&pair.a)
     );
-    // A stall, not a speed check: the writes keep flowing (the rate while the
-    // peer is stopped was 0.39-1.0x the rate before on the 2-core CI machine;
-    // BENCHMARKS measures speed).
+    // A stall, not a speed check: the writes keep flowing (a writer blocked
+    // on the stopped peer manages ~0). The rate while the peer is stopped
+    // was 0.22-1.0x the rate before on the 2-core CI machine (0.22 once, in
+    // CI48, with the backlog at 2.5 MB and 36k keys pending); BENCHMARKS
+    // measures speed.
     assert!(
-        rate_during >= rate_before * 0.25,
+        rate_during >= rate_before * 0.1,
         "writes slowed down while the peer was stopped: {rate_during:.0}/s vs {rate_before:.0}/s"
     );
     assert!(
