@@ -195,13 +195,19 @@ impl Shared {
             || crate::glue::fullsync::target_receiving())
     }
 
+    /// May a full resync into this node still come that must keep what its
+    /// clients write now: it is fresh, or a session already made it the
+    /// target?
+    pub fn may_take_full_resync(&self) -> bool {
+        self.fresh.load(Ordering::Relaxed) || self.target_expected.load(Ordering::Relaxed)
+    }
+
     /// Are this node's writes kept apart as untracked (`fullsync::Target::untracked`):
     /// its table overflowed, so it cannot name them, and a full resync into
-    /// it may come (it is fresh, or a session already made it the target)?
-    /// The sweep of that resync keeps them and re-sends them at its end.
+    /// it may come ([`Shared::may_take_full_resync`])? The sweep of that
+    /// resync keeps them and re-sends them at its end.
     pub fn keeps_untracked_writes(&self) -> bool {
-        self.table_overflowed.load(Ordering::Relaxed)
-            && (self.fresh.load(Ordering::Relaxed) || self.target_expected.load(Ordering::Relaxed))
+        self.table_overflowed.load(Ordering::Relaxed) && self.may_take_full_resync()
     }
 
     /// Build the shared state.

@@ -1180,10 +1180,14 @@ impl Node {
     }
 
     /// Mirror of `Shared::list_commands_ship`.
+    /// Mirror of `Shared::may_take_full_resync`.
+    fn may_take_full_resync(&self) -> bool {
+        self.fresh || (self.target_expected && !self.mutations.narrow_untracked)
+    }
+
     /// Mirror of `Shared::keeps_untracked_writes`.
     fn keeps_untracked_writes(&self) -> bool {
-        let expected = self.target_expected && !self.mutations.narrow_untracked;
-        self.table_overflowed && (self.fresh || expected)
+        self.table_overflowed && self.may_take_full_resync()
     }
 
     fn list_commands_ship(&self) -> bool {
@@ -1417,7 +1421,7 @@ impl Node {
             }
             // A fresh node (or one a session made the target) may still
             // take the resync: keep the keys its clients wrote.
-            if self.fresh || (self.target_expected && !self.mutations.narrow_untracked) {
+            if self.may_take_full_resync() {
                 let keys = self.pending.keys();
                 self.target
                     .untracked
@@ -1951,7 +1955,7 @@ impl Node {
                     let keys = self.pending.keys();
                     // An overflow since the handshake (after the source's
                     // scan began) lost writes the dataset does not hold.
-                    if self.table_overflowed && !self.keeps_untracked_writes() {
+                    if self.table_overflowed && !self.may_take_full_resync() {
                         self.target.overflowed = true;
                     }
                     self.target_expected = false;

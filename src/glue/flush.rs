@@ -709,7 +709,7 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
         // Bound memory: stop tracking; a full resync will carry everything.
         // A fresh node (or one a session made the target) may still take
         // that resync: keep the keys its clients wrote (see `flush`).
-        if shared.fresh.load(Ordering::Relaxed) || shared.target_expected.load(Ordering::Relaxed) {
+        if shared.may_take_full_resync() {
             super::fullsync::note_untracked_writes(with_node(|n| n.pending.keys()));
         }
         super::fullsync::note_overflow();

@@ -361,7 +361,6 @@ pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
             rest.push((db, key));
             continue;
         }
-        let covered = !resuming && source(|s| s.cover.contains(&TableKey::new(db, &key)));
         let op = key_op(ctx, db, key.clone());
         if let (true, Ok(Op::Set { .. })) = (taken > 0, &op) {
             if bytes.saturating_add(op.as_ref().map_or(0, op_size)) > budget {
@@ -369,9 +368,8 @@ pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
                 continue;
             }
         }
-        if covered {
-            source(|s| s.cover.remove(&TableKey::new(db, &key)));
-        }
+        // Handled now (a key left for the next step stays in `cover`).
+        let covered = !resuming && source(|s| s.cover.remove(&TableKey::new(db, &key)));
         match op {
             Ok(op @ Op::Set { .. }) => {
                 let n = op_size(&op);
@@ -484,7 +482,7 @@ pub fn target_begin() {
     // it stands after the sweep. A fresh node's untracked writes are kept
     // by the sweep instead (`untracked`).
     let overflowed = Shared::get().is_some_and(|s| {
-        let overflowed = s.table_overflowed.load(Ordering::Relaxed) && !s.keeps_untracked_writes();
+        let overflowed = s.table_overflowed.load(Ordering::Relaxed) && !s.may_take_full_resync();
         s.target_expected.store(false, Ordering::Relaxed);
         overflowed
     });
