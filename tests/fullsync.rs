@@ -98,6 +98,12 @@ fn an_empty_node_joins_a_node_with_data_while_writes_continue() {
 /// the proxies pass): they refuse to merge and say what to run; after
 /// `SYNC.PAIR SOURCE` on A, B holds exactly A's data.
 fn two_nodes_with_data_refuse_until_the_operator_chooses_once(run: usize) {
+    refuse_then_pair(run, None);
+}
+
+/// The body of the refusal tests; `target_writer_delay_ms` holds B's link
+/// writer back at the start of each session (`SYNC.DEBUG START-DELAY`).
+fn refuse_then_pair(run: usize, target_writer_delay_ms: Option<u64>) {
     // Both links go through proxies that start cut, so the two servers
     // take writes as strangers before they ever meet.
     let proxies: Rc<RefCell<Vec<Proxy>>> = Rc::new(RefCell::new(Vec::new()));
@@ -119,6 +125,13 @@ fn two_nodes_with_data_refuse_until_the_operator_chooses_once(run: usize) {
     wait_for_refusal(&mut cb, &format!("run {run}: B"));
     assert_eq!(dbsize(&mut cb), 50, "run {run}: nothing merged silently");
     assert_eq!(dbsize(&mut ca), 100, "run {run}: nothing merged silently");
+    if let Some(ms) = target_writer_delay_ms {
+        let _: () = redis::cmd("SYNC.DEBUG")
+            .arg("START-DELAY")
+            .arg(ms)
+            .query(&mut cb)
+            .expect("SYNC.DEBUG START-DELAY");
+    }
     let _: () = redis::cmd("SYNC.PAIR")
         .arg("SOURCE")
         .query(&mut ca)
@@ -139,6 +152,16 @@ fn two_nodes_with_data_refuse_until_the_operator_chooses_once(run: usize) {
 #[test]
 fn two_nodes_with_data_refuse_until_the_operator_chooses() {
     two_nodes_with_data_refuse_until_the_operator_chooses_once(0);
+}
+
+/// B's link writer starts late (as when its thread is not scheduled): A's
+/// full resync arrives through B's reader before B's writer acts on the
+/// Target role. B must still discard its own keys first: the discard is
+/// ordered before any frame of the session is read (it was set by the
+/// writer, and in CI49 B once kept its 50 keys that way).
+#[test]
+fn a_target_whose_writer_starts_late_still_takes_the_source_data_alone() {
+    refuse_then_pair(0, Some(1500));
 }
 
 /// The first-contact race (both nodes dial at once; a decision taken on one

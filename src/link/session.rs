@@ -548,6 +548,10 @@ fn session(shared: &Arc<Shared>, stream: &TcpStream, done: Handshaken) {
         .peer_rdb_version
         .store(theirs.rdb_version, Ordering::Relaxed);
     shared.drop_session.store(false, Ordering::Relaxed);
+    // Before the reader can queue a frame: a target's own scan stops and
+    // its discard is requested, so the main thread never applies the
+    // source's data on top of the local data it replaces.
+    let entry = enter_role(shared, &role);
     // The main thread learns of the session before any of its frames.
     let _ = shared.inbound_tx.send(Inbound::SessionStart {
         stream_id: theirs.stream_id,
@@ -584,7 +588,7 @@ fn session(shared: &Arc<Shared>, stream: &TcpStream, done: Handshaken) {
         shared,
         link_writer,
         &theirs,
-        &role,
+        entry,
         &alive,
         gen,
         wkeys.as_mut(),
@@ -618,11 +622,73 @@ fn drain_previous_session(shared: &Shared) {
     }
 }
 
+/// A session's role, and what it changed before the reader started.
+struct RoleEntry<'a> {
+    role: &'a Role,
+    /// A full resync of ours the peer had not taken whole when the session began.
+    in_flight: bool,
+    /// Target only: that resync was stopped, so this session needs a resync of its own.
+    stopped_ours: bool,
+    /// Target that discards its data: the last batch of our stream before the
+    /// discard was requested; the discard's resync batch comes after it.
+    reset_after: Option<u64>,
+}
+
+/// Take the parts of a role that must precede every frame of the session
+/// (the reader applies frames as soon as it starts): a target stops a full
+/// resync of its own, and one that takes the peer's whole dataset asks the
+/// main thread to discard its local writes. The writer learns where our
+/// stream stood before that discard, so it waits for the discard's own batch.
+fn enter_role<'a>(shared: &Shared, role: &'a Role) -> RoleEntry<'a> {
+    let in_flight = shared.source_running.load(Ordering::Relaxed)
+        || shared.source_done_seq.load(Ordering::Relaxed) != 0
+        || shared.full_sync_requested.load(Ordering::Relaxed);
+    shared
+        .target_expected
+        .store(matches!(role, Role::Target { .. }), Ordering::Relaxed);
+    let mut stopped_ours = false;
+    if let Role::Target { .. } = role {
+        shared.target_cancel.store(false, Ordering::Relaxed);
+        if in_flight {
+            // The peer's data wins now: stop our scan before asking for
+            // this session's resync, which skips the chunks queued.
+            shared.full_sync_requested.store(false, Ordering::Relaxed);
+            shared.source_done_seq.store(0, Ordering::Relaxed);
+            shared.echo_applied.store(false, Ordering::Relaxed);
+            shared.source_cancel.store(true, Ordering::Relaxed);
+            stopped_ours = true;
+        }
+    }
+    let reset_after = if matches!(
+        role,
+        Role::Target {
+            discard_local: true
+        }
+    ) {
+        let after = shared.outbox().last_seq();
+        shared.target_reset_requested.store(true, Ordering::Release);
+        shared.wake_main();
+        Some(after)
+    } else {
+        // A reset asked for by an earlier session that took another role.
+        shared
+            .target_reset_requested
+            .store(false, Ordering::Relaxed);
+        None
+    };
+    RoleEntry {
+        role,
+        in_flight,
+        stopped_ours,
+        reset_after,
+    }
+}
+
 fn write_loop(
     shared: &Arc<Shared>,
     stream: LinkWriter,
     theirs: &Hello,
-    role: &Role,
+    entry: RoleEntry,
     alive: &AtomicBool,
     gen: u64,
     mut keys: Option<&mut SessionKeys>,
@@ -642,40 +708,12 @@ fn write_loop(
     let mut cursor;
     let mut needs_resync =
         plan == ResumePlan::NeedResync || shared.resync_requested.load(Ordering::Relaxed);
-    // A full resync of ours not yet taken whole by the peer.
-    let in_flight = shared.source_running.load(Ordering::Relaxed)
-        || shared.source_done_seq.load(Ordering::Relaxed) != 0
-        || shared.full_sync_requested.load(Ordering::Relaxed);
-    shared
-        .target_expected
-        .store(matches!(role, Role::Target { .. }), Ordering::Relaxed);
-    match role {
-        Role::Target { .. } => {
-            shared.target_cancel.store(false, Ordering::Relaxed);
-            if in_flight {
-                // The peer's data wins now: stop our scan before asking for
-                // this session's resync, which skips the chunks queued.
-                shared.full_sync_requested.store(false, Ordering::Relaxed);
-                shared.source_done_seq.store(0, Ordering::Relaxed);
-                shared.echo_applied.store(false, Ordering::Relaxed);
-                shared.source_cancel.store(true, Ordering::Relaxed);
-                needs_resync = true;
-            }
-        }
+    let role = entry.role;
+    let in_flight = entry.in_flight;
+    needs_resync |= entry.stopped_ours;
+    if *role == Role::Source {
         // A full resync this node was receiving is over.
-        Role::Source => shared.target_cancel.store(true, Ordering::Relaxed),
-        Role::Stream | Role::Refuse(_) => {}
-    }
-    // A reset asked for by an earlier session that took another role.
-    if !matches!(
-        role,
-        Role::Target {
-            discard_local: true
-        }
-    ) {
-        shared
-            .target_reset_requested
-            .store(false, Ordering::Relaxed);
+        shared.target_cancel.store(true, Ordering::Relaxed);
     }
     // A full resync of ours the backlog can no longer serve starts again
     // (the peer may have missed chunks, and waits for its end).
@@ -733,13 +771,15 @@ fn write_loop(
         w.flush()?;
         cursor = end;
     } else {
-        let after = shared.outbox().last_seq();
+        let after = entry
+            .reset_after
+            .unwrap_or_else(|| shared.outbox().last_seq());
         if discard_local {
+            // The discard itself was requested before the reader started.
             log::notice(&format!(
                 "taking the dataset of peer {} (full resync)",
                 theirs.node_id
             ));
-            shared.target_reset_requested.store(true, Ordering::Relaxed);
         } else if let Some(saved) = resume {
             log::notice(&format!(
                 "peer {} restarted from a snapshot: resuming it if the history covers it",
