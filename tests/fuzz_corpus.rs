@@ -177,6 +177,8 @@ fn batch_ops() -> Frame {
             e(0, 1, Op::Delete { key: vec![0, 255] }),
             e(7, 2, Op::FlushDb),
             e(0, 3, Op::FullSyncEnd),
+            e(0, 3, Op::ResumeBegin),
+            e(0, 3, Op::ResumeEnd),
             e(
                 1,
                 4,

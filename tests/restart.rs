@@ -463,3 +463,71 @@ fn an_aof_restart_with_a_long_tail_takes_a_full_resync() {
         pair.b.log_tail(20)
     );
 }
+
+/// While B resumes from its snapshot, A changes a hash that is not part of
+/// the resume (unchanged since B's snapshot, so both hold it alike): B must
+/// apply the change to its copy. Before `ResumeBegin`, the resume opened as
+/// a full resync and B rebuilt the hash from a missing key, keeping only
+/// the new field (found by the restart simulation). The link is slowed and
+/// the resume is large, so A's change lands while it runs; the test checks
+/// that it did.
+#[test]
+fn a_change_during_a_resume_applies_to_the_key_both_hold() {
+    let mut pair = Pair::builder()
+        .proxied()
+        .server_args(["--dbfilename", "dump.rdb"])
+        .module_args(["backlog-size", "4mb", "history-size", "256mb"])
+        .start();
+    pair.wait_link_up(T);
+    let (mut a, mut b) = pair.conns();
+    let _: () = a
+        .hset_multiple("h", &[("f1", "1"), ("f2", "2")])
+        .expect("HSET");
+    pair.assert_converged(&[0], T);
+    save(&mut b);
+    pair.partition();
+    // Enough change on A that the resume spans many round trips.
+    let value = "v".repeat(1000);
+    for chunk in 0..30 {
+        let mut p = redis::pipe();
+        for i in 0..1000 {
+            p.cmd("SET")
+                .arg(format!("a-only:{chunk}:{i}"))
+                .arg(&value)
+                .ignore();
+        }
+        let _: () = p.query(&mut a).expect("load");
+    }
+    drop(b);
+    pair.b.kill9();
+    pair.b.restart();
+    let mut b = pair.b.conn();
+    let (ab, ba) = pair.proxies();
+    ab.delay(Duration::from_millis(150));
+    ba.delay(Duration::from_millis(150));
+    wait_for("B receiving the resume", T, || {
+        let n: u64 = redis::cmd("DBSIZE").query(&mut b).expect("DBSIZE");
+        n > 1000
+    });
+    assert_eq!(
+        status_u64(&mut b, "restart_resumes"),
+        0,
+        "the resume is still running"
+    );
+    let _: () = a.hset("h", "f3", "3").expect("HSET");
+    wait_for("A's new field on B", T, || {
+        b.hexists::<_, _, bool>("h", "f3").expect("HEXISTS")
+    });
+    assert_eq!(
+        status_u64(&mut b, "restart_resumes"),
+        0,
+        "A's change reached B while the resume ran (else this test proves nothing)"
+    );
+    let fields: u64 = b.hlen("h").expect("HLEN");
+    assert_eq!(fields, 3, "B applied A's change to the hash it held");
+    pair.heal();
+    wait_for("B caught up", T, || caught_up(&mut b) >= 1);
+    pair.assert_converged(&[0], T);
+    assert_eq!(status_u64(&mut b, "restart_resumes"), 1);
+    assert_eq!(status_u64(&mut b, "full_syncs"), 0);
+}

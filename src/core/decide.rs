@@ -51,7 +51,7 @@ pub enum Action<'a> {
     Lost(&'a Entry),
     /// A remote flush already processed (re-sent by a resync): skip it.
     Duplicate,
-    /// A full resync from the peer starts.
+    /// A full resync (or a restart resume) from the peer starts.
     FullSyncBegin,
     /// The peer's full resync has sent every key.
     FullSyncEnd,
@@ -74,7 +74,7 @@ pub fn plan_batch<'a>(
         .entries
         .iter()
         .map(|e| match &e.op {
-            Op::FullSyncBegin => Action::FullSyncBegin,
+            Op::FullSyncBegin | Op::ResumeBegin => Action::FullSyncBegin,
             Op::FullSyncEnd => Action::FullSyncEnd,
             Op::ResumeEnd => Action::ResumeEnd,
             Op::Check { .. } => Action::Duplicate,

@@ -17,7 +17,7 @@ fn borrowed_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::
 }
 
 /// Bumped whenever a message shape or its meaning changes.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Orders one entry among every write of both nodes: the batch's clock
 /// stamp, then the origin node id, then the index inside the batch (a
@@ -187,6 +187,13 @@ pub enum Op {
     /// A restart resume has sent every key changed since the receiver's
     /// snapshot: the receiver has caught up (protocol 6+).
     ResumeEnd,
+    /// A restart resume starts (protocol 7+). Unlike [`Op::FullSyncBegin`],
+    /// a key the sender does not send is held alike on both sides (the
+    /// receiver's snapshot has it), so a record of such a key applies to
+    /// the receiver's copy instead of to what its own changes make of a
+    /// missing key (found by the restart simulation: a live element change
+    /// of a key the resume did not send wiped the rest of it).
+    ResumeBegin,
 }
 
 /// The family of a key whose elements merge one by one.

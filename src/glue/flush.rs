@@ -305,7 +305,7 @@ pub fn op_size(op: &Op) -> usize {
                     _ => 0,
                 }
         }
-        Op::FlushDb | Op::FullSyncBegin | Op::FullSyncEnd | Op::ResumeEnd => 8,
+        Op::FlushDb | Op::FullSyncBegin | Op::FullSyncEnd | Op::ResumeBegin | Op::ResumeEnd => 8,
     }
 }
 
@@ -324,6 +324,7 @@ pub fn flush(ctx: &Context) -> usize {
         return 0;
     }
     let mut log_items = capture::dirty().take();
+    super::apply::reships_flushed();
     for db in capture::take_swapped() {
         log_items.extend(
             super::fullsync::all_keys(ctx, db)
@@ -575,7 +576,7 @@ pub fn enqueue_batch(shared: &Arc<Shared>, ops: Vec<(u32, Op)>, stamping: Stampi
                 // is newer than those writes on both sides (found by the
                 // restart simulation: a resume's images lost to the target's
                 // flush while this node's newer changes survived it here).
-                Stamping::FullSync { .. } if matches!(op, Op::FullSyncBegin) => {
+                Stamping::FullSync { .. } if matches!(op, Op::FullSyncBegin | Op::ResumeBegin) => {
                     Stamp { hlc, index }
                 }
                 Stamping::FullSync { .. } => recorded.unwrap_or(Stamp { hlc: 0, index }),

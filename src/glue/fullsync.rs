@@ -89,6 +89,9 @@ struct Target {
     /// cover what it lost, so the overflow stands after the sweep.
     overflowed: bool,
     deleted: u64,
+    /// A restart resume, not a full resync: the keys it does not send are
+    /// held alike on both sides, so [`unsent_plan`] leaves them alone.
+    resuming: bool,
 }
 
 static SOURCE: Mutex<Option<Source>> = Mutex::new(None);
@@ -270,8 +273,16 @@ pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
     if first {
         // A resume opens like a full resync too: the restarted node takes
         // its images as a target does (a key whose image meets its own
-        // changes is re-shipped), only without the final sweep.
-        ops.push((0, Op::FullSyncBegin));
+        // changes is re-shipped), only without the final sweep, and keys
+        // it does not send stay as the restarted node holds them.
+        ops.push((
+            0,
+            if resuming {
+                Op::ResumeBegin
+            } else {
+                Op::FullSyncBegin
+            },
+        ));
     }
     if first && !resuming {
         // A pending flush of ours is newer than the target's older changes
@@ -442,8 +453,9 @@ pub fn source_step(ctx: &Context, shared: &std::sync::Arc<Shared>) -> bool {
     !done
 }
 
-/// The peer starts a full resync to us.
-pub fn target_begin() {
+/// The peer starts a full resync to us (`resume`: a restart resume, which
+/// sends only the keys changed since our snapshot).
+pub fn target_begin(resume: bool) {
     // Our un-acknowledged writes are on their way to the source (in our
     // stream), maybe after its scan passed them: the sweep must keep them.
     // A resync that starts again starts from the table as it is now.
@@ -494,9 +506,14 @@ pub fn target_begin() {
         t.local = pending.into_iter().collect();
         t.changes = changes;
         t.imaged = imaged;
+        t.resuming = resume;
     });
     TARGET_ACTIVE.store(true, Ordering::Relaxed);
-    log::notice("full resync: receiving the peer's dataset");
+    if resume {
+        log::notice("restart resume: receiving the keys the peer changed since our snapshot");
+    } else {
+        log::notice("full resync: receiving the peer's dataset");
+    }
 }
 
 /// Remember a key the source has (sent in the resync, or written by it
@@ -551,7 +568,11 @@ pub fn note_local_op(db: u32, op: &Op) {
             t.changes.retain(|k, _| k.db() != db);
             t.imaged.retain(|k| k.db() != db);
         }
-        Op::FullSyncBegin | Op::FullSyncEnd | Op::ResumeEnd | Op::Check { .. } => {}
+        Op::FullSyncBegin
+        | Op::FullSyncEnd
+        | Op::ResumeBegin
+        | Op::ResumeEnd
+        | Op::Check { .. } => {}
     });
 }
 
@@ -602,7 +623,9 @@ pub fn forget_local_writes() {
 /// rebuilds). Its record applies to that key, not to the stale content
 /// this node still holds: what this node's own changes since the resync
 /// began make of a missing key is what the source holds once it applied
-/// them.
+/// them. Not in a restart resume: a key it does not send is one both
+/// sides hold alike since our snapshot, and one it sends later is
+/// replaced by its image.
 pub fn unsent_plan(db: u32, key: &[u8]) -> Option<KeyPlan<'static>> {
     if !target_receiving() {
         return None;
@@ -614,7 +637,7 @@ pub fn unsent_plan(db: u32, key: &[u8]) -> Option<KeyPlan<'static>> {
             (None, Some((r, _, _))) => r,
             (None, None) => return None,
         };
-        if received.contains(&k) || t.imaged.contains(&k) {
+        if t.resuming || received.contains(&k) || t.imaged.contains(&k) {
             return None;
         }
         Some(replay(t.changes.get(&k).map_or(&[][..], Vec::as_slice)))
@@ -634,6 +657,7 @@ pub fn target_cancel() {
         t.changes = FxHashMap::default();
         t.imaged = KeySet::default();
         t.overflowed = false;
+        t.resuming = false;
     });
     if let Some(s) = Shared::get() {
         s.awaiting_full_sync.store(false, Ordering::Relaxed);

@@ -98,8 +98,13 @@ pub enum Step<'r> {
         /// command of ours won over the flush ([`ListVerdict::Won`]).
         reship: Vec<Vec<u8>>,
     },
-    /// A full resync from the peer starts.
-    FullSyncBegin,
+    /// A full resync from the peer starts; `resume`: a restart resume,
+    /// which sends only the keys changed since this node's snapshot.
+    FullSyncBegin {
+        /// Keys not sent are as this node holds them (no sweep, no
+        /// rebuild of a record's key from a missing one).
+        resume: bool,
+    },
     /// The peer's full resync has sent every key.
     FullSyncEnd,
     /// The peer's restart resume has sent every key.
@@ -169,9 +174,12 @@ impl KeyView for NoKey {
 pub fn entry_key(entry: &Entry) -> Option<&[u8]> {
     match &entry.op {
         Op::Set { key, .. } | Op::Delete { key } | Op::Element { key, .. } => Some(key),
-        Op::FlushDb | Op::FullSyncBegin | Op::FullSyncEnd | Op::ResumeEnd | Op::Check { .. } => {
-            None
-        }
+        Op::FlushDb
+        | Op::FullSyncBegin
+        | Op::FullSyncEnd
+        | Op::ResumeBegin
+        | Op::ResumeEnd
+        | Op::Check { .. } => None,
     }
 }
 
@@ -247,7 +255,8 @@ pub fn plan_entry<'r>(
     view: &dyn KeyView,
 ) -> Result<Step<'r>, ElementError> {
     let (key, remote) = match &entry.op {
-        Op::FullSyncBegin => return Ok(Step::FullSyncBegin),
+        Op::FullSyncBegin => return Ok(Step::FullSyncBegin { resume: false }),
+        Op::ResumeBegin => return Ok(Step::FullSyncBegin { resume: true }),
         Op::FullSyncEnd => return Ok(Step::FullSyncEnd),
         Op::ResumeEnd => return Ok(Step::ResumeEnd),
         Op::FlushDb => return Ok(plan_flush(table, entry, nodes, at.now_ms)),
