@@ -354,3 +354,76 @@ fn writes_of_a_restarted_node_before_it_reconnects_survive_the_sweep() {
 fn writes_of_a_restarted_node_survive_even_after_its_table_overflowed() {
     writes_of_a_restarted_node_before_it_reconnects_survive(true);
 }
+
+/// A restarted node whose clients write past `max-pending-keys` while it
+/// takes the survivor's dataset ends that full resync with a table that
+/// misses writes. It must not go on applying the peer's records against
+/// that table: the session ends at once and the next one resyncs the
+/// survivor from here (DESIGN §3: any overflow forces an immediate
+/// resync). Before, it waited for the next link fault; meanwhile a key
+/// written on both sides ended with each side holding the other's value
+/// (the simulation's mutation `overflow_waits`).
+#[test]
+fn a_target_whose_table_overflowed_during_the_resync_resyncs_the_peer_at_once() {
+    let mut pair = Pair::builder()
+        .proxied()
+        .module_args(["max-pending-keys", "20"])
+        .start();
+    pair.wait_link_up(T);
+    let mut a = pair.a.conn();
+    // Enough data that the resync spans many round trips of the slowed link.
+    let value = "v".repeat(1000);
+    for chunk in 0..20 {
+        let mut p = redis::pipe();
+        for i in 0..1000 {
+            p.cmd("SET")
+                .arg(format!("a-only:{chunk}:{i}"))
+                .arg(&value)
+                .ignore();
+        }
+        let _: () = p.query(&mut a).expect("load");
+    }
+    pair.assert_converged(&[0], T);
+    pair.partition();
+    pair.b.kill9();
+    pair.b.restart();
+    let mut b = pair.b.conn();
+    let (ab, ba) = pair.proxies();
+    ab.delay(Duration::from_millis(150));
+    ba.delay(Duration::from_millis(150));
+    wait_for("B receiving A's dataset", T, || dbsize(&mut b) > 1000);
+    assert_eq!(
+        status_u64(&mut b, "full_syncs"),
+        0,
+        "the resync is still running"
+    );
+    // More keys than the table holds, written while the resync runs.
+    load(&mut b, "b-own", 50);
+    wait_for("B took A's dataset", T, || {
+        status_u64(&mut b, "full_syncs") >= 1
+    });
+    wait_for("A took B's dataset (the overflow's resync)", T, || {
+        status_u64(&mut a, "full_syncs") >= 1
+    });
+    wait_for_state("B's table tracks again", T, || {
+        match status(&mut b).get("next_resync").map(String::as_str) {
+            Some("full") | None => Err(format!("{:?}", status(&mut b))),
+            Some(_) => Ok(()),
+        }
+    });
+    // A write of one key on both sides before either sees the other's: the
+    // later one wins on both (B's table knows B's write again).
+    let _: () = a.set("both", "from-a").expect("SET");
+    let _: () = b.set("both", "from-b").expect("SET");
+    pair.heal();
+    pair.assert_converged(&[0], T);
+    let v: String = a.get("both").expect("GET");
+    assert_eq!(v, "from-b", "the later write wins on both sides");
+    assert_eq!(
+        dbsize(&mut a),
+        20_000 + 50 + 1,
+        "A's keys, B's own keys, both"
+    );
+    let own: String = a.get("b-own:49").expect("GET");
+    assert_eq!(own, "49");
+}

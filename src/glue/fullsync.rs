@@ -798,6 +798,18 @@ pub fn target_step(ctx: &Context, shared: &Shared) -> bool {
         // we took; what it missed since is not.
         if !overflowed {
             shared.table_overflowed.store(false, Ordering::Relaxed);
+        } else {
+            // The table still misses writes: no remote record may be applied
+            // against it until the resync it forces has run (DESIGN §3), so
+            // end the session now; the next one sends our dataset. Waiting
+            // for the next link fault let our untracked re-ships cross with
+            // the source's older echoes of our writes (found by the
+            // simulation, `overflow_waits`).
+            log::warning(
+                "full resync received while max-pending-keys was exceeded: reconnecting to resync the peer from here",
+            );
+            shared.set_error("pending-keys table overflow: full resync needed");
+            shared.request_drop_session();
         }
         Stats::add(&shared.stats.full_syncs, 1);
         log::notice(&format!(
